@@ -1,0 +1,126 @@
+//! The one error type of the crate.
+
+use std::fmt;
+
+/// Everything that can go wrong in a mempool call.
+///
+/// Every failure is reported: the crate never turns an error into `false`, an empty list or
+/// `Unknown`. Messages are lowercase and never contain credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is not acceptable; the message names the field.
+    InvalidConfig(String),
+    /// An argument is not acceptable (for example a malformed hash string).
+    InvalidInput(String),
+    /// The transaction is already pending, inflight, or finalized in the retained log.
+    DuplicateTx,
+    /// The payload is larger than `max_tx_size`; nothing was stored.
+    TxTooLarge {
+        /// Size of the rejected payload, in bytes.
+        size: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The pending queue holds `max_pending` transactions already; nothing was stored.
+    MempoolFull {
+        /// The configured limit.
+        max: usize,
+    },
+    /// Redis could not be reached: connecting failed, the link broke, or no pooled connection
+    /// became free within the connect timeout.
+    Unavailable(String),
+    /// Redis did not answer within the command timeout. The call may or may not have taken
+    /// effect on the server (like any timed-out write); the connection is discarded.
+    Timeout(String),
+    /// Redis answered with an error (out of memory, read-only replica, missing permission, …).
+    Server(String),
+    /// A key under the mempool's prefix holds a value of the wrong Redis type.
+    WrongType {
+        /// The full key name.
+        key: String,
+    },
+    /// A stored record could not be decoded.
+    Corrupt {
+        /// The full key name (and, for hash fields, the field after a space).
+        key: String,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// Redis sent a reply of a shape the crate does not expect (a different script version, or a
+    /// bug).
+    UnexpectedReply(String),
+    /// The lease thread panicked; reported by `shutdown`.
+    LeaseThreadPanicked,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidConfig(m) => write!(f, "invalid config: {m}"),
+            Error::InvalidInput(m) => write!(f, "invalid input: {m}"),
+            Error::DuplicateTx => write!(f, "transaction is already tracked"),
+            Error::TxTooLarge { size, max } => {
+                write!(f, "transaction of {size} bytes exceeds the limit of {max}")
+            }
+            Error::MempoolFull { max } => write!(f, "mempool is full ({max} pending)"),
+            Error::Unavailable(m) => write!(f, "redis unavailable: {m}"),
+            Error::Timeout(m) => write!(f, "redis timed out: {m}"),
+            Error::Server(m) => write!(f, "redis error: {m}"),
+            Error::WrongType { key } => write!(f, "key {key} holds the wrong type of value"),
+            Error::Corrupt { key, detail } => write!(f, "corrupt data at {key}: {detail}"),
+            Error::UnexpectedReply(m) => write!(f, "unexpected reply from redis: {m}"),
+            Error::LeaseThreadPanicked => write!(f, "the lease thread panicked"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl Error {
+    /// Whether the error comes from the link to Redis (unreachable, broken, timed out) rather
+    /// than from the data or the call: such calls can be retried once Redis is back.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_) | Error::Timeout(_))
+    }
+
+    /// Sorts a redis-rs error into our variants. `Corrupt` comes from our own scripts, which
+    /// raise `CORRUPT <key> <detail>`; `WrongType` is refined by the caller, which knows the keys.
+    pub(crate) fn from_redis(err: redis::RedisError) -> Error {
+        if err.is_timeout() {
+            return Error::Timeout(err.to_string());
+        }
+        if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
+            return Error::Unavailable(err.to_string());
+        }
+        match err.code() {
+            Some("CORRUPT") => {
+                let detail = err.detail().unwrap_or("");
+                let (key, detail) = detail.split_once(" :: ").unwrap_or((detail, ""));
+                Error::Corrupt {
+                    key: key.to_string(),
+                    detail: detail.to_string(),
+                }
+            }
+            Some("BADTYPE") => Error::WrongType {
+                key: err
+                    .detail()
+                    .and_then(|d| d.split(" :: ").next())
+                    .unwrap_or("")
+                    .to_string(),
+            },
+            Some(_) => Error::Server(err.to_string()),
+            None => Error::UnexpectedReply(err.to_string()),
+        }
+    }
+
+    /// Whether a connection that produced this error may be reused. After a timeout or an I/O
+    /// error the protocol stream may hold a late reply meant for the failed command, so the
+    /// connection must be thrown away.
+    pub(crate) fn poisons_connection(err: &redis::RedisError) -> bool {
+        err.is_timeout()
+            || err.is_io_error()
+            || err.is_connection_dropped()
+            || err.is_unrecoverable_error()
+    }
+}

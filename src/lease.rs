@@ -1,0 +1,607 @@
+//! The watcher lease: all of its logic lives in this file.
+//!
+//! One named thread per [`RedisMempool`](crate::RedisMempool) (shared by its clones) holds its
+//! own Redis connection and runs a small state machine:
+//!
+//! * **Follower**: try `acquire.lua` (`SET lock <node-id> PX ttl` if free, `INCR epoch`). When
+//!   another node holds the lock, read its `PTTL` and try again right after it can expire (at the
+//!   latest every `ttl/3`), or at once when the holder announces a graceful release on the wake
+//!   channel.
+//! * **Watcher**: renew every `ttl/3` with `renew.lua` (compare-and-extend on node id and epoch).
+//!
+//! Invariant: *the flag is up only while the lock is certainly ours on the server.* The server
+//! sets the lock's expiry when it runs our command, which is after we sent it; so a lock acquired
+//! or renewed by a command sent at instant `sent` cannot expire before `sent + ttl`. The flag stays
+//! up until `sent + ttl - margin` of the last successful command (the *local deadline*, on the
+//! monotonic clock) and drops there if no renewal succeeded. Every lease command's read timeout is
+//! cut to the time left before that deadline, so a hung link cannot hold the thread past it.
+//!
+//! The flag is only an optimisation for callers: `confirm.lua` checks on the server that the lock
+//! still holds this node's id and epoch, so a paused or partitioned ex-watcher cannot write even
+//! if its flag is stale.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{never, select, Receiver, Sender};
+use log::{debug, info, warn};
+
+use crate::keys::Keys;
+use crate::pool::RedisConn;
+use crate::scripts::{self, Scripts};
+use crate::{Config, Error, LOG_TARGET};
+
+/// The lease arithmetic, kept apart from I/O so it can be tested with any `now`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LeaseTiming {
+    pub ttl: Duration,
+    /// Renew this long after the last successful renewal was sent.
+    pub renew_every: Duration,
+    /// Give up the flag this long before the earliest moment the key could expire.
+    pub margin: Duration,
+    /// After a failed attempt, try again this soon.
+    pub retry: Duration,
+}
+
+impl LeaseTiming {
+    pub fn new(ttl: Duration) -> LeaseTiming {
+        LeaseTiming {
+            ttl,
+            renew_every: ttl / 3,
+            margin: (ttl / 10).max(Duration::from_millis(5)),
+            retry: (ttl / 10).max(Duration::from_millis(10)),
+        }
+    }
+
+    /// Until when the flag may stay up after a successful acquire/renew sent at `sent`.
+    pub fn valid_until(&self, sent: Instant) -> Instant {
+        sent + self.ttl - self.margin
+    }
+
+    /// When to renew after a successful acquire/renew sent at `sent`.
+    pub fn next_renewal(&self, sent: Instant) -> Instant {
+        sent + self.renew_every
+    }
+
+    /// When to retry a failed renewal made at `now`: soon, but never after the deadline.
+    pub fn renewal_retry(&self, now: Instant, valid_until: Instant) -> Instant {
+        (now + self.retry).min(valid_until)
+    }
+
+    /// How long a follower waits before trying again, given the lock's `PTTL` reply.
+    pub fn follower_wait(&self, pttl_ms: i64) -> Duration {
+        match pttl_ms {
+            // Just after the key expires (Redis expires keys on access, so SET NX succeeds as
+            // soon as the TTL has passed), but check at least every ttl/3 in case the holder
+            // releases or the key is deleted by hand.
+            ms if ms >= 0 => {
+                (Duration::from_millis(ms as u64) + Duration::from_millis(1)).min(self.renew_every)
+            }
+            // A lock without expiry (set by hand): poll.
+            -1 => self.renew_every,
+            // Gone between our SET and PTTL: try again at once.
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// Figures a host exports as metrics.
+#[derive(Debug, Default)]
+pub(crate) struct LeaseCounters {
+    pub renewals: AtomicU64,
+    pub failed_renewals: AtomicU64,
+    pub acquired: AtomicU64,
+    pub lost: AtomicU64,
+}
+
+/// What the lease thread publishes; read without locks by any thread.
+#[derive(Debug, Default)]
+pub(crate) struct LeaseShared {
+    /// Up while this node is the watcher (see the module invariant).
+    pub flag: AtomicBool,
+    /// The epoch of the current (or last) acquisition; meaningful while `flag` is up.
+    pub epoch: AtomicU64,
+    pub counters: LeaseCounters,
+}
+
+enum Command {
+    /// Test hook: block the thread as if it were descheduled.
+    Freeze(Duration),
+    /// Stop without releasing the lock, as a crash would.
+    Abandon,
+}
+
+/// Owns the lease thread (and the follower wake-up thread) of one mempool.
+pub(crate) struct Lease {
+    commands: Option<Sender<Command>>,
+    thread: Option<JoinHandle<Result<(), Error>>>,
+    waker: Option<(Sender<()>, JoinHandle<()>)>,
+}
+
+impl Lease {
+    /// Starts the threads; `first_attempt` receives a message once the first acquisition attempt
+    /// has finished, so `open` can return with the lease settled.
+    pub fn start(
+        config: &Config,
+        client: redis::Client,
+        keys: Keys,
+        scripts: Arc<Scripts>,
+        node_id: String,
+        shared: Arc<LeaseShared>,
+        first_attempt: Sender<()>,
+    ) -> Result<Lease, Error> {
+        let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
+        let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
+        let (waker_stop_tx, waker_stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let short = short_id(&node_id).to_string();
+
+        let waker = Waker {
+            client: client.clone(),
+            channel: keys.wake_channel.clone(),
+            connect_timeout: config.lease_io_timeout(),
+            retry: LeaseTiming::new(config.watcher_lock_ttl).renew_every,
+            name: format!("dolos-redis:{node_id}:wake"),
+            stop: waker_stop_rx,
+            wake: wake_tx,
+        };
+        let waker_thread = std::thread::Builder::new()
+            .name(format!("dolos-redis-wake-{short}"))
+            .spawn(move || waker.run())
+            .map_err(|e| Error::Unavailable(format!("cannot spawn the wake thread: {e}")))?;
+
+        let lease_loop = LeaseLoop {
+            timing: LeaseTiming::new(config.watcher_lock_ttl),
+            io_timeout: config.lease_io_timeout(),
+            client,
+            keys,
+            scripts,
+            name: format!("dolos-redis:{node_id}:lease"),
+            node_id,
+            shared,
+            conn: None,
+            role: Role::Follower {
+                next_try: Instant::now(),
+            },
+            link_up: None,
+            last_holder: None,
+            first_attempt: Some(first_attempt),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("dolos-redis-lease-{short}"))
+            .spawn(move || lease_loop.run(commands_rx, wake_rx))
+            .map_err(|e| Error::Unavailable(format!("cannot spawn the lease thread: {e}")))?;
+
+        Ok(Lease {
+            commands: Some(commands_tx),
+            thread: Some(thread),
+            waker: Some((waker_stop_tx, waker_thread)),
+        })
+    }
+
+    /// Stops the threads. With `release`, a watcher deletes its lock (if still its own) and wakes
+    /// the followers; without, the lock is left to expire, as after a crash.
+    pub fn stop(mut self, release: bool) -> Result<(), Error> {
+        self.stop_inner(release)
+    }
+
+    pub fn freeze(&self, duration: Duration) {
+        if let Some(tx) = &self.commands {
+            let _ = tx.send(Command::Freeze(duration));
+        }
+    }
+
+    fn stop_inner(&mut self, release: bool) -> Result<(), Error> {
+        if let Some(tx) = self.commands.take() {
+            if !release {
+                let _ = tx.send(Command::Abandon);
+            }
+            // Dropping the sender is the shutdown signal.
+            drop(tx);
+        }
+        if let Some((stop, thread)) = self.waker.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
+        match self.thread.take() {
+            Some(thread) => match thread.join() {
+                Ok(result) => result,
+                Err(_) => Err(Error::LeaseThreadPanicked),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_inner(true) {
+            warn!(target: LOG_TARGET, "watcher lock not released on drop: {e}");
+        }
+    }
+}
+
+fn short_id(node_id: &str) -> &str {
+    node_id.get(..8).unwrap_or(node_id)
+}
+
+enum Role {
+    Follower {
+        next_try: Instant,
+    },
+    Watcher {
+        epoch: u64,
+        valid_until: Instant,
+        next_renew: Instant,
+    },
+}
+
+struct LeaseLoop {
+    timing: LeaseTiming,
+    io_timeout: Duration,
+    client: redis::Client,
+    keys: Keys,
+    scripts: Arc<Scripts>,
+    node_id: String,
+    name: String,
+    shared: Arc<LeaseShared>,
+    conn: Option<RedisConn>,
+    role: Role,
+    /// Whether the last lease command reached Redis (None before the first): we log changes of
+    /// this, not every failed tick.
+    link_up: Option<bool>,
+    last_holder: Option<String>,
+    first_attempt: Option<Sender<()>>,
+}
+
+impl LeaseLoop {
+    fn run(mut self, commands: Receiver<Command>, mut wake: Receiver<()>) -> Result<(), Error> {
+        loop {
+            let due = match self.role {
+                Role::Follower { next_try } => next_try,
+                Role::Watcher {
+                    valid_until,
+                    next_renew,
+                    ..
+                } => next_renew.min(valid_until),
+            };
+            let timeout = due.saturating_duration_since(Instant::now());
+            select! {
+                recv(commands) -> cmd => match cmd {
+                    Ok(Command::Freeze(d)) => std::thread::sleep(d),
+                    Ok(Command::Abandon) => return Ok(()),
+                    Err(_) => break,
+                },
+                recv(wake) -> msg => match msg {
+                    Ok(()) => {
+                        if let Role::Follower { next_try } = &mut self.role {
+                            *next_try = Instant::now();
+                        }
+                    }
+                    // The wake thread is gone; followers still poll on the PTTL schedule.
+                    Err(_) => wake = never(),
+                },
+                default(timeout) => {}
+            }
+            self.step(Instant::now());
+        }
+        self.release()
+    }
+
+    /// Does whatever is due at `now`.
+    fn step(&mut self, now: Instant) {
+        match self.role {
+            Role::Watcher {
+                valid_until,
+                next_renew,
+                epoch,
+            } => {
+                if now >= valid_until {
+                    self.step_down("no renewal succeeded before the local lease deadline");
+                    self.role = Role::Follower { next_try: now };
+                } else if now >= next_renew {
+                    self.renew(epoch, valid_until);
+                }
+            }
+            Role::Follower { next_try } => {
+                if now >= next_try {
+                    self.try_acquire();
+                }
+            }
+        }
+    }
+
+    fn try_acquire(&mut self) {
+        let sent = Instant::now();
+        let ttl_ms = self.timing.ttl.as_millis().to_string();
+        let reply = self.call(self.io_timeout, Which::Acquire, &[&ttl_ms]);
+        let now = Instant::now();
+        match reply.and_then(parse_acquire) {
+            Ok(Acquire::Won(epoch)) => {
+                self.shared.epoch.store(epoch, Ordering::SeqCst);
+                self.shared.flag.store(true, Ordering::SeqCst);
+                self.shared
+                    .counters
+                    .acquired
+                    .fetch_add(1, Ordering::Relaxed);
+                self.last_holder = Some(self.node_id.clone());
+                self.role = Role::Watcher {
+                    epoch,
+                    valid_until: self.timing.valid_until(sent),
+                    next_renew: self.timing.next_renewal(sent),
+                };
+                info!(target: LOG_TARGET, "acquired watcher lock (node {}, epoch {epoch})", self.node_id);
+            }
+            Ok(Acquire::Held { pttl_ms, holder }) => {
+                if self.last_holder.as_deref() != Some(holder.as_str()) {
+                    debug!(target: LOG_TARGET, "watcher lock held by {holder}; following");
+                    self.last_holder = Some(holder);
+                }
+                self.role = Role::Follower {
+                    next_try: now + self.timing.follower_wait(pttl_ms),
+                };
+            }
+            Err(_) => {
+                self.role = Role::Follower {
+                    next_try: now + self.timing.retry,
+                };
+            }
+        }
+        if let Some(tx) = self.first_attempt.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    fn renew(&mut self, epoch: u64, valid_until: Instant) {
+        let sent = Instant::now();
+        let left = valid_until.saturating_duration_since(sent);
+        let (epoch_arg, ttl_arg) = (epoch.to_string(), self.timing.ttl.as_millis().to_string());
+        let reply = self.call(
+            self.io_timeout.min(left),
+            Which::Renew,
+            &[&epoch_arg, &ttl_arg],
+        );
+        let now = Instant::now();
+        match reply.and_then(parse_renew) {
+            Ok(None) => {
+                self.shared
+                    .counters
+                    .renewals
+                    .fetch_add(1, Ordering::Relaxed);
+                self.role = Role::Watcher {
+                    epoch,
+                    valid_until: self.timing.valid_until(sent),
+                    next_renew: self.timing.next_renewal(sent),
+                };
+                debug!(target: LOG_TARGET, "watcher lock renewed");
+            }
+            Ok(Some(holder)) => {
+                let why = if holder.is_empty() {
+                    "the lock key is gone".to_string()
+                } else {
+                    format!("the lock is held by {holder}")
+                };
+                self.step_down(&why);
+                // Try at once: if the key was deleted by hand, someone should take it now.
+                self.role = Role::Follower { next_try: now };
+            }
+            Err(_) => {
+                self.shared
+                    .counters
+                    .failed_renewals
+                    .fetch_add(1, Ordering::Relaxed);
+                self.role = Role::Watcher {
+                    epoch,
+                    valid_until,
+                    next_renew: self.timing.renewal_retry(now, valid_until),
+                };
+            }
+        }
+    }
+
+    fn step_down(&mut self, why: &str) {
+        self.shared.flag.store(false, Ordering::SeqCst);
+        self.shared.counters.lost.fetch_add(1, Ordering::Relaxed);
+        warn!(target: LOG_TARGET, "lost watcher lock: {why}");
+    }
+
+    /// On shutdown: lower the flag, then delete the lock if it is still ours and wake the others.
+    fn release(&mut self) -> Result<(), Error> {
+        let Role::Watcher { epoch, .. } = self.role else {
+            return Ok(());
+        };
+        self.shared.flag.store(false, Ordering::SeqCst);
+        self.role = Role::Follower {
+            next_try: Instant::now(),
+        };
+        let reply = self.call(self.io_timeout, Which::Release, &[&epoch.to_string()])?;
+        if scripts::int(&reply, "release")? == 1 {
+            info!(target: LOG_TARGET, "released watcher lock");
+        }
+        Ok(())
+    }
+
+    /// Runs one lease script with `[node_id, args...]`, (re)connecting as needed; logs a change
+    /// of link state once.
+    fn call(
+        &mut self,
+        timeout: Duration,
+        which: Which,
+        args: &[&str],
+    ) -> Result<redis::Value, Error> {
+        let result = self.call_inner(timeout, which, args);
+        match &result {
+            Ok(_) if self.link_up != Some(true) => {
+                if self.link_up.is_some() {
+                    info!(target: LOG_TARGET, "lease link to redis is back");
+                }
+                self.link_up = Some(true);
+            }
+            Err(e) if self.link_up != Some(false) => {
+                warn!(target: LOG_TARGET, "lease cannot reach redis, will keep retrying: {e}");
+                self.link_up = Some(false);
+            }
+            _ => {}
+        }
+        result
+    }
+
+    fn call_inner(
+        &mut self,
+        timeout: Duration,
+        which: Which,
+        args: &[&str],
+    ) -> Result<redis::Value, Error> {
+        if timeout.is_zero() {
+            return Err(Error::Timeout(
+                "no time left before the lease deadline".into(),
+            ));
+        }
+        if self.conn.as_ref().is_some_and(|c| c.is_broken()) {
+            self.conn = None;
+        }
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => {
+                let conn = RedisConn::open(&self.client, timeout, self.io_timeout, &self.name)
+                    .map_err(Error::from_redis)?;
+                self.conn.insert(conn)
+            }
+        };
+        conn.set_read_timeout(timeout).map_err(Error::from_redis)?;
+        let script = match which {
+            Which::Acquire => &self.scripts.acquire,
+            Which::Renew => &self.scripts.renew,
+            Which::Release => &self.scripts.release,
+        };
+        let mut argv: Vec<&[u8]> = vec![self.node_id.as_bytes()];
+        argv.extend(args.iter().map(|a| a.as_bytes()));
+        scripts::run(conn, script, &self.keys, &argv)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Acquire,
+    Renew,
+    Release,
+}
+
+enum Acquire {
+    Won(u64),
+    Held { pttl_ms: i64, holder: String },
+}
+
+fn parse_acquire(v: redis::Value) -> Result<Acquire, Error> {
+    let items = scripts::array(v, "acquire")?;
+    match items.as_slice() {
+        [won, epoch] if scripts::int(won, "acquire")? == 1 => {
+            Ok(Acquire::Won(scripts::uint(epoch, "epoch")?))
+        }
+        [_, pttl, holder] => Ok(Acquire::Held {
+            pttl_ms: scripts::int(pttl, "pttl")?,
+            holder: scripts::text(holder, "holder")?,
+        }),
+        _ => Err(Error::UnexpectedReply(format!("acquire: {items:?}"))),
+    }
+}
+
+/// `None` when renewed, else who holds the lock now (`""`: nobody).
+fn parse_renew(v: redis::Value) -> Result<Option<String>, Error> {
+    let items = scripts::array(v, "renew")?;
+    match items.as_slice() {
+        [ok] if scripts::int(ok, "renew")? == 1 => Ok(None),
+        [_, holder] => Ok(Some(scripts::text(holder, "holder")?)),
+        _ => Err(Error::UnexpectedReply(format!("renew: {items:?}"))),
+    }
+}
+
+/// Forwards "the watcher released the lock" messages to the lease thread, so a follower takes
+/// over within milliseconds of a graceful shutdown instead of at its next poll.
+struct Waker {
+    client: redis::Client,
+    channel: String,
+    connect_timeout: Duration,
+    retry: Duration,
+    name: String,
+    stop: Receiver<()>,
+    wake: Sender<()>,
+}
+
+/// How often a blocked subscriber read returns to check for shutdown.
+const WAKER_POLL: Duration = Duration::from_millis(100);
+
+impl Waker {
+    fn run(self) {
+        loop {
+            if let Err(e) = self.listen() {
+                debug!(target: LOG_TARGET, "wake channel unavailable, retrying: {e}");
+            }
+            select! {
+                recv(self.stop) -> _ => return,
+                default(self.retry) => {}
+            }
+        }
+    }
+
+    /// Returns `Ok` on shutdown, `Err` when the subscription broke.
+    fn listen(&self) -> Result<(), redis::RedisError> {
+        let mut conn = RedisConn::open(&self.client, self.connect_timeout, WAKER_POLL, &self.name)?;
+        let mut pubsub = conn.conn.as_pubsub();
+        pubsub.subscribe(&self.channel)?;
+        pubsub.set_read_timeout(Some(WAKER_POLL))?;
+        loop {
+            if !matches!(
+                self.stop.try_recv(),
+                Err(crossbeam_channel::TryRecvError::Empty)
+            ) {
+                return Ok(());
+            }
+            match pubsub.get_message() {
+                Ok(_) => {
+                    // A full channel already holds a wake-up; one is enough.
+                    let _ = self.wake.try_send(());
+                }
+                Err(e) if e.is_timeout() => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_drops_before_the_key_can_expire() {
+        let t = LeaseTiming::new(Duration::from_secs(1));
+        let sent = Instant::now();
+        // The server cannot expire the key before sent + ttl.
+        assert!(t.valid_until(sent) < sent + t.ttl);
+        assert_eq!(t.valid_until(sent), sent + Duration::from_millis(900));
+        assert!(t.next_renewal(sent) < t.valid_until(sent));
+        // Two more renewal attempts fit before the deadline.
+        assert!(t.next_renewal(sent) + t.retry * 2 < t.valid_until(sent));
+    }
+
+    #[test]
+    fn renewal_retries_never_pass_the_deadline() {
+        let t = LeaseTiming::new(Duration::from_secs(1));
+        let now = Instant::now();
+        let deadline = now + Duration::from_millis(30);
+        assert_eq!(t.renewal_retry(now, deadline), deadline);
+        let deadline = now + Duration::from_secs(1);
+        assert_eq!(t.renewal_retry(now, deadline), now + t.retry);
+    }
+
+    #[test]
+    fn followers_wake_when_the_lock_can_expire() {
+        let t = LeaseTiming::new(Duration::from_secs(3));
+        assert_eq!(t.follower_wait(200), Duration::from_millis(201));
+        assert_eq!(t.follower_wait(5_000), Duration::from_secs(1));
+        assert_eq!(t.follower_wait(-1), Duration::from_secs(1));
+        assert_eq!(t.follower_wait(-2), Duration::ZERO);
+    }
+}

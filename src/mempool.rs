@@ -1,0 +1,419 @@
+//! [`RedisMempool`]: the public API. Each call borrows a pooled connection and runs one script
+//! (see `src/scripts/`) against the keys of `src/keys.rs`; this file only turns arguments into
+//! script arguments and replies into types.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::debug;
+use parking_lot::Mutex;
+use redis::Value;
+
+use crate::keys::Keys;
+use crate::lease::{Lease, LeaseShared};
+use crate::pool::{self, Pool};
+use crate::scripts::{self, Lua, Scripts};
+use crate::types::{
+    ChainPoint, ConfirmOutcome, MempoolPage, MempoolTx, TxHash, TxStatus, WatcherInfo,
+};
+use crate::{Config, Error, LOG_TARGET};
+
+/// A mempool shared through Redis by every node that uses the same key prefix.
+///
+/// Cheap to clone: clones share one connection pool and one lease thread. Every method blocks
+/// the calling thread for at most about the configured timeouts; async hosts call them inside
+/// `spawn_blocking`. Dropping the last clone shuts down like [`RedisMempool::shutdown`].
+#[derive(Clone)]
+pub struct RedisMempool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    node_id: String,
+    keys: Keys,
+    scripts: Arc<Scripts>,
+    pool: Pool,
+    lease_shared: Arc<LeaseShared>,
+    /// `None` once shut down (or abandoned); dropping the `Lease` stops its threads.
+    lease: Mutex<Option<Lease>>,
+}
+
+impl std::fmt::Debug for RedisMempool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisMempool")
+            .field("node_id", &self.inner.node_id)
+            .field("config", &self.inner.config)
+            .field("is_watcher", &self.is_watcher())
+            .finish()
+    }
+}
+
+/// Bounds an unbounded `limit` to what Redis accepts as an index or count.
+fn clamp(limit: usize) -> u64 {
+    (limit as u64).min(i64::MAX as u64 / 2)
+}
+
+impl RedisMempool {
+    /// Validates `config`, connects (failing within the connect timeout if Redis is not
+    /// reachable), loads the scripts and starts the lease thread. Returns once the first attempt
+    /// to acquire the watcher lock has been made, so a lone node is the watcher right away.
+    pub fn open(config: Config) -> Result<RedisMempool, Error> {
+        config.validate()?;
+        let client = redis::Client::open(config.url.as_str()).map_err(|_| {
+            Error::InvalidConfig(format!("url: {:?} is not valid", config.redacted_url()))
+        })?;
+        let node_id = uuid::Uuid::new_v4().to_string();
+        let keys = Keys::new(&config.key_prefix);
+        let scripts = Arc::new(Scripts::new());
+        let pool = pool::build(
+            client.clone(),
+            &config,
+            format!("dolos-redis:{node_id}:pool"),
+        )?;
+        {
+            let mut conn = pool.get().map_err(|e| Error::Unavailable(e.to_string()))?;
+            scripts.load_all(&mut conn)?;
+        }
+        let lease_shared = Arc::new(LeaseShared::default());
+        let (first_tx, first_rx) = crossbeam_channel::bounded(1);
+        let lease = Lease::start(
+            &config,
+            client,
+            keys.clone(),
+            scripts.clone(),
+            node_id.clone(),
+            lease_shared.clone(),
+            first_tx,
+        )?;
+        // Best effort: if Redis is slow the lease settles in the background.
+        let _ = first_rx.recv_timeout(config.lease_io_timeout() * 2 + Duration::from_millis(50));
+        debug!(target: LOG_TARGET, "opened mempool {} as node {node_id}", config.key_prefix);
+        Ok(RedisMempool {
+            inner: Arc::new(Inner {
+                config,
+                node_id,
+                keys,
+                scripts,
+                pool,
+                lease_shared,
+                lease: Mutex::new(Some(lease)),
+            }),
+        })
+    }
+
+    /// This node's id: a UUID v4 made at `open`, stored in the lock while this node is watcher.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// The configuration this mempool was opened with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Whether this node currently holds the watcher lock (one atomic load; see the lease
+    /// invariant in the README).
+    pub fn is_watcher(&self) -> bool {
+        self.inner.lease_shared.flag.load(Ordering::SeqCst)
+    }
+
+    fn exec(&self, lua: &Lua, args: &[&[u8]]) -> Result<Value, Error> {
+        let mut conn = self
+            .inner
+            .pool
+            .get()
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        scripts::run(&mut conn, lua, &self.inner.keys, args)
+    }
+
+    /// Adds a transaction to the tail of the pending queue.
+    ///
+    /// Fails with [`Error::DuplicateTx`] if the hash is pending, inflight, or Finalized in the
+    /// retained log (a Dropped tx may be received again), [`Error::TxTooLarge`] or
+    /// [`Error::MempoolFull`]; nothing is stored then. The stage and counters of `tx` are
+    /// ignored: it always enters as Pending.
+    pub fn receive(&self, tx: MempoolTx) -> Result<(), Error> {
+        let max = self.inner.config.max_tx_size;
+        if tx.payload.1.len() > max {
+            return Err(Error::TxTooLarge {
+                size: tx.payload.1.len(),
+                max,
+            });
+        }
+        let hash = tx.hash.to_hex();
+        let era = tx.payload.0.to_string();
+        let max_pending = self.inner.config.max_pending.to_string();
+        let args: [&[u8]; 4] = [
+            hash.as_bytes(),
+            era.as_bytes(),
+            &tx.payload.1,
+            max_pending.as_bytes(),
+        ];
+        let reply = scripts::array(self.exec(&self.inner.scripts.receive, &args)?, "receive")?;
+        match reply
+            .first()
+            .map(|v| scripts::text(v, "receive"))
+            .transpose()?
+            .as_deref()
+        {
+            Some("ok") => Ok(()),
+            Some("dup") => Err(Error::DuplicateTx),
+            Some("full") => Err(Error::MempoolFull {
+                max: self.inner.config.max_pending,
+            }),
+            _ => Err(Error::UnexpectedReply(format!("receive: {reply:?}"))),
+        }
+    }
+
+    /// Whether the pending queue holds any transaction.
+    pub fn has_pending(&self) -> Result<bool, Error> {
+        let n = scripts::int(
+            &self.exec(&self.inner.scripts.has_pending, &[])?,
+            "has_pending",
+        )?;
+        Ok(n > 0)
+    }
+
+    /// The first `limit` pending transactions in queue order, with payloads; nothing is removed.
+    pub fn peek_pending(&self, limit: usize) -> Result<Vec<MempoolTx>, Error> {
+        self.peek(&self.inner.scripts.peek_pending, limit)
+    }
+
+    /// Up to `limit` inflight transactions (Propagated, Acknowledged or Confirmed) in the order
+    /// they were propagated, with payloads.
+    pub fn peek_inflight(&self, limit: usize) -> Result<Vec<MempoolTx>, Error> {
+        self.peek(&self.inner.scripts.peek_inflight, limit)
+    }
+
+    fn peek(&self, lua: &Lua, limit: usize) -> Result<Vec<MempoolTx>, Error> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let stop = (clamp(limit) - 1).to_string();
+        let reply = scripts::array(self.exec(lua, &[stop.as_bytes()])?, "peek")?;
+        reply
+            .into_iter()
+            .map(|v| scripts::decode_tx(v, &self.inner.keys))
+            .collect()
+    }
+
+    /// Moves each pending hash to Propagated (out of the pending queue; its miss count starts
+    /// now). Hashes that are not pending are ignored.
+    pub fn mark_inflight(&self, hashes: &[TxHash]) -> Result<(), Error> {
+        self.move_batch(&self.inner.scripts.mark_inflight, hashes)
+    }
+
+    /// Moves each Propagated hash to Acknowledged; others are ignored.
+    pub fn mark_acknowledged(&self, hashes: &[TxHash]) -> Result<(), Error> {
+        self.move_batch(&self.inner.scripts.mark_acknowledged, hashes)
+    }
+
+    fn move_batch(&self, lua: &Lua, hashes: &[TxHash]) -> Result<(), Error> {
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let hex: Vec<String> = hashes.iter().map(TxHash::to_hex).collect();
+        let args: Vec<&[u8]> = hex.iter().map(|h| h.as_bytes()).collect();
+        scripts::int(&self.exec(lua, &args)?, "moved")?;
+        Ok(())
+    }
+
+    /// The inflight transaction with this hash, if it is inflight.
+    pub fn find_inflight(&self, hash: &TxHash) -> Result<Option<MempoolTx>, Error> {
+        let hex = hash.to_hex();
+        match self.exec(&self.inner.scripts.find_inflight, &[hex.as_bytes()])? {
+            Value::Nil => Ok(None),
+            v => scripts::decode_tx(v, &self.inner.keys).map(Some),
+        }
+    }
+
+    /// Applies one block to the inflight transactions (or undoes one, when `unseen` is not
+    /// empty). Only the watcher applies it, and at most once per block:
+    ///
+    /// * each inflight tx in `seen` becomes Confirmed (its first confirmation records `point`);
+    /// * each inflight tx in `unseen` (and not in `seen`) returns to the tail of the pending
+    ///   queue with its counters cleared;
+    /// * every other Confirmed tx gains a confirmation, every other inflight tx a miss;
+    /// * then txs with `finalize_threshold` confirmations are Finalized and unconfirmed txs with
+    ///   `drop_threshold` misses are Dropped (both move to the finalized log).
+    ///
+    /// Returns [`ConfirmOutcome::NotWatcher`] without contacting Redis when this node is not
+    /// the watcher, [`ConfirmOutcome::LostLock`] when Redis says the lock (or its epoch) is no
+    /// longer ours, [`ConfirmOutcome::AlreadyApplied`] for a forward block (empty `unseen`) at or
+    /// below the last applied slot. A rollback moves the applied slot below the undone block.
+    pub fn confirm(
+        &self,
+        point: &ChainPoint,
+        seen: &[TxHash],
+        unseen: &[TxHash],
+        finalize_threshold: u32,
+        drop_threshold: u32,
+    ) -> Result<ConfirmOutcome, Error> {
+        if !self.is_watcher() {
+            debug!(target: LOG_TARGET, "not watcher, skipping confirm");
+            return Ok(ConfirmOutcome::NotWatcher);
+        }
+        let epoch = self.inner.lease_shared.epoch.load(Ordering::SeqCst);
+        let slot = point.slot();
+        let mut args: Vec<Vec<u8>> = vec![
+            self.inner.node_id.clone().into_bytes(),
+            epoch.to_string().into_bytes(),
+            format!("{slot:020}").into_bytes(),
+            match slot.checked_sub(1) {
+                Some(below) => format!("{below:020}").into_bytes(),
+                None => Vec::new(),
+            },
+            scripts::encode_point(point).into_bytes(),
+            finalize_threshold.to_string().into_bytes(),
+            drop_threshold.to_string().into_bytes(),
+            self.inner.config.max_finalized.to_string().into_bytes(),
+            seen.len().to_string().into_bytes(),
+        ];
+        args.extend(seen.iter().map(|h| h.to_hex().into_bytes()));
+        args.extend(unseen.iter().map(|h| h.to_hex().into_bytes()));
+        let argv: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        let reply = scripts::array(self.exec(&self.inner.scripts.confirm, &argv)?, "confirm")?;
+        let status = reply
+            .first()
+            .map(|v| scripts::text(v, "confirm"))
+            .transpose()?;
+        match status.as_deref() {
+            Some("applied") => {
+                let n = |i: usize| reply.get(i).map(|v| scripts::int(v, "confirm")).transpose();
+                debug!(
+                    target: LOG_TARGET,
+                    "applied block at slot {slot} (call {}): {} confirmed, {} rolled back, {} finalized, {} dropped",
+                    n(1)?.unwrap_or(0), n(2)?.unwrap_or(0), n(3)?.unwrap_or(0), n(4)?.unwrap_or(0), n(5)?.unwrap_or(0)
+                );
+                Ok(ConfirmOutcome::Applied)
+            }
+            Some("lost") => {
+                debug!(target: LOG_TARGET, "lost watcher lock, skipping confirm");
+                Ok(ConfirmOutcome::LostLock)
+            }
+            Some("already") => {
+                debug!(target: LOG_TARGET, "block at slot {slot} already applied, skipping confirm");
+                Ok(ConfirmOutcome::AlreadyApplied)
+            }
+            _ => Err(Error::UnexpectedReply(format!("confirm: {reply:?}"))),
+        }
+    }
+
+    /// The stage and counters of a transaction: live ones (pending or inflight) first, then
+    /// the retained finalized log; `Unknown` otherwise.
+    pub fn check_status(&self, hash: &TxHash) -> Result<TxStatus, Error> {
+        let hex = hash.to_hex();
+        let reply = self.exec(&self.inner.scripts.check_status, &[hex.as_bytes()])?;
+        if reply == Value::Nil {
+            return Ok(TxStatus::unknown());
+        }
+        let items = scripts::array(reply, "check_status")?;
+        let [stage, c, m, at]: [Value; 4] = items
+            .try_into()
+            .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("check_status: {v:?}")))?;
+        let key = format!("{} {hex}", self.inner.keys.txs);
+        Ok(TxStatus {
+            stage: scripts::decode_stage(&scripts::text(&stage, "stage")?, &key)?,
+            confirmations: scripts::count(&c, "confirmations")?,
+            non_confirmations: scripts::count(&m, "misses")?,
+            confirmed_at: scripts::decode_point(&scripts::text(&at, "confirmed_at")?, &key)?,
+        })
+    }
+
+    /// Entries of the finalized log (Finalized and Dropped txs, with payloads) whose sequence is
+    /// at least `cursor`, oldest first, at most `limit` of them. Sequences start at 1 and are
+    /// never reused; pass `next_cursor` back to read on. The log keeps the newest
+    /// `max_finalized` entries.
+    pub fn dump_finalized(&self, cursor: u64, limit: usize) -> Result<MempoolPage, Error> {
+        let first = format!("{cursor}-0");
+        let count = (clamp(limit) + 1).to_string();
+        let reply = self.exec(
+            &self.inner.scripts.dump_finalized,
+            &[first.as_bytes(), count.as_bytes()],
+        )?;
+        let mut items = Vec::new();
+        let mut next_cursor = None;
+        for entry in scripts::array(reply, "dump_finalized")? {
+            let (seq, tx) = scripts::decode_log_entry(entry, &self.inner.keys)?;
+            if items.len() == limit {
+                next_cursor = Some(seq);
+                break;
+            }
+            items.push(tx);
+        }
+        Ok(MempoolPage { items, next_cursor })
+    }
+
+    /// The watcher lock as Redis sees it now.
+    pub fn watcher_info(&self) -> Result<WatcherInfo, Error> {
+        let items = scripts::array(
+            self.exec(&self.inner.scripts.watcher_info, &[])?,
+            "watcher_info",
+        )?;
+        let [holder, pttl, epoch, applied]: [Value; 4] = items
+            .try_into()
+            .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("watcher_info: {v:?}")))?;
+        let holder = scripts::opt_text(&holder, "holder")?;
+        let pttl = scripts::int(&pttl, "pttl")?;
+        let epoch = match scripts::opt_text(&epoch, "epoch")? {
+            None => 0,
+            Some(e) => e.parse().map_err(|_| Error::Corrupt {
+                key: self.inner.keys.epoch.clone(),
+                detail: format!("not a counter: {e:?}"),
+            })?,
+        };
+        let applied_slot =
+            match scripts::opt_text(&applied, "applied")? {
+                None => None,
+                Some(a) => Some(a.get(..20).and_then(|s| s.parse().ok()).ok_or_else(|| {
+                    Error::Corrupt {
+                        key: self.inner.keys.applied.clone(),
+                        detail: format!("not a slot: {a:?}"),
+                    }
+                })?),
+            };
+        Ok(WatcherInfo {
+            is_self: holder.as_deref() == Some(self.inner.node_id.as_str()),
+            ttl: (holder.is_some() && pttl >= 0).then(|| Duration::from_millis(pttl as u64)),
+            holder,
+            epoch,
+            applied_slot,
+        })
+    }
+
+    /// Stops the lease thread for this mempool and all its clones: a watcher deletes its lock
+    /// (only if it is still its own) and wakes the other nodes so one takes over at once.
+    /// Mempool calls on remaining clones keep working; they just never become watcher again.
+    ///
+    /// Reports an error if the lock could not be released (it then expires after its TTL) or the
+    /// lease thread panicked.
+    pub fn shutdown(self) -> Result<(), Error> {
+        let lease = self.inner.lease.lock().take();
+        match lease {
+            Some(lease) => lease.stop(true),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the lease thread the way a crash would: the lock is **not** released and other
+    /// nodes take over only once it expires. Meant for tests and for hosts that must exit
+    /// without touching Redis.
+    pub fn abandon(self) {
+        let lease = self.inner.lease.lock().take();
+        if let Some(lease) = lease {
+            let _ = lease.stop(false);
+        }
+        self.inner.lease_shared.flag.store(false, Ordering::SeqCst);
+    }
+
+    /// Test hook: blocks the lease thread for `duration`, as if it were descheduled, while its
+    /// flag stays as it was. Used to prove that a stale watcher cannot write.
+    #[doc(hidden)]
+    pub fn test_freeze_lease(&self, duration: Duration) {
+        if let Some(lease) = self.inner.lease.lock().as_ref() {
+            lease.freeze(duration);
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! The server-side scripts, one `.lua` file per operation in `src/scripts/`, and the decoding of
+//! their replies.
+//!
+//! Each script is `prelude.lua` followed by its own file. Every script receives all keys of the
+//! mempool in the order of [`Keys::all`], so the prelude names them once. redis-rs sends
+//! `EVALSHA` and loads a script on `NOSCRIPT` by itself; [`Scripts::load_all`] loads them when the
+//! mempool opens so that the steady state is one round trip per call.
+
+use redis::{Script, Value};
+
+use crate::keys::Keys;
+use crate::pool::RedisConn;
+use crate::types::{BlockHash, ChainPoint, EraCbor, MempoolTx, MempoolTxStage, TxHash};
+use crate::Error;
+
+/// A script and its source (redis-rs keeps the source private, and `SCRIPT LOAD` needs it).
+pub(crate) struct Lua {
+    script: Script,
+    source: &'static str,
+}
+
+impl Lua {
+    fn new(source: &'static str) -> Lua {
+        Lua {
+            script: Script::new(source),
+            source,
+        }
+    }
+}
+
+macro_rules! lua {
+    ($file:literal) => {
+        Lua::new(concat!(
+            include_str!("scripts/prelude.lua"),
+            "\n",
+            include_str!(concat!("scripts/", $file))
+        ))
+    };
+}
+
+/// All scripts, hashed once.
+pub(crate) struct Scripts {
+    pub receive: Lua,
+    pub has_pending: Lua,
+    pub peek_pending: Lua,
+    pub mark_inflight: Lua,
+    pub mark_acknowledged: Lua,
+    pub find_inflight: Lua,
+    pub peek_inflight: Lua,
+    pub confirm: Lua,
+    pub check_status: Lua,
+    pub dump_finalized: Lua,
+    pub watcher_info: Lua,
+    pub acquire: Lua,
+    pub renew: Lua,
+    pub release: Lua,
+}
+
+impl Scripts {
+    pub fn new() -> Scripts {
+        Scripts {
+            receive: lua!("receive.lua"),
+            has_pending: lua!("has_pending.lua"),
+            peek_pending: lua!("peek_pending.lua"),
+            mark_inflight: lua!("mark_inflight.lua"),
+            mark_acknowledged: lua!("mark_acknowledged.lua"),
+            find_inflight: lua!("find_inflight.lua"),
+            peek_inflight: lua!("peek_inflight.lua"),
+            confirm: lua!("confirm.lua"),
+            check_status: lua!("check_status.lua"),
+            dump_finalized: lua!("dump_finalized.lua"),
+            watcher_info: lua!("watcher_info.lua"),
+            acquire: lua!("acquire.lua"),
+            renew: lua!("renew.lua"),
+            release: lua!("release.lua"),
+        }
+    }
+
+    fn all(&self) -> [&Lua; 14] {
+        [
+            &self.receive,
+            &self.has_pending,
+            &self.peek_pending,
+            &self.mark_inflight,
+            &self.mark_acknowledged,
+            &self.find_inflight,
+            &self.peek_inflight,
+            &self.confirm,
+            &self.check_status,
+            &self.dump_finalized,
+            &self.watcher_info,
+            &self.acquire,
+            &self.renew,
+            &self.release,
+        ]
+    }
+
+    /// `SCRIPT LOAD`s every script, in one pipeline.
+    pub fn load_all(&self, conn: &mut RedisConn) -> Result<(), Error> {
+        let mut pipe = redis::pipe();
+        for lua in self.all() {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(lua.source);
+        }
+        conn.query_pipeline::<Vec<String>>(&pipe)
+            .map(|_| ())
+            .map_err(Error::from_redis)
+    }
+}
+
+/// Runs `lua` with every key of the mempool and `args`; one `EVALSHA`.
+pub(crate) fn run(
+    conn: &mut RedisConn,
+    lua: &Lua,
+    keys: &Keys,
+    args: &[&[u8]],
+) -> Result<Value, Error> {
+    let mut inv = lua.script.prepare_invoke();
+    for key in keys.all() {
+        inv.key(key);
+    }
+    for arg in args {
+        inv.arg(*arg);
+    }
+    conn.invoke(&inv).map_err(Error::from_redis)
+}
+
+// ---- reply decoding: never panics, every surprise is an `UnexpectedReply` ----
+
+fn unexpected(what: &str, v: &Value) -> Error {
+    Error::UnexpectedReply(format!("{what}: {v:?}"))
+}
+
+pub(crate) fn array(v: Value, what: &str) -> Result<Vec<Value>, Error> {
+    match v {
+        Value::Array(items) => Ok(items),
+        other => Err(unexpected(what, &other)),
+    }
+}
+
+pub(crate) fn int(v: &Value, what: &str) -> Result<i64, Error> {
+    match v {
+        Value::Int(n) => Ok(*n),
+        Value::BulkString(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| unexpected(what, v)),
+        other => Err(unexpected(what, other)),
+    }
+}
+
+pub(crate) fn uint(v: &Value, what: &str) -> Result<u64, Error> {
+    let n = int(v, what)?;
+    u64::try_from(n).map_err(|_| unexpected(what, v))
+}
+
+pub(crate) fn count(v: &Value, what: &str) -> Result<u32, Error> {
+    let n = int(v, what)?;
+    u32::try_from(n).map_err(|_| unexpected(what, v))
+}
+
+pub(crate) fn text(v: &Value, what: &str) -> Result<String, Error> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).map_err(|_| unexpected(what, v)),
+        Value::SimpleString(s) => Ok(s.clone()),
+        Value::Okay => Ok("OK".to_string()),
+        other => Err(unexpected(what, other)),
+    }
+}
+
+/// `Nil` (Lua `false`) as `None`.
+pub(crate) fn opt_text(v: &Value, what: &str) -> Result<Option<String>, Error> {
+    match v {
+        Value::Nil => Ok(None),
+        other => text(other, what).map(Some),
+    }
+}
+
+fn bytes(v: Value, what: &str) -> Result<Vec<u8>, Error> {
+    match v {
+        Value::BulkString(b) => Ok(b),
+        other => Err(unexpected(what, &other)),
+    }
+}
+
+/// Encodes a chain point for storage: `origin`, `<slot>` or `<slot>:<hash hex>`.
+pub(crate) fn encode_point(p: &ChainPoint) -> String {
+    match p {
+        ChainPoint::Origin => "origin".to_string(),
+        ChainPoint::Slot(s) => s.to_string(),
+        ChainPoint::Specific(s, h) => format!("{s}:{h}"),
+    }
+}
+
+/// Decodes what [`encode_point`] wrote; `""` is no point.
+pub(crate) fn decode_point(s: &str, key: &str) -> Result<Option<ChainPoint>, Error> {
+    let bad = || Error::Corrupt {
+        key: key.to_string(),
+        detail: format!("bad chain point {s:?}"),
+    };
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if s == "origin" {
+        return Ok(Some(ChainPoint::Origin));
+    }
+    let (slot, hash) = match s.split_once(':') {
+        Some((slot, hash)) => (slot, Some(hash)),
+        None => (s, None),
+    };
+    let slot: u64 = slot.parse().map_err(|_| bad())?;
+    Ok(Some(match hash {
+        Some(h) => ChainPoint::Specific(slot, h.parse::<BlockHash>().map_err(|_| bad())?),
+        None => ChainPoint::Slot(slot),
+    }))
+}
+
+pub(crate) fn decode_stage(code: &str, key: &str) -> Result<MempoolTxStage, Error> {
+    Ok(match code {
+        "P" => MempoolTxStage::Pending,
+        "R" => MempoolTxStage::Propagated,
+        "A" => MempoolTxStage::Acknowledged,
+        "C" => MempoolTxStage::Confirmed,
+        "F" => MempoolTxStage::Finalized,
+        "D" => MempoolTxStage::Dropped,
+        other => {
+            return Err(Error::Corrupt {
+                key: key.to_string(),
+                detail: format!("unknown stage {other:?}"),
+            })
+        }
+    })
+}
+
+/// Decodes `{hash, stage, confirmations, misses, confirmed_at, era, body}` (see `tx_reply` in
+/// `prelude.lua`).
+pub(crate) fn decode_tx(v: Value, keys: &Keys) -> Result<MempoolTx, Error> {
+    let items = array(v, "tx")?;
+    let [hash, stage, c, m, at, era, body]: [Value; 7] = items
+        .try_into()
+        .map_err(|items: Vec<Value>| Error::UnexpectedReply(format!("tx: {items:?}")))?;
+    let hash_text = text(&hash, "tx hash")?;
+    let key = format!("{} {}", keys.txs, hash_text);
+    let hash: TxHash = hash_text.parse().map_err(|_| Error::Corrupt {
+        key: key.clone(),
+        detail: "bad tx hash".into(),
+    })?;
+    let era = text(&era, "era")?;
+    let era: u16 = era.parse().map_err(|_| Error::Corrupt {
+        key: key.clone(),
+        detail: format!("bad era {era:?}"),
+    })?;
+    Ok(MempoolTx {
+        hash,
+        payload: EraCbor(era, bytes(body, "payload")?),
+        stage: decode_stage(&text(&stage, "stage")?, &key)?,
+        confirmations: count(&c, "confirmations")?,
+        non_confirmations: count(&m, "misses")?,
+        confirmed_at: decode_point(&text(&at, "confirmed_at")?, &key)?,
+    })
+}
+
+/// Decodes one raw `XRANGE` entry of the finalized log into its sequence and tx.
+pub(crate) fn decode_log_entry(v: Value, keys: &Keys) -> Result<(u64, MempoolTx), Error> {
+    let items = array(v, "log entry")?;
+    let [id, fields]: [Value; 2] = items
+        .try_into()
+        .map_err(|items: Vec<Value>| Error::UnexpectedReply(format!("log entry: {items:?}")))?;
+    let id = text(&id, "log entry id")?;
+    let key = format!("{} {}", keys.log, id);
+    let corrupt = |detail: String| Error::Corrupt {
+        key: key.clone(),
+        detail,
+    };
+    let seq: u64 = id
+        .split_once('-')
+        .and_then(|(ms, _)| ms.parse().ok())
+        .ok_or_else(|| corrupt("bad entry id".into()))?;
+    let mut fields = array(fields, "log entry fields")?.into_iter();
+    let (mut tx, mut st, mut c, mut m, mut at, mut era, mut body) =
+        (None, None, None, None, None, None, None);
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        match text(&name, "log field name")?.as_str() {
+            "tx" => tx = Some(text(&value, "tx")?),
+            "st" => st = Some(text(&value, "st")?),
+            "c" => c = Some(count(&value, "c")?),
+            "m" => m = Some(count(&value, "m")?),
+            "at" => at = Some(text(&value, "at")?),
+            "era" => era = Some(text(&value, "era")?),
+            "body" => body = Some(bytes(value, "body")?),
+            _ => {}
+        }
+    }
+    let missing = |f: &str| corrupt(format!("field {f} missing"));
+    let hash: TxHash = tx
+        .ok_or_else(|| missing("tx"))?
+        .parse()
+        .map_err(|_| corrupt("bad tx hash".into()))?;
+    let era = era.ok_or_else(|| missing("era"))?;
+    let era: u16 = era
+        .parse()
+        .map_err(|_| corrupt(format!("bad era {era:?}")))?;
+    Ok((
+        seq,
+        MempoolTx {
+            hash,
+            payload: EraCbor(era, body.ok_or_else(|| missing("body"))?),
+            stage: decode_stage(&st.ok_or_else(|| missing("st"))?, &key)?,
+            confirmations: c.ok_or_else(|| missing("c"))?,
+            non_confirmations: m.ok_or_else(|| missing("m"))?,
+            confirmed_at: decode_point(&at.unwrap_or_default(), &key)?,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prelude_names_the_keys_in_the_order_rust_passes_them() {
+        let prelude = include_str!("scripts/prelude.lua");
+        let keys = Keys::new("p");
+        for (i, key) in keys.all().iter().enumerate() {
+            let name = key.strip_prefix("p:").unwrap().replace(':', "_");
+            let name = match name.as_str() {
+                "watcher_lock" => "lock".to_string(),
+                "watcher_epoch" => "epoch".to_string(),
+                "watcher_wake" => "wake".to_string(),
+                other => other.to_string(),
+            };
+            let decl = format!("{name} = KEYS[{}]", i + 1);
+            assert!(prelude.contains(&decl), "prelude lacks `{decl}`");
+        }
+    }
+
+    #[test]
+    fn points_round_trip() {
+        let h = BlockHash::from([7; 32]);
+        for p in [
+            ChainPoint::Origin,
+            ChainPoint::Slot(42),
+            ChainPoint::Specific(u64::MAX, h),
+        ] {
+            assert_eq!(decode_point(&encode_point(&p), "k").unwrap(), Some(p));
+        }
+        assert!(decode_point("x:y", "k").is_err());
+    }
+}

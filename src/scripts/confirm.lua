@@ -1,0 +1,126 @@
+-- confirm(node_id, epoch, slot, slot_below, point, F, D, max_log, nseen, seen..., unseen...)
+--   -> {'lost'} | {'already'} | {'applied', H, confirmed, rolled_back, finalized, dropped}
+--
+-- Applies one block (or undoes one, when `unseen` is not empty) to the inflight txs. Fenced:
+-- only the node holding the lock at the epoch it acquired may change anything, whatever that
+-- node believes locally. Exactly once: a forward block at or below the applied slot is ignored.
+-- Slots arrive as 20-digit zero-padded strings so that they compare exactly as strings.
+local node_id, epoch, slot, slot_below, point = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local F, D, max_log, nseen = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local nunseen = #ARGV - 9 - nseen
+
+check_types('lock', 'epoch', 'applied', 'height', 'seq', 'txs', 'payloads', 'pending', 'inflight',
+  'unconfirmed', 'confirmed', 'log', 'log_seq', 'done')
+
+if redis.call('GET', K.lock) ~= node_id or redis.call('GET', K.epoch) ~= epoch then
+  return {'lost'}
+end
+local applied = redis.call('GET', K.applied)
+if nunseen == 0 and applied and slot <= string.sub(applied, 1, 20) then
+  return {'already'}
+end
+
+local H = height() + 1
+
+-- Phase 1: read and decode everything this call will touch, so that corrupt data aborts the
+-- call before the first write.
+local seen, seen_set = {}, {}
+for i = 10, 9 + nseen do
+  local hash = ARGV[i]
+  if not seen_set[hash] then
+    seen_set[hash] = true
+    local t = load(hash)
+    if t and t.st ~= 'P' then seen[#seen + 1] = {hash = hash, t = t} end
+  end
+end
+local unseen, unseen_set = {}, {}
+for i = 10 + nseen, #ARGV do
+  local hash = ARGV[i]
+  if not seen_set[hash] and not unseen_set[hash] then
+    unseen_set[hash] = true
+    local t = load(hash)
+    if t and t.st ~= 'P' then unseen[#unseen + 1] = {hash = hash, t = t} end
+  end
+end
+
+-- Who finalizes: Confirmed before this call with H - hc + 1 >= F, plus the txs this call
+-- confirms for the first time when F <= 1. Who drops: unconfirmed with H - hi >= D.
+-- Rolled-back txs do neither; txs confirmed now do not drop.
+local finalize, drop = {}, {}
+for _, hash in ipairs(redis.call('ZRANGEBYSCORE', K.confirmed, '-inf', int(H + 1 - F))) do
+  if not unseen_set[hash] then
+    local t = load(hash)
+    if not t then corrupt(K.confirmed .. ' ' .. hash, 'confirmed tx has no state record') end
+    finalize[#finalize + 1] = {hash = hash, t = t, body = load_body(hash)}
+  end
+end
+local newly = {}
+for _, e in ipairs(seen) do
+  if e.t.st ~= 'C' then
+    e.t.st, e.t.hc, e.t.at = 'C', H, point
+    newly[#newly + 1] = e
+    if F <= 1 then finalize[#finalize + 1] = {hash = e.hash, t = e.t, body = load_body(e.hash)} end
+  end
+end
+for _, hash in ipairs(redis.call('ZRANGEBYSCORE', K.unconfirmed, '-inf', int(H - D))) do
+  if not seen_set[hash] and not unseen_set[hash] then
+    local t = load(hash)
+    if not t then corrupt(K.unconfirmed .. ' ' .. hash, 'inflight tx has no state record') end
+    drop[#drop + 1] = {hash = hash, t = t, body = load_body(hash)}
+  end
+end
+
+-- Phase 2: write.
+redis.call('SET', K.height, H)
+for _, e in ipairs(newly) do
+  redis.call('HSET', K.txs, e.hash, encode(e.t))
+  redis.call('ZREM', K.unconfirmed, e.hash)
+  redis.call('ZADD', K.confirmed, H, e.hash)
+end
+for _, e in ipairs(unseen) do
+  redis.call('HSET', K.txs, e.hash, encode({st = 'P', era = e.t.era}))
+  redis.call('ZREM', K.inflight, e.hash)
+  redis.call('ZREM', K.unconfirmed, e.hash)
+  redis.call('ZREM', K.confirmed, e.hash)
+  redis.call('ZADD', K.pending, redis.call('INCR', K.seq), e.hash)
+end
+
+local function retire(e, stage)
+  local c, m = counters(e.t, H)
+  local n = redis.call('INCR', K.log_seq)
+  redis.call('XADD', K.log, int(n) .. '-0', 'tx', e.hash, 'st', stage, 'c', int(c), 'm', int(m),
+    'at', e.t.at or '', 'era', e.t.era, 'body', e.body)
+  redis.call('HSET', K.done, e.hash, stage .. int(n))
+  redis.call('HDEL', K.txs, e.hash)
+  redis.call('HDEL', K.payloads, e.hash)
+  redis.call('ZREM', K.inflight, e.hash)
+  redis.call('ZREM', K.unconfirmed, e.hash)
+  redis.call('ZREM', K.confirmed, e.hash)
+end
+for _, e in ipairs(finalize) do retire(e, 'F') end
+for _, e in ipairs(drop) do retire(e, 'D') end
+
+-- Keep the newest max_log entries; forget the index entries of the ones that go, unless the
+-- index already points at a newer entry for the same hash.
+local excess = redis.call('XLEN', K.log) - max_log
+if excess > 0 then
+  for _, entry in ipairs(redis.call('XRANGE', K.log, '-', '+', 'COUNT', excess)) do
+    local fields, hash = entry[2], nil
+    for i = 1, #fields, 2 do if fields[i] == 'tx' then hash = fields[i + 1] end end
+    if hash then
+      local done = redis.call('HGET', K.done, hash)
+      if done and string.sub(done, 2) .. '-0' == entry[1] then redis.call('HDEL', K.done, hash) end
+    end
+  end
+  redis.call('XTRIM', K.log, 'MAXLEN', max_log)
+end
+
+if nunseen == 0 then
+  redis.call('SET', K.applied, slot)
+elseif slot_below == '' then
+  redis.call('DEL', K.applied)
+else
+  redis.call('SET', K.applied, slot_below)
+end
+
+return {'applied', H, #newly, #unseen, #finalize, #drop}

@@ -1,0 +1,19 @@
+-- mark_inflight(hash...) -> number of txs that moved
+-- Pending txs become Propagated; anything else is left alone, so an inflight or finalized tx is
+-- never overwritten. Duplicates in the batch move once.
+check_types('txs', 'pending', 'inflight', 'unconfirmed', 'height', 'seq')
+local H = height()
+local moved = 0
+for i = 1, #ARGV do
+  local hash = ARGV[i]
+  local t = load(hash)
+  if t and t.st == 'P' then
+    t.st, t.hi = 'R', H
+    redis.call('ZREM', K.pending, hash)
+    redis.call('ZADD', K.inflight, redis.call('INCR', K.seq), hash)
+    redis.call('ZADD', K.unconfirmed, H, hash)
+    redis.call('HSET', K.txs, hash, encode(t))
+    moved = moved + 1
+  end
+end
+return moved

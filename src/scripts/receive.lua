@@ -1,0 +1,16 @@
+-- receive(hash, era, body, max_pending) -> {'ok'} | {'dup'} | {'full'}
+-- A new tx joins the tail of the pending queue. Duplicates are pending, inflight, or Finalized in
+-- the retained log; a Dropped tx may come back.
+local hash, era, body, max_pending = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+check_types('txs', 'payloads', 'pending', 'done', 'seq')
+
+if redis.call('HEXISTS', K.txs, hash) == 1 then return {'dup'} end
+local done = redis.call('HGET', K.done, hash)
+if done and string.sub(done, 1, 1) == 'F' then return {'dup'} end
+if redis.call('ZCARD', K.pending) >= max_pending then return {'full'} end
+
+local order = redis.call('INCR', K.seq)
+redis.call('HSET', K.txs, hash, encode({st = 'P', era = era}))
+redis.call('HSET', K.payloads, hash, body)
+redis.call('ZADD', K.pending, order, hash)
+return {'ok'}
