@@ -408,6 +408,19 @@ impl RedisMempool {
         self.inner.lease_shared.flag.store(false, Ordering::SeqCst);
     }
 
+    /// Benchmark hook: a plain `SET key value` through the same pool and connection settings as
+    /// every mempool call — the physical limit a call is compared with.
+    #[doc(hidden)]
+    pub fn baseline_set(&self, key: &str, value: &[u8]) -> Result<(), Error> {
+        let mut conn = self
+            .inner
+            .pool
+            .get()
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        conn.run::<()>(redis::cmd("SET").arg(key).arg(value))
+            .map_err(Error::from_redis)
+    }
+
     /// Test hook: blocks the lease thread for `duration`, as if it were descheduled, while its
     /// flag stays as it was. Used to prove that a stale watcher cannot write.
     #[doc(hidden)]

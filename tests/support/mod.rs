@@ -1,0 +1,65 @@
+//! Shared helpers for integration tests and examples.
+//!
+//! Integration tests pull this in with `mod support;`; examples with
+//! `#[path = "../tests/support/mod.rs"] mod support;`. It therefore depends
+//! only on std, the `redis` crate and `env_logger`, never on `dolos_redis`
+//! itself, so a broken library build cannot hide a broken harness (or the
+//! other way round).
+//!
+//! * [`RedisServer`]: a throwaway `redis-server` process on a free port with
+//!   its own temp dir, which can be killed, restarted (keeping its AOF),
+//!   paused and resumed.
+//! * [`FaultProxy`]: a TCP proxy in front of a server that can pass traffic,
+//!   swallow it (a network partition) or refuse connections.
+//! * [`wait_until`] and [`init_logging`].
+
+// Every test binary compiles the whole module but uses only part of it.
+#![allow(dead_code)]
+
+pub mod proxy;
+pub mod server;
+
+// A binary that uses only some of these would otherwise warn about the rest
+// (`dead_code` does not cover re-exports).
+#[allow(unused_imports)]
+pub use proxy::{FaultProxy, ProxyMode};
+#[allow(unused_imports)]
+pub use server::{RedisServer, ServerOptions};
+
+use std::time::{Duration, Instant};
+
+/// How often [`wait_until`] re-evaluates its condition: short enough that
+/// tests do not idle, long enough not to steal a core from the code under
+/// test on a 2-core machine.
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Polls `cond` every few ms until it returns true or `timeout` passes;
+/// returns whether it became true.
+///
+/// The condition is always evaluated at least once, and once more at the
+/// deadline, so a condition that turns true just as time runs out is not
+/// reported as a failure.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL_INTERVAL.min(deadline - now));
+    }
+}
+
+/// Installs env_logger for tests once (`is_test(true)`), honouring `RUST_LOG`.
+///
+/// Safe to call from every test: only the first call in a process installs
+/// the logger, later ones are no-ops. `is_test` routes output through the
+/// test harness's capture so logs show up only for failing tests.
+pub fn init_logging() {
+    // `builder()` reads RUST_LOG; `try_init` fails harmlessly when another
+    // test already installed the logger.
+    let _ = env_logger::builder().is_test(true).try_init();
+}
