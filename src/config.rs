@@ -38,6 +38,7 @@ pub struct Config {
     pub(crate) command_timeout: Duration,
     pub(crate) max_pending: usize,
     pub(crate) max_tx_size: usize,
+    pub(crate) event_history: usize,
 }
 
 impl Config {
@@ -54,6 +55,7 @@ impl Config {
             command_timeout: Duration::from_secs(2),
             max_pending: 100_000,
             max_tx_size: 64 * 1024,
+            event_history: 100_000,
         }
     }
 
@@ -125,6 +127,16 @@ impl Config {
     /// Defaults to 65 536 (four times Cardano's current 16 KiB limit).
     pub fn max_tx_size(mut self, max: usize) -> Config {
         self.max_tx_size = max;
+        self
+    }
+
+    /// About how many events the shared event stream keeps (Redis trims it approximately). A
+    /// subscriber cut off from Redis resumes without a gap if fewer events than this happened
+    /// meanwhile; otherwise it is told how many it missed.
+    ///
+    /// Defaults to 100 000.
+    pub fn event_history(mut self, events: usize) -> Config {
+        self.event_history = events;
         self
     }
 
@@ -217,6 +229,9 @@ impl Config {
         if self.max_tx_size == 0 {
             return bad("max_tx_size", "must be at least 1".into());
         }
+        if self.event_history == 0 {
+            return bad("event_history", "must be at least 1".into());
+        }
         if self.connect_timeout.is_zero() {
             return bad("connect_timeout", "must be more than zero".into());
         }
@@ -264,6 +279,7 @@ impl fmt::Debug for Config {
             .field("command_timeout", &self.command_timeout)
             .field("max_pending", &self.max_pending)
             .field("max_tx_size", &self.max_tx_size)
+            .field("event_history", &self.event_history)
             .finish()
     }
 }
@@ -308,6 +324,7 @@ mod toml_table {
         command_timeout_ms: Option<u64>,
         max_pending: Option<usize>,
         max_tx_size: Option<usize>,
+        event_history: Option<usize>,
     }
 
     impl TryFrom<RawConfig> for Config {
@@ -344,6 +361,9 @@ mod toml_table {
             }
             if let Some(v) = raw.max_tx_size {
                 c = c.max_tx_size(v);
+            }
+            if let Some(v) = raw.event_history {
+                c = c.event_history(v);
             }
             Ok(c)
         }

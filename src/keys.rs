@@ -20,6 +20,9 @@
 //! | `P:log`                | stream | finalized log: entry id `<seq>-0`, fields tx, st (F/D), c, m, at, era, body |
 //! | `P:log:seq`            | string | last sequence given to a log entry (sequences are never reused) |
 //! | `P:done`               | hash   | tx hash → `F<seq>` / `D<seq>`: where the tx sits in the retained log |
+//! | `P:stages`             | hash   | live tx count per stage (`P`, `R`, `A`, `C`), for stats |
+//! | `P:events`             | stream | every transition, appended by the script that makes it: entry id `<n>-0`; trimmed to about `event_history` entries |
+//! | `P:events:seq`         | string | last event number `n` (a reader that sees `n` jump knows it missed events) |
 //!
 //! Counters are derived, not stored per tx: with `H` the applied-call count, a Confirmed tx has
 //! `H - hc + 1` confirmations and an unconfirmed inflight tx has `H - hi` misses. That is why
@@ -43,6 +46,9 @@ pub(crate) struct Keys {
     pub log: String,
     pub log_seq: String,
     pub done: String,
+    pub stages: String,
+    pub events: String,
+    pub events_seq: String,
 }
 
 impl Keys {
@@ -64,11 +70,14 @@ impl Keys {
             log: k("log"),
             log_seq: k("log:seq"),
             done: k("done"),
+            stages: k("stages"),
+            events: k("events"),
+            events_seq: k("events:seq"),
         }
     }
 
     /// Every key, in the order `prelude.lua` reads them from `KEYS`.
-    pub fn all(&self) -> [&str; 15] {
+    pub fn all(&self) -> [&str; 18] {
         [
             &self.lock,
             &self.epoch,
@@ -85,6 +94,9 @@ impl Keys {
             &self.log,
             &self.log_seq,
             &self.done,
+            &self.stages,
+            &self.events,
+            &self.events_seq,
         ]
     }
 }

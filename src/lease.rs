@@ -155,6 +155,7 @@ impl Lease {
         let lease_loop = LeaseLoop {
             timing: LeaseTiming::new(config.watcher_lock_ttl),
             io_timeout: config.lease_io_timeout(),
+            event_history: config.event_history,
             client,
             keys,
             scripts,
@@ -241,6 +242,7 @@ enum Role {
 struct LeaseLoop {
     timing: LeaseTiming,
     io_timeout: Duration,
+    event_history: usize,
     client: redis::Client,
     keys: Keys,
     scripts: Arc<Scripts>,
@@ -478,7 +480,7 @@ impl LeaseLoop {
         };
         let mut argv: Vec<&[u8]> = vec![self.node_id.as_bytes()];
         argv.extend(args.iter().map(|a| a.as_bytes()));
-        scripts::run(conn, script, &self.keys, &argv)
+        scripts::run(conn, script, &self.keys, self.event_history, &argv)
     }
 }
 

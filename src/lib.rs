@@ -45,6 +45,7 @@
 
 mod config;
 mod error;
+mod events;
 mod keys;
 mod lease;
 mod mempool;
@@ -54,10 +55,11 @@ mod types;
 
 pub use config::Config;
 pub use error::Error;
+pub use events::MempoolEvent;
 pub use mempool::RedisMempool;
 pub use types::{
-    BlockHash, ChainPoint, ConfirmOutcome, EraCbor, MempoolPage, MempoolTx, MempoolTxStage, TxHash,
-    TxStatus, WatcherInfo,
+    BlockHash, ChainPoint, ConfirmOutcome, EraCbor, MempoolPage, MempoolStats, MempoolTx,
+    MempoolTxStage, TxHash, TxStatus, WatcherInfo,
 };
 
 /// The `log` target of lease and confirm messages, as in the reference deployment.

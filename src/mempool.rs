@@ -10,12 +10,13 @@ use log::debug;
 use parking_lot::Mutex;
 use redis::Value;
 
+use crate::events::{EventHub, MempoolEvent, ReaderSetup};
 use crate::keys::Keys;
 use crate::lease::{Lease, LeaseShared};
 use crate::pool::{self, Pool};
 use crate::scripts::{self, Lua, Scripts};
 use crate::types::{
-    ChainPoint, ConfirmOutcome, MempoolPage, MempoolTx, TxHash, TxStatus, WatcherInfo,
+    ChainPoint, ConfirmOutcome, MempoolPage, MempoolStats, MempoolTx, TxHash, TxStatus, WatcherInfo,
 };
 use crate::{Config, Error, LOG_TARGET};
 
@@ -31,6 +32,7 @@ pub struct RedisMempool {
 
 struct Inner {
     config: Config,
+    client: redis::Client,
     node_id: String,
     keys: Keys,
     scripts: Arc<Scripts>,
@@ -38,7 +40,12 @@ struct Inner {
     lease_shared: Arc<LeaseShared>,
     /// `None` once shut down (or abandoned); dropping the `Lease` stops its threads.
     lease: Mutex<Option<Lease>>,
+    events: EventHub,
 }
+
+/// How many undelivered events a subscriber's channel holds before it starts missing events
+/// (and is told so with [`MempoolEvent::Lagged`]).
+const SUBSCRIBER_CAPACITY: usize = 16_384;
 
 impl std::fmt::Debug for RedisMempool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -80,7 +87,7 @@ impl RedisMempool {
         let (first_tx, first_rx) = crossbeam_channel::bounded(1);
         let lease = Lease::start(
             &config,
-            client,
+            client.clone(),
             keys.clone(),
             scripts.clone(),
             node_id.clone(),
@@ -93,12 +100,14 @@ impl RedisMempool {
         Ok(RedisMempool {
             inner: Arc::new(Inner {
                 config,
+                client,
                 node_id,
                 keys,
                 scripts,
                 pool,
                 lease_shared,
                 lease: Mutex::new(Some(lease)),
+                events: EventHub::new(SUBSCRIBER_CAPACITY),
             }),
         })
     }
@@ -125,7 +134,13 @@ impl RedisMempool {
             .pool
             .get()
             .map_err(|e| Error::Unavailable(e.to_string()))?;
-        scripts::run(&mut conn, lua, &self.inner.keys, args)
+        scripts::run(
+            &mut conn,
+            lua,
+            &self.inner.keys,
+            self.inner.config.event_history,
+            args,
+        )
     }
 
     /// Adds a transaction to the tail of the pending queue.
@@ -355,9 +370,19 @@ impl RedisMempool {
         let [holder, pttl, epoch, applied]: [Value; 4] = items
             .try_into()
             .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("watcher_info: {v:?}")))?;
-        let holder = scripts::opt_text(&holder, "holder")?;
-        let pttl = scripts::int(&pttl, "pttl")?;
-        let epoch = match scripts::opt_text(&epoch, "epoch")? {
+        self.decode_watcher(&holder, &pttl, &epoch, &applied)
+    }
+
+    fn decode_watcher(
+        &self,
+        holder: &Value,
+        pttl: &Value,
+        epoch: &Value,
+        applied: &Value,
+    ) -> Result<WatcherInfo, Error> {
+        let holder = scripts::opt_text(holder, "holder")?;
+        let pttl = scripts::int(pttl, "pttl")?;
+        let epoch = match scripts::opt_text(epoch, "epoch")? {
             None => 0,
             Some(e) => e.parse().map_err(|_| Error::Corrupt {
                 key: self.inner.keys.epoch.clone(),
@@ -365,7 +390,7 @@ impl RedisMempool {
             })?,
         };
         let applied_slot =
-            match scripts::opt_text(&applied, "applied")? {
+            match scripts::opt_text(applied, "applied")? {
                 None => None,
                 Some(a) => Some(a.get(..20).and_then(|s| s.parse().ok()).ok_or_else(|| {
                     Error::Corrupt {
@@ -380,6 +405,58 @@ impl RedisMempool {
             holder,
             epoch,
             applied_slot,
+        })
+    }
+
+    /// Counts per stage, the watcher, and this node's lease figures, in one round trip.
+    pub fn stats(&self) -> Result<MempoolStats, Error> {
+        let items = scripts::array(self.exec(&self.inner.scripts.stats, &[])?, "stats")?;
+        let [counts, log_len, holder, pttl, epoch, applied, height]: [Value; 7] = items
+            .try_into()
+            .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("stats: {v:?}")))?;
+        let counts = scripts::array(counts, "stage counts")?;
+        let count = |i: usize| -> Result<u64, Error> {
+            match counts.get(i) {
+                Some(v) => Ok(scripts::int(v, "stage count")?.max(0) as u64),
+                None => Err(Error::UnexpectedReply(format!("stage counts: {counts:?}"))),
+            }
+        };
+        let lease = &self.inner.lease_shared.counters;
+        Ok(MempoolStats {
+            pending: count(0)?,
+            propagated: count(1)?,
+            acknowledged: count(2)?,
+            confirmed: count(3)?,
+            finalized_log: scripts::uint(&log_len, "log length")?,
+            applied_blocks: scripts::uint(&height, "height")?,
+            watcher: self.decode_watcher(&holder, &pttl, &epoch, &applied)?,
+            is_watcher: self.is_watcher(),
+            renewals: lease.renewals.load(Ordering::Relaxed),
+            failed_renewals: lease.failed_renewals.load(Ordering::Relaxed),
+            times_acquired: lease.acquired.load(Ordering::Relaxed),
+            times_lost: lease.lost.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Every change to the shared mempool — made by any node sharing the prefix — in commit
+    /// order: transitions of transactions and changes of watcher. See [`MempoolEvent`].
+    ///
+    /// The first call starts one reader thread per mempool (shared by all subscribers and
+    /// clones) and returns once it knows where the stream stands, so every event committed after
+    /// this returns is delivered. A subscriber never slows anything down: if it does not keep up
+    /// (16 384 undelivered events) it misses events and receives [`MempoolEvent::Lagged`] with
+    /// their number; dropping the receiver unsubscribes. After a lost link to Redis the reader
+    /// resumes where it stopped, without a gap as long as the stream's retained history
+    /// ([`Config::event_history`]) covers it, and with a `Lagged` otherwise.
+    pub fn subscribe(&self) -> crossbeam_channel::Receiver<MempoolEvent> {
+        let inner = &self.inner;
+        inner.events.subscribe(|| ReaderSetup {
+            client: inner.client.clone(),
+            stream: inner.keys.events.clone(),
+            counter: inner.keys.events_seq.clone(),
+            node_id: inner.node_id.clone(),
+            connect_timeout: inner.config.connect_timeout,
+            io_timeout: inner.config.command_timeout,
         })
     }
 

@@ -54,6 +54,7 @@ pub(crate) struct Scripts {
     pub acquire: Lua,
     pub renew: Lua,
     pub release: Lua,
+    pub stats: Lua,
 }
 
 impl Scripts {
@@ -73,10 +74,11 @@ impl Scripts {
             acquire: lua!("acquire.lua"),
             renew: lua!("renew.lua"),
             release: lua!("release.lua"),
+            stats: lua!("stats.lua"),
         }
     }
 
-    fn all(&self) -> [&Lua; 14] {
+    fn all(&self) -> [&Lua; 15] {
         [
             &self.receive,
             &self.has_pending,
@@ -92,6 +94,7 @@ impl Scripts {
             &self.acquire,
             &self.renew,
             &self.release,
+            &self.stats,
         ]
     }
 
@@ -107,17 +110,20 @@ impl Scripts {
     }
 }
 
-/// Runs `lua` with every key of the mempool and `args`; one `EVALSHA`.
+/// Runs `lua` with every key of the mempool, the arguments every script takes (`event_history`:
+/// how many events the event stream keeps) and `args`; one `EVALSHA`.
 pub(crate) fn run(
     conn: &mut RedisConn,
     lua: &Lua,
     keys: &Keys,
+    event_history: usize,
     args: &[&[u8]],
 ) -> Result<Value, Error> {
     let mut inv = lua.script.prepare_invoke();
     for key in keys.all() {
         inv.key(key);
     }
+    inv.arg(event_history);
     for arg in args {
         inv.arg(*arg);
     }

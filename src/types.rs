@@ -271,6 +271,35 @@ pub struct WatcherInfo {
     pub is_self: bool,
 }
 
+/// What a host exports as metrics: the shared mempool's counts and this node's lease figures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MempoolStats {
+    /// Transactions in the pending queue.
+    pub pending: u64,
+    /// Inflight transactions in stage Propagated.
+    pub propagated: u64,
+    /// Inflight transactions in stage Acknowledged.
+    pub acknowledged: u64,
+    /// Inflight transactions in stage Confirmed.
+    pub confirmed: u64,
+    /// Entries (Finalized and Dropped) in the retained finalized log.
+    pub finalized_log: u64,
+    /// How many `confirm` calls were applied, ever.
+    pub applied_blocks: u64,
+    /// The watcher lock as Redis sees it.
+    pub watcher: WatcherInfo,
+    /// Whether this node's flag is up.
+    pub is_watcher: bool,
+    /// Successful renewals of the lock by this node.
+    pub renewals: u64,
+    /// Renewals by this node that failed (timeout, link down); it retries until its deadline.
+    pub failed_renewals: u64,
+    /// Times this node acquired the lock.
+    pub times_acquired: u64,
+    /// Times this node stepped down without a graceful release.
+    pub times_lost: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,12 +5,12 @@
 -- only the node holding the lock at the epoch it acquired may change anything, whatever that
 -- node believes locally. Exactly once: a forward block at or below the applied slot is ignored.
 -- Slots arrive as 20-digit zero-padded strings so that they compare exactly as strings.
-local node_id, epoch, slot, slot_below, point = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local F, D, max_log, nseen = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local nunseen = #ARGV - 9 - nseen
+local node_id, epoch, slot, slot_below, point = A[1], A[2], A[3], A[4], A[5]
+local F, D, max_log, nseen = tonumber(A[6]), tonumber(A[7]), tonumber(A[8]), tonumber(A[9])
+local nunseen = #A - 9 - nseen
 
 check_types('lock', 'epoch', 'applied', 'height', 'seq', 'txs', 'payloads', 'pending', 'inflight',
-  'unconfirmed', 'confirmed', 'log', 'log_seq', 'done')
+  'unconfirmed', 'confirmed', 'log', 'log_seq', 'done', 'stages', 'events', 'events_seq')
 
 if redis.call('GET', K.lock) ~= node_id or redis.call('GET', K.epoch) ~= epoch then
   return {'lost'}
@@ -20,13 +20,15 @@ if nunseen == 0 and applied and slot <= string.sub(applied, 1, 20) then
   return {'already'}
 end
 
+-- This call is the H-th applied one. Counters follow from H (see `counters` in the prelude), so
+-- only the block's txs and the txs that finalize or drop are written.
 local H = height() + 1
 
 -- Phase 1: read and decode everything this call will touch, so that corrupt data aborts the
 -- call before the first write.
 local seen, seen_set = {}, {}
 for i = 10, 9 + nseen do
-  local hash = ARGV[i]
+  local hash = A[i]
   if not seen_set[hash] then
     seen_set[hash] = true
     local t = load(hash)
@@ -34,8 +36,8 @@ for i = 10, 9 + nseen do
   end
 end
 local unseen, unseen_set = {}, {}
-for i = 10 + nseen, #ARGV do
-  local hash = ARGV[i]
+for i = 10 + nseen, #A do
+  local hash = A[i]
   if not seen_set[hash] and not unseen_set[hash] then
     unseen_set[hash] = true
     local t = load(hash)
@@ -43,25 +45,39 @@ for i = 10 + nseen, #ARGV do
   end
 end
 
--- Who finalizes: Confirmed before this call with H - hc + 1 >= F, plus the txs this call
--- confirms for the first time when F <= 1. Who drops: unconfirmed with H - hi >= D.
--- Rolled-back txs do neither; txs confirmed now do not drop.
-local finalize, drop = {}, {}
-for _, hash in ipairs(redis.call('ZRANGEBYSCORE', K.confirmed, '-inf', int(H + 1 - F))) do
+-- Confirmed txs (other than rolled-back ones) gain a confirmation: those reaching F finalize,
+-- the others get a Confirmed event with their new count. Walking them all is the one part of
+-- confirm that grows with the mempool, and only with the Confirmed txs: about F blocks' worth.
+local finalize, still_confirmed = {}, {}
+local zc = redis.call('ZRANGE', K.confirmed, 0, -1)
+for _, hash in ipairs(zc) do
   if not unseen_set[hash] then
     local t = load(hash)
-    if not t then corrupt(K.confirmed .. ' ' .. hash, 'confirmed tx has no state record') end
-    finalize[#finalize + 1] = {hash = hash, t = t, body = load_body(hash)}
+    if not t or t.st ~= 'C' then corrupt(K.confirmed .. ' ' .. hash, 'not a confirmed tx') end
+    local c = counters(t, H)
+    if c >= F then
+      finalize[#finalize + 1] = {hash = hash, t = t, body = load_body(hash)}
+    else
+      still_confirmed[#still_confirmed + 1] = {hash = hash, t = t}
+    end
   end
 end
+-- Txs confirmed for the first time by this call.
 local newly = {}
 for _, e in ipairs(seen) do
   if e.t.st ~= 'C' then
+    e.was = e.t.st
     e.t.st, e.t.hc, e.t.at = 'C', H, point
     newly[#newly + 1] = e
-    if F <= 1 then finalize[#finalize + 1] = {hash = e.hash, t = e.t, body = load_body(e.hash)} end
+    if 1 >= F then
+      finalize[#finalize + 1] = {hash = e.hash, t = e.t, body = load_body(e.hash)}
+    else
+      still_confirmed[#still_confirmed + 1] = e
+    end
   end
 end
+-- Unconfirmed inflight txs that missed D blocks drop (unless this block saw or undid them).
+local drop = {}
 for _, hash in ipairs(redis.call('ZRANGEBYSCORE', K.unconfirmed, '-inf', int(H - D))) do
   if not seen_set[hash] and not unseen_set[hash] then
     local t = load(hash)
@@ -76,6 +92,7 @@ for _, e in ipairs(newly) do
   redis.call('HSET', K.txs, e.hash, encode(e.t))
   redis.call('ZREM', K.unconfirmed, e.hash)
   redis.call('ZADD', K.confirmed, H, e.hash)
+  count_stage(e.was, 'C')
 end
 for _, e in ipairs(unseen) do
   redis.call('HSET', K.txs, e.hash, encode({st = 'P', era = e.t.era}))
@@ -83,10 +100,18 @@ for _, e in ipairs(unseen) do
   redis.call('ZREM', K.unconfirmed, e.hash)
   redis.call('ZREM', K.confirmed, e.hash)
   redis.call('ZADD', K.pending, redis.call('INCR', K.seq), e.hash)
+  count_stage(e.t.st, 'P')
+  emit_tx(e.hash, 'B', 0, 0, '')
+end
+for _, e in ipairs(still_confirmed) do
+  emit_tx(e.hash, 'C', counters(e.t, H), 0, e.t.at)
 end
 
+-- Moves a tx out of the live sets into the finalized log.
 local function retire(e, stage)
   local c, m = counters(e.t, H)
+  count_stage(e.t.st, nil)
+  emit_tx(e.hash, stage, c, m, e.t.at)
   local n = redis.call('INCR', K.log_seq)
   redis.call('XADD', K.log, int(n) .. '-0', 'tx', e.hash, 'st', stage, 'c', int(c), 'm', int(m),
     'at', e.t.at or '', 'era', e.t.era, 'body', e.body)

@@ -1,3 +1,3 @@
 -- dump_finalized(first_id, count) -> raw XRANGE entries of the finalized log.
 check_types('log')
-return redis.call('XRANGE', K.log, ARGV[1], '+', 'COUNT', ARGV[2])
+return redis.call('XRANGE', K.log, A[1], '+', 'COUNT', A[2])

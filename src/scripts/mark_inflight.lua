@@ -1,11 +1,12 @@
 -- mark_inflight(hash...) -> number of txs that moved
 -- Pending txs become Propagated; anything else is left alone, so an inflight or finalized tx is
 -- never overwritten. Duplicates in the batch move once.
-check_types('txs', 'pending', 'inflight', 'unconfirmed', 'height', 'seq')
+check_types('txs', 'pending', 'inflight', 'unconfirmed', 'height', 'seq', 'stages', 'events',
+  'events_seq')
 local H = height()
 local moved = 0
-for i = 1, #ARGV do
-  local hash = ARGV[i]
+for i = 1, #A do
+  local hash = A[i]
   local t = load(hash)
   if t and t.st == 'P' then
     t.st, t.hi = 'R', H
@@ -13,6 +14,8 @@ for i = 1, #ARGV do
     redis.call('ZADD', K.inflight, redis.call('INCR', K.seq), hash)
     redis.call('ZADD', K.unconfirmed, H, hash)
     redis.call('HSET', K.txs, hash, encode(t))
+    count_stage('P', 'R')
+    emit_tx(hash, 'R', 0, 0, '')
     moved = moved + 1
   end
 end

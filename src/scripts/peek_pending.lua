@@ -1,9 +1,9 @@
 -- peek_pending(stop) -> {tx...} in queue order; nothing is removed.
 check_types('txs', 'payloads', 'pending', 'height')
--- ARGV[1] is the last index to return (limit - 1), as a string so that huge limits stay exact.
+-- A[1] is the last index to return (limit - 1), as a string so that huge limits stay exact.
 local H = height()
 local out = {}
-for _, hash in ipairs(redis.call('ZRANGE', K.pending, 0, ARGV[1])) do
+for _, hash in ipairs(redis.call('ZRANGE', K.pending, 0, A[1])) do
   local t = load(hash)
   if not t then corrupt(K.pending .. ' ' .. hash, 'queued tx has no state record') end
   out[#out + 1] = tx_reply(hash, t, load_body(hash), H)

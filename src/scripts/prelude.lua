@@ -6,15 +6,22 @@ local K = {
   lock = KEYS[1], epoch = KEYS[2], wake = KEYS[3], applied = KEYS[4], height = KEYS[5],
   seq = KEYS[6], txs = KEYS[7], payloads = KEYS[8], pending = KEYS[9], inflight = KEYS[10],
   unconfirmed = KEYS[11], confirmed = KEYS[12], log = KEYS[13], log_seq = KEYS[14],
-  done = KEYS[15],
+  done = KEYS[15], stages = KEYS[16], events = KEYS[17], events_seq = KEYS[18],
 }
+
+-- ARGV[1] is common to every call: how many entries the event stream keeps. A script's own
+-- arguments follow; `A` holds them from index 1.
+local EVENTS_MAX = ARGV[1]
+local A = {}
+for i = 2, #ARGV do A[i - 1] = ARGV[i] end
 
 -- Redis keeps the writes a script made before an error, so scripts check the types of the keys
 -- they touch before writing anything; the error names the key instead of a bare WRONGTYPE.
 local EXPECTED = {
   lock = 'string', epoch = 'string', applied = 'string', height = 'string', seq = 'string',
   txs = 'hash', payloads = 'hash', pending = 'zset', inflight = 'zset', unconfirmed = 'zset',
-  confirmed = 'zset', log = 'stream', log_seq = 'string', done = 'hash',
+  confirmed = 'zset', log = 'stream', log_seq = 'string', done = 'hash', stages = 'hash',
+  events = 'stream', events_seq = 'string',
 }
 local function check_types(...)
   for _, name in ipairs({...}) do
@@ -89,4 +96,23 @@ local function load_body(hash)
   local body = redis.call('HGET', K.payloads, hash)
   if not body then corrupt(K.payloads .. ' ' .. hash, 'payload missing for a tracked tx') end
   return body
+end
+
+-- How many live txs are in each stage (P, R, A, C), so stats need not scan.
+local function count_stage(from, to)
+  if from then redis.call('HINCRBY', K.stages, from, -1) end
+  if to then redis.call('HINCRBY', K.stages, to, 1) end
+end
+
+-- Appends one event to the event stream, with an explicit id `<n>-0` taken from a counter, so a
+-- reader sees a gap in `n` when entries it had not read were trimmed.
+local function emit(...)
+  local n = redis.call('INCR', K.events_seq)
+  redis.call('XADD', K.events, 'MAXLEN', '~', EVENTS_MAX, int(n) .. '-0', ...)
+end
+
+-- A tx event. Stages: P received, R propagated, A acknowledged, C confirmed (once per applied
+-- block, with its count), B rolled back to pending, F finalized, D dropped.
+local function emit_tx(hash, st, c, m, at)
+  emit('k', 'tx', 'tx', hash, 'st', st, 'c', int(c), 'm', int(m), 'at', at or '')
 end

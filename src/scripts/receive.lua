@@ -1,8 +1,8 @@
 -- receive(hash, era, body, max_pending) -> {'ok'} | {'dup'} | {'full'}
 -- A new tx joins the tail of the pending queue. Duplicates are pending, inflight, or Finalized in
 -- the retained log; a Dropped tx may come back.
-local hash, era, body, max_pending = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-check_types('txs', 'payloads', 'pending', 'done', 'seq')
+local hash, era, body, max_pending = A[1], A[2], A[3], tonumber(A[4])
+check_types('txs', 'payloads', 'pending', 'done', 'seq', 'stages', 'events', 'events_seq')
 
 if redis.call('HEXISTS', K.txs, hash) == 1 then return {'dup'} end
 local done = redis.call('HGET', K.done, hash)
@@ -13,4 +13,6 @@ local order = redis.call('INCR', K.seq)
 redis.call('HSET', K.txs, hash, encode({st = 'P', era = era}))
 redis.call('HSET', K.payloads, hash, body)
 redis.call('ZADD', K.pending, order, hash)
+count_stage(nil, 'P')
+emit_tx(hash, 'P', 0, 0, '')
 return {'ok'}

@@ -1,0 +1,416 @@
+//! Events: every transition, on every node.
+//!
+//! The script that makes a transition also appends it to the `P:events` stream (see
+//! `emit` in `prelude.lua`), so there is no transition without its event and no event without its
+//! transition, and the stream's order is the commit order. Each process runs one reader thread
+//! (started by the first [`RedisMempool::subscribe`](crate::RedisMempool::subscribe)) that
+//! follows the stream with `XREAD BLOCK` on its own connection and hands each event to every
+//! subscriber's bounded channel without ever blocking.
+//!
+//! Event ids are `<n>-0` with `n` from a counter, so a gap in `n` means trimmed history: the
+//! reader then sends [`MempoolEvent::Lagged`] instead of leaving a silent hole. After a lost link
+//! it resumes from the last id it delivered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{select, Receiver, Sender, TrySendError};
+use log::{debug, warn};
+use parking_lot::Mutex;
+use redis::Value;
+
+use crate::pool::RedisConn;
+use crate::scripts;
+use crate::types::{EraCbor, MempoolTx, MempoolTxStage};
+use crate::{Error, TxHash, LOG_TARGET};
+
+/// A change in the shared mempool, as every node sharing the prefix sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MempoolEvent {
+    /// A transaction changed: received (`Pending`), `Propagated`, `Acknowledged`, `Confirmed`
+    /// (once per applied block, with its new count), `RolledBack` (back in the pending queue),
+    /// `Finalized` or `Dropped`.
+    ///
+    /// **The payload is omitted**: `tx.payload` is empty (era 0, no bytes); read it with
+    /// [`find_inflight`](crate::RedisMempool::find_inflight) or the pending queue if needed.
+    Tx {
+        /// Position in the shared event stream (strictly increasing).
+        seq: u64,
+        /// The transaction's hash, stage, counters and `confirmed_at`.
+        tx: MempoolTx,
+    },
+    /// A node acquired the watcher lock.
+    WatcherAcquired {
+        /// Position in the shared event stream.
+        seq: u64,
+        /// The new watcher.
+        node_id: String,
+        /// The epoch of this acquisition.
+        epoch: u64,
+    },
+    /// The watcher released the lock on a graceful shutdown. (A lock that expires makes no
+    /// event; the next `WatcherAcquired` tells who took over.)
+    WatcherReleased {
+        /// Position in the shared event stream.
+        seq: u64,
+        /// The node that released it.
+        node_id: String,
+        /// The epoch it had held.
+        epoch: u64,
+    },
+    /// `missed` events could not be delivered to this subscriber: the stream's retained history
+    /// no longer covered a gap, or the subscriber's channel was full.
+    Lagged {
+        /// How many events were lost.
+        missed: u64,
+    },
+}
+
+struct Subscriber {
+    tx: Sender<MempoolEvent>,
+    /// Events this subscriber lost to a full channel and has not been told about yet.
+    missed: u64,
+}
+
+#[derive(Default)]
+struct Subscribers {
+    list: Mutex<Vec<Subscriber>>,
+}
+
+impl Subscribers {
+    /// Hands `event` to every subscriber without blocking; forgets the ones whose receiver is
+    /// gone.
+    fn publish(&self, event: &MempoolEvent) {
+        self.list.lock().retain_mut(|sub| {
+            if sub.missed > 0 {
+                match sub.tx.try_send(MempoolEvent::Lagged { missed: sub.missed }) {
+                    Ok(()) => sub.missed = 0,
+                    Err(TrySendError::Full(_)) => {
+                        sub.missed += 1;
+                        return true;
+                    }
+                    Err(TrySendError::Disconnected(_)) => return false,
+                }
+            }
+            match sub.tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    sub.missed += 1;
+                    true
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            }
+        });
+    }
+}
+
+/// The per-process side of events: the subscribers and the reader thread.
+pub(crate) struct EventHub {
+    subscribers: Arc<Subscribers>,
+    /// Dropping the sender stops the reader thread; `None` until the first subscriber.
+    reader: Mutex<Option<Sender<()>>>,
+    capacity: usize,
+}
+
+/// How long one `XREAD` blocks on the server; the reader notices shutdown within this.
+const BLOCK: Duration = Duration::from_millis(500);
+
+pub(crate) struct ReaderSetup {
+    pub client: redis::Client,
+    pub stream: String,
+    pub node_id: String,
+    pub connect_timeout: Duration,
+    pub io_timeout: Duration,
+    /// The counter of event numbers (`P:events:seq`): the reader starts after its value.
+    pub counter: String,
+}
+
+impl EventHub {
+    pub fn new(capacity: usize) -> EventHub {
+        EventHub {
+            subscribers: Arc::default(),
+            reader: Mutex::new(None),
+            capacity,
+        }
+    }
+
+    /// Registers a subscriber. The first one starts the reader thread (built by `setup`) and
+    /// waits until it has found the stream's current position, so every event committed after
+    /// this returns is delivered. If Redis cannot be reached within the timeouts, it returns
+    /// anyway and the reader starts from where the stream is once the link comes up.
+    pub fn subscribe(&self, setup: impl FnOnce() -> ReaderSetup) -> Receiver<MempoolEvent> {
+        let (tx, rx) = crossbeam_channel::bounded(self.capacity);
+        self.subscribers
+            .list
+            .lock()
+            .push(Subscriber { tx, missed: 0 });
+        let mut reader = self.reader.lock();
+        if reader.is_none() {
+            let setup = setup();
+            let wait = setup.connect_timeout + setup.io_timeout;
+            let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
+            let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+            let name = format!(
+                "dolos-redis-events-{}",
+                setup.node_id.get(..8).unwrap_or("")
+            );
+            let reader_loop = Reader {
+                subscribers: self.subscribers.clone(),
+                stop: stop_rx,
+                last: None,
+                ready: Some(ready_tx),
+                setup,
+                link_up: true,
+            };
+            match std::thread::Builder::new()
+                .name(name)
+                .spawn(move || reader_loop.run())
+            {
+                Ok(_) => {
+                    let _ = ready_rx.recv_timeout(wait);
+                    *reader = Some(stop_tx);
+                }
+                // Without a thread no event will come: say so on the channel rather than
+                // leaving the subscriber waiting on silence.
+                Err(e) => {
+                    warn!(target: LOG_TARGET, "cannot spawn the event thread: {e}");
+                    self.subscribers
+                        .publish(&MempoolEvent::Lagged { missed: u64::MAX });
+                }
+            }
+        }
+        rx
+    }
+}
+
+struct Reader {
+    subscribers: Arc<Subscribers>,
+    stop: Receiver<()>,
+    setup: ReaderSetup,
+    /// The last event number delivered; `None` until the reader first reached Redis.
+    last: Option<u64>,
+    /// Told once the starting position is known.
+    ready: Option<Sender<()>>,
+    link_up: bool,
+}
+
+impl Reader {
+    fn run(mut self) {
+        loop {
+            match self.follow() {
+                Ok(()) => return,
+                Err(e) => {
+                    if self.link_up {
+                        warn!(target: LOG_TARGET, "event reader lost redis, will resume after event {:?}: {e}", self.last);
+                        self.link_up = false;
+                    }
+                }
+            }
+            select! {
+                recv(self.stop) -> _ => return,
+                default(BLOCK) => {}
+            }
+        }
+    }
+
+    /// Follows the stream until shutdown (`Ok`) or a broken link (`Err`).
+    fn follow(&mut self) -> Result<(), Error> {
+        let s = &self.setup;
+        let mut conn = RedisConn::open(
+            &s.client,
+            s.connect_timeout,
+            BLOCK + s.io_timeout,
+            &format!("dolos-redis:{}:events", s.node_id),
+        )
+        .map_err(Error::from_redis)?;
+        if !self.link_up {
+            debug!(target: LOG_TARGET, "event reader reconnected");
+            self.link_up = true;
+        }
+        let last = match self.last {
+            Some(last) => last,
+            None => {
+                let value: Option<String> = conn
+                    .run(redis::cmd("GET").arg(&s.counter))
+                    .map_err(Error::from_redis)?;
+                let last = match value {
+                    None => 0,
+                    Some(v) => v.parse().map_err(|_| Error::Corrupt {
+                        key: s.counter.clone(),
+                        detail: format!("not a counter: {v:?}"),
+                    })?,
+                };
+                self.last = Some(last);
+                if let Some(ready) = self.ready.take() {
+                    let _ = ready.send(());
+                }
+                last
+            }
+        };
+        let mut last = last;
+        loop {
+            if !matches!(
+                self.stop.try_recv(),
+                Err(crossbeam_channel::TryRecvError::Empty)
+            ) {
+                return Ok(());
+            }
+            let reply: Value = conn
+                .run(
+                    redis::cmd("XREAD")
+                        .arg("COUNT")
+                        .arg(1000)
+                        .arg("BLOCK")
+                        .arg(BLOCK.as_millis() as u64)
+                        .arg("STREAMS")
+                        .arg(&self.setup.stream)
+                        .arg(format!("{last}-0")),
+                )
+                .map_err(Error::from_redis)?;
+            last = self.deliver(reply, last)?;
+            self.last = Some(last);
+        }
+    }
+
+    /// Hands the entries of one `XREAD` reply to the subscribers; returns the last event number.
+    fn deliver(&self, reply: Value, mut last: u64) -> Result<u64, Error> {
+        // Nil: the block timed out with nothing new. Otherwise [[stream, [entry...]]] (RESP2)
+        // or a map of stream → entries (RESP3).
+        let entries = match reply {
+            Value::Nil => return Ok(last),
+            Value::Array(streams) => match streams.into_iter().next() {
+                Some(stream) => match scripts::array(stream, "xread stream")?.pop() {
+                    Some(entries) => scripts::array(entries, "xread entries")?,
+                    None => return Ok(last),
+                },
+                None => return Ok(last),
+            },
+            Value::Map(streams) => match streams.into_iter().next() {
+                Some((_, entries)) => scripts::array(entries, "xread entries")?,
+                None => return Ok(last),
+            },
+            other => return Err(Error::UnexpectedReply(format!("xread: {other:?}"))),
+        };
+        for entry in entries {
+            let (n, event) = decode_event(entry, &self.setup.stream)?;
+            if n > last + 1 {
+                self.subscribers.publish(&MempoolEvent::Lagged {
+                    missed: n - last - 1,
+                });
+            }
+            last = n;
+            if let Some(event) = event {
+                self.subscribers.publish(&event);
+            }
+        }
+        Ok(last)
+    }
+}
+
+/// Decodes one stream entry; `None` for kinds this version does not know (skipped, so a newer
+/// writer does not break an older reader).
+fn decode_event(entry: Value, stream: &str) -> Result<(u64, Option<MempoolEvent>), Error> {
+    let items = scripts::array(entry, "event")?;
+    let [id, fields]: [Value; 2] = items
+        .try_into()
+        .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("event: {v:?}")))?;
+    let id = scripts::text(&id, "event id")?;
+    let key = format!("{stream} {id}");
+    let corrupt = |detail: String| Error::Corrupt {
+        key: key.clone(),
+        detail,
+    };
+    let seq: u64 = id
+        .split_once('-')
+        .and_then(|(n, _)| n.parse().ok())
+        .ok_or_else(|| corrupt("bad event id".into()))?;
+    let mut map = std::collections::HashMap::new();
+    let mut fields = scripts::array(fields, "event fields")?.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        map.insert(
+            scripts::text(&name, "event field")?,
+            scripts::text(&value, "event value")?,
+        );
+    }
+    let get = |f: &str| {
+        map.get(f)
+            .cloned()
+            .ok_or_else(|| corrupt(format!("field {f} missing")))
+    };
+    let number = |f: &str| -> Result<u64, Error> {
+        let v = get(f)?;
+        v.parse()
+            .map_err(|_| corrupt(format!("field {f} is not a number: {v:?}")))
+    };
+    let event = match get("k")?.as_str() {
+        "tx" => {
+            let hash: TxHash = get("tx")?
+                .parse()
+                .map_err(|_| corrupt("bad tx hash".into()))?;
+            let stage = match get("st")?.as_str() {
+                "B" => MempoolTxStage::RolledBack,
+                code => scripts::decode_stage(code, &key)?,
+            };
+            let small = |f: &str| {
+                number(f).and_then(|n| {
+                    u32::try_from(n).map_err(|_| corrupt(format!("field {f} too large")))
+                })
+            };
+            MempoolEvent::Tx {
+                seq,
+                tx: MempoolTx {
+                    hash,
+                    payload: EraCbor::default(),
+                    stage,
+                    confirmations: small("c")?,
+                    non_confirmations: small("m")?,
+                    confirmed_at: scripts::decode_point(&get("at")?, &key)?,
+                },
+            }
+        }
+        "leader" => MempoolEvent::WatcherAcquired {
+            seq,
+            node_id: get("node")?,
+            epoch: number("epoch")?,
+        },
+        "released" => MempoolEvent::WatcherReleased {
+            seq,
+            node_id: get("node")?,
+            epoch: number("epoch")?,
+        },
+        _ => return Ok((seq, None)),
+    };
+    Ok((seq, Some(event)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_subscriber_is_told_what_it_missed() {
+        let subs = Subscribers::default();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        subs.list.lock().push(Subscriber { tx, missed: 0 });
+        let ev = |n| MempoolEvent::Lagged { missed: n };
+        subs.publish(&ev(100));
+        subs.publish(&ev(101)); // full: missed
+        subs.publish(&ev(102)); // full: missed
+        assert_eq!(rx.try_recv().unwrap(), ev(100));
+        subs.publish(&ev(103)); // the lag report goes first, then 103 finds the channel full
+        assert_eq!(rx.try_recv().unwrap(), MempoolEvent::Lagged { missed: 2 });
+        subs.publish(&ev(104));
+        assert_eq!(rx.try_recv().unwrap(), MempoolEvent::Lagged { missed: 1 });
+    }
+
+    #[test]
+    fn a_dropped_receiver_is_forgotten() {
+        let subs = Subscribers::default();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        subs.list.lock().push(Subscriber { tx, missed: 0 });
+        drop(rx);
+        subs.publish(&MempoolEvent::Lagged { missed: 1 });
+        assert!(subs.list.lock().is_empty());
+    }
+}
