@@ -39,6 +39,7 @@ pub struct Config {
     pub(crate) max_pending: usize,
     pub(crate) max_tx_size: usize,
     pub(crate) event_history: usize,
+    pub(crate) watcher_candidate: bool,
 }
 
 impl Config {
@@ -56,6 +57,7 @@ impl Config {
             max_pending: 100_000,
             max_tx_size: 64 * 1024,
             event_history: 100_000,
+            watcher_candidate: true,
         }
     }
 
@@ -137,6 +139,16 @@ impl Config {
     /// Defaults to 100 000.
     pub fn event_history(mut self, events: usize) -> Config {
         self.event_history = events;
+        self
+    }
+
+    /// Whether this node competes for the watcher lock. Observers — inspectors, dashboards,
+    /// tools that only read or subscribe — set it to `false`: they start no lease thread and
+    /// never apply `confirm`.
+    ///
+    /// Defaults to `true`.
+    pub fn watcher_candidate(mut self, candidate: bool) -> Config {
+        self.watcher_candidate = candidate;
         self
     }
 
@@ -280,6 +292,7 @@ impl fmt::Debug for Config {
             .field("max_pending", &self.max_pending)
             .field("max_tx_size", &self.max_tx_size)
             .field("event_history", &self.event_history)
+            .field("watcher_candidate", &self.watcher_candidate)
             .finish()
     }
 }
@@ -325,6 +338,7 @@ mod toml_table {
         max_pending: Option<usize>,
         max_tx_size: Option<usize>,
         event_history: Option<usize>,
+        watcher_candidate: Option<bool>,
     }
 
     impl TryFrom<RawConfig> for Config {
@@ -364,6 +378,9 @@ mod toml_table {
             }
             if let Some(v) = raw.event_history {
                 c = c.event_history(v);
+            }
+            if let Some(v) = raw.watcher_candidate {
+                c = c.watcher_candidate(v);
             }
             Ok(c)
         }

@@ -64,7 +64,8 @@ fn clamp(limit: usize) -> u64 {
 
 impl RedisMempool {
     /// Validates `config`, connects (failing within the connect timeout if Redis is not
-    /// reachable), loads the scripts and starts the lease thread. Returns once the first attempt
+    /// reachable), loads the scripts and starts the lease thread (unless the config says the
+    /// node is no [watcher candidate](Config::watcher_candidate)). Returns once the first attempt
     /// to acquire the watcher lock has been made, so a lone node is the watcher right away.
     pub fn open(config: Config) -> Result<RedisMempool, Error> {
         config.validate()?;
@@ -84,18 +85,24 @@ impl RedisMempool {
             scripts.load_all(&mut conn)?;
         }
         let lease_shared = Arc::new(LeaseShared::default());
-        let (first_tx, first_rx) = crossbeam_channel::bounded(1);
-        let lease = Lease::start(
-            &config,
-            client.clone(),
-            keys.clone(),
-            scripts.clone(),
-            node_id.clone(),
-            lease_shared.clone(),
-            first_tx,
-        )?;
-        // Best effort: if Redis is slow the lease settles in the background.
-        let _ = first_rx.recv_timeout(config.lease_io_timeout() * 2 + Duration::from_millis(50));
+        let lease = if config.watcher_candidate {
+            let (first_tx, first_rx) = crossbeam_channel::bounded(1);
+            let lease = Lease::start(
+                &config,
+                client.clone(),
+                keys.clone(),
+                scripts.clone(),
+                node_id.clone(),
+                lease_shared.clone(),
+                first_tx,
+            )?;
+            // Best effort: if Redis is slow the lease settles in the background.
+            let _ =
+                first_rx.recv_timeout(config.lease_io_timeout() * 2 + Duration::from_millis(50));
+            Some(lease)
+        } else {
+            None
+        };
         debug!(target: LOG_TARGET, "opened mempool {} as node {node_id}", config.key_prefix);
         Ok(RedisMempool {
             inner: Arc::new(Inner {
@@ -106,7 +113,7 @@ impl RedisMempool {
                 scripts,
                 pool,
                 lease_shared,
-                lease: Mutex::new(Some(lease)),
+                lease: Mutex::new(lease),
                 events: EventHub::new(SUBSCRIBER_CAPACITY),
             }),
         })
