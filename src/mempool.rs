@@ -492,6 +492,20 @@ impl RedisMempool {
         self.inner.lease_shared.flag.store(false, Ordering::SeqCst);
     }
 
+    /// The operator's reset of the watcher lock (what `redis-cli DEL <prefix>:watcher:lock` does,
+    /// made safe): deletes the lock only if `expected_holder` holds it (any holder with `None`),
+    /// wakes the followers so one takes over at once, and records a `WatcherReleased` event. The
+    /// old holder notices at its next renewal and steps down; Redis already rejects its
+    /// `confirm` calls. Returns the node id that was removed, `None` if nothing was deleted.
+    pub fn reset_watcher_lock(
+        &self,
+        expected_holder: Option<&str>,
+    ) -> Result<Option<String>, Error> {
+        let expected = expected_holder.unwrap_or("");
+        let reply = self.exec(&self.inner.scripts.reset_lock, &[expected.as_bytes()])?;
+        scripts::opt_text(&reply, "reset_lock")
+    }
+
     /// Benchmark hook: a plain `SET key value` through the same pool and connection settings as
     /// every mempool call — the physical limit a call is compared with.
     #[doc(hidden)]

@@ -55,6 +55,7 @@ pub(crate) struct Scripts {
     pub renew: Lua,
     pub release: Lua,
     pub stats: Lua,
+    pub reset_lock: Lua,
 }
 
 impl Scripts {
@@ -75,10 +76,11 @@ impl Scripts {
             renew: lua!("renew.lua"),
             release: lua!("release.lua"),
             stats: lua!("stats.lua"),
+            reset_lock: lua!("reset_lock.lua"),
         }
     }
 
-    fn all(&self) -> [&Lua; 15] {
+    fn all(&self) -> [&Lua; 16] {
         [
             &self.receive,
             &self.has_pending,
@@ -95,6 +97,7 @@ impl Scripts {
             &self.renew,
             &self.release,
             &self.stats,
+            &self.reset_lock,
         ]
     }
 
