@@ -21,7 +21,7 @@ use redis::Value;
 
 use crate::pool::RedisConn;
 use crate::scripts;
-use crate::types::{EraCbor, MempoolTx, MempoolTxStage};
+use crate::types::{ChainPoint, EraCbor, MempoolTx, MempoolTxStage};
 use crate::{Error, TxHash, LOG_TARGET};
 
 /// A change in the shared mempool, as every node sharing the prefix sees it.
@@ -39,6 +39,22 @@ pub enum MempoolEvent {
         seq: u64,
         /// The transaction's hash, stage, counters and `confirmed_at`.
         tx: MempoolTx,
+    },
+    /// The watcher applied a `confirm` call (the audit trail of applied blocks; it comes before
+    /// the transitions the call made).
+    BlockApplied {
+        /// Position in the shared event stream.
+        seq: u64,
+        /// The block's point.
+        point: ChainPoint,
+        /// How many `confirm` calls have been applied, this one included.
+        height: u64,
+        /// Whether the call undid the block (a rollback, non-empty `unseen`).
+        rollback: bool,
+        /// The watcher that applied it.
+        node_id: String,
+        /// The epoch of its lock.
+        epoch: u64,
     },
     /// A node acquired the watcher lock.
     WatcherAcquired {
@@ -369,6 +385,15 @@ fn decode_event(entry: Value, stream: &str) -> Result<(u64, Option<MempoolEvent>
                 },
             }
         }
+        "block" => MempoolEvent::BlockApplied {
+            seq,
+            point: scripts::decode_point(&get("at")?, &key)?
+                .ok_or_else(|| corrupt("block event without a point".into()))?,
+            height: number("h")?,
+            rollback: get("undo")? == "1",
+            node_id: get("node")?,
+            epoch: number("epoch")?,
+        },
         "leader" => MempoolEvent::WatcherAcquired {
             seq,
             node_id: get("node")?,

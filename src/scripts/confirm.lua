@@ -86,8 +86,9 @@ for _, hash in ipairs(redis.call('ZRANGEBYSCORE', K.unconfirmed, '-inf', int(H -
   end
 end
 
--- Phase 2: write.
+-- Phase 2: write. The block event comes first: it is the audit trail of applied blocks.
 redis.call('SET', K.height, H)
+emit('k', 'block', 'at', point, 'h', H, 'node', node_id, 'epoch', epoch, 'undo', nunseen > 0 and '1' or '0')
 for _, e in ipairs(newly) do
   redis.call('HSET', K.txs, e.hash, encode(e.t))
   redis.call('ZREM', K.unconfirmed, e.hash)
