@@ -135,12 +135,16 @@ impl RedisMempool {
         self.inner.lease_shared.flag.load(Ordering::SeqCst)
     }
 
-    fn exec(&self, lua: &Lua, args: &[&[u8]]) -> Result<Value, Error> {
-        let mut conn = self
-            .inner
+    /// A pooled connection; waits up to the connect timeout for one to be free.
+    fn conn(&self) -> Result<r2d2::PooledConnection<pool::Manager>, Error> {
+        self.inner
             .pool
             .get()
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
+            .map_err(|e| Error::Unavailable(e.to_string()))
+    }
+
+    fn exec(&self, lua: &Lua, args: &[&[u8]]) -> Result<Value, Error> {
+        let mut conn = self.conn()?;
         scripts::run(
             &mut conn,
             lua,
@@ -510,12 +514,8 @@ impl RedisMempool {
     /// every mempool call — the physical limit a call is compared with.
     #[doc(hidden)]
     pub fn baseline_set(&self, key: &str, value: &[u8]) -> Result<(), Error> {
-        let mut conn = self
-            .inner
-            .pool
-            .get()
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
-        conn.run::<()>(redis::cmd("SET").arg(key).arg(value))
+        self.conn()?
+            .run::<()>(redis::cmd("SET").arg(key).arg(value))
             .map_err(Error::from_redis)
     }
 
@@ -526,5 +526,16 @@ impl RedisMempool {
         if let Some(lease) = self.inner.lease.lock().as_ref() {
             lease.freeze(duration);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mempool_can_be_shared_between_threads() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        shareable::<RedisMempool>();
     }
 }
