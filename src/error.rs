@@ -33,8 +33,11 @@ pub enum Error {
     /// Redis did not answer within the command timeout. The call may or may not have taken
     /// effect on the server (like any timed-out write); the connection is discarded.
     Timeout(String),
-    /// Redis answered with an error (out of memory, read-only replica, missing permission, …).
+    /// Redis answered with an error (out of memory, read-only replica, …).
     Server(String),
+    /// Redis refused the credentials, wants some, or the user lacks a permission (ACL). Not
+    /// transient: retrying will not help until the configuration changes.
+    Auth(String),
     /// A key under the mempool's prefix holds a value of the wrong Redis type.
     WrongType {
         /// The full key name.
@@ -67,6 +70,7 @@ impl fmt::Display for Error {
             Error::Unavailable(m) => write!(f, "redis unavailable: {m}"),
             Error::Timeout(m) => write!(f, "redis timed out: {m}"),
             Error::Server(m) => write!(f, "redis error: {m}"),
+            Error::Auth(m) => write!(f, "redis refused access: {m}"),
             Error::WrongType { key } => write!(f, "key {key} holds the wrong type of value"),
             Error::Corrupt { key, detail } => write!(f, "corrupt data at {key}: {detail}"),
             Error::UnexpectedReply(m) => write!(f, "unexpected reply from redis: {m}"),
@@ -89,6 +93,11 @@ impl Error {
     pub(crate) fn from_redis(err: redis::RedisError) -> Error {
         if err.is_timeout() {
             return Error::Timeout(err.to_string());
+        }
+        if err.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(err.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+        {
+            return Error::Auth(err.to_string());
         }
         if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
             return Error::Unavailable(err.to_string());

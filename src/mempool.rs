@@ -75,15 +75,24 @@ impl RedisMempool {
         let node_id = uuid::Uuid::new_v4().to_string();
         let keys = Keys::new(&config.key_prefix);
         let scripts = Arc::new(Scripts::new());
+        // One direct connection first: it fails fast and with the real reason (refused
+        // credentials, unreachable host), where the pool would retry until its timeout. It
+        // also loads the scripts.
+        {
+            let mut conn = pool::RedisConn::open(
+                &client,
+                config.connect_timeout,
+                config.command_timeout,
+                &format!("dolos-redis:{node_id}:open"),
+            )
+            .map_err(Error::from_redis)?;
+            scripts.load_all(&mut conn)?;
+        }
         let pool = pool::build(
             client.clone(),
             &config,
             format!("dolos-redis:{node_id}:pool"),
         )?;
-        {
-            let mut conn = pool.get().map_err(|e| Error::Unavailable(e.to_string()))?;
-            scripts.load_all(&mut conn)?;
-        }
         let lease_shared = Arc::new(LeaseShared::default());
         let lease = if config.watcher_candidate {
             let (first_tx, first_rx) = crossbeam_channel::bounded(1);

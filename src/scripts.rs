@@ -101,15 +101,14 @@ impl Scripts {
         ]
     }
 
-    /// `SCRIPT LOAD`s every script, in one pipeline.
+    /// `SCRIPT LOAD`s every script. One command each (not a pipeline): a pipeline's error
+    /// carries no error code, and the first error here is often the telling one (`NOAUTH`).
     pub fn load_all(&self, conn: &mut RedisConn) -> Result<(), Error> {
-        let mut pipe = redis::pipe();
         for lua in self.all() {
-            pipe.cmd("SCRIPT").arg("LOAD").arg(lua.source);
+            conn.run::<String>(redis::cmd("SCRIPT").arg("LOAD").arg(lua.source))
+                .map_err(Error::from_redis)?;
         }
-        conn.query_pipeline::<Vec<String>>(&pipe)
-            .map(|_| ())
-            .map_err(Error::from_redis)
+        Ok(())
     }
 }
 

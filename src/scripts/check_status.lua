@@ -9,7 +9,9 @@ if t then
 end
 local done = redis.call('HGET', K.done, hash)
 if not done then return false end
-local id = string.sub(done, 2) .. '-0'
+local n = string.match(done, '^[FD](%d+)$')
+if not n then corrupt(K.done .. ' ' .. hash, 'bad log pointer ' .. string.format('%q', done)) end
+local id = n .. '-0'
 local entry = redis.call('XRANGE', K.log, id, id)[1]
 if not entry then corrupt(K.done .. ' ' .. hash, 'points at missing log entry ' .. id) end
 local f = {}

@@ -16,6 +16,9 @@ if redis.call('GET', K.lock) ~= node_id or redis.call('GET', K.epoch) ~= epoch t
   return {'lost'}
 end
 local applied = redis.call('GET', K.applied)
+if applied and not string.match(applied, '^' .. string.rep('%d', 20)) then
+  corrupt(K.applied, 'not a slot: ' .. string.format('%q', applied))
+end
 if nunseen == 0 and applied and slot <= string.sub(applied, 1, 20) then
   return {'already'}
 end
