@@ -216,6 +216,9 @@ impl Reader {
         loop {
             match self.follow() {
                 Ok(()) => return,
+                // Shut down while the link broke (typically Redis stopped right after the last
+                // handle was dropped): nothing to report.
+                Err(_) if self.stopped() => return,
                 Err(e) => {
                     if self.link_up {
                         warn!(target: LOG_TARGET, "event reader lost redis, will resume after event {:?}: {e}", self.last);
@@ -228,6 +231,13 @@ impl Reader {
                 default(BLOCK) => {}
             }
         }
+    }
+
+    fn stopped(&self) -> bool {
+        !matches!(
+            self.stop.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Empty)
+        )
     }
 
     /// Follows the stream until shutdown (`Ok`) or a broken link (`Err`).
@@ -266,10 +276,7 @@ impl Reader {
         };
         let mut last = last;
         loop {
-            if !matches!(
-                self.stop.try_recv(),
-                Err(crossbeam_channel::TryRecvError::Empty)
-            ) {
+            if self.stopped() {
                 return Ok(());
             }
             let reply: Value = conn

@@ -554,6 +554,7 @@ impl Waker {
         let mut pubsub = conn.conn.as_pubsub();
         pubsub.subscribe(&self.channel)?;
         pubsub.set_read_timeout(Some(WAKER_POLL))?;
+        let mut heard = Instant::now();
         loop {
             if !matches!(
                 self.stop.try_recv(),
@@ -563,10 +564,17 @@ impl Waker {
             }
             match pubsub.get_message() {
                 Ok(_) => {
+                    heard = Instant::now();
                     // A full channel already holds a wake-up; one is enough.
                     let _ = self.wake.try_send(());
                 }
-                Err(e) if e.is_timeout() => {}
+                // A link that died silently only shows when we speak: ping now and then.
+                Err(e) if e.is_timeout() => {
+                    if heard.elapsed() >= self.retry {
+                        pubsub.ping::<redis::Value>()?;
+                        heard = Instant::now();
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -1,0 +1,175 @@
+//! Everything that happened, as the event stream told the demo's observer: the life of every
+//! transaction and every change of watcher. The final check reads it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use dolos_redis::{MempoolEvent, MempoolTxStage, RedisMempool, TxHash};
+
+/// A node acquired the lock.
+#[derive(Clone, Debug)]
+pub struct Acquired {
+    pub at: Instant,
+    pub node_id: String,
+    pub epoch: u64,
+}
+
+#[derive(Default)]
+pub struct State {
+    /// Every transaction that entered the mempool (a `Pending` event), with the stages it went
+    /// through and the confirmation count each event carried.
+    pub txs: HashMap<TxHash, Vec<(MempoolTxStage, u32)>>,
+    /// Transitions seen for a hash before its `Pending` event (must stay empty).
+    pub orphans: u64,
+    pub acquired: Vec<Acquired>,
+    /// Every applied `confirm` call: (slot, rollback, applying node).
+    pub blocks: Vec<(u64, bool, String)>,
+    pub lagged: u64,
+    /// Events whose sequence did not increase (must stay 0).
+    pub out_of_order: u64,
+    pub finalized: u64,
+    pub dropped: u64,
+}
+
+pub struct Ledger {
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ledger {
+    /// Subscribes before returning, so every event committed from now on is recorded.
+    pub fn start(observer: &RedisMempool) -> Ledger {
+        let events = observer.subscribe();
+        let state = Arc::new(Mutex::new(State::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (shared, stopping) = (state.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut last_seq = 0;
+            let mut check_seq = |seq: u64, s: &mut State| {
+                if seq <= last_seq {
+                    s.out_of_order += 1;
+                }
+                last_seq = seq;
+            };
+            while !stopping.load(Ordering::SeqCst) {
+                let Ok(event) = events.recv_timeout(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+                match event {
+                    MempoolEvent::Tx { seq, tx } => {
+                        check_seq(seq, &mut s);
+                        match tx.stage {
+                            MempoolTxStage::Finalized => s.finalized += 1,
+                            MempoolTxStage::Dropped => s.dropped += 1,
+                            _ => {}
+                        }
+                        if tx.stage == MempoolTxStage::Pending {
+                            s.txs.entry(tx.hash).or_default();
+                        }
+                        match s.txs.get_mut(&tx.hash) {
+                            Some(life) => life.push((tx.stage, tx.confirmations)),
+                            None => s.orphans += 1,
+                        }
+                    }
+                    MempoolEvent::WatcherAcquired {
+                        seq,
+                        node_id,
+                        epoch,
+                    } => {
+                        check_seq(seq, &mut s);
+                        s.acquired.push(Acquired {
+                            at: Instant::now(),
+                            node_id,
+                            epoch,
+                        });
+                    }
+                    MempoolEvent::WatcherReleased { seq, .. } => check_seq(seq, &mut s),
+                    MempoolEvent::BlockApplied {
+                        seq,
+                        point,
+                        rollback,
+                        node_id,
+                        ..
+                    } => {
+                        check_seq(seq, &mut s);
+                        s.blocks.push((point.slot(), rollback, node_id));
+                    }
+                    MempoolEvent::Lagged { missed } => s.lagged += missed,
+                    _ => {}
+                }
+            }
+        });
+        Ledger {
+            state,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The first acquisition by `node_id` recorded after `since`.
+    pub fn acquired_by(&self, node_id: &str, since: Instant) -> Option<Acquired> {
+        self.state()
+            .acquired
+            .iter()
+            .find(|a| a.node_id == node_id && a.at >= since)
+            .cloned()
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What is wrong with one transaction's life, given the finalize threshold `f`: it must be
+/// Pending → (Propagated → Acknowledged, in part) → Confirmed 1, 2, …, f-1 → Finalized f, each
+/// confirmation exactly once — proof that each block was applied exactly once.
+pub fn life_problem(life: &[(MempoolTxStage, u32)], f: u32) -> Option<String> {
+    use MempoolTxStage::*;
+    let stages: Vec<MempoolTxStage> = life.iter().map(|(s, _)| *s).collect();
+    if life.first().map(|(s, _)| *s) != Some(Pending) {
+        return Some(format!("does not start Pending: {stages:?}"));
+    }
+    let finals = life
+        .iter()
+        .filter(|(s, _)| matches!(s, Finalized | Dropped))
+        .count();
+    match life.last() {
+        Some((Finalized, c)) if finals == 1 && *c == f => {}
+        _ => {
+            return Some(format!(
+                "does not end Finalized once with {f} confirmations: {life:?}"
+            ))
+        }
+    }
+    let confirmations: Vec<u32> = life
+        .iter()
+        .filter(|(s, _)| *s == Confirmed)
+        .map(|(_, c)| *c)
+        .collect();
+    if confirmations != (1..f).collect::<Vec<u32>>() {
+        return Some(format!(
+            "confirmation counts {confirmations:?}, expected 1..{f} each once"
+        ));
+    }
+    if life
+        .iter()
+        .any(|(s, _)| matches!(s, RolledBack | Unknown | Dropped))
+    {
+        return Some(format!("unexpected stage in {stages:?}"));
+    }
+    None
+}
