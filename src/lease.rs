@@ -134,7 +134,7 @@ impl Lease {
         first_attempt: Sender<()>,
     ) -> Result<Lease, Error> {
         let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
-        let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
+        let (wake_tx, wake_rx) = crossbeam_channel::bounded(16);
         let (waker_stop_tx, waker_stop_rx) = crossbeam_channel::bounded::<()>(0);
         let short = short_id(&node_id).to_string();
 
@@ -259,7 +259,7 @@ struct LeaseLoop {
 }
 
 impl LeaseLoop {
-    fn run(mut self, commands: Receiver<Command>, mut wake: Receiver<()>) -> Result<(), Error> {
+    fn run(mut self, commands: Receiver<Command>, mut wake: Receiver<Wake>) -> Result<(), Error> {
         loop {
             let due = match self.role {
                 Role::Follower { next_try } => next_try,
@@ -277,7 +277,15 @@ impl LeaseLoop {
                     Err(_) => break,
                 },
                 recv(wake) -> msg => match msg {
-                    Ok(()) => {
+                    // Another node acquired the lock: if we think we hold it, check now.
+                    Ok(Wake::Acquired(by)) if by != self.node_id => {
+                        if let Role::Watcher { next_renew, .. } = &mut self.role {
+                            *next_renew = Instant::now();
+                        }
+                    }
+                    Ok(Wake::Acquired(_)) => {}
+                    // The lock was released: followers try at once.
+                    Ok(Wake::Released) => {
                         if let Role::Follower { next_try } = &mut self.role {
                             *next_try = Instant::now();
                         }
@@ -456,10 +464,10 @@ impl LeaseLoop {
         which: Which,
         args: &[&str],
     ) -> Result<redis::Value, Error> {
+        let deadline = Instant::now() + timeout;
+        let no_time = || Error::Timeout("no time left before the lease deadline".into());
         if timeout.is_zero() {
-            return Err(Error::Timeout(
-                "no time left before the lease deadline".into(),
-            ));
+            return Err(no_time());
         }
         if self.conn.as_ref().is_some_and(|c| c.is_broken()) {
             self.conn = None;
@@ -467,12 +475,17 @@ impl LeaseLoop {
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => {
+                // Connecting counts against the same budget: the deadline does not wait.
                 let conn = RedisConn::open(&self.client, timeout, self.io_timeout, &self.name)
                     .map_err(Error::from_redis)?;
                 self.conn.insert(conn)
             }
         };
-        conn.set_read_timeout(timeout).map_err(Error::from_redis)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(no_time());
+        }
+        conn.set_read_timeout(left).map_err(Error::from_redis)?;
         let script = match which {
             Which::Acquire => &self.scripts.acquire,
             Which::Renew => &self.scripts.renew,
@@ -520,8 +533,25 @@ fn parse_renew(v: redis::Value) -> Result<Option<String>, Error> {
     }
 }
 
-/// Forwards "the watcher released the lock" messages to the lease thread, so a follower takes
-/// over within milliseconds of a graceful shutdown instead of at its next poll.
+/// What the wake channel says (see `acquire.lua`, `release.lua`, `reset_lock.lua`).
+#[derive(Debug, PartialEq, Eq)]
+enum Wake {
+    Released,
+    Acquired(String),
+}
+
+impl Wake {
+    fn parse(payload: &str) -> Wake {
+        match payload.strip_prefix("acquired ") {
+            Some(node) => Wake::Acquired(node.to_string()),
+            None => Wake::Released,
+        }
+    }
+}
+
+/// Forwards the wake channel's messages to the lease thread: a follower takes over within
+/// milliseconds of a graceful release instead of at its next poll, and a watcher whose lock
+/// was deleted by hand and taken by another node steps down at once.
 struct Waker {
     client: redis::Client,
     channel: String,
@@ -529,7 +559,7 @@ struct Waker {
     retry: Duration,
     name: String,
     stop: Receiver<()>,
-    wake: Sender<()>,
+    wake: Sender<Wake>,
 }
 
 /// How often a blocked subscriber read returns to check for shutdown.
@@ -563,10 +593,12 @@ impl Waker {
                 return Ok(());
             }
             match pubsub.get_message() {
-                Ok(_) => {
+                Ok(msg) => {
                     heard = Instant::now();
-                    // A full channel already holds a wake-up; one is enough.
-                    let _ = self.wake.try_send(());
+                    let payload: String = msg.get_payload().unwrap_or_default();
+                    // Never block on a lease thread that is busy; a dropped wake-up only
+                    // means the next poll does the work.
+                    let _ = self.wake.try_send(Wake::parse(&payload));
                 }
                 // A link that died silently only shows when we speak: ping now and then.
                 Err(e) if e.is_timeout() => {
@@ -605,6 +637,12 @@ mod tests {
         assert_eq!(t.renewal_retry(now, deadline), deadline);
         let deadline = now + Duration::from_secs(1);
         assert_eq!(t.renewal_retry(now, deadline), now + t.retry);
+    }
+
+    #[test]
+    fn wake_messages_say_who_acquired() {
+        assert_eq!(Wake::parse("released"), Wake::Released);
+        assert_eq!(Wake::parse("acquired abc"), Wake::Acquired("abc".into()));
     }
 
     #[test]

@@ -69,7 +69,7 @@ impl RedisMempool {
     /// to acquire the watcher lock has been made, so a lone node is the watcher right away.
     pub fn open(config: Config) -> Result<RedisMempool, Error> {
         config.validate()?;
-        let client = redis::Client::open(config.url.as_str()).map_err(|_| {
+        let client = pool::client(&config.url).map_err(|_| {
             Error::InvalidConfig(format!("url: {:?} is not valid", config.redacted_url()))
         })?;
         let node_id = uuid::Uuid::new_v4().to_string();

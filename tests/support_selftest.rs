@@ -275,3 +275,153 @@ fn wait_until_reports_outcome() {
     assert!(!wait_until(Duration::from_millis(30), || false));
     assert!(started.elapsed() >= Duration::from_millis(30));
 }
+
+#[test]
+fn proxy_hold_delivers_late_requests_after_the_client_gave_up() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let mut con = short_connection(&proxy.url()).unwrap();
+    assert_eq!(ping(&mut con).unwrap(), "PONG");
+
+    proxy.hold();
+    assert_eq!(proxy.mode(), ProxyMode::Hold);
+    let err = redis::cmd("SET")
+        .arg("late")
+        .arg("1")
+        .query::<()>(&mut con)
+        .expect_err("SET answered through a hold");
+    assert!(err.is_timeout(), "expected a timeout, got {err}");
+    assert!(proxy.held_bytes() > 0);
+    // The client gives up on the connection, as a pool does after a timeout.
+    drop(con);
+    let mut direct = server.connection();
+    let exists = |direct: &mut redis::Connection| -> bool {
+        redis::cmd("EXISTS")
+            .arg("late")
+            .query::<i64>(direct)
+            .unwrap()
+            == 1
+    };
+    // Held means not delivered, however long the client waited.
+    assert!(!exists(&mut direct));
+    // The upstream stays open for the held request.
+    assert!(wait_until(SETTLE, || proxy.orphans() == 1));
+    assert_eq!(proxy.connections(), 1);
+
+    proxy.heal();
+    assert!(wait_until(SETTLE, || exists(&mut direct)));
+    // Once delivered and answered, the orphaned upstream is closed.
+    assert!(wait_until(SETTLE, || proxy.orphans() == 0));
+    assert!(wait_until(SETTLE, || proxy.connections() == 0));
+    assert_eq!(proxy.held_bytes(), 0);
+    assert!(fresh_ping_works(&proxy.url()));
+}
+
+#[test]
+fn proxy_hold_delays_in_order_and_keeps_the_link_in_sync() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let client = redis::Client::open(proxy.url()).unwrap();
+    let mut con = client.get_connection_with_timeout(SETTLE).unwrap();
+    con.set_read_timeout(Some(SETTLE)).unwrap();
+    assert_eq!(ping(&mut con).unwrap(), "PONG");
+
+    proxy.hold();
+    let waiter = std::thread::spawn(move || {
+        let reply: redis::RedisResult<(String, i64, i64)> = redis::pipe()
+            .cmd("SET")
+            .arg("seq")
+            .arg("a")
+            .cmd("APPEND")
+            .arg("seq")
+            .arg("b")
+            .cmd("APPEND")
+            .arg("seq")
+            .arg("c")
+            .query(&mut con);
+        (reply, con)
+    });
+    // SET + two APPENDs in RESP: wait until all of the request is held.
+    let request_len = redis::pipe()
+        .cmd("SET")
+        .arg("seq")
+        .arg("a")
+        .cmd("APPEND")
+        .arg("seq")
+        .arg("b")
+        .cmd("APPEND")
+        .arg("seq")
+        .arg("c")
+        .get_packed_pipeline()
+        .len();
+    assert!(wait_until(SETTLE, || proxy.held_bytes() == request_len));
+    // A connection opened during the hold has its handshake held too.
+    let fresh = std::thread::spawn({
+        let url = proxy.url();
+        move || {
+            let client = redis::Client::open(url).unwrap();
+            let mut con = client.get_connection_with_timeout(SETTLE).unwrap();
+            con.set_read_timeout(Some(SETTLE)).unwrap();
+            ping(&mut con)
+        }
+    });
+    let mut direct = server.connection();
+    let value: Option<String> = redis::cmd("GET").arg("seq").query(&mut direct).unwrap();
+    assert_eq!(value, None);
+
+    let healed_at = Instant::now();
+    proxy.heal();
+    let (reply, mut con) = waiter.join().unwrap();
+    assert_eq!(reply.unwrap(), ("OK".to_string(), 2, 3));
+    let value: String = redis::cmd("GET").arg("seq").query(&mut direct).unwrap();
+    assert_eq!(value, "abc");
+    // Nothing was lost, so the delayed connection is still in sync.
+    assert_eq!(ping(&mut con).unwrap(), "PONG");
+    assert_eq!(fresh.join().unwrap().unwrap(), "PONG");
+    assert!(healed_at.elapsed() < SETTLE);
+    assert_eq!(proxy.held_bytes(), 0);
+}
+
+#[test]
+fn proxy_heal_except_held_lets_new_traffic_overtake_delayed_requests() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let client = redis::Client::open(proxy.url()).unwrap();
+    let mut slow = client.get_connection_with_timeout(SETTLE).unwrap();
+    slow.set_read_timeout(Some(SETTLE)).unwrap();
+    let mut idle = short_connection(&proxy.url()).unwrap();
+    assert_eq!(ping(&mut slow).unwrap(), "PONG");
+    assert_eq!(ping(&mut idle).unwrap(), "PONG");
+
+    proxy.hold();
+    let waiter = std::thread::spawn(move || {
+        let reply: redis::RedisResult<String> = redis::cmd("GETSET")
+            .arg("order")
+            .arg("old")
+            .query(&mut slow)
+            .map(|v: Option<String>| v.unwrap_or_default());
+        (reply, slow)
+    });
+    assert!(wait_until(SETTLE, || proxy.held_bytes() > 0));
+
+    proxy.heal_except_held();
+    assert_eq!(proxy.mode(), ProxyMode::Pass);
+    // New and idle connections pass and overtake the delayed request.
+    assert!(fresh_ping_works(&proxy.url()));
+    let _: () = redis::cmd("SET")
+        .arg("order")
+        .arg("new")
+        .query(&mut idle)
+        .unwrap();
+    assert!(proxy.held_bytes() > 0);
+
+    proxy.deliver_held();
+    let (reply, mut slow) = waiter.join().unwrap();
+    // The late GETSET ran after the SET that overtook it.
+    assert_eq!(reply.unwrap(), "new");
+    let value: String = redis::cmd("GET").arg("order").query(&mut idle).unwrap();
+    assert_eq!(value, "old");
+    assert_eq!(ping(&mut slow).unwrap(), "PONG");
+    assert_eq!(proxy.held_bytes(), 0);
+    assert_eq!(proxy.orphans(), 0);
+}

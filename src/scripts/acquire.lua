@@ -9,5 +9,8 @@ if holder and holder ~= node_id then
 end
 redis.call('SET', K.lock, node_id, 'PX', ttl)
 local epoch = redis.call('INCR', K.epoch)
+-- Tells a watcher whose lock was deleted by hand that someone else holds it now, so it steps
+-- down at once rather than at its next renewal.
+redis.call('PUBLISH', K.wake, 'acquired ' .. node_id)
 emit('k', 'leader', 'node', node_id, 'epoch', epoch)
 return {1, epoch}

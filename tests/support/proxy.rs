@@ -6,6 +6,10 @@
 //! Control operations (mode changes, drop) act on the sockets directly with
 //! `shutdown`, which wakes any pump blocked in `read` or `write` at once, so
 //! they take effect immediately rather than at the next poll.
+//!
+//! [`ProxyMode::Hold`] keeps what it reads in a per-link, per-direction
+//! buffer instead; healing writes those buffers out before anything newer,
+//! which models packets delayed in the network that arrive late.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -52,6 +56,23 @@ pub enum ProxyMode {
     /// and each new connection is closed right after accept, so clients see
     /// EOF / connection reset instead of ECONNREFUSED.
     Refuse,
+    /// Packets delayed in the network: bytes in either direction are read and
+    /// kept, in order, instead of forwarded, so requests hang as in
+    /// `Blackhole`; but on [`FaultProxy::heal`] the kept client→server bytes
+    /// are written to the server (and the kept replies to the client) before
+    /// anything newer, and forwarding resumes. Nothing is lost, so the link
+    /// stays in sync and is not closed on heal.
+    ///
+    /// A client that gives up and closes its connection meanwhile does not
+    /// cancel its held requests: the upstream connection stays open until
+    /// heal has delivered them, then it is closed gracefully (the server
+    /// sees the requests, then EOF) and the late replies are discarded.
+    ///
+    /// Switching to `Refuse` discards held bytes with the connection, and a
+    /// link that lost bytes to a `Blackhole` in between is closed on heal as
+    /// usual. [`FaultProxy::heal_except_held`] heals the network for all
+    /// other traffic while the held connections stay delayed.
+    Hold,
 }
 
 /// A fault-injecting TCP proxy on 127.0.0.1 in front of `upstream`.
@@ -64,6 +85,9 @@ pub struct FaultProxy {
 struct Shared {
     upstream: SocketAddr,
     state: Mutex<State>,
+    /// Serialises mode changes, so that the delivery of held bytes on heal
+    /// finishes before another mode can start holding new ones.
+    control: Mutex<()>,
 }
 
 /// Everything a mode change must see consistently. One lock makes "check the
@@ -86,12 +110,78 @@ struct Link {
     tainted: AtomicBool,
     /// Pumps still running; the last one to stop deregisters the link.
     pumps: AtomicUsize,
+    /// Bytes held under [`ProxyMode::Hold`], client→server and
+    /// server→client. Each mutex is also taken around every write in its
+    /// direction, so held bytes always go out before newer ones, whoever
+    /// (a pump or `heal`) writes first.
+    held_up: Mutex<Vec<u8>>,
+    held_down: Mutex<Vec<u8>>,
+    /// Set (under the state lock) once the link has held a byte: from then
+    /// on a client that closes does not take the upstream down with it.
+    held_any: AtomicBool,
+    /// The client closed while requests of its were (or may have been)
+    /// held; its upstream is closed gracefully once they are delivered.
+    client_gone: AtomicBool,
+    /// Set by [`Link::close`], so an EOF it caused is not taken for a
+    /// client that left.
+    closed: AtomicBool,
+    /// Set (under the state lock) by `heal_except_held`: this link keeps
+    /// holding whatever the mode, until `deliver_held` or `heal`.
+    frozen: AtomicBool,
+}
+
+/// Locks one of a link's held buffers, tolerating poison like `state`.
+fn lock_held(held: &Mutex<Vec<u8>>) -> MutexGuard<'_, Vec<u8>> {
+    held.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Which way a pump copies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Client to server (requests).
+    Up,
+    /// Server to client (replies).
+    Down,
 }
 
 impl Link {
+    fn held(&self, dir: Direction) -> &Mutex<Vec<u8>> {
+        match dir {
+            Direction::Up => &self.held_up,
+            Direction::Down => &self.held_down,
+        }
+    }
+
+    /// Writes out the bytes held on this link (requests first) and, if the
+    /// client is gone, half-closes the upstream so the server runs them and
+    /// then hangs up. Called by `heal` after the mode is back to `Pass`.
+    fn deliver_held(&self) {
+        {
+            let mut up = lock_held(&self.held_up);
+            let mut upstream = &self.upstream;
+            if !up.is_empty() && upstream.write_all(&up).is_err() {
+                self.close();
+            }
+            up.clear();
+            if self.client_gone.load(Ordering::SeqCst) {
+                let _ = self.upstream.shutdown(Shutdown::Write);
+            }
+        }
+        let mut down = lock_held(&self.held_down);
+        let mut client = &self.client;
+        if !down.is_empty()
+            && !self.client_gone.load(Ordering::SeqCst)
+            && client.write_all(&down).is_err()
+        {
+            self.close();
+        }
+        down.clear();
+    }
+
     /// Closes both sides. Any pump blocked on either socket wakes up with
     /// EOF or an error and exits; the client sees EOF right away.
     fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
         let _ = self.client.shutdown(Shutdown::Both);
         let _ = self.upstream.shutdown(Shutdown::Both);
     }
@@ -125,6 +215,7 @@ impl FaultProxy {
                 next_id: 0,
                 links: HashMap::new(),
             }),
+            control: Mutex::new(()),
         });
         let accept_shared = Arc::clone(&shared);
         let accept_thread = thread::Builder::new()
@@ -154,22 +245,42 @@ impl FaultProxy {
     }
 
     /// Switches mode. Takes effect before this returns: from then on no byte
-    /// is forwarded under `Blackhole`, and under `Refuse` (or on healing a
-    /// link that lost bytes) the affected sockets have already been shut
-    /// down, although [`Self::connections`] may count them for a few more
-    /// moments until their pump threads finish.
+    /// is forwarded under `Blackhole` or `Hold`, and under `Refuse` (or on
+    /// healing a link that lost bytes) the affected sockets have already been
+    /// shut down, although [`Self::connections`] may count them for a few
+    /// more moments until their pump threads finish. Switching to `Pass`
+    /// hands the bytes held under `Hold` to the kernel before returning.
     pub fn set_mode(&self, mode: ProxyMode) {
-        let mut state = self.shared.state();
-        state.mode = mode;
-        for link in state.links.values() {
-            let close = match mode {
-                ProxyMode::Pass => link.tainted.load(Ordering::SeqCst),
-                ProxyMode::Blackhole => false,
-                ProxyMode::Refuse => true,
-            };
-            if close {
-                link.close();
+        let _control = self
+            .shared
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let to_deliver: Vec<Arc<Link>> = {
+            let mut state = self.shared.state();
+            state.mode = mode;
+            let mut keep = Vec::new();
+            for link in state.links.values() {
+                if mode == ProxyMode::Pass {
+                    link.frozen.store(false, Ordering::SeqCst);
+                }
+                let close = match mode {
+                    ProxyMode::Pass => link.tainted.load(Ordering::SeqCst),
+                    ProxyMode::Blackhole | ProxyMode::Hold => false,
+                    ProxyMode::Refuse => true,
+                };
+                if close {
+                    link.close();
+                } else if mode == ProxyMode::Pass && link.held_any.load(Ordering::SeqCst) {
+                    keep.push(Arc::clone(link));
+                }
             }
+            keep
+        };
+        // Outside the state lock: a write may block while the receiver does
+        // not read, and pumps must not stall meanwhile.
+        for link in to_deliver {
+            link.deliver_held();
         }
     }
 
@@ -183,7 +294,78 @@ impl FaultProxy {
         self.set_mode(ProxyMode::Refuse)
     }
 
-    /// Back to forwarding; closes connections that lost bytes meanwhile.
+    /// Back to [`ProxyMode::Pass`] for every connection except those holding
+    /// bytes right now: they stay delayed (holding whatever they carry next,
+    /// in order) until [`Self::deliver_held`] or [`Self::heal`]. Models a
+    /// network that recovered while some old packets are still on their way,
+    /// so a client can reconnect and act before its old requests arrive.
+    pub fn heal_except_held(&self) {
+        let _control = self
+            .shared
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut state = self.shared.state();
+        state.mode = ProxyMode::Pass;
+        for link in state.links.values() {
+            // A buffer locked right now belongs to a pump forwarding (maybe
+            // blocked on a slow receiver): that direction holds nothing.
+            let holds = |held: &Mutex<Vec<u8>>| match held.try_lock() {
+                Ok(bytes) => !bytes.is_empty(),
+                Err(std::sync::TryLockError::Poisoned(e)) => !e.into_inner().is_empty(),
+                Err(std::sync::TryLockError::WouldBlock) => false,
+            };
+            let holding = holds(&link.held_up) || holds(&link.held_down);
+            if link.tainted.load(Ordering::SeqCst) {
+                link.close();
+            } else if holding {
+                link.frozen.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Delivers the connections kept delayed by [`Self::heal_except_held`]
+    /// (as `heal` would) and lets them forward again.
+    pub fn deliver_held(&self) {
+        let _control = self
+            .shared
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let frozen: Vec<Arc<Link>> = {
+            let state = self.shared.state();
+            state
+                .links
+                .values()
+                .filter(|l| l.frozen.swap(false, Ordering::SeqCst))
+                .cloned()
+                .collect()
+        };
+        for link in frozen {
+            link.deliver_held();
+        }
+    }
+
+    /// Connections whose client closed while their requests were held: they
+    /// stay open until those requests were delivered and the server hung up
+    /// (which it does only after running them). Zero after a heal means every
+    /// late request has been executed.
+    pub fn orphans(&self) -> usize {
+        self.shared
+            .state()
+            .links
+            .values()
+            .filter(|l| l.client_gone.load(Ordering::SeqCst))
+            .count()
+    }
+
+    /// Starts delaying all traffic (see [`ProxyMode::Hold`]).
+    pub fn hold(&self) {
+        self.set_mode(ProxyMode::Hold)
+    }
+
+    /// Back to forwarding; closes connections that lost bytes meanwhile and
+    /// delivers the bytes held by [`ProxyMode::Hold`].
     pub fn heal(&self) {
         self.set_mode(ProxyMode::Pass)
     }
@@ -191,6 +373,17 @@ impl FaultProxy {
     /// The current mode.
     pub fn mode(&self) -> ProxyMode {
         self.shared.state().mode
+    }
+
+    /// Bytes currently held by [`ProxyMode::Hold`], both directions of all
+    /// connections together: lets a test wait until a request has really
+    /// reached the proxy before it acts on the "network".
+    pub fn held_bytes(&self) -> usize {
+        let links: Vec<Arc<Link>> = self.shared.state().links.values().cloned().collect();
+        links
+            .iter()
+            .map(|l| lock_held(&l.held_up).len() + lock_held(&l.held_down).len())
+            .sum()
     }
 
     /// Number of currently open proxied connections. Connections are counted
@@ -291,7 +484,16 @@ fn run_link(client: TcpStream, shared: Arc<Shared>) {
     let back_link = Arc::clone(&link);
     let spawned = thread::Builder::new()
         .name("fault-proxy-pump".into())
-        .spawn(move || pump(upstream, client, id, &back_link, &back_shared));
+        .spawn(move || {
+            pump(
+                upstream,
+                client,
+                Direction::Down,
+                id,
+                &back_link,
+                &back_shared,
+            )
+        });
     if spawned.is_err() {
         // Without the second pump the link is useless: close it and account
         // for the pump that never ran; ours then exits at once.
@@ -304,7 +506,7 @@ fn run_link(client: TcpStream, shared: Arc<Shared>) {
         pump_done(id, &link, &shared);
         return;
     };
-    pump(from, to, id, &link, &shared);
+    pump(from, to, Direction::Up, id, &link, &shared);
 }
 
 /// Configures both sockets and keeps clones for control.
@@ -320,12 +522,38 @@ fn make_link(client: &TcpStream, upstream: &TcpStream) -> io::Result<Link> {
         upstream: upstream.try_clone()?,
         tainted: AtomicBool::new(false),
         pumps: AtomicUsize::new(2),
+        held_up: Mutex::new(Vec::new()),
+        held_down: Mutex::new(Vec::new()),
+        held_any: AtomicBool::new(false),
+        client_gone: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
+        frozen: AtomicBool::new(false),
     })
 }
 
-/// Copies `from` to `to` until either side closes, forwarding or swallowing
-/// each chunk according to the mode at the time it arrived.
-fn pump(mut from: TcpStream, mut to: TcpStream, id: u64, link: &Link, shared: &Shared) {
+/// What a pump does with a chunk it read.
+enum Action {
+    Forward,
+    /// Keep it for delivery on heal (`Hold`).
+    Keep,
+    /// Drop it and taint the link (`Blackhole`).
+    Swallow,
+    /// Drop it without harm: a late reply for a client that is gone.
+    Discard,
+    Stop,
+}
+
+/// Copies `from` to `to` (in direction `dir`) until either side closes,
+/// forwarding, holding or swallowing each chunk according to the mode at the
+/// time it arrived.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    dir: Direction,
+    id: u64,
+    link: &Link,
+    shared: &Shared,
+) {
     let mut buf = [0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buf) {
@@ -346,31 +574,90 @@ fn pump(mut from: TcpStream, mut to: TcpStream, id: u64, link: &Link, shared: &S
             }
             Err(_) => break,
         };
-        let forward = {
+        let action = {
             let state = shared.state();
-            match state.mode {
-                ProxyMode::Pass if !link.tainted.load(Ordering::SeqCst) => true,
-                // Set under the lock so `set_mode(Pass)` cannot miss it.
-                ProxyMode::Pass | ProxyMode::Blackhole => {
-                    link.tainted.store(true, Ordering::SeqCst);
-                    false
+            if dir == Direction::Down && link.client_gone.load(Ordering::SeqCst) {
+                Action::Discard
+            } else if state.mode != ProxyMode::Refuse && link.frozen.load(Ordering::SeqCst) {
+                lock_held(link.held(dir)).extend_from_slice(&buf[..n]);
+                Action::Keep
+            } else {
+                match state.mode {
+                    ProxyMode::Pass if !link.tainted.load(Ordering::SeqCst) => Action::Forward,
+                    // Set under the lock so `set_mode(Pass)` cannot miss it.
+                    ProxyMode::Pass | ProxyMode::Blackhole => {
+                        link.tainted.store(true, Ordering::SeqCst);
+                        Action::Swallow
+                    }
+                    ProxyMode::Hold => {
+                        link.held_any.store(true, Ordering::SeqCst);
+                        lock_held(link.held(dir)).extend_from_slice(&buf[..n]);
+                        Action::Keep
+                    }
+                    // `set_mode(Refuse)` already shut the link down; this chunk
+                    // was read just before that.
+                    ProxyMode::Refuse => Action::Stop,
                 }
-                // `set_mode(Refuse)` already shut the link down; this chunk
-                // was read just before that.
-                ProxyMode::Refuse => break,
             }
         };
-        // The write is outside the lock: it can block for as long as the
-        // receiver does not read (e.g. a paused server), and must not stall
-        // mode changes meanwhile. `Link::close` unblocks it.
-        if forward && to.write_all(&buf[..n]).is_err() {
-            break;
+        match action {
+            Action::Forward => {
+                // The write is outside the state lock: it can block for as
+                // long as the receiver does not read (e.g. a paused server),
+                // and must not stall mode changes meanwhile. `Link::close`
+                // unblocks it. The held-buffer lock orders it after any bytes
+                // held before the heal.
+                let mut held = lock_held(link.held(dir));
+                let ok = (held.is_empty() || to.write_all(&held).is_ok())
+                    && to.write_all(&buf[..n]).is_ok();
+                held.clear();
+                if !ok {
+                    break;
+                }
+            }
+            Action::Keep | Action::Swallow | Action::Discard => {}
+            Action::Stop => break,
         }
+    }
+    if dir == Direction::Up && client_left_requests_behind(link, shared) {
+        pump_done(id, link, shared);
+        return;
     }
     // One direction ending ends the connection: redis clients never
     // half-close, and a half-open link would only confuse tests.
     link.close();
     pump_done(id, link, shared);
+}
+
+/// Called when the client side of a link ended. If the link has held bytes
+/// (now or earlier), the client's requests may still be on their way (see
+/// [`ProxyMode::Hold`]): marks the client gone and keeps the upstream open,
+/// half-closing it now if nothing is left to deliver. Returns whether the
+/// upstream was kept; otherwise the caller closes the link as usual.
+fn client_left_requests_behind(link: &Link, shared: &Shared) -> bool {
+    let still_holding = {
+        let state = shared.state();
+        let keep = !state.stopping
+            && state.mode != ProxyMode::Refuse
+            && !link.closed.load(Ordering::SeqCst)
+            && !link.tainted.load(Ordering::SeqCst)
+            && link.held_any.load(Ordering::SeqCst);
+        if !keep {
+            return false;
+        }
+        // Set under the state lock, so a heal that starts after this sees
+        // it when it delivers and half-closes the upstream itself.
+        link.client_gone.store(true, Ordering::SeqCst);
+        state.mode == ProxyMode::Hold || link.frozen.load(Ordering::SeqCst)
+    };
+    // Outside the state lock: a delivery in progress holds this buffer while
+    // it writes, and checks `client_gone` only after that.
+    if !still_holding && lock_held(&link.held_up).is_empty() {
+        // Already delivered: let the server finish and hang up; the other
+        // pump then sees EOF and closes the link.
+        let _ = link.upstream.shutdown(Shutdown::Write);
+    }
+    true
 }
 
 fn pump_done(id: u64, link: &Link, shared: &Shared) {
