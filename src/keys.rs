@@ -6,6 +6,7 @@
 //! | key                    | type   | holds |
 //! |------------------------|--------|-------|
 //! | `P:watcher:lock`       | string | node id (UUID v4) of the watcher; expires after `watcher_lock_ttl` |
+//! | `P:watcher:fence`      | string | the watcher's node id again, same TTL, kept by acquire/renew: outlives a lock deleted by hand, so nobody else takes it while the watcher lives (deleted by release and by the operator's reset) |
 //! | `P:watcher:epoch`      | string | counter, +1 on every acquisition of the lock; never expires |
 //! | `P:watcher:wake`       | pub/sub channel | a message when a watcher releases the lock, so followers take over at once |
 //! | `P:applied`            | string | `<slot, 20 digits>` of the last applied block (after a rollback: the slot below the undone block) |
@@ -49,6 +50,7 @@ pub(crate) struct Keys {
     pub stages: String,
     pub events: String,
     pub events_seq: String,
+    pub fence: String,
 }
 
 impl Keys {
@@ -73,11 +75,12 @@ impl Keys {
             stages: k("stages"),
             events: k("events"),
             events_seq: k("events:seq"),
+            fence: k("watcher:fence"),
         }
     }
 
     /// Every key, in the order `prelude.lua` reads them from `KEYS`.
-    pub fn all(&self) -> [&str; 18] {
+    pub fn all(&self) -> [&str; 19] {
         [
             &self.lock,
             &self.epoch,
@@ -97,6 +100,7 @@ impl Keys {
             &self.stages,
             &self.events,
             &self.events_seq,
+            &self.fence,
         ]
     }
 }

@@ -137,6 +137,7 @@ impl Lease {
         let (wake_tx, wake_rx) = crossbeam_channel::bounded(16);
         let (waker_stop_tx, waker_stop_rx) = crossbeam_channel::bounded::<()>(0);
         let short = short_id(&node_id).to_string();
+        let (subscribed_tx, subscribed_rx) = crossbeam_channel::bounded(1);
 
         let waker = Waker {
             client: client.clone(),
@@ -146,11 +147,16 @@ impl Lease {
             name: format!("dolos-redis:{node_id}:wake"),
             stop: waker_stop_rx,
             wake: wake_tx,
+            subscribed: Some(subscribed_tx),
         };
         std::thread::Builder::new()
             .name(format!("dolos-redis-wake-{short}"))
             .spawn(move || waker.run())
             .map_err(|e| Error::Unavailable(format!("cannot spawn the wake thread: {e}")))?;
+        // A node must hear releases from the moment it competes, or a release right after
+        // `open` would leave it waiting for its next poll. Bounded: without Redis, the lease
+        // starts anyway and keeps retrying.
+        let _ = subscribed_rx.recv_timeout(config.lease_io_timeout());
 
         let lease_loop = LeaseLoop {
             timing: LeaseTiming::new(config.watcher_lock_ttl),
@@ -375,7 +381,7 @@ impl LeaseLoop {
         );
         let now = Instant::now();
         match reply.and_then(parse_renew) {
-            Ok(None) => {
+            Ok(Renew::Renewed) => {
                 self.shared
                     .counters
                     .renewals
@@ -387,15 +393,33 @@ impl LeaseLoop {
                 };
                 debug!(target: LOG_TARGET, "watcher lock renewed");
             }
-            Ok(Some(holder)) => {
+            Ok(Renew::TakenBack(new_epoch)) => {
+                // The flag stays up: nobody else could hold the lock meanwhile (the fence). Only
+                // the epoch moves on, which rejects our own calls sent under the old one.
+                self.shared.epoch.store(new_epoch, Ordering::SeqCst);
+                self.shared
+                    .counters
+                    .renewals
+                    .fetch_add(1, Ordering::Relaxed);
+                self.role = Role::Watcher {
+                    epoch: new_epoch,
+                    valid_until: self.timing.valid_until(sent),
+                    next_renew: self.timing.next_renewal(sent),
+                };
+                info!(target: LOG_TARGET, "watcher lock was deleted by hand; took it back (epoch {new_epoch})");
+            }
+            Ok(Renew::Lost(holder)) => {
                 let why = if holder.is_empty() {
                     "the lock key is gone".to_string()
                 } else {
                     format!("the lock is held by {holder}")
                 };
                 self.step_down(&why);
-                // Try at once: if the key was deleted by hand, someone should take it now.
-                self.role = Role::Follower { next_try: now };
+                // A deleted key usually means an operator reset aimed at this node: leave the
+                // followers (woken by the reset) a moment to take it before trying again.
+                self.role = Role::Follower {
+                    next_try: now + self.timing.retry,
+                };
             }
             Err(_) => {
                 self.shared
@@ -523,12 +547,22 @@ fn parse_acquire(v: redis::Value) -> Result<Acquire, Error> {
     }
 }
 
-/// `None` when renewed, else who holds the lock now (`""`: nobody).
-fn parse_renew(v: redis::Value) -> Result<Option<String>, Error> {
+enum Renew {
+    Renewed,
+    /// The lock had been deleted by hand; we took it back under this epoch.
+    TakenBack(u64),
+    /// Someone else holds it now (`""`: nobody).
+    Lost(String),
+}
+
+fn parse_renew(v: redis::Value) -> Result<Renew, Error> {
     let items = scripts::array(v, "renew")?;
     match items.as_slice() {
-        [ok] if scripts::int(ok, "renew")? == 1 => Ok(None),
-        [_, holder] => Ok(Some(scripts::text(holder, "holder")?)),
+        [ok] if scripts::int(ok, "renew")? == 1 => Ok(Renew::Renewed),
+        [code, epoch] if scripts::int(code, "renew")? == 2 => {
+            Ok(Renew::TakenBack(scripts::uint(epoch, "epoch")?))
+        }
+        [_, holder] => Ok(Renew::Lost(scripts::text(holder, "holder")?)),
         _ => Err(Error::UnexpectedReply(format!("renew: {items:?}"))),
     }
 }
@@ -560,13 +594,15 @@ struct Waker {
     name: String,
     stop: Receiver<()>,
     wake: Sender<Wake>,
+    /// Told once the first subscription is in place.
+    subscribed: Option<Sender<()>>,
 }
 
 /// How often a blocked subscriber read returns to check for shutdown.
 const WAKER_POLL: Duration = Duration::from_millis(100);
 
 impl Waker {
-    fn run(self) {
+    fn run(mut self) {
         loop {
             if let Err(e) = self.listen() {
                 debug!(target: LOG_TARGET, "wake channel unavailable, retrying: {e}");
@@ -579,11 +615,14 @@ impl Waker {
     }
 
     /// Returns `Ok` on shutdown, `Err` when the subscription broke.
-    fn listen(&self) -> Result<(), redis::RedisError> {
+    fn listen(&mut self) -> Result<(), redis::RedisError> {
         let mut conn = RedisConn::open(&self.client, self.connect_timeout, WAKER_POLL, &self.name)?;
         let mut pubsub = conn.conn.as_pubsub();
         pubsub.subscribe(&self.channel)?;
         pubsub.set_read_timeout(Some(WAKER_POLL))?;
+        if let Some(subscribed) = self.subscribed.take() {
+            let _ = subscribed.send(());
+        }
         let mut heard = Instant::now();
         loop {
             if !matches!(

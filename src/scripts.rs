@@ -334,6 +334,7 @@ mod tests {
                 "watcher_lock" => "lock".to_string(),
                 "watcher_epoch" => "epoch".to_string(),
                 "watcher_wake" => "wake".to_string(),
+                "watcher_fence" => "fence".to_string(),
                 other => other.to_string(),
             };
             let decl = format!("{name} = KEYS[{}]", i + 1);

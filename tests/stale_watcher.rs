@@ -377,12 +377,16 @@ fn lock_key(prefix: &str) -> String {
     format!("{prefix}:watcher:lock")
 }
 
+/// Deletes the lock and its fence by hand: a full reset that frees the lock for any node. (A
+/// `DEL` of the lock alone is repaired by its holder at its next renewal: the fence keeps others
+/// out meanwhile.)
 fn delete_lock(server: &RedisServer, prefix: &str) {
     let deleted: i64 = redis::cmd("DEL")
         .arg(lock_key(prefix))
+        .arg(format!("{prefix}:watcher:fence"))
         .query(&mut server.connection())
         .unwrap();
-    assert_eq!(deleted, 1);
+    assert_eq!(deleted, 2);
 }
 
 /// Waits until the watcher has just renewed its lock (the PTTL jumps back up).

@@ -6,7 +6,7 @@ local K = {
   lock = KEYS[1], epoch = KEYS[2], wake = KEYS[3], applied = KEYS[4], height = KEYS[5],
   seq = KEYS[6], txs = KEYS[7], payloads = KEYS[8], pending = KEYS[9], inflight = KEYS[10],
   unconfirmed = KEYS[11], confirmed = KEYS[12], log = KEYS[13], log_seq = KEYS[14],
-  done = KEYS[15], stages = KEYS[16], events = KEYS[17], events_seq = KEYS[18],
+  done = KEYS[15], stages = KEYS[16], events = KEYS[17], events_seq = KEYS[18], fence = KEYS[19],
 }
 
 -- ARGV[1] is common to every call: how many entries the event stream keeps. A script's own
@@ -21,7 +21,7 @@ local EXPECTED = {
   lock = 'string', epoch = 'string', applied = 'string', height = 'string', seq = 'string',
   txs = 'hash', payloads = 'hash', pending = 'zset', inflight = 'zset', unconfirmed = 'zset',
   confirmed = 'zset', log = 'stream', log_seq = 'string', done = 'hash', stages = 'hash',
-  events = 'stream', events_seq = 'string',
+  events = 'stream', events_seq = 'string', fence = 'string',
 }
 local function check_types(...)
   for _, name in ipairs({...}) do

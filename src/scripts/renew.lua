@@ -1,10 +1,24 @@
--- renew(node_id, epoch, ttl_ms) -> {1} | {0, holder or ''}
--- Compare-and-extend: only the holder, at the epoch it acquired, extends the lock.
+-- renew(node_id, epoch, ttl_ms) -> {1} renewed | {2, epoch} taken back | {0, holder or ''} lost
+-- Compare-and-extend: only the holder, at the epoch it acquired, extends the lock (and the fence
+-- that outlives a hand-deleted lock, see acquire.lua).
 local node_id, epoch, ttl = A[1], A[2], A[3]
-check_types('lock', 'epoch')
+check_types('lock', 'fence', 'epoch', 'events', 'events_seq')
 local holder = redis.call('GET', K.lock)
-if holder == node_id and redis.call('GET', K.epoch) == epoch then
+local current = redis.call('GET', K.epoch)
+if holder == node_id and current == epoch then
   redis.call('PEXPIRE', K.lock, ttl)
+  redis.call('SET', K.fence, node_id, 'PX', ttl)
   return {1}
+end
+-- The lock was deleted by hand while this node held it: the fence still names it and nobody
+-- acquired since (the epoch is unchanged), so take it back at once under a new epoch, with no
+-- moment where two nodes, or none, lead.
+if not holder and current == epoch and redis.call('GET', K.fence) == node_id then
+  redis.call('SET', K.lock, node_id, 'PX', ttl)
+  redis.call('SET', K.fence, node_id, 'PX', ttl)
+  local next_epoch = redis.call('INCR', K.epoch)
+  redis.call('PUBLISH', K.wake, 'acquired ' .. node_id)
+  emit('k', 'leader', 'node', node_id, 'epoch', next_epoch)
+  return {2, next_epoch}
 end
 return {0, holder or ''}

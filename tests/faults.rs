@@ -1,0 +1,447 @@
+//! Faults between the nodes and Redis: the watcher's link cut (swallowed or refused) through a
+//! [`FaultProxy`], the server killed and restarted, the server frozen (SIGSTOP), and `open`
+//! against an address that does not answer.
+//!
+//! The lease must keep its invariant through all of them: a watcher's flag goes down before its
+//! lock can expire on the server, so no two nodes ever believe they are watcher at once; calls
+//! fail with a transient error within about the configured timeouts instead of hanging or
+//! panicking, and everything works again once Redis is back.
+
+mod support;
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use dolos_redis::{
+    ChainPoint, Config, ConfirmOutcome, EraCbor, Error, MempoolTx, MempoolTxStage, RedisMempool,
+    TxHash,
+};
+use support::{wait_until, FaultProxy, RedisServer, ServerOptions};
+
+const TTL: Duration = Duration::from_secs(1);
+
+/// Connect and command timeout of every node: well under the TTL, so that a hung call cannot
+/// outlive a lease period.
+const IO_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// CI bound for a call that should fail within about [`IO_TIMEOUT`] (r2d2 may retry connecting
+/// for up to the connect timeout on top of a command timeout).
+const CALL_BOUND: Duration = Duration::from_secs(2);
+
+/// CI bound for things that should happen within milliseconds, or within a few lease ticks.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// Between samples of flags and the lock key.
+const SAMPLE_EVERY: Duration = Duration::from_millis(1);
+
+fn config(url: String, prefix: &str) -> Config {
+    Config::new(url)
+        .key_prefix(prefix)
+        .watcher_lock_ttl(TTL)
+        .connect_timeout(IO_TIMEOUT)
+        .command_timeout(IO_TIMEOUT)
+}
+
+fn open(url: String, prefix: &str) -> RedisMempool {
+    RedisMempool::open(config(url, prefix)).expect("open")
+}
+
+fn tx(n: u8) -> MempoolTx {
+    MempoolTx::new(TxHash::from([n; 32]), EraCbor(6, vec![0x84, n]))
+}
+
+fn lock_holder(con: &mut redis::Connection, prefix: &str) -> Option<String> {
+    redis::cmd("GET")
+        .arg(format!("{prefix}:watcher:lock"))
+        .query(con)
+        .expect("GET lock")
+}
+
+/// Waits until the watcher has just renewed its lock (its PTTL, polled over `con`, jumps back
+/// up) and returns the instant the renewal was seen. The renewal was sent before that instant,
+/// so the watcher's flag must be down within TTL of it if no later renewal succeeds.
+fn wait_for_renewal(con: &mut redis::Connection, prefix: &str) -> Instant {
+    let key = format!("{prefix}:watcher:lock");
+    let mut pttl = || -> i64 { redis::cmd("PTTL").arg(&key).query(con).expect("PTTL") };
+    let mut last = pttl();
+    let ok = wait_until(TTL + SETTLE, || {
+        let now = pttl();
+        let renewed = last > 0 && now > last + 100;
+        last = now;
+        renewed
+    });
+    assert!(ok, "the watcher never renewed its lock");
+    Instant::now()
+}
+
+/// Watches `node`'s flag from another thread, so that slow calls on the test thread do not
+/// delay noticing when it goes down; `join` returns the instant it was first seen down.
+fn watch_flag_drop(node: &RedisMempool) -> std::thread::JoinHandle<Option<Instant>> {
+    let node = node.clone();
+    std::thread::spawn(move || {
+        let end = Instant::now() + TTL + SETTLE;
+        while Instant::now() < end {
+            if !node.is_watcher() {
+                return Some(Instant::now());
+            }
+            std::thread::sleep(SAMPLE_EVERY);
+        }
+        None
+    })
+}
+
+/// Runs `call`, asserting that it fails with a transient error within [`CALL_BOUND`]; returns
+/// the error and how long it took.
+fn expect_transient_failure<T: std::fmt::Debug>(
+    what: &str,
+    call: impl FnOnce() -> Result<T, Error>,
+) -> (Error, Duration) {
+    let t0 = Instant::now();
+    let result = call();
+    let took = t0.elapsed();
+    eprintln!("{what}: {result:?} after {} ms", took.as_millis());
+    let err = result.expect_err(what);
+    assert!(err.is_transient(), "{what}: {err:?} is not a link error");
+    assert!(took < CALL_BOUND, "{what} took {took:?}");
+    (err, took)
+}
+
+/// Waits until exactly one of `nodes` is watcher; returns its index.
+fn settle_single_watcher(nodes: &[&RedisMempool]) -> usize {
+    let mut found = None;
+    let ok = wait_until(TTL + SETTLE, || {
+        let up: Vec<usize> = (0..nodes.len())
+            .filter(|&i| nodes[i].is_watcher())
+            .collect();
+        found = up.first().copied();
+        up.len() == 1
+    });
+    assert!(ok, "no single watcher emerged");
+    found.expect("a watcher")
+}
+
+/// Samples both flags for `window`, failing at the first sample with both up.
+fn assert_never_both(a: &RedisMempool, b: &RedisMempool, window: Duration) {
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        assert!(!(a.is_watcher() && b.is_watcher()), "two watchers at once");
+        std::thread::sleep(SAMPLE_EVERY);
+    }
+}
+
+/// The watcher `a` reaches Redis through a proxy, the follower `b` directly. `cut` breaks the
+/// proxy; `a`'s flag must go down before its key expires and before `b` takes over, and `a`
+/// must come back as a follower once the proxy heals.
+fn watcher_link_cut(label: &str, cut: impl FnOnce(&FaultProxy)) {
+    support::init_logging();
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let prefix = format!("faults-test:cut-{label}");
+    let a = open(proxy.url(), &prefix);
+    assert!(a.is_watcher(), "a lone node is watcher once open returns");
+    let b = open(server.url(), &prefix);
+    assert!(!b.is_watcher());
+    let t = tx(1);
+    a.receive(t.clone()).expect("receive");
+    let mut raw = server.connection();
+    assert_eq!(lock_holder(&mut raw, &prefix).as_deref(), Some(a.node_id()));
+
+    let t0 = Instant::now();
+    cut(&proxy);
+
+    // Each sample reads the key, then b's flag, then a's. Neither the key nor b's flag can turn
+    // back to `a` while its link is cut, so seeing `a` up after either has moved on proves that
+    // the flag outlived the lock, however late this loop runs.
+    let (mut dropped, mut key_gone, mut taken) = (None, None, None);
+    let deadline = t0 + TTL + SETTLE;
+    while (dropped.is_none() || key_gone.is_none() || taken.is_none()) && Instant::now() < deadline
+    {
+        let holder = lock_holder(&mut raw, &prefix);
+        let b_up = b.is_watcher();
+        let a_up = a.is_watcher();
+        let now = t0.elapsed();
+        let a_lost_key = holder.as_deref() != Some(a.node_id());
+        assert!(
+            !(a_up && (a_lost_key || b_up)),
+            "{label}: a's flag is still up {} ms after the cut, but the lock is {holder:?} \
+             (b is watcher: {b_up})",
+            now.as_millis()
+        );
+        if !a_up && dropped.is_none() {
+            dropped = Some(now);
+        }
+        if a_lost_key && key_gone.is_none() {
+            key_gone = Some(now);
+        }
+        if b_up && taken.is_none() {
+            taken = Some(now);
+        }
+        std::thread::sleep(SAMPLE_EVERY);
+    }
+    eprintln!(
+        "{label}: a's flag down after {:?} ms, its key gone after {:?} ms, b watcher after {:?} \
+         ms (from the cut)",
+        dropped.map(|d| d.as_millis()),
+        key_gone.map(|d| d.as_millis()),
+        taken.map(|d| d.as_millis())
+    );
+    let dropped = dropped.expect("a's flag never went down");
+    let taken = taken.expect("b never took over");
+    assert!(dropped <= taken);
+    assert!(dropped <= key_gone.expect("a's key never went away"));
+    assert!(
+        taken < TTL + Duration::from_secs(1),
+        "b took over after {taken:?}"
+    );
+
+    // Calls through the cut link fail fast with a link error; b's calls work on.
+    expect_transient_failure(&format!("{label}: a call over the cut link"), || {
+        a.check_status(&t.hash)
+    });
+    assert_eq!(
+        b.check_status(&t.hash).expect("status").stage,
+        MempoolTxStage::Pending
+    );
+    assert_eq!(
+        a.confirm(&ChainPoint::Slot(1), &[], &[], 6, 2)
+            .expect("confirm"),
+        ConfirmOutcome::NotWatcher
+    );
+
+    proxy.heal();
+    let healed = Instant::now();
+    assert!(
+        wait_until(SETTLE, || a.check_status(&t.hash).is_ok()),
+        "{label}: calls through the healed link still fail"
+    );
+    eprintln!(
+        "{label}: calls work again {} ms after heal",
+        healed.elapsed().as_millis()
+    );
+    // Long enough for a's lease thread to reconnect and find b holding the lock.
+    assert_never_both(&a, &b, Duration::from_millis(700));
+    assert!(
+        !a.is_watcher(),
+        "{label}: the healed node took the lock back"
+    );
+    assert!(b.is_watcher());
+    let info = a.watcher_info().expect("info");
+    assert_eq!(info.holder.as_deref(), Some(b.node_id()));
+    assert!(!info.is_self);
+    assert_eq!(
+        a.check_status(&t.hash).expect("status").stage,
+        MempoolTxStage::Pending
+    );
+
+    // A live lease thread, not just a quiet one: it takes over when b hands over.
+    b.shutdown().expect("shutdown");
+    assert!(
+        wait_until(SETTLE, || a.is_watcher()),
+        "{label}: the healed node never became watcher again"
+    );
+}
+
+#[test]
+fn blackholed_watcher_steps_down_before_its_lock_expires() {
+    watcher_link_cut("blackhole", |proxy| proxy.blackhole());
+}
+
+#[test]
+fn refused_watcher_steps_down_before_its_lock_expires() {
+    watcher_link_cut("refuse", |proxy| proxy.refuse());
+}
+
+#[test]
+fn redis_killed_and_restarted() {
+    support::init_logging();
+    let mut server = RedisServer::start_with(ServerOptions {
+        appendonly: true,
+        ..Default::default()
+    });
+    let prefix = "faults-test:killed";
+    let a = open(server.url(), prefix);
+    assert!(a.is_watcher());
+    let b = open(server.url(), prefix);
+    let t = tx(2);
+    a.receive(t.clone()).expect("receive");
+
+    let mut raw = server.connection();
+    let renewed = wait_for_renewal(&mut raw, prefix);
+    let flag = watch_flag_drop(&a);
+    server.kill();
+    let killed = Instant::now();
+
+    // The first calls find pooled connections the kill has reset (each is then discarded);
+    // once the idle ones are used up the pool must dial, which is refused until its connect
+    // timeout runs out. Both kinds must fail fast.
+    for i in 0..4 {
+        expect_transient_failure(&format!("call {i} after kill"), || b.check_status(&t.hash));
+    }
+    expect_transient_failure("watcher's call after kill", || a.peek_pending(10));
+    expect_transient_failure("watcher_info after kill", || a.watcher_info());
+
+    let dropped = flag
+        .join()
+        .expect("monitor")
+        .expect("the watcher kept its flag");
+    let since_renewal = dropped - renewed;
+    eprintln!(
+        "kill: watcher flag down {} ms after its last renewal ({} ms after the kill); the key \
+         would expire {} ms after the renewal",
+        since_renewal.as_millis(),
+        dropped.saturating_duration_since(killed).as_millis(),
+        TTL.as_millis()
+    );
+    // The flag is due down TTL/10 before the key could expire; this catches a lease thread that
+    // overshoots its deadline, while leaving that TTL/10 for observing it late.
+    assert!(
+        since_renewal < TTL,
+        "flag down only {since_renewal:?} after the last renewal"
+    );
+    assert!(!b.is_watcher(), "b cannot have won a lock on a dead server");
+
+    server.restart();
+    let restarted = Instant::now();
+    assert!(
+        wait_until(
+            SETTLE,
+            || matches!(b.check_status(&t.hash), Ok(s) if s.stage == MempoolTxStage::Pending)
+        ),
+        "calls did not recover after the restart (or the tx was lost)"
+    );
+    assert!(
+        wait_until(SETTLE, || a.check_status(&t.hash).is_ok()),
+        "the former watcher's calls did not recover"
+    );
+    let w = settle_single_watcher(&[&a, &b]);
+    eprintln!(
+        "kill: calls and a single watcher back {} ms after the restart",
+        restarted.elapsed().as_millis()
+    );
+    assert_never_both(&a, &b, Duration::from_millis(300));
+    let watcher = [&a, &b][w];
+    let info = watcher.watcher_info().expect("info");
+    assert_eq!(info.holder.as_deref(), Some(watcher.node_id()));
+    assert_eq!(
+        watcher
+            .confirm(&ChainPoint::Slot(7), &[], &[], 6, 2)
+            .expect("confirm"),
+        ConfirmOutcome::Applied
+    );
+}
+
+#[test]
+fn redis_paused_and_resumed() {
+    support::init_logging();
+    let server = RedisServer::start();
+    let prefix = "faults-test:paused";
+    let a = open(server.url(), prefix);
+    assert!(a.is_watcher());
+    let b = open(server.url(), prefix);
+    let t = tx(3);
+    a.receive(t.clone()).expect("receive");
+
+    let mut raw = server.connection();
+    let renewed = wait_for_renewal(&mut raw, prefix);
+    let flag = watch_flag_drop(&a);
+    server.pause();
+    let paused = Instant::now();
+
+    let (err, _) = expect_transient_failure("call to a paused server", || b.check_status(&t.hash));
+    assert!(
+        matches!(err, Error::Timeout(_) | Error::Unavailable(_)),
+        "{err:?}"
+    );
+    expect_transient_failure("watcher's call to a paused server", || a.has_pending());
+
+    let dropped = flag
+        .join()
+        .expect("monitor")
+        .expect("the watcher kept its flag");
+    let since_renewal = dropped - renewed;
+    eprintln!(
+        "pause: watcher flag down {} ms after its last renewal ({} ms after SIGSTOP); the key \
+         would expire {} ms after the renewal",
+        since_renewal.as_millis(),
+        dropped.saturating_duration_since(paused).as_millis(),
+        TTL.as_millis()
+    );
+    // As for a kill: due at TTL - TTL/10 after the renewal, with TTL/10 left for observing it.
+    // A frozen server accepts connections (the kernel does) but never answers, so this also
+    // checks that reconnecting cannot hold the lease thread past its deadline.
+    assert!(
+        since_renewal < TTL,
+        "flag down only {since_renewal:?} after the last renewal"
+    );
+    assert!(
+        !b.is_watcher(),
+        "b cannot have won a lock on a frozen server"
+    );
+
+    server.resume();
+    let resumed = Instant::now();
+    assert!(
+        wait_until(
+            SETTLE,
+            || matches!(b.check_status(&t.hash), Ok(s) if s.stage == MempoolTxStage::Pending)
+        ),
+        "calls did not recover after resume"
+    );
+    assert!(
+        wait_until(SETTLE, || a.has_pending().is_ok()),
+        "the former watcher's calls did not recover"
+    );
+    let w = settle_single_watcher(&[&a, &b]);
+    eprintln!(
+        "pause: calls and a single watcher back {} ms after resume",
+        resumed.elapsed().as_millis()
+    );
+    assert_never_both(&a, &b, Duration::from_millis(300));
+    let watcher = [&a, &b][w];
+    assert_eq!(
+        watcher
+            .confirm(&ChainPoint::Slot(7), &[], &[], 6, 2)
+            .expect("confirm"),
+        ConfirmOutcome::Applied
+    );
+}
+
+/// `open` must give up within about its connect timeout, with an error rather than a panic.
+fn open_fails_fast(label: &str, url: String) {
+    let connect_timeout = Duration::from_millis(300);
+    let config = Config::new(url)
+        .key_prefix("faults-test:unreachable")
+        .watcher_lock_ttl(TTL)
+        .connect_timeout(connect_timeout)
+        .command_timeout(connect_timeout);
+    let t0 = Instant::now();
+    let result = RedisMempool::open(config);
+    let took = t0.elapsed();
+    eprintln!("open {label}: {result:?} after {} ms", took.as_millis());
+    let err = result.expect_err("open against an unreachable redis");
+    assert!(err.is_transient(), "{label}: {err:?}");
+    assert!(took < Duration::from_secs(3), "{label}: open took {took:?}");
+}
+
+#[test]
+fn open_against_a_closed_port_fails_fast() {
+    support::init_logging();
+    // A port that was free a moment ago: connecting to it is refused.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    open_fails_fast("closed port", format!("redis://127.0.0.1:{port}"));
+}
+
+#[test]
+fn open_against_a_silent_server_fails_fast() {
+    support::init_logging();
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    // Accepts the connection but never answers: only the timeouts can end the wait.
+    proxy.blackhole();
+    open_fails_fast("blackholed proxy", proxy.url());
+    proxy.refuse();
+    open_fails_fast("refusing proxy", proxy.url());
+}
