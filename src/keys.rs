@@ -6,24 +6,22 @@
 //! | key                    | type   | holds |
 //! |------------------------|--------|-------|
 //! | `P:watcher:lock`       | string | node id (UUID v4) of the watcher; expires after `watcher_lock_ttl` |
-//! | `P:watcher:fence`      | string | the watcher's node id again, same TTL, kept by acquire/renew: outlives a lock deleted by hand, so nobody else takes it while the watcher lives (deleted by release and by the operator's reset) |
 //! | `P:watcher:epoch`      | string | counter, +1 on every acquisition of the lock; never expires |
-//! | `P:watcher:wake`       | pub/sub channel | a message when a watcher releases the lock, so followers take over at once |
+//! | `P:watcher:wake`       | pub/sub channel | `released` when the lock is released, `acquired <node>` when taken: followers take over at once, a deposed watcher steps down at once |
 //! | `P:applied`            | string | `<slot, 20 digits>` of the last applied block (after a rollback: the slot below the undone block) |
 //! | `P:height`             | string | `H`: how many `confirm` calls were applied, ever |
-//! | `P:seq`                | string | counter that orders the pending queue and the inflight set |
-//! | `P:txs`                | hash   | tx hash → state record `stage|hi|hc|era|confirmed_at` (see `prelude.lua`) |
-//! | `P:payloads`           | hash   | tx hash → CBOR body, for every pending and inflight tx; never expires |
-//! | `P:pending`            | zset   | pending queue: tx hash scored by arrival order |
-//! | `P:inflight`           | zset   | inflight txs scored by the order they were propagated |
-//! | `P:unconfirmed`        | zset   | inflight txs not yet confirmed, scored by `hi` (the `H` when they became inflight) |
+//! | `P:txs`                | hash   | tx hash → `stage|hi|hc|era|confirmed_at` `\n` CBOR body, for every pending and inflight tx (see `prelude.lua`); never expires |
+//! | `P:pending`            | zset   | pending queue: tx hash scored by the number of the event that queued it |
+//! | `P:inflight`           | zset   | inflight txs scored by the number of the event that propagated them |
+//! | `P:unconfirmed`        | zset   | inflight txs not yet confirmed, scored by `hi` (the `H` when they became inflight); may still hold txs confirmed since, which `confirm` skips and removes once their score is `H - D` or less |
 //! | `P:confirmed`          | zset   | Confirmed txs scored by `hc` (the `H` of their first confirmation) |
 //! | `P:log`                | stream | finalized log: entry id `<seq>-0`, fields tx, st (F/D), c, m, at, era, body |
 //! | `P:log:seq`            | string | last sequence given to a log entry (sequences are never reused) |
 //! | `P:done`               | hash   | tx hash → `F<seq>` / `D<seq>`: where the tx sits in the retained log |
-//! | `P:stages`             | hash   | live tx count per stage (`P`, `R`, `A`, `C`), for stats |
+//! | `P:acked`              | string | how many inflight txs are Acknowledged (the other stage counts are set sizes), for stats |
 //! | `P:events`             | stream | every transition, appended by the script that makes it: entry id `<n>-0`; trimmed to about `event_history` entries |
 //! | `P:events:seq`         | string | last event number `n` (a reader that sees `n` jump knows it missed events) |
+//! | `P:watcher:fence`      | string | the watcher's node id again, same TTL, kept by acquire/renew: outlives a lock deleted by hand, so nobody else takes it while the watcher lives (deleted by release and by the operator's reset) |
 //!
 //! Counters are derived, not stored per tx: with `H` the applied-call count, a Confirmed tx has
 //! `H - hc + 1` confirmations and an unconfirmed inflight tx has `H - hi` misses. That is why
@@ -37,9 +35,7 @@ pub(crate) struct Keys {
     pub wake_channel: String,
     pub applied: String,
     pub height: String,
-    pub seq: String,
     pub txs: String,
-    pub payloads: String,
     pub pending: String,
     pub inflight: String,
     pub unconfirmed: String,
@@ -47,7 +43,7 @@ pub(crate) struct Keys {
     pub log: String,
     pub log_seq: String,
     pub done: String,
-    pub stages: String,
+    pub acked: String,
     pub events: String,
     pub events_seq: String,
     pub fence: String,
@@ -62,9 +58,7 @@ impl Keys {
             wake_channel: k("watcher:wake"),
             applied: k("applied"),
             height: k("height"),
-            seq: k("seq"),
             txs: k("txs"),
-            payloads: k("payloads"),
             pending: k("pending"),
             inflight: k("inflight"),
             unconfirmed: k("unconfirmed"),
@@ -72,36 +66,40 @@ impl Keys {
             log: k("log"),
             log_seq: k("log:seq"),
             done: k("done"),
-            stages: k("stages"),
+            acked: k("acked"),
             events: k("events"),
             events_seq: k("events:seq"),
             fence: k("watcher:fence"),
         }
     }
 
-    /// Every key, in the order `prelude.lua` reads them from `KEYS`.
-    pub fn all(&self) -> [&str; 19] {
+    /// Every key, in the order `prelude.lua` reads them from `KEYS`, with the Redis type it
+    /// must hold (`None` for the wake channel, which is no key).
+    pub fn typed(&self) -> [(&str, Option<&'static str>); 17] {
         [
-            &self.lock,
-            &self.epoch,
-            &self.wake_channel,
-            &self.applied,
-            &self.height,
-            &self.seq,
-            &self.txs,
-            &self.payloads,
-            &self.pending,
-            &self.inflight,
-            &self.unconfirmed,
-            &self.confirmed,
-            &self.log,
-            &self.log_seq,
-            &self.done,
-            &self.stages,
-            &self.events,
-            &self.events_seq,
-            &self.fence,
+            (&self.lock, Some("string")),
+            (&self.epoch, Some("string")),
+            (&self.wake_channel, None),
+            (&self.applied, Some("string")),
+            (&self.height, Some("string")),
+            (&self.txs, Some("hash")),
+            (&self.pending, Some("zset")),
+            (&self.inflight, Some("zset")),
+            (&self.unconfirmed, Some("zset")),
+            (&self.confirmed, Some("zset")),
+            (&self.log, Some("stream")),
+            (&self.log_seq, Some("string")),
+            (&self.done, Some("hash")),
+            (&self.acked, Some("string")),
+            (&self.events, Some("stream")),
+            (&self.events_seq, Some("string")),
+            (&self.fence, Some("string")),
         ]
+    }
+
+    /// Every key, in the order `prelude.lua` reads them from `KEYS`.
+    pub fn all(&self) -> [&str; 17] {
+        self.typed().map(|(key, _)| key)
     }
 }
 

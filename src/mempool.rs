@@ -442,11 +442,13 @@ impl RedisMempool {
             }
         };
         let lease = &self.inner.lease_shared.counters;
+        // [pending, inflight, Acknowledged, Confirmed]; the rest of inflight is Propagated.
+        let (inflight, acknowledged, confirmed) = (count(1)?, count(2)?, count(3)?);
         Ok(MempoolStats {
             pending: count(0)?,
-            propagated: count(1)?,
-            acknowledged: count(2)?,
-            confirmed: count(3)?,
+            propagated: inflight.saturating_sub(acknowledged + confirmed),
+            acknowledged,
+            confirmed,
             finalized_log: scripts::uint(&log_len, "log length")?,
             applied_blocks: scripts::uint(&height, "height")?,
             watcher: self.decode_watcher(&holder, &pttl, &epoch, &applied)?,

@@ -68,6 +68,15 @@ impl RedisConn {
         self.note(result)
     }
 
+    /// Runs a pipeline as one round trip.
+    pub fn run_pipeline<T: redis::FromRedisValue>(
+        &mut self,
+        pipe: &redis::Pipeline,
+    ) -> redis::RedisResult<T> {
+        let result = pipe.query(&mut self.conn);
+        self.note(result)
+    }
+
     fn note<T>(&mut self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
         if let Err(e) = &result {
             if Error::poisons_connection(e) {

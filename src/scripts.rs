@@ -129,7 +129,34 @@ pub(crate) fn run(
     for arg in args {
         inv.arg(*arg);
     }
-    conn.invoke(&inv).map_err(Error::from_redis)
+    match conn.invoke(&inv) {
+        Ok(value) => Ok(value),
+        Err(e) if e.code() == Some("WRONGTYPE") && !conn.is_broken() => {
+            Err(name_the_wrong_key(conn, keys).unwrap_or_else(|| Error::from_redis(e)))
+        }
+        Err(e) => Err(Error::from_redis(e)),
+    }
+}
+
+/// A script failed with a bare `WRONGTYPE` (scripts check types only where a partial write
+/// could follow, see `prelude.lua`): find the key at fault, at the cost of one more round trip
+/// on this error path only.
+fn name_the_wrong_key(conn: &mut RedisConn, keys: &Keys) -> Option<Error> {
+    let typed = keys.typed();
+    let mut pipe = redis::pipe();
+    for (key, _) in &typed {
+        pipe.cmd("TYPE").arg(*key);
+    }
+    let types: Vec<String> = conn.run_pipeline(&pipe).ok()?;
+    typed
+        .iter()
+        .zip(types)
+        .find(|((_, expected), actual)| {
+            expected.is_some_and(|expected| actual != "none" && actual != expected)
+        })
+        .map(|((key, _), _)| Error::WrongType {
+            key: key.to_string(),
+        })
 }
 
 // ---- reply decoding: never panics, every surprise is an `UnexpectedReply` ----
@@ -330,15 +357,14 @@ mod tests {
         let keys = Keys::new("p");
         for (i, key) in keys.all().iter().enumerate() {
             let name = key.strip_prefix("p:").unwrap().replace(':', "_");
-            let name = match name.as_str() {
-                "watcher_lock" => "lock".to_string(),
-                "watcher_epoch" => "epoch".to_string(),
-                "watcher_wake" => "wake".to_string(),
-                "watcher_fence" => "fence".to_string(),
-                other => other.to_string(),
-            };
+            let name = name.strip_prefix("watcher_").unwrap_or(&name);
             let decl = format!("{name} = KEYS[{}]", i + 1);
             assert!(prelude.contains(&decl), "prelude lacks `{decl}`");
+            // check_types in the prelude must expect what Rust expects.
+            if let Some(kind) = keys.typed()[i].1 {
+                let expected = format!("{name} = '{kind}'");
+                assert!(prelude.contains(&expected), "prelude lacks `{expected}`");
+            }
         }
     }
 

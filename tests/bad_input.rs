@@ -463,11 +463,12 @@ fn a_key_of_the_wrong_type_is_named_and_other_calls_keep_working() {
     let m = open(&server, prefix);
     let d = hash(3, 2);
     assert_wrong_type(m.receive(tx(d)), &key);
-    assert_wrong_type(m.peek_pending(10), &key);
+    // Empty queues: these calls never reach `txs`, so they may answer truly (nothing there).
+    assert!(matches!(m.peek_pending(10).as_deref(), Ok([])));
+    assert!(matches!(m.peek_inflight(10).as_deref(), Ok([])));
     assert_wrong_type(m.mark_inflight(&[d]), &key);
     assert_wrong_type(m.mark_acknowledged(&[d]), &key);
     assert_wrong_type(m.find_inflight(&d), &key);
-    assert_wrong_type(m.peek_inflight(10), &key);
     assert_wrong_type(m.check_status(&d), &key);
     assert_wrong_type(m.confirm(&ChainPoint::Slot(1), &[d], &[], 6, 2), &key);
     assert!(!m.has_pending().unwrap());
@@ -495,9 +496,7 @@ const LAYOUT: &[(&str, bool)] = &[
     ("watcher:epoch", true),
     ("applied", true),
     ("height", true),
-    ("seq", true),
     ("txs", false),
-    ("payloads", false),
     ("pending", false),
     ("inflight", false),
     ("unconfirmed", false),
@@ -505,9 +504,10 @@ const LAYOUT: &[(&str, bool)] = &[
     ("log", false),
     ("log:seq", true),
     ("done", false),
-    ("stages", false),
+    ("acked", true),
     ("events", false),
     ("events:seq", true),
+    ("watcher:fence", true),
 ];
 
 /// Whichever key holds the wrong type, every call either works or names that key; none fails
@@ -608,6 +608,11 @@ fn any_key_of_the_wrong_type_is_named_by_every_call_that_fails() {
             (
                 "confirm (finalize)",
                 m.confirm(&ChainPoint::Slot(4), &[i2], &[], 1, 1)
+                    .map(|v| format!("{v:?}")),
+            ),
+            (
+                "reset_watcher_lock",
+                m.reset_watcher_lock(Some("nobody"))
                     .map(|v| format!("{v:?}")),
             ),
         ];
@@ -776,10 +781,10 @@ fn corrupt_values_are_reported_not_acted_on() {
         key,
     );
 
-    // A payload gone missing for a pending tx.
+    // A pending tx whose record lost the separator before its body.
     let (m, p, ..) = setup("corrupt-payload");
-    let key = format!("corrupt-payload:payloads {}", p.to_hex());
-    run(&["HDEL", "corrupt-payload:payloads", &p.to_hex()]);
+    let key = format!("corrupt-payload:txs {}", p.to_hex());
+    run(&["HSET", "corrupt-payload:txs", &p.to_hex(), "P|||6|"]);
     expect_corrupt(
         "payload: peek_pending",
         m.peek_pending(10).map(|v| format!("{v:?}")),

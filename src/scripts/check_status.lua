@@ -1,6 +1,5 @@
 -- check_status(hash) -> {stage, confirmations, misses, confirmed_at} | false (unknown)
 -- A live tx (pending or inflight) wins over an older entry of the same hash in the log.
-check_types('txs', 'done', 'log', 'height')
 local hash = A[1]
 local t = load(hash)
 if t then

@@ -9,8 +9,8 @@ local node_id, epoch, slot, slot_below, point = A[1], A[2], A[3], A[4], A[5]
 local F, D, max_log, nseen = tonumber(A[6]), tonumber(A[7]), tonumber(A[8]), tonumber(A[9])
 local nunseen = #A - 9 - nseen
 
-check_types('lock', 'epoch', 'applied', 'height', 'seq', 'txs', 'payloads', 'pending', 'inflight',
-  'unconfirmed', 'confirmed', 'log', 'log_seq', 'done', 'stages', 'events', 'events_seq')
+check_types('lock', 'epoch', 'applied', 'height', 'txs', 'pending', 'inflight', 'unconfirmed',
+  'confirmed', 'log', 'log_seq', 'done', 'acked', 'events', 'events_seq')
 
 if redis.call('GET', K.lock) ~= node_id or redis.call('GET', K.epoch) ~= epoch then
   return {'lost'}
@@ -59,7 +59,7 @@ for _, hash in ipairs(zc) do
     if not t or t.st ~= 'C' then corrupt(K.confirmed .. ' ' .. hash, 'not a confirmed tx') end
     local c = counters(t, H)
     if c >= F then
-      finalize[#finalize + 1] = {hash = hash, t = t, body = load_body(hash)}
+      finalize[#finalize + 1] = {hash = hash, t = t}
     else
       still_confirmed[#still_confirmed + 1] = {hash = hash, t = t}
     end
@@ -73,39 +73,43 @@ for _, e in ipairs(seen) do
     e.t.st, e.t.hc, e.t.at = 'C', H, point
     newly[#newly + 1] = e
     if 1 >= F then
-      finalize[#finalize + 1] = {hash = e.hash, t = e.t, body = load_body(e.hash)}
+      finalize[#finalize + 1] = e
     else
       still_confirmed[#still_confirmed + 1] = e
     end
   end
 end
 -- Unconfirmed inflight txs that missed D blocks drop (unless this block saw or undid them).
+-- P:unconfirmed is cleaned lazily: a tx that gets confirmed (or finalized) stays in it until its
+-- score falls in this range, because removing one member among thousands with the same score
+-- is what made confirm slow down with the mempool's size. Such stale members are skipped here
+-- and removed with the whole range below.
 local drop = {}
 for _, hash in ipairs(redis.call('ZRANGEBYSCORE', K.unconfirmed, '-inf', int(H - D))) do
   if not seen_set[hash] and not unseen_set[hash] then
     local t = load(hash)
-    if not t then corrupt(K.unconfirmed .. ' ' .. hash, 'inflight tx has no state record') end
-    drop[#drop + 1] = {hash = hash, t = t, body = load_body(hash)}
+    if t and (t.st == 'R' or t.st == 'A') then drop[#drop + 1] = {hash = hash, t = t} end
   end
 end
 
 -- Phase 2: write. The block event comes first: it is the audit trail of applied blocks.
 redis.call('SET', K.height, H)
 emit('k', 'block', 'at', point, 'h', H, 'node', node_id, 'epoch', epoch, 'undo', nunseen > 0 and '1' or '0')
+-- Acknowledged txs leaving that stage, for the counter stats read.
+local acked_delta = 0
 for _, e in ipairs(newly) do
+  if e.was == 'A' then acked_delta = acked_delta - 1 end
   redis.call('HSET', K.txs, e.hash, encode(e.t))
-  redis.call('ZREM', K.unconfirmed, e.hash)
   redis.call('ZADD', K.confirmed, H, e.hash)
-  count_stage(e.was, 'C')
 end
 for _, e in ipairs(unseen) do
-  redis.call('HSET', K.txs, e.hash, encode({st = 'P', era = e.t.era}))
+  if e.t.st == 'A' then acked_delta = acked_delta - 1 end
+  local n = emit_tx(e.hash, 'B', 0, 0, '')
+  redis.call('HSET', K.txs, e.hash, encode({st = 'P', era = e.t.era, body = e.t.body}))
   redis.call('ZREM', K.inflight, e.hash)
   redis.call('ZREM', K.unconfirmed, e.hash)
   redis.call('ZREM', K.confirmed, e.hash)
-  redis.call('ZADD', K.pending, redis.call('INCR', K.seq), e.hash)
-  count_stage(e.t.st, 'P')
-  emit_tx(e.hash, 'B', 0, 0, '')
+  redis.call('ZADD', K.pending, n, e.hash)
 end
 for _, e in ipairs(still_confirmed) do
   emit_tx(e.hash, 'C', counters(e.t, H), 0, e.t.at)
@@ -114,20 +118,20 @@ end
 -- Moves a tx out of the live sets into the finalized log.
 local function retire(e, stage)
   local c, m = counters(e.t, H)
-  count_stage(e.t.st, nil)
+  if e.t.st == 'A' then acked_delta = acked_delta - 1 end
   emit_tx(e.hash, stage, c, m, e.t.at)
   local n = redis.call('INCR', K.log_seq)
   redis.call('XADD', K.log, int(n) .. '-0', 'tx', e.hash, 'st', stage, 'c', int(c), 'm', int(m),
-    'at', e.t.at or '', 'era', e.t.era, 'body', e.body)
+    'at', e.t.at or '', 'era', e.t.era, 'body', e.t.body)
   redis.call('HSET', K.done, e.hash, stage .. int(n))
   redis.call('HDEL', K.txs, e.hash)
-  redis.call('HDEL', K.payloads, e.hash)
   redis.call('ZREM', K.inflight, e.hash)
-  redis.call('ZREM', K.unconfirmed, e.hash)
   redis.call('ZREM', K.confirmed, e.hash)
 end
 for _, e in ipairs(finalize) do retire(e, 'F') end
 for _, e in ipairs(drop) do retire(e, 'D') end
+redis.call('ZREMRANGEBYSCORE', K.unconfirmed, '-inf', int(H - D))
+if acked_delta ~= 0 then redis.call('INCRBY', K.acked, acked_delta) end
 
 -- Keep the newest max_log entries; forget the index entries of the ones that go, unless the
 -- index already points at a newer entry for the same hash.

@@ -1,3 +1,2 @@
 -- dump_finalized(first_id, count) -> raw XRANGE entries of the finalized log.
-check_types('log')
 return redis.call('XRANGE', K.log, A[1], '+', 'COUNT', A[2])

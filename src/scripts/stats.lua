@@ -1,7 +1,11 @@
--- stats() -> {{P, R, A, C counts}, log length, holder|false, pttl, epoch|false, applied|false, H}
-check_types('stages', 'log', 'lock', 'epoch', 'applied', 'height')
-local counts = redis.call('HMGET', K.stages, 'P', 'R', 'A', 'C')
-for i = 1, 4 do counts[i] = num(K.stages, counts[i]) end
+-- stats() -> {{pending, inflight, acknowledged, confirmed}, log length, holder|false, pttl,
+--   epoch|false, applied|false, H}
+-- Counts are set sizes (O(1) each); only Acknowledged needs its own counter. (Not the size of
+-- P:unconfirmed, which confirm cleans lazily.)
+local counts = {
+  redis.call('ZCARD', K.pending), redis.call('ZCARD', K.inflight),
+  num(K.acked, redis.call('GET', K.acked)), redis.call('ZCARD', K.confirmed),
+}
 return {
   counts, redis.call('XLEN', K.log), redis.call('GET', K.lock), redis.call('PTTL', K.lock),
   redis.call('GET', K.epoch), redis.call('GET', K.applied), height(),

@@ -1,5 +1,4 @@
 -- watcher_info() -> {holder|false, pttl, epoch|false, applied|false}
-check_types('lock', 'epoch', 'applied')
 return {
   redis.call('GET', K.lock), redis.call('PTTL', K.lock), redis.call('GET', K.epoch),
   redis.call('GET', K.applied),

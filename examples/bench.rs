@@ -1,0 +1,1858 @@
+//! Benchmark: what a shared mempool call costs next to Redis itself, and whether it slows down as
+//! the mempool grows.
+//!
+//! ```text
+//! cargo run --release --example bench                 # quick: about a minute
+//! cargo run --release --example bench -- --full       # more iterations and longer runs
+//! cargo run --release --example bench -- --sizes 1000,10000 --iters 500 --trials 5
+//! cargo run --release --example bench -- --only calls,scaling --profile
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --release --example bench
+//! ```
+//!
+//! `--help` lists the options. `--profile` adds a table of the commands each script runs and
+//! their server time (from `INFO commandstats` around every measured call): the first place to
+//! look when a call misses its target.
+//!
+//! Without `REDIS_URL` it starts a private `redis-server` on a free port. The report (Markdown)
+//! goes to stdout, progress to stderr. Every figure comes from the public API, plus
+//! `baseline_set` (a plain `SET` through the same pool) as the physical limit:
+//!
+//! * round trips per call, counted with `MONITOR` (commands run inside a script show as
+//!   `[0 lua]` and are not round trips; only the pool's connections count, found by the names the
+//!   library gives them, so the lease thread is left out);
+//! * median and p99 latency of each call on one thread, with MONITOR off, calls interleaved in
+//!   rounds so that background load hits all of them alike; and the time the server spent in
+//!   the call (SLOWLOG with a threshold of 0, in chunks between the latency rounds);
+//! * throughput of `receive` and of `SET` with 1 and 8 threads sharing one pool;
+//! * scaling of `receive`, `mark_inflight(50)`, `check_status` with the pending queue and of
+//!   `confirm(50 seen)` with the inflight set, all sizes alive at once and measured in
+//!   alternation;
+//! * Redis memory per tracked tx beyond its payload;
+//! * watcher takeover after a crash (`abandon`) and after `shutdown`, TTL 1 s.
+//!
+//! Calls that change state are measured in a steady state: what a measured call moves is moved
+//! back afterwards with untimed calls (a rollback `confirm` returns inflight txs to the pending
+//! queue), so every iteration sees the same mempool size.
+
+#[path = "bench/monitor.rs"]
+mod monitor;
+#[path = "../tests/support/mod.rs"]
+mod support;
+#[path = "bench/util.rs"]
+mod util;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use dolos_redis::{ChainPoint, Config, ConfirmOutcome, MempoolTxStage, RedisMempool, TxHash};
+
+use monitor::Monitor;
+use util::{check, human_count, ms, times, us, Rng, Samples};
+
+/// Transactions per batch call (`mark_inflight`, `mark_acknowledged`, `confirm`'s seen list).
+const BATCH: usize = 50;
+/// A finalize / drop threshold that no tx reaches during the benchmark.
+const NEVER: u32 = 1_000_000;
+/// Threads that fill the mempool and that the 8-thread figures use; also the pool size.
+const THREADS: usize = 8;
+const POOL: u32 = THREADS as u32;
+/// Batch calls run 1/BATCH_SHARE of the iterations (see [`Call::is_batch`]).
+const BATCH_SHARE: usize = 4;
+/// Iterations of each call per round of the interleaved latency loops.
+const ROUND: usize = 100;
+/// The watcher lock TTL of the takeover trials (what the targets assume).
+const TAKEOVER_TTL: Duration = Duration::from_secs(1);
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+struct Opts {
+    mode: &'static str,
+    iters: usize,
+    sizes: Vec<usize>,
+    trials: usize,
+    throughput: Duration,
+    /// Alternating runs the throughput time is split into.
+    tput_rounds: u32,
+    counted: usize,
+    server_iters: usize,
+    memory_txs: usize,
+    sequential_takeover: bool,
+    /// Break the server time of each call down by the commands its script runs.
+    profile: bool,
+    /// Phases to run (`None`: all).
+    only: Option<Vec<String>>,
+}
+
+const PHASES: [&str; 5] = ["memory", "calls", "throughput", "scaling", "takeover"];
+
+const USAGE: &str = "\
+usage: cargo run --release --example bench -- [options]
+
+  --quick             default: sizes 1k,10k,100k, 2000 iterations per call, about a minute
+  --full              10000 iterations per call, 5 s throughput runs, 100 monitored calls
+  --sizes A,B,...     mempool sizes for the scaling table (default 1000,10000,100000)
+  --iters N           timed iterations per call (per size in the scaling table)
+  --trials N          takeover trials of each kind (default 20)
+  --sequential-takeover
+                      run crash trials one after the other (default: staggered in parallel)
+  --only P,...        run only these phases: memory, calls, throughput, scaling, takeover
+  --profile           break each call's server time down by the commands its script runs
+                      (CONFIG RESETSTAT + INFO commandstats around every measured call)
+  -h, --help          this text
+
+Set REDIS_URL to use a running server instead of starting one.";
+
+impl Opts {
+    fn parse() -> Result<Opts, String> {
+        let mut opts = Opts {
+            mode: "quick",
+            iters: 2000,
+            sizes: vec![1_000, 10_000, 100_000],
+            trials: 20,
+            throughput: Duration::from_millis(1500),
+            tput_rounds: 6,
+            counted: 20,
+            server_iters: 300,
+            memory_txs: 10_000,
+            sequential_takeover: false,
+            profile: false,
+            only: None,
+        };
+        let mut iters = None;
+        let mut args = std::env::args().skip(1);
+        let number = |flag: &str, v: Option<String>| -> Result<usize, String> {
+            let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
+            v.replace('_', "")
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{flag}: {v:?} is not a positive number"))
+        };
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => opts.mode = "quick",
+                "--full" => {
+                    opts.mode = "full";
+                    opts.iters = 10_000;
+                    opts.throughput = Duration::from_secs(5);
+                    opts.tput_rounds = 10;
+                    opts.counted = 100;
+                    opts.server_iters = 2000;
+                }
+                "--iters" => iters = Some(number("--iters", args.next())?),
+                "--trials" => opts.trials = number("--trials", args.next())?,
+                "--sizes" => {
+                    let v = args.next().ok_or("--sizes needs a value")?;
+                    let mut sizes = v
+                        .split(',')
+                        .map(|s| number("--sizes", Some(s.trim().to_string())))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    sizes.sort_unstable();
+                    sizes.dedup();
+                    if sizes.iter().any(|&s| s < 2 * BATCH) {
+                        return Err(format!(
+                            "--sizes: every size must be at least {}",
+                            2 * BATCH
+                        ));
+                    }
+                    opts.sizes = sizes;
+                }
+                "--sequential-takeover" => opts.sequential_takeover = true,
+                "--profile" => opts.profile = true,
+                "--only" => {
+                    let v = args.next().ok_or("--only needs a value")?;
+                    let phases: Vec<String> = v.split(',').map(|p| p.trim().to_string()).collect();
+                    if let Some(bad) = phases.iter().find(|p| !PHASES.contains(&p.as_str())) {
+                        return Err(format!("--only: unknown phase {bad:?}"));
+                    }
+                    opts.only = Some(phases);
+                }
+                "-h" | "--help" => return Err(String::new()),
+                other => return Err(format!("unknown option {other:?}")),
+            }
+        }
+        if let Some(n) = iters {
+            opts.iters = n;
+        }
+        Ok(opts)
+    }
+
+    fn runs(&self, phase: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|p| p == phase))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The calls
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Call {
+    Set,
+    Receive,
+    HasPending,
+    PeekPending,
+    MarkInflight,
+    MarkAcknowledged,
+    FindInflight,
+    PeekInflight,
+    StatusPending,
+    StatusInflight,
+    StatusFinalized,
+    StatusUnknown,
+    Confirm,
+    DumpFinalized,
+}
+
+/// The API calls of the per-call table, in the order of the issue.
+const API_CALLS: [Call; 13] = [
+    Call::Receive,
+    Call::HasPending,
+    Call::PeekPending,
+    Call::MarkInflight,
+    Call::MarkAcknowledged,
+    Call::FindInflight,
+    Call::PeekInflight,
+    Call::StatusPending,
+    Call::StatusInflight,
+    Call::StatusFinalized,
+    Call::StatusUnknown,
+    Call::Confirm,
+    Call::DumpFinalized,
+];
+
+impl Call {
+    /// Calls that move or read a batch of txs: each takes ten times longer than a single-tx
+    /// call (and their steady state needs untimed helper calls), so they run a quarter of the
+    /// iterations.
+    fn is_batch(self) -> bool {
+        matches!(
+            self,
+            Call::PeekPending
+                | Call::MarkInflight
+                | Call::MarkAcknowledged
+                | Call::PeekInflight
+                | Call::Confirm
+                | Call::DumpFinalized
+        )
+    }
+
+    /// How many of `n` iterations this call runs.
+    fn share(self, n: usize) -> usize {
+        if self.is_batch() {
+            n.div_ceil(BATCH_SHARE)
+        } else {
+            n
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Call::Set => "`SET` (baseline_set, 300 B)",
+            Call::Receive => "`receive` (300 B)",
+            Call::HasPending => "`has_pending`",
+            Call::PeekPending => "`peek_pending(50)`",
+            Call::MarkInflight => "`mark_inflight(50)`",
+            Call::MarkAcknowledged => "`mark_acknowledged(50)`",
+            Call::FindInflight => "`find_inflight`",
+            Call::PeekInflight => "`peek_inflight(100)`",
+            Call::StatusPending => "`check_status` (pending)",
+            Call::StatusInflight => "`check_status` (inflight)",
+            Call::StatusFinalized => "`check_status` (finalized)",
+            Call::StatusUnknown => "`check_status` (unknown)",
+            Call::Confirm => "`confirm` (50 seen)",
+            Call::DumpFinalized => "`dump_finalized(0, 100)`",
+        }
+    }
+}
+
+/// How a step hands its measured call to the phase: the phase runs the closure exactly once,
+/// timing it, fencing it with MONITOR markers, or reading the slowlog around it.
+type Measure<'a> = dyn FnMut(&mut dyn FnMut()) + 'a;
+
+// ---------------------------------------------------------------------------------------------
+// A mempool under test
+
+/// One mempool (its own key prefix) opened by one node, which is therefore the watcher.
+struct Node {
+    mp: RedisMempool,
+    prefix: String,
+    /// Names this mempool's tx population (see `util::tx_hash`).
+    tag: u64,
+    slot: u64,
+}
+
+impl Node {
+    fn open(url: &str, prefix: String, tag: u64, max_finalized: usize) -> Node {
+        let config = Config::new(url)
+            .key_prefix(prefix.clone())
+            .pool_size(POOL)
+            .max_pending(100_000_000)
+            .max_finalized(max_finalized);
+        let mp = RedisMempool::open(config).expect("open the mempool");
+        assert!(
+            support::wait_until(Duration::from_secs(5), || mp.is_watcher()),
+            "a lone node should become the watcher"
+        );
+        Node {
+            mp,
+            prefix,
+            tag,
+            slot: 0,
+        }
+    }
+
+    fn hashes(&self, indices: impl IntoIterator<Item = u64>) -> Vec<TxHash> {
+        indices
+            .into_iter()
+            .map(|i| util::tx_hash(self.tag, i))
+            .collect()
+    }
+
+    /// A fresh block point (slots leave room for the rollback's "slot below").
+    fn point(&mut self) -> ChainPoint {
+        self.slot += 10;
+        ChainPoint::Slot(self.slot)
+    }
+
+    fn apply(&mut self, seen: &[TxHash], unseen: &[TxHash], finalize: u32) {
+        let point = self.point();
+        let outcome = self
+            .mp
+            .confirm(&point, seen, unseen, finalize, NEVER)
+            .expect("confirm");
+        assert_eq!(outcome, ConfirmOutcome::Applied, "helper confirm");
+    }
+
+    /// Inflight txs back to the tail of the pending queue.
+    fn rollback(&mut self, batch: &[TxHash]) {
+        self.apply(&[], batch, NEVER);
+    }
+
+    /// Pending txs out of the mempool, into the finalized log.
+    fn retire(&mut self, batch: &[TxHash]) {
+        self.mp.mark_inflight(batch).expect("mark_inflight");
+        self.apply(batch, &[], 1);
+    }
+
+    /// Receives txs `range` with [`THREADS`] threads sharing the pool; returns how long it took.
+    fn fill(&self, range: std::ops::Range<u64>) -> Duration {
+        let next = AtomicU64::new(range.start);
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..THREADS {
+                let mp = self.mp.clone();
+                let next = &next;
+                let end = range.end;
+                s.spawn(move || loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= end {
+                        return;
+                    }
+                    mp.receive(util::tx(self.tag, i)).expect("receive (fill)");
+                });
+            }
+        });
+        start.elapsed()
+    }
+
+    fn mark_all_inflight(&self, range: std::ops::Range<u64>) {
+        let all: Vec<u64> = range.collect();
+        for chunk in all.chunks(500) {
+            let hashes = self.hashes(chunk.iter().copied());
+            self.mp
+                .mark_inflight(&hashes)
+                .expect("mark_inflight (setup)");
+        }
+    }
+
+    fn pool_name(&self) -> String {
+        format!("dolos-redis:{}:pool", self.mp.node_id())
+    }
+}
+
+/// A range of tx indices that are in some state between steps.
+#[derive(Clone, Copy, Default)]
+struct Span {
+    start: u64,
+    len: u64,
+}
+
+/// Drives one [`Node`] through the calls, keeping its state steady.
+struct Workload {
+    node: Node,
+    /// Pending between steps.
+    pending: Span,
+    /// Propagated between steps.
+    inflight: Span,
+    /// In the finalized log.
+    finalized: Span,
+    /// The next never-used index, for `receive`.
+    fresh: u64,
+    received: Vec<TxHash>,
+    pending_cursor: u64,
+    inflight_cursor: u64,
+    set_counter: u64,
+    rng: Rng,
+}
+
+impl Workload {
+    fn new(node: Node, pending: Span, inflight: Span, finalized: Span) -> Workload {
+        let tag = node.tag;
+        Workload {
+            node,
+            pending,
+            inflight,
+            finalized,
+            fresh: 1 << 40,
+            received: Vec::new(),
+            pending_cursor: 0,
+            inflight_cursor: 0,
+            set_counter: 0,
+            rng: Rng::new(tag),
+        }
+    }
+
+    fn rotate(cursor: &mut u64, span: Span) -> Vec<u64> {
+        assert!(span.len >= BATCH as u64, "a span must hold a batch");
+        let batch = (0..BATCH as u64)
+            .map(|k| span.start + (*cursor + k) % span.len)
+            .collect();
+        *cursor = (*cursor + BATCH as u64) % span.len;
+        batch
+    }
+
+    fn pick(&mut self, span: Span) -> TxHash {
+        util::tx_hash(self.node.tag, span.start + self.rng.below(span.len))
+    }
+
+    /// Runs `call` once through `measure`, with whatever untimed calls keep the state steady.
+    fn step(&mut self, call: Call, measure: &mut Measure<'_>) {
+        match call {
+            Call::Set => {
+                let key = format!("{}:set:{}", self.node.prefix, self.set_counter % 1000);
+                self.set_counter += 1;
+                let value = [0x5a; util::PAYLOAD_LEN];
+                let mp = &self.node.mp;
+                measure(&mut || mp.baseline_set(&key, &value).expect("SET"));
+            }
+            Call::Receive => {
+                let mut tx = Some(util::tx(self.node.tag, self.fresh));
+                self.fresh += 1;
+                let hash = util::tx_hash(self.node.tag, self.fresh - 1);
+                let mp = &self.node.mp;
+                measure(&mut || {
+                    if let Some(tx) = tx.take() {
+                        mp.receive(tx).expect("receive");
+                    }
+                });
+                self.received.push(hash);
+                if self.received.len() == BATCH {
+                    let batch = std::mem::take(&mut self.received);
+                    self.node.retire(&batch);
+                }
+            }
+            Call::HasPending => {
+                let mp = &self.node.mp;
+                measure(&mut || assert!(mp.has_pending().expect("has_pending")));
+            }
+            Call::PeekPending => {
+                let mp = &self.node.mp;
+                measure(&mut || {
+                    assert_eq!(mp.peek_pending(BATCH).expect("peek_pending").len(), BATCH)
+                });
+            }
+            Call::MarkInflight => {
+                let batch = self
+                    .node
+                    .hashes(Self::rotate(&mut self.pending_cursor, self.pending));
+                let mp = &self.node.mp;
+                measure(&mut || mp.mark_inflight(&batch).expect("mark_inflight"));
+                self.node.rollback(&batch);
+            }
+            Call::MarkAcknowledged => {
+                let batch = self
+                    .node
+                    .hashes(Self::rotate(&mut self.inflight_cursor, self.inflight));
+                let mp = &self.node.mp;
+                measure(&mut || mp.mark_acknowledged(&batch).expect("mark_acknowledged"));
+                self.node.rollback(&batch);
+                self.node.mp.mark_inflight(&batch).expect("mark_inflight");
+            }
+            Call::FindInflight => {
+                let hash = self.pick(self.inflight);
+                let mp = &self.node.mp;
+                measure(&mut || assert!(mp.find_inflight(&hash).expect("find_inflight").is_some()));
+            }
+            Call::PeekInflight => {
+                let mp = &self.node.mp;
+                measure(&mut || {
+                    assert_eq!(mp.peek_inflight(100).expect("peek_inflight").len(), 100)
+                });
+            }
+            Call::StatusPending
+            | Call::StatusInflight
+            | Call::StatusFinalized
+            | Call::StatusUnknown => {
+                let (hash, want): (TxHash, fn(MempoolTxStage) -> bool) = match call {
+                    Call::StatusPending => {
+                        (self.pick(self.pending), |s| s == MempoolTxStage::Pending)
+                    }
+                    Call::StatusInflight => (self.pick(self.inflight), |s| s.is_inflight()),
+                    Call::StatusFinalized => (self.pick(self.finalized), |s| {
+                        s == MempoolTxStage::Finalized
+                    }),
+                    _ => (
+                        util::tx_hash(!self.node.tag, self.rng.below(u64::MAX)),
+                        |s| s == MempoolTxStage::Unknown,
+                    ),
+                };
+                let mp = &self.node.mp;
+                measure(&mut || {
+                    let stage = mp.check_status(&hash).expect("check_status").stage;
+                    assert!(want(stage), "{call:?}: unexpected stage {stage:?}");
+                });
+            }
+            Call::Confirm => {
+                let batch = self
+                    .node
+                    .hashes(Self::rotate(&mut self.inflight_cursor, self.inflight));
+                let point = self.node.point();
+                let mp = &self.node.mp;
+                measure(&mut || {
+                    let outcome = mp
+                        .confirm(&point, &batch, &[], NEVER, NEVER)
+                        .expect("confirm");
+                    assert_eq!(outcome, ConfirmOutcome::Applied);
+                });
+                self.node.rollback(&batch);
+                self.node.mp.mark_inflight(&batch).expect("mark_inflight");
+            }
+            Call::DumpFinalized => {
+                let mp = &self.node.mp;
+                measure(&mut || {
+                    let page = mp.dump_finalized(0, 100).expect("dump_finalized");
+                    assert_eq!(page.items.len(), 100);
+                });
+            }
+        }
+    }
+
+    /// Times `n` steps of `call`.
+    fn time(&mut self, call: Call, n: usize, samples: &mut Samples) {
+        for _ in 0..n {
+            self.step(call, &mut |f| {
+                let start = Instant::now();
+                f();
+                samples.push(start.elapsed());
+            });
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results
+
+struct RoundTrips {
+    /// Top-level commands from the pool per measured call.
+    per_call: Vec<usize>,
+    /// Names of those commands.
+    names: BTreeSet<String>,
+    /// Commands run inside the script (`[0 lua]` lines), per call on average.
+    inner: f64,
+}
+
+impl RoundTrips {
+    fn exactly_one(&self) -> bool {
+        !self.per_call.is_empty() && self.per_call.iter().all(|&n| n == 1)
+    }
+
+    fn cell(&self) -> String {
+        let min = self.per_call.iter().min().copied().unwrap_or(0);
+        let max = self.per_call.iter().max().copied().unwrap_or(0);
+        let names = self.names.iter().cloned().collect::<Vec<_>>().join(", ");
+        if min == max {
+            format!("{min} ({names})")
+        } else {
+            let avg = self.per_call.iter().sum::<usize>() as f64 / self.per_call.len() as f64;
+            format!("{avg:.2} ({min}–{max}; {names})")
+        }
+    }
+}
+
+struct Throughput {
+    set1: f64,
+    recv1: f64,
+    set8: f64,
+    recv8: f64,
+}
+
+struct Memory {
+    pending: f64,
+    inflight: f64,
+    finalized: f64,
+    /// Key (without the prefix) → bytes per tx (`MEMORY USAGE`) when the txs are pending,
+    /// inflight, finalized.
+    by_key: BTreeMap<String, [f64; 3]>,
+}
+
+struct Scaling {
+    sizes: Vec<usize>,
+    fill: Vec<Duration>,
+    /// Per size, per call.
+    samples: Vec<HashMap<Call, Samples>>,
+    /// Per size, per call: the median over rounds of (this size's median in the round / the
+    /// smallest size's median in the same round).
+    ratios: Vec<HashMap<Call, f64>>,
+    /// Server time (SLOWLOG), per size, per call; empty if the server refused.
+    server: Vec<HashMap<Call, Samples>>,
+}
+
+struct Takeover {
+    /// ms after the dead watcher's lock expired (estimated from its PTTL, ±1 ms).
+    crash: Vec<f64>,
+    /// ms after the abandon call returned, for context.
+    crash_since_abandon: Vec<f64>,
+    /// ms after `shutdown` was called.
+    graceful: Vec<f64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The benchmark
+
+struct Bench {
+    url: String,
+    admin: redis::Connection,
+    client_info: redis::ConnectionInfo,
+    /// Every key of this run starts with it.
+    root: String,
+    opts: Opts,
+    next_tag: u64,
+    /// With `--profile`: (where, call, calls measured, inner command stats).
+    profiles: Vec<(String, Call, usize, util::CommandStats)>,
+}
+
+static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+fn progress(msg: impl AsRef<str>) {
+    let t = STARTED.get_or_init(Instant::now).elapsed().as_secs_f64();
+    eprintln!("[bench {t:5.1} s] {}", msg.as_ref());
+}
+
+impl Bench {
+    fn connect(url: &str) -> redis::Connection {
+        let client = redis::Client::open(url).expect("a valid redis URL");
+        let conn = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("connect to redis");
+        conn.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("read timeout");
+        conn
+    }
+
+    fn tag(&mut self) -> u64 {
+        self.next_tag += 1;
+        self.next_tag
+    }
+
+    fn node(&mut self, name: &str, max_finalized: usize) -> Node {
+        let tag = self.tag();
+        let node = Node::open(
+            &self.url,
+            format!("{}:{name}", self.root),
+            tag,
+            max_finalized,
+        );
+        self.warm(&node);
+        node
+    }
+
+    /// Opens all pooled connections now, so that none is opened (with its `CLIENT SETNAME`)
+    /// inside a measured call.
+    fn warm(&mut self, node: &Node) {
+        let name = node.pool_name();
+        let ok = support::wait_until(Duration::from_secs(10), || {
+            std::thread::scope(|s| {
+                for _ in 0..THREADS {
+                    let mp = node.mp.clone();
+                    s.spawn(move || {
+                        for _ in 0..50 {
+                            mp.has_pending().expect("has_pending (warm-up)");
+                        }
+                    });
+                }
+            });
+            let open = util::client_names(&mut self.admin)
+                .values()
+                .filter(|n| **n == name)
+                .count();
+            open >= POOL as usize
+        });
+        if !ok {
+            progress(format!("warning: the pool of {} did not fill", node.prefix));
+        }
+    }
+
+    /// Base state of the per-call table: 1000 pending, 1000 inflight, 100 finalized.
+    fn base(&mut self) -> Workload {
+        let node = self.node("base", 1_000_000);
+        node.fill(0..2100);
+        node.mark_all_inflight(1000..2100);
+        let mut node = node;
+        let done = node.hashes(2000..2100);
+        node.retire(&done);
+        Workload::new(
+            node,
+            Span {
+                start: 0,
+                len: 1000,
+            },
+            Span {
+                start: 1000,
+                len: 1000,
+            },
+            Span {
+                start: 2000,
+                len: 100,
+            },
+        )
+    }
+
+    fn memory(&mut self) -> Memory {
+        let n = self.opts.memory_txs as u64;
+        progress(format!("memory: {n} txs of {} B", util::PAYLOAD_LEN));
+        let mut node = self.node("memory", 10 * n as usize);
+        // Creates the keys (and warms every script) before the baseline.
+        node.fill(1 << 40..(1 << 40) + 1);
+        let before = util::used_memory(&mut self.admin);
+        let keys_before = util::key_sizes(&mut self.admin, &node.prefix);
+        node.fill(0..n);
+        let pending = util::used_memory(&mut self.admin);
+        let keys_pending = util::key_sizes(&mut self.admin, &node.prefix);
+        node.mark_all_inflight(0..n);
+        let inflight = util::used_memory(&mut self.admin);
+        let keys_inflight = util::key_sizes(&mut self.admin, &node.prefix);
+        let all: Vec<u64> = (0..n).collect();
+        for chunk in all.chunks(500) {
+            let hashes = node.hashes(chunk.iter().copied());
+            node.apply(&hashes, &[], 1);
+        }
+        let finalized = util::used_memory(&mut self.admin);
+        let keys_finalized = util::key_sizes(&mut self.admin, &node.prefix);
+        let per = |after: i64| (after - before) as f64 / n as f64 - util::PAYLOAD_LEN as f64;
+        let mut by_key: BTreeMap<String, [f64; 3]> = BTreeMap::new();
+        for (stage, sizes) in [keys_pending, keys_inflight, keys_finalized]
+            .iter()
+            .enumerate()
+        {
+            for (key, bytes) in sizes {
+                let was = keys_before.get(key).copied().unwrap_or(0);
+                by_key.entry(key.clone()).or_default()[stage] = (bytes - was) as f64 / n as f64;
+            }
+        }
+        let out = Memory {
+            pending: per(pending),
+            inflight: per(inflight),
+            finalized: per(finalized),
+            by_key,
+        };
+        let prefix = node.prefix.clone();
+        drop(node);
+        util::delete_prefix(&mut self.admin, &prefix);
+        out
+    }
+
+    fn round_trips(&mut self, work: &mut Workload) -> HashMap<Call, RoundTrips> {
+        progress(format!(
+            "round trips: {} monitored calls each",
+            self.opts.counted
+        ));
+        let mut monitor = Monitor::start(&self.client_info).expect("start MONITOR");
+        let pool = work.node.pool_name();
+        let mut out = HashMap::new();
+        for call in std::iter::once(Call::Set).chain(API_CALLS) {
+            let mut windows = Vec::new();
+            for _ in 0..self.opts.counted {
+                let admin = &mut self.admin;
+                work.step(call, &mut |f| windows.push(monitor.window(admin, f)));
+            }
+            // Taken after the windows: a connection opened inside one is listed too.
+            let names = util::client_names(&mut self.admin);
+            let mut rt = RoundTrips {
+                per_call: Vec::new(),
+                names: BTreeSet::new(),
+                inner: 0.0,
+            };
+            for window in &windows {
+                let ours: Vec<_> = window
+                    .iter()
+                    .filter(|s| s.addr != "lua" && names.get(&s.addr) == Some(&pool))
+                    .collect();
+                rt.per_call.push(ours.len());
+                rt.names.extend(ours.iter().map(|s| s.cmd.clone()));
+                rt.inner += window.iter().filter(|s| s.addr == "lua").count() as f64;
+            }
+            rt.inner /= windows.len().max(1) as f64;
+            out.insert(call, rt);
+        }
+        out
+    }
+
+    /// Time the server spent executing each call (`iters` calls, a share of them for batch
+    /// calls), from SLOWLOG with a 0 µs threshold, added to `into`. Returns false if the server
+    /// does not let us change the slowlog settings.
+    fn server_time(
+        &mut self,
+        work: &mut Workload,
+        calls: &[Call],
+        iters: usize,
+        label: &str,
+        into: &mut HashMap<Call, Samples>,
+    ) -> bool {
+        let (Some(old_threshold), Some(old_len)) = (
+            util::config_get(&mut self.admin, "slowlog-log-slower-than"),
+            util::config_get(&mut self.admin, "slowlog-max-len"),
+        ) else {
+            return false;
+        };
+        if !util::config_set(&mut self.admin, "slowlog-log-slower-than", "0")
+            || !util::config_set(&mut self.admin, "slowlog-max-len", "128")
+        {
+            return false;
+        }
+        let pool = work.node.pool_name();
+        let profile = self.opts.profile;
+        for &call in calls {
+            let samples = into.entry(call).or_default();
+            let mut stats = util::CommandStats::new();
+            let n = call.share(iters);
+            for _ in 0..n {
+                let admin = &mut self.admin;
+                work.step(call, &mut |f| {
+                    if profile {
+                        let _: () = redis::cmd("CONFIG")
+                            .arg("RESETSTAT")
+                            .query(admin)
+                            .expect("CONFIG RESETSTAT");
+                    }
+                    let _: () = redis::cmd("SLOWLOG")
+                        .arg("RESET")
+                        .query(admin)
+                        .expect("SLOWLOG RESET");
+                    f();
+                    let micros: u64 = util::slowlog(admin, 32)
+                        .iter()
+                        .filter(|e| e.client_name == pool)
+                        .map(|e| e.micros)
+                        .sum();
+                    samples.push(Duration::from_micros(micros));
+                    if profile {
+                        util::add_command_stats(admin, &mut stats);
+                    }
+                });
+            }
+            if profile {
+                match self
+                    .profiles
+                    .iter_mut()
+                    .find(|(l, c, _, _)| l == label && *c == call)
+                {
+                    Some((_, _, total, all)) => {
+                        *total += n;
+                        for (cmd, (calls, usec)) in stats {
+                            let e = all.entry(cmd).or_default();
+                            e.0 += calls;
+                            e.1 += usec;
+                        }
+                    }
+                    None => self.profiles.push((label.to_string(), call, n, stats)),
+                }
+            }
+        }
+        util::config_set(&mut self.admin, "slowlog-log-slower-than", &old_threshold);
+        util::config_set(&mut self.admin, "slowlog-max-len", &old_len);
+        true
+    }
+
+    /// Latency of every call, and (in alternation with it, so both see the same machine) the
+    /// server time: SLOWLOG is on only during the server-time chunks.
+    fn latency(
+        &mut self,
+        work: &mut Workload,
+    ) -> (HashMap<Call, Samples>, Option<HashMap<Call, Samples>>) {
+        let iters = self.opts.iters;
+        progress(format!(
+            "latency: {iters} calls each ({} for batch calls), one thread; server time \
+             (SLOWLOG): {} calls each, in between",
+            iters.div_ceil(BATCH_SHARE),
+            self.opts.server_iters
+        ));
+        let mut out: HashMap<Call, Samples> = HashMap::new();
+        let mut server: Option<HashMap<Call, Samples>> = Some(HashMap::new());
+        let all_calls: Vec<Call> = std::iter::once(Call::Set).chain(API_CALLS).collect();
+        let mut discard = Samples::default();
+        for call in API_CALLS {
+            work.time(call, 20, &mut discard);
+        }
+        let rounds = iters.div_ceil(ROUND);
+        for round in 0..rounds {
+            let n = ROUND.min(iters - round * ROUND);
+            // receive and SET alternate call by call: their ratio is the headline figure.
+            for _ in 0..n {
+                work.time(Call::Receive, 1, out.entry(Call::Receive).or_default());
+                work.time(Call::Set, 1, out.entry(Call::Set).or_default());
+            }
+            for call in &API_CALLS[1..] {
+                work.time(*call, call.share(n), out.entry(*call).or_default());
+            }
+            if let Some(into) = server.as_mut() {
+                let share = self.opts.server_iters.div_ceil(rounds);
+                if !self.server_time(work, &all_calls, share, "per call", into) {
+                    server = None;
+                }
+            }
+        }
+        (out, server)
+    }
+
+    fn throughput(&mut self) -> Throughput {
+        let dur = self.opts.throughput;
+        progress(format!(
+            "throughput: receive and SET, 1 and {THREADS} threads, {:.1} s each",
+            dur.as_secs_f64()
+        ));
+        let node = self.node("throughput", 1000);
+        let next = AtomicU64::new(0);
+        let tag = node.tag;
+        let receive = |mp: &RedisMempool, _t: usize, _n: u64| {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            mp.receive(util::tx(tag, i)).expect("receive");
+        };
+        let value = [0x5a; util::PAYLOAD_LEN];
+        let prefix = node.prefix.clone();
+        let set = |mp: &RedisMempool, t: usize, n: u64| {
+            mp.baseline_set(&format!("{prefix}:set:{t}:{}", n % 1000), &value)
+                .expect("SET");
+        };
+        // Rounds in alternation, so a burst of background load does not favour one side.
+        let mut ops = [(0u64, Duration::ZERO); 4];
+        for _ in 0..self.opts.tput_rounds {
+            for (k, (threads, op)) in [
+                (1, &set as &(dyn Fn(&RedisMempool, usize, u64) + Sync)),
+                (1, &receive),
+                (THREADS, &set),
+                (THREADS, &receive),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let (n, t) = rate(&node.mp, threads, dur / self.opts.tput_rounds, op);
+                ops[k].0 += n;
+                ops[k].1 += t;
+            }
+        }
+        let per_s = |(n, t): (u64, Duration)| n as f64 / t.as_secs_f64();
+        let out = Throughput {
+            set1: per_s(ops[0]),
+            recv1: per_s(ops[1]),
+            set8: per_s(ops[2]),
+            recv8: per_s(ops[3]),
+        };
+        let prefix = node.prefix.clone();
+        drop(node);
+        util::delete_prefix(&mut self.admin, &prefix);
+        out
+    }
+
+    fn scaling(&mut self) -> Scaling {
+        let sizes = self.opts.sizes.clone();
+        let iters = self.opts.iters;
+        let mut works = Vec::new();
+        let mut fill = Vec::new();
+        for &n in &sizes {
+            progress(format!("scaling: filling {} pending", human_count(n)));
+            let node = self.node(&format!("scale-{n}"), 1000);
+            fill.push(node.fill(0..n as u64));
+            works.push(Workload::new(
+                node,
+                Span {
+                    start: 0,
+                    len: n as u64,
+                },
+                Span::default(),
+                Span::default(),
+            ));
+        }
+        let mut samples: Vec<HashMap<Call, Samples>> = vec![HashMap::new(); sizes.len()];
+        let mut by_round: Vec<HashMap<Call, Vec<f64>>> = vec![HashMap::new(); sizes.len()];
+        let rounds = iters.div_ceil(ROUND);
+        let mut interleaved = |works: &mut Vec<Workload>, calls: &[Call]| {
+            let mut discard = Samples::default();
+            for w in works.iter_mut() {
+                for &call in calls {
+                    w.time(call, BATCH, &mut discard);
+                }
+            }
+            for round in 0..rounds {
+                let n = ROUND.min(iters - round * ROUND);
+                // Vary which size goes first, so none always runs right after the big fill.
+                for k in 0..works.len() {
+                    let i = (k + round) % works.len();
+                    for &call in calls {
+                        let mut round_samples = Samples::default();
+                        works[i].time(call, call.share(n), &mut round_samples);
+                        by_round[i]
+                            .entry(call)
+                            .or_default()
+                            .push(round_samples.median().as_secs_f64());
+                        samples[i].entry(call).or_default().extend(&round_samples);
+                    }
+                }
+            }
+        };
+        progress(format!(
+            "scaling: receive, mark_inflight(50), check_status at {:?} pending, {iters} calls \
+             each ({} for mark_inflight)",
+            sizes,
+            iters.div_ceil(BATCH_SHARE)
+        ));
+        let pending_calls = [Call::Receive, Call::MarkInflight, Call::StatusPending];
+        interleaved(&mut works, &pending_calls);
+        let mut server: Vec<HashMap<Call, Samples>> = vec![HashMap::new(); sizes.len()];
+        self.scaling_server_time(&mut works, &pending_calls, "pending", &mut server);
+        for (w, &n) in works.iter_mut().zip(&sizes) {
+            w.node.mark_all_inflight(0..n as u64);
+            w.inflight = w.pending;
+            w.pending = Span::default();
+        }
+        progress(format!(
+            "scaling: confirm(50 seen) at {:?} inflight, {} calls each",
+            sizes,
+            iters.div_ceil(BATCH_SHARE)
+        ));
+        interleaved(&mut works, &[Call::Confirm]);
+        self.scaling_server_time(&mut works, &[Call::Confirm], "inflight", &mut server);
+        for w in works {
+            let prefix = w.node.prefix.clone();
+            drop(w);
+            util::delete_prefix(&mut self.admin, &prefix);
+        }
+        // Paired by round: each round measured every size within moments, so the ratio of
+        // their medians in one round does not see load that came and went between rounds.
+        let ratios = by_round
+            .iter()
+            .map(|m| {
+                m.iter()
+                    .map(|(call, medians)| {
+                        let base = &by_round[0][call];
+                        let per_round: Vec<f64> =
+                            medians.iter().zip(base).map(|(x, b)| x / b).collect();
+                        (*call, median(&per_round))
+                    })
+                    .collect()
+            })
+            .collect();
+        Scaling {
+            sizes,
+            fill,
+            samples,
+            ratios,
+            server,
+        }
+    }
+
+    /// Server time of `calls` at every size, in alternating rounds like the latency.
+    fn scaling_server_time(
+        &mut self,
+        works: &mut [Workload],
+        calls: &[Call],
+        what: &str,
+        into: &mut [HashMap<Call, Samples>],
+    ) {
+        const ROUNDS: usize = 5;
+        let share = self.opts.server_iters.div_ceil(ROUNDS);
+        for _ in 0..ROUNDS {
+            for (w, m) in works.iter_mut().zip(into.iter_mut()) {
+                let label = format!(
+                    "{} {what}",
+                    human_count((w.pending.len + w.inflight.len) as usize)
+                );
+                if !self.server_time(w, calls, share, &label, m) {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn takeover(&mut self) -> Takeover {
+        let trials = self.opts.trials;
+        progress(format!(
+            "takeover: {trials} crash trials ({}), TTL {} ms",
+            if self.opts.sequential_takeover {
+                "sequential"
+            } else {
+                "staggered in parallel"
+            },
+            TAKEOVER_TTL.as_millis()
+        ));
+        let mut crash = vec![(f64::NAN, f64::NAN); trials];
+        let url = self.url.clone();
+        let root = self.root.clone();
+        if self.opts.sequential_takeover {
+            for (k, slot) in crash.iter_mut().enumerate() {
+                *slot = crash_trial(&url, &root, k);
+            }
+        } else {
+            std::thread::scope(|s| {
+                for (k, slot) in crash.iter_mut().enumerate() {
+                    let (url, root) = (&url, &root);
+                    s.spawn(move || {
+                        // Staggered so that no two trials are likely to be at their critical
+                        // moment (the lock expiring) together.
+                        std::thread::sleep(Duration::from_millis(130) * k as u32);
+                        *slot = crash_trial(url, root, k);
+                    });
+                }
+            });
+        }
+        progress(format!("takeover: {trials} graceful trials"));
+        let graceful = (0..trials)
+            .map(|k| graceful_trial(&url, &root, k))
+            .collect();
+        for k in 0..trials {
+            util::delete_prefix(&mut self.admin, &format!("{root}:crash-{k}"));
+            util::delete_prefix(&mut self.admin, &format!("{root}:graceful-{k}"));
+        }
+        Takeover {
+            crash: crash.iter().map(|c| c.0).collect(),
+            crash_since_abandon: crash.iter().map(|c| c.1).collect(),
+            graceful,
+        }
+    }
+}
+
+/// Runs `op` on `threads` threads (each with a clone of `mp`) for about `dur`; returns the
+/// operations done and the time they took.
+fn rate(
+    mp: &RedisMempool,
+    threads: usize,
+    dur: Duration,
+    op: &(dyn Fn(&RedisMempool, usize, u64) + Sync),
+) -> (u64, Duration) {
+    let stop = AtomicBool::new(false);
+    let total = AtomicU64::new(0);
+    let barrier = Barrier::new(threads + 1);
+    let mut start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let mp = mp.clone();
+            let (stop, total, barrier) = (&stop, &total, &barrier);
+            s.spawn(move || {
+                barrier.wait();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    op(&mp, t, n);
+                    n += 1;
+                }
+                total.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+        barrier.wait();
+        start = Instant::now();
+        std::thread::sleep(dur);
+        stop.store(true, Ordering::Relaxed);
+    });
+    (total.load(Ordering::Relaxed), start.elapsed())
+}
+
+fn takeover_node(url: &str, prefix: &str) -> RedisMempool {
+    let config = Config::new(url)
+        .key_prefix(prefix)
+        .pool_size(1)
+        .watcher_lock_ttl(TAKEOVER_TTL);
+    RedisMempool::open(config).expect("open a takeover node")
+}
+
+/// Polls an atomic flag (no Redis traffic) until it is up; the instant it was seen up.
+fn wait_for_watcher(node: &RedisMempool, timeout: Duration) -> Option<Instant> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if node.is_watcher() {
+            return Some(Instant::now());
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+fn signed_ms(later: Instant, earlier: Instant) -> f64 {
+    if later >= earlier {
+        (later - earlier).as_secs_f64() * 1e3
+    } else {
+        -((earlier - later).as_secs_f64() * 1e3)
+    }
+}
+
+/// A watcher and a follower; the watcher stops without releasing its lock. Returns how long
+/// after the lock expired the follower became watcher, and how long after the crash.
+fn crash_trial(url: &str, root: &str, k: usize) -> (f64, f64) {
+    let prefix = format!("{root}:crash-{k}");
+    let a = takeover_node(url, &prefix);
+    assert!(support::wait_until(Duration::from_secs(3), || a.is_watcher()));
+    let b = takeover_node(url, &prefix);
+    // Crash at a random point of the watcher's renewal cycle and of the follower's polling.
+    std::thread::sleep(Duration::from_millis(Rng::new(k as u64).below(400)));
+    let crashed = Instant::now();
+    a.abandon();
+    // The lease thread has stopped: nothing renews the lock any more, so its PTTL now tells
+    // when it expires.
+    let asked = Instant::now();
+    let ttl = b
+        .watcher_info()
+        .expect("watcher_info")
+        .ttl
+        .expect("the dead watcher's lock is still there");
+    let answered = Instant::now();
+    let expiry = asked + (answered - asked) / 2 + ttl;
+    // Sleep through most of the wait; poll only around the expiry.
+    std::thread::sleep(
+        expiry
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(Duration::from_millis(5)),
+    );
+    let seen = wait_for_watcher(&b, TAKEOVER_TTL * 3).expect("the follower takes over");
+    let out = (signed_ms(seen, expiry), signed_ms(seen, crashed));
+    let _ = b.shutdown();
+    out
+}
+
+/// A watcher and a follower; the watcher shuts down. Returns how long after the `shutdown` call
+/// the follower became watcher.
+fn graceful_trial(url: &str, root: &str, k: usize) -> f64 {
+    let prefix = format!("{root}:graceful-{k}");
+    let a = takeover_node(url, &prefix);
+    assert!(support::wait_until(Duration::from_secs(3), || a.is_watcher()));
+    let b = takeover_node(url, &prefix);
+    // A node that has just opened may not have subscribed to the wake channel yet; in a real
+    // deployment the follower has been up for a while, so wait for both subscriptions.
+    let mut admin = Bench::connect(url);
+    let channel = format!("{prefix}:watcher:wake");
+    let subscribed = support::wait_until(Duration::from_secs(5), || {
+        let reply: (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query(&mut admin)
+            .expect("PUBSUB NUMSUB");
+        reply.1 >= 2
+    });
+    if !subscribed {
+        progress(format!(
+            "graceful trial {k}: the wake channel has no subscribers"
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(Rng::new(1000 + k as u64).below(300)));
+    let start = Instant::now();
+    let stopper = std::thread::spawn(move || a.shutdown());
+    let seen = wait_for_watcher(&b, TAKEOVER_TTL * 3).expect("the follower takes over");
+    stopper
+        .join()
+        .expect("shutdown thread")
+        .expect("shutdown releases the lock");
+    let out = signed_ms(seen, start);
+    let _ = b.shutdown();
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+fn sorted(v: &[f64]) -> Vec<f64> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+fn median(v: &[f64]) -> f64 {
+    let v = sorted(v);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    // Lower median for even counts, like `Samples::median`.
+    v[(v.len() - 1) / 2]
+}
+
+/// What the phases measured; a phase left out with `--only` leaves its field empty.
+#[derive(Default)]
+struct Results {
+    machine: Vec<(String, String)>,
+    memory: Option<Memory>,
+    round_trips: Option<HashMap<Call, RoundTrips>>,
+    server_time: Option<HashMap<Call, Samples>>,
+    latency: Option<HashMap<Call, Samples>>,
+    throughput: Option<Throughput>,
+    scaling: Option<Scaling>,
+    takeover: Option<Takeover>,
+    profiles: Vec<(String, Call, usize, util::CommandStats)>,
+}
+
+struct Report {
+    lines: Vec<String>,
+    targets: Vec<(String, String, bool)>,
+}
+
+impl Report {
+    fn line(&mut self, s: impl Into<String>) {
+        self.lines.push(s.into());
+    }
+
+    fn target(&mut self, what: impl Into<String>, measured: impl Into<String>, ok: bool) {
+        self.targets.push((what.into(), measured.into(), ok));
+    }
+
+    fn machine(&mut self, res: &Results, opts: &Opts, elapsed: Duration) {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let command = if args.is_empty() {
+            "cargo run --release --example bench".to_string()
+        } else {
+            format!("cargo run --release --example bench -- {}", args.join(" "))
+        };
+        self.line("### Machine");
+        self.line("");
+        self.line("| | |");
+        self.line("|---|---|");
+        for (k, v) in &res.machine {
+            self.line(format!("| {k} | {v} |"));
+        }
+        self.line(format!(
+            "| load average at end | {} |",
+            util::load_average()
+        ));
+        self.line(format!(
+            "| command | `{command}` ({} mode, {:.0} s) |",
+            opts.mode,
+            elapsed.as_secs_f64()
+        ));
+        self.line("");
+    }
+
+    fn per_call(&mut self, res: &Results, opts: &Opts) {
+        let (Some(rt), Some(lat)) = (&res.round_trips, &res.latency) else {
+            return;
+        };
+        let set = lat.get(&Call::Set).cloned().unwrap_or_default();
+        self.line(format!(
+            "### Per call (one thread; 1000 pending, 1000 inflight; {} timed calls each, {} of \
+             the batch calls; {} counted with MONITOR)",
+            set.len(),
+            Call::Confirm.share(set.len()),
+            opts.counted
+        ));
+        self.line("");
+        self.line(
+            "| call | round trips (commands) | commands inside the script | median µs | p99 µs \
+             | server µs (median) | median / SET |",
+        );
+        self.line("|---|---|---:|---:|---:|---:|---:|");
+        for call in std::iter::once(Call::Set).chain(API_CALLS) {
+            let s = lat.get(&call).cloned().unwrap_or_default();
+            let round = rt.get(&call);
+            let server = res
+                .server_time
+                .as_ref()
+                .and_then(|m| m.get(&call))
+                .map(|s| us(s.median()))
+                .unwrap_or_else(|| "–".into());
+            self.line(format!(
+                "| {} | {} | {} | {} | {} | {} | {:.2}× |",
+                call.label(),
+                round.map(RoundTrips::cell).unwrap_or_else(|| "–".into()),
+                round
+                    .map(|x| format!("{:.0}", x.inner))
+                    .unwrap_or_else(|| "–".into()),
+                us(s.median()),
+                us(s.p99()),
+                server,
+                s.median().as_secs_f64() / set.median().as_secs_f64()
+            ));
+        }
+        self.line("");
+        self.line(
+            "Round trips: top-level commands the server received from the pool's connections \
+             during the call (MONITOR; `[0 lua]` lines are the commands the script ran, shown \
+             in the next column; the lease thread has its own connection and is not counted). \
+             Server µs: execution time of the call in SLOWLOG (threshold 0, on only in chunks \
+             between the latency rounds).",
+        );
+        self.line("");
+        let bad: Vec<&str> = API_CALLS
+            .iter()
+            .filter(|c| !rt.get(c).is_some_and(RoundTrips::exactly_one))
+            .map(|c| c.label())
+            .collect();
+        self.target(
+            "exactly 1 round trip per call",
+            if bad.is_empty() {
+                "1 for every call".to_string()
+            } else {
+                format!("not 1: {}", bad.join(", "))
+            },
+            bad.is_empty(),
+        );
+    }
+
+    fn limit(&mut self, res: &Results, opts: &Opts) {
+        let Some(tput) = &res.throughput else {
+            return;
+        };
+        let lat = res.latency.clone().unwrap_or_default();
+        let set = lat.get(&Call::Set).cloned().unwrap_or_default();
+        let recv = lat.get(&Call::Receive).cloned().unwrap_or_default();
+        let server = |call| {
+            res.server_time
+                .as_ref()
+                .and_then(|m: &HashMap<Call, Samples>| m.get(&call))
+                .map(|s| us(s.median()))
+                .unwrap_or_else(|| "–".into())
+        };
+        let lat_ratio = recv.median().as_secs_f64() / set.median().as_secs_f64();
+        let tput_ratio = tput.recv8 / tput.set8;
+        self.line("### Against the limit: a plain `SET` through the same pool");
+        self.line("");
+        self.line(format!(
+            "| | median µs (1 thread) | p99 µs | server µs | calls/s, 1 thread | calls/s, \
+             {THREADS} threads |"
+        ));
+        self.line("|---|---:|---:|---:|---:|---:|");
+        self.line(format!(
+            "| `SET` 300 B | {} | {} | {} | {:.0} | {:.0} |",
+            us(set.median()),
+            us(set.p99()),
+            server(Call::Set),
+            tput.set1,
+            tput.set8
+        ));
+        self.line(format!(
+            "| `receive` 300 B | {} | {} | {} | {:.0} | {:.0} |",
+            us(recv.median()),
+            us(recv.p99()),
+            server(Call::Receive),
+            tput.recv1,
+            tput.recv8
+        ));
+        self.line(format!(
+            "| `receive` / `SET` | **{}** | {} | | {} | **{}** |",
+            times(lat_ratio),
+            times(recv.p99().as_secs_f64() / set.p99().as_secs_f64()),
+            times(tput.recv1 / tput.set1),
+            times(tput_ratio)
+        ));
+        self.line("");
+        self.line(format!(
+            "Latency: `receive` and `SET` alternate call by call. Throughput: {THREADS} threads \
+             share one `RedisMempool` (clones) with `pool_size({POOL})`; each figure is the \
+             total of {} alternating runs of {:.2} s.",
+            opts.tput_rounds,
+            opts.throughput.as_secs_f64() / opts.tput_rounds as f64
+        ));
+        self.line("");
+        if res.latency.is_some() {
+            self.target(
+                "`receive` latency ≤ 1.3× `SET`",
+                format!(
+                    "{:.2}× ({} vs {} µs)",
+                    lat_ratio,
+                    us(recv.median()),
+                    us(set.median())
+                ),
+                lat_ratio <= 1.3,
+            );
+        }
+        self.target(
+            format!("{THREADS}-thread `receive` throughput ≥ 0.7× `SET`"),
+            format!(
+                "{:.2}× ({:.0} vs {:.0} /s)",
+                tput_ratio, tput.recv8, tput.set8
+            ),
+            tput_ratio >= 0.7,
+        );
+    }
+
+    fn scaling(&mut self, res: &Results, opts: &Opts) {
+        let Some(scaling) = &res.scaling else {
+            return;
+        };
+        let sizes = &scaling.sizes;
+        let (first, last) = (human_count(sizes[0]), human_count(sizes[sizes.len() - 1]));
+        self.line(format!(
+            "### Scaling (median µs, one thread; {} calls per size, {} of the batch calls; ratio \
+             to {first}, paired by round)",
+            opts.iters,
+            Call::Confirm.share(opts.iters)
+        ));
+        self.line("");
+        let mut head = "| call |".to_string();
+        let mut rule = "|---|".to_string();
+        for &n in sizes {
+            head.push_str(&format!(" {} |", human_count(n)));
+            rule.push_str("---:|");
+        }
+        head.push_str(" worst ratio | target | server µs at each size |");
+        rule.push_str("---:|---|---:|");
+        self.line(head);
+        self.line(rule);
+        for (call, what) in [
+            (Call::Receive, "pending"),
+            (Call::MarkInflight, "pending"),
+            (Call::StatusPending, "pending"),
+            (Call::Confirm, "inflight"),
+        ] {
+            let medians: Vec<f64> = scaling
+                .samples
+                .iter()
+                .map(|m| {
+                    m.get(&call)
+                        .map(|s| s.median().as_secs_f64())
+                        .unwrap_or(0.0)
+                })
+                .collect();
+            let mut row = format!("| {} at N {what} |", call.label());
+            let mut worst: f64 = 1.0;
+            for (i, m) in medians.iter().enumerate() {
+                let ratio = scaling.ratios[i].get(&call).copied().unwrap_or(f64::NAN);
+                worst = worst.max(ratio);
+                if i == 0 {
+                    row.push_str(&format!(" {:.1} |", m * 1e6));
+                } else {
+                    row.push_str(&format!(" {:.1} ({ratio:.2}×) |", m * 1e6));
+                }
+            }
+            let ok = worst <= 1.3;
+            let server: Vec<String> = scaling
+                .server
+                .iter()
+                .map(|m| m.get(&call).map(|s| us(s.median())).unwrap_or("–".into()))
+                .collect();
+            row.push_str(&format!(
+                " {worst:.2}× | ≤ 1.3× {} | {} |",
+                check(ok),
+                server.join(" / ")
+            ));
+            self.line(row);
+            self.target(
+                format!("{} flat from {first} to {last} {what}", call.label()),
+                format!("{worst:.2}×"),
+                ok,
+            );
+        }
+        self.line("");
+        let fills: Vec<String> = sizes
+            .iter()
+            .zip(&scaling.fill)
+            .map(|(n, d)| {
+                format!(
+                    "{} in {:.1} s ({:.0}/s)",
+                    human_count(*n),
+                    d.as_secs_f64(),
+                    *n as f64 / d.as_secs_f64()
+                )
+            })
+            .collect();
+        self.line(format!(
+            "All sizes are live at once and measured in alternating rounds; a ratio is the \
+             median over rounds of (this size's median / the smallest size's median in the same \
+             round), so load that comes and goes between rounds cancels out. Filled through \
+             `receive` with {THREADS} threads: {}. `receive` and `mark_inflight` keep the size \
+             steady (what they add or move is retired or rolled back, untimed); `confirm` \
+             applies a new block whose 50 txs are inflight, then the block is rolled back \
+             (untimed).",
+            fills.join(", ")
+        ));
+        self.line("");
+    }
+
+    fn memory(&mut self, res: &Results, opts: &Opts) {
+        let Some(memory) = &res.memory else {
+            return;
+        };
+        self.line(format!(
+            "### Redis memory per tracked tx beyond its {} B payload (`INFO memory` delta over \
+             {} txs)",
+            util::PAYLOAD_LEN,
+            human_count(opts.memory_txs)
+        ));
+        self.line("");
+        self.line("| | pending | inflight | in the finalized log |");
+        self.line("|---|---:|---:|---:|");
+        self.line(format!(
+            "| **used_memory delta − payload** | **{:.0} B** | **{:.0} B** | **{:.0} B** |",
+            memory.pending, memory.inflight, memory.finalized
+        ));
+        for (key, [p, i, f]) in &memory.by_key {
+            if p.abs() < 0.5 && i.abs() < 0.5 && f.abs() < 0.5 {
+                continue;
+            }
+            self.line(format!(
+                "| `MEMORY USAGE` of `P:{key}` | {p:.0} B | {i:.0} B | {f:.0} B |"
+            ));
+        }
+        self.line("");
+        self.line(
+            "Per-key figures are `MEMORY USAGE … SAMPLES 0` per tx and include the payload where \
+             the key holds it (`payloads`, `log`); the event stream grows with every transition \
+             until it reaches its configured length.",
+        );
+        self.line("");
+    }
+
+    fn takeover(&mut self, res: &Results, opts: &Opts) {
+        let Some(takeover) = &res.takeover else {
+            return;
+        };
+        let stats = |v: &[f64]| -> (f64, f64, f64) {
+            let s = sorted(v);
+            (
+                s.first().copied().unwrap_or(f64::NAN),
+                median(v),
+                s.last().copied().unwrap_or(f64::NAN),
+            )
+        };
+        let (cmin, cmed, cmax) = stats(&takeover.crash);
+        let (amin, amed, amax) = stats(&takeover.crash_since_abandon);
+        let (gmin, gmed, gmax) = stats(&takeover.graceful);
+        self.line(format!(
+            "### Watcher takeover ({} trials each, TTL {} s, 2 nodes, ms)",
+            opts.trials,
+            TAKEOVER_TTL.as_secs()
+        ));
+        self.line("");
+        self.line("| | min | median | max | target |");
+        self.line("|---|---:|---:|---:|---|");
+        let crash_ok = cmed <= 20.0 && cmax <= 100.0;
+        let graceful_ok = gmed <= 20.0 && gmax <= 100.0;
+        self.line(format!(
+            "| crash (`abandon`), after the lock expired | {} | {} | {} | median ≤ 20, max ≤ \
+             100 {} |",
+            ms(cmin),
+            ms(cmed),
+            ms(cmax),
+            check(crash_ok)
+        ));
+        self.line(format!(
+            "| crash, after the watcher died | {} | {} | {} | ≤ TTL + 100 {} |",
+            ms(amin),
+            ms(amed),
+            ms(amax),
+            check(amax <= TAKEOVER_TTL.as_secs_f64() * 1e3 + 100.0)
+        ));
+        self.line(format!(
+            "| graceful (`shutdown`), after the call | {} | {} | {} | median ≤ 20, max ≤ 100 \
+             {} |",
+            ms(gmin),
+            ms(gmed),
+            ms(gmax),
+            check(graceful_ok)
+        ));
+        self.line("");
+        self.line(format!(
+            "Takeover is the moment the follower's `is_watcher()` turns true. The expiry of \
+             the dead watcher's lock is estimated from its PTTL read right after the crash \
+             (±1 ms). Crash trials {}.",
+            if opts.sequential_takeover {
+                "ran one after the other"
+            } else {
+                "ran staggered 130 ms apart, each with its own prefix"
+            }
+        ));
+        self.line("");
+        self.target(
+            "takeover after a crash: median ≤ 20 ms after expiry, max ≤ 100 ms",
+            format!("median {} ms, max {} ms", ms(cmed), ms(cmax)),
+            crash_ok,
+        );
+        self.target(
+            "takeover after `shutdown`: median ≤ 20 ms, max ≤ 100 ms",
+            format!("median {} ms, max {} ms", ms(gmed), ms(gmax)),
+            graceful_ok,
+        );
+    }
+}
+
+impl Report {
+    fn profiles(&mut self, res: &Results) {
+        if res.profiles.is_empty() {
+            return;
+        }
+        self.line("### Where the server time goes (`--profile`)");
+        self.line("");
+        self.line(
+            "Per measured call: the commands its script ran (`INFO commandstats`), as count × \
+             and total µs; the rest of the server time is Lua itself and the call's setup.",
+        );
+        self.line("");
+        self.line(
+            "| call | where | script total µs | inner commands (count, µs), most costly first |",
+        );
+        self.line("|---|---|---:|---|");
+        for (label, call, n, stats) in &res.profiles {
+            let n = (*n).max(1) as f64;
+            let mut inner: Vec<(&String, &(u64, u64))> = stats
+                .iter()
+                .filter(|(name, _)| !matches!(name.as_str(), "evalsha" | "eval" | "set"))
+                // Less than once per call: another node's lease traffic, not this call.
+                .filter(|(_, (calls, _))| *calls as f64 / n >= 0.5)
+                .collect();
+            inner.sort_by_key(|entry| std::cmp::Reverse(entry.1 .1));
+            let top = inner
+                .iter()
+                .map(|(name, (calls, usec))| {
+                    format!(
+                        "{} {:.0}× {:.1}",
+                        name.to_uppercase(),
+                        *calls as f64 / n,
+                        *usec as f64 / n
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let total = stats
+                .iter()
+                .filter(|(name, _)| matches!(name.as_str(), "evalsha" | "eval" | "set"))
+                .map(|(_, (_, usec))| *usec)
+                .sum::<u64>() as f64
+                / n;
+            let inner_sum = inner.iter().map(|(_, (_, u))| *u).sum::<u64>() as f64 / n;
+            self.line(format!(
+                "| {} | {label} | {total:.1} (inner {inner_sum:.1}) | {top} |",
+                call.label()
+            ));
+        }
+        self.line("");
+    }
+}
+
+fn report(res: &Results, opts: &Opts, elapsed: Duration) -> String {
+    let mut r = Report {
+        lines: Vec::new(),
+        targets: Vec::new(),
+    };
+    r.machine(res, opts, elapsed);
+    r.per_call(res, opts);
+    r.limit(res, opts);
+    r.scaling(res, opts);
+    r.memory(res, opts);
+    r.takeover(res, opts);
+    r.profiles(res);
+    // Targets first, then the details.
+    let mut out = vec!["### Targets".to_string(), String::new()];
+    out.push("| target | measured | |".into());
+    out.push("|---|---|---|".into());
+    for (what, measured, ok) in &r.targets {
+        out.push(format!("| {what} | {measured} | {} |", check(*ok)));
+    }
+    out.push(String::new());
+    out.extend(r.lines);
+    out.join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// The URL without its password, for printing.
+fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) if at > scheme.len() => {
+            format!("{scheme}://***@{}", &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn main() {
+    let opts = match Opts::parse() {
+        Ok(opts) => opts,
+        Err(msg) => {
+            if !msg.is_empty() {
+                eprintln!("error: {msg}\n");
+            }
+            eprintln!("{USAGE}");
+            std::process::exit(if msg.is_empty() { 0 } else { 2 });
+        }
+    };
+    let started = *STARTED.get_or_init(Instant::now);
+    let (server, url) = match std::env::var("REDIS_URL") {
+        Ok(url) => (None, url),
+        Err(_) => {
+            let server = support::RedisServer::start();
+            let url = server.url();
+            (Some(server), url)
+        }
+    };
+    let private = if server.is_some() {
+        " (private server)"
+    } else {
+        ""
+    };
+    progress(format!("redis at {}{private}", redact(&url)));
+    let client_info = redis::Client::open(url.as_str())
+        .expect("a valid redis URL")
+        .get_connection_info()
+        .clone();
+    let mut admin = Bench::connect(&url);
+    let _: () = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg("bench-admin")
+        .query(&mut admin)
+        .expect("CLIENT SETNAME");
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+        ^ ((std::process::id() as u64) << 40);
+    let mut res = Results {
+        machine: util::machine(&mut admin),
+        ..Results::default()
+    };
+    let mut bench = Bench {
+        url,
+        admin,
+        client_info,
+        root: format!("dolos-bench:{run:x}"),
+        opts,
+        next_tag: run,
+        profiles: Vec::new(),
+    };
+
+    if bench.opts.runs("memory") {
+        res.memory = Some(bench.memory());
+    }
+    if bench.opts.runs("calls") {
+        progress("per call: filling the base mempool (2100 txs)");
+        let mut base = bench.base();
+        res.round_trips = Some(bench.round_trips(&mut base));
+        let (latency, server) = bench.latency(&mut base);
+        res.latency = Some(latency);
+        res.server_time = server;
+        let prefix = base.node.prefix.clone();
+        drop(base);
+        util::delete_prefix(&mut bench.admin, &prefix);
+    }
+    if bench.opts.runs("throughput") {
+        res.throughput = Some(bench.throughput());
+    }
+    if bench.opts.runs("scaling") {
+        res.scaling = Some(bench.scaling());
+    }
+    if bench.opts.runs("takeover") {
+        res.takeover = Some(bench.takeover());
+    }
+
+    res.profiles = std::mem::take(&mut bench.profiles);
+    println!("{}", report(&res, &bench.opts, started.elapsed()));
+    progress("done");
+    drop(server);
+}

@@ -1,0 +1,359 @@
+//! Helpers of the benchmark that know nothing about the phases: deterministic transactions, a
+//! small PRNG, latency statistics, server introspection and the machine description.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use dolos_redis::{EraCbor, MempoolTx, TxHash};
+
+/// Size of every benchmark payload: a typical small Cardano transaction.
+pub const PAYLOAD_LEN: usize = 300;
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The hash of tx `i` of the population `tag`: the same (tag, i) always gives the same hash, so a
+/// phase can name its transactions by index instead of storing them.
+pub fn tx_hash(tag: u64, i: u64) -> TxHash {
+    let mut bytes = [0u8; 32];
+    let mut state = splitmix(tag) ^ i;
+    for chunk in bytes.chunks_mut(8) {
+        state = splitmix(state);
+        chunk.copy_from_slice(&state.to_le_bytes());
+    }
+    TxHash::from(bytes)
+}
+
+/// Tx `i` of population `tag` with a 300-byte payload.
+pub fn tx(tag: u64, i: u64) -> MempoolTx {
+    let mut body = vec![0x5a; PAYLOAD_LEN];
+    body[..8].copy_from_slice(&i.to_le_bytes());
+    MempoolTx::new(tx_hash(tag, i), EraCbor(6, body))
+}
+
+/// xorshift64*: enough to pick random hashes without a dependency.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(splitmix(seed) | 1)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
+    }
+}
+
+/// Durations of single calls, in nanoseconds.
+#[derive(Default, Clone)]
+pub struct Samples(Vec<u64>);
+
+impl Samples {
+    pub fn push(&mut self, d: Duration) {
+        self.0.push(d.as_nanos() as u64);
+    }
+
+    pub fn extend(&mut self, other: &Samples) {
+        self.0.extend_from_slice(&other.0);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        if self.0.is_empty() {
+            return Duration::ZERO;
+        }
+        let mut sorted = self.0.clone();
+        sorted.sort_unstable();
+        // Nearest-rank: the smallest sample with at least p of all samples at or below it.
+        let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        Duration::from_nanos(sorted[rank - 1])
+    }
+
+    pub fn median(&self) -> Duration {
+        self.percentile(0.5)
+    }
+
+    pub fn p99(&self) -> Duration {
+        self.percentile(0.99)
+    }
+}
+
+/// Microseconds with one decimal ("–" when nothing was measured).
+pub fn us(d: Duration) -> String {
+    if d.is_zero() {
+        return "–".into();
+    }
+    format!("{:.1}", d.as_secs_f64() * 1e6)
+}
+
+/// A ratio as `1.23×` ("–" when one side was not measured).
+pub fn times(x: f64) -> String {
+    if x.is_finite() && x > 0.0 {
+        format!("{x:.2}×")
+    } else {
+        "–".into()
+    }
+}
+
+/// Milliseconds with one decimal; signed, for times measured against an estimated instant.
+pub fn ms(d: f64) -> String {
+    format!("{d:.1}")
+}
+
+pub fn check(ok: bool) -> &'static str {
+    if ok {
+        "✓"
+    } else {
+        "✗"
+    }
+}
+
+pub fn human_count(n: usize) -> String {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
+        format!("{}M", n / 1_000_000)
+    } else if n >= 1000 && n.is_multiple_of(1000) {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+/// `used_memory` of `INFO memory`, in bytes.
+pub fn used_memory(admin: &mut redis::Connection) -> i64 {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query(admin)
+        .expect("INFO memory");
+    info_field(&info, "used_memory")
+        .and_then(|v| v.parse().ok())
+        .expect("used_memory in INFO memory")
+}
+
+pub fn info_field(info: &str, field: &str) -> Option<String> {
+    info.lines().find_map(|line| {
+        let (k, v) = line.trim_end().split_once(':')?;
+        (k == field).then(|| v.to_string())
+    })
+}
+
+/// `CLIENT LIST` as client address → client name.
+pub fn client_names(admin: &mut redis::Connection) -> HashMap<String, String> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(admin)
+        .expect("CLIENT LIST");
+    list.lines()
+        .filter_map(|line| {
+            let mut addr = None;
+            let mut name = String::new();
+            for field in line.split(' ') {
+                if let Some(a) = field.strip_prefix("addr=") {
+                    addr = Some(a.to_string());
+                } else if let Some(n) = field.strip_prefix("name=") {
+                    name = n.to_string();
+                }
+            }
+            addr.map(|a| (a, name))
+        })
+        .collect()
+}
+
+/// Deletes every key under `prefix` (synchronously, so that memory figures taken afterwards are
+/// settled).
+pub fn delete_prefix(admin: &mut redis::Connection, prefix: &str) {
+    let pattern = format!("{prefix}:*");
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query(admin)
+            .expect("SCAN");
+        if !keys.is_empty() {
+            let _: i64 = redis::cmd("DEL").arg(&keys).query(admin).expect("DEL");
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+}
+
+/// `MEMORY USAGE … SAMPLES 0` of every key under `prefix`, by key name without the prefix.
+pub fn key_sizes(admin: &mut redis::Connection, prefix: &str) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query(admin)
+            .expect("SCAN");
+        for key in keys {
+            let bytes: Option<i64> = redis::cmd("MEMORY")
+                .arg("USAGE")
+                .arg(&key)
+                .arg("SAMPLES")
+                .arg(0)
+                .query(admin)
+                .expect("MEMORY USAGE");
+            let short = key.strip_prefix(&format!("{prefix}:")).unwrap_or(&key);
+            out.insert(short.to_string(), bytes.unwrap_or(0));
+        }
+        if next == 0 {
+            return out;
+        }
+        cursor = next;
+    }
+}
+
+/// `INFO commandstats` summed over several calls: command → (calls, µs).
+pub type CommandStats = BTreeMap<String, (u64, u64)>;
+
+/// Adds the counters of `INFO commandstats` (since the last `CONFIG RESETSTAT`) to `into`,
+/// leaving out the commands the benchmark itself sends on the side.
+pub fn add_command_stats(admin: &mut redis::Connection, into: &mut CommandStats) {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(admin)
+        .expect("INFO commandstats");
+    for line in info.lines() {
+        let Some((name, fields)) = line.trim_end().split_once(':') else {
+            continue;
+        };
+        let Some(name) = name.strip_prefix("cmdstat_") else {
+            continue;
+        };
+        if name.starts_with("config") || name.starts_with("slowlog") || name == "info" {
+            continue;
+        }
+        let field = |key: &str| -> u64 {
+            fields
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+                .unwrap_or(0)
+        };
+        let entry = into.entry(name.to_string()).or_default();
+        entry.0 += field("calls");
+        entry.1 += field("usec");
+    }
+}
+
+/// One `SLOWLOG GET` entry reduced to what the benchmark needs.
+pub struct SlowEntry {
+    pub micros: u64,
+    pub client_name: String,
+}
+
+/// Reads up to `n` slowlog entries (newest first).
+pub fn slowlog(admin: &mut redis::Connection, n: usize) -> Vec<SlowEntry> {
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(n)
+        .query(admin)
+        .expect("SLOWLOG GET");
+    entries
+        .into_iter()
+        .filter_map(|e| match e {
+            // id, timestamp, duration (µs), args, client addr, client name
+            redis::Value::Array(fields) if fields.len() >= 6 => {
+                let micros = match &fields[2] {
+                    redis::Value::Int(n) => *n as u64,
+                    _ => return None,
+                };
+                let client_name = match &fields[5] {
+                    redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                    redis::Value::SimpleString(s) => s.clone(),
+                    _ => String::new(),
+                };
+                Some(SlowEntry {
+                    micros,
+                    client_name,
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// `CONFIG GET name` (None when the server refuses, e.g. a managed Redis).
+pub fn config_get(admin: &mut redis::Connection, name: &str) -> Option<String> {
+    let pair: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(name)
+        .query(admin)
+        .ok()?;
+    pair.get(1).cloned()
+}
+
+pub fn config_set(admin: &mut redis::Connection, name: &str, value: &str) -> bool {
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query::<()>(admin)
+        .is_ok()
+}
+
+/// One line per fact about the machine the numbers come from.
+pub fn machine(admin: &mut redis::Connection) -> Vec<(String, String)> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == "model name").then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let local_redis = std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "not installed".into());
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(admin)
+        .unwrap_or_default();
+    let served_by = format!(
+        "{} (io-threads {})",
+        info_field(&info, "redis_version").unwrap_or_else(|| "?".into()),
+        config_get(admin, "io-threads").unwrap_or_else(|| "?".into())
+    );
+    vec![
+        ("CPUs (nproc)".into(), cpus),
+        ("CPU model".into(), model),
+        ("kernel".into(), kernel),
+        ("load average at start".into(), load_average()),
+        ("`redis-server --version`".into(), local_redis),
+        ("server under test".into(), served_by),
+    ]
+}
+
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
