@@ -1604,7 +1604,7 @@ impl Report {
         self.line("");
         self.line(
             "Per-key figures are `MEMORY USAGE … SAMPLES 0` per tx and include the payload where \
-             the key holds it (`payloads`, `log`); the event stream grows with every transition \
+             the key holds it (`txs`, `log`); the event stream grows with every transition \
              until it reaches its configured length.",
         );
         self.line("");
