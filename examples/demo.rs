@@ -2,10 +2,10 @@
 //! one machine with one command, no Docker:
 //!
 //! ```text
-//! cargo run --features serde --example demo              # about 30 s
-//! RUST_LOG=dolos_redis=debug cargo run --features serde --example demo   # + lease/confirm logs
-//! REDIS_URL=redis://127.0.0.1:6379 cargo run --features serde --example demo
-//! cargo run --features serde --example demo -- --quick   # shorter TTL and blocks (the CI test)
+//! cargo run --example demo              # about 30 s
+//! RUST_LOG=dolos_redis=debug cargo run --example demo   # + lease/confirm logs
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --example demo
+//! cargo run --example demo -- --quick   # shorter TTL and blocks (the CI test)
 //! ```
 //!
 //! What it does:

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! redis-server --port 6379 &                                     # or any Redis at that URL
-//! cargo run --features serde --example node -- examples/config/dolos1.toml
-//! cargo run --features serde --example node -- examples/config/dolos2.toml   # second terminal
+//! cargo run --example node -- examples/config/dolos1.toml
+//! cargo run --example node -- examples/config/dolos2.toml   # second terminal
 //! ```
 //!
 //! The first node to start becomes the watcher (`INFO dolos_redis::mempool: acquired watcher

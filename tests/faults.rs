@@ -42,8 +42,20 @@ fn config(url: String, prefix: &str) -> Config {
         .command_timeout(IO_TIMEOUT)
 }
 
+/// Opening makes several connections; on a machine loaded by other test binaries that can take
+/// longer than the short timeouts the faults are measured with.
+const OPEN_ATTEMPTS: usize = 5;
+
 fn open(url: String, prefix: &str) -> RedisMempool {
-    RedisMempool::open(config(url, prefix)).expect("open")
+    let mut last = None;
+    for _ in 0..OPEN_ATTEMPTS {
+        match RedisMempool::open(config(url.clone(), prefix)) {
+            Ok(m) => return m,
+            Err(e) if e.is_transient() => last = Some(e),
+            Err(e) => panic!("open: {e:?}"),
+        }
+    }
+    panic!("open: {last:?}")
 }
 
 fn tx(n: u8) -> MempoolTx {

@@ -3,6 +3,9 @@
 //!
 //! It also owns the nodes' stdin pipes, so that a (re)started node first receives the whole
 //! history, then every new block, with no gap and no duplicate: both happen under one lock.
+//!
+//! Shared by the demo and the chaos run; each uses only part of it.
+#![allow(dead_code)]
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -55,6 +58,17 @@ fn feed(slot: &mut Option<ChildStdin>, line: &str) {
 impl Chain {
     /// Starts producing blocks, the first one `interval` from now.
     pub fn start(observer: RedisMempool, interval: Duration, nodes: usize) -> Chain {
+        Chain::start_between(observer, interval, interval, nodes)
+    }
+
+    /// Like [`Chain::start`], with each block interval drawn uniformly from `min..=max`, as a
+    /// real chain's blocks do not come on a fixed beat.
+    pub fn start_between(
+        observer: RedisMempool,
+        min: Duration,
+        max: Duration,
+        nodes: usize,
+    ) -> Chain {
         let state = Arc::new(Mutex::new(State {
             feeds: (0..nodes).map(|_| None).collect(),
             ..State::default()
@@ -64,13 +78,16 @@ impl Chain {
         let thread = std::thread::spawn(move || {
             let mut rng = Rng::seeded("chain");
             let mut included: HashSet<TxHash> = HashSet::new();
-            let mut next = Instant::now() + interval;
+            let spread = max.saturating_sub(min).as_millis() as u64;
+            let mut beat = Rng::seeded("beat");
+            let mut interval = || min + Duration::from_millis(beat.next_u64() % (spread + 1));
+            let mut next = Instant::now() + interval();
             loop {
                 match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
                     Ok(Command::Now) | Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
-                next = Instant::now() + interval;
+                next = Instant::now() + interval();
                 // The observer talks to Redis directly, never through a node's fault proxy.
                 let inflight = match observer.peek_inflight(100_000) {
                     Ok(txs) => txs,
@@ -130,6 +147,11 @@ impl Chain {
         if let Some(commands) = &self.commands {
             let _ = commands.send(Command::Now);
         }
+    }
+
+    /// Every block line so far, in order.
+    pub fn history(&self) -> Vec<String> {
+        lock(&self.state).history.clone()
     }
 
     /// A handle that reads how far the chain is, for other threads.

@@ -1,6 +1,9 @@
 //! The node processes: each is this same executable run as `demo node <config.toml>`, behind
 //! its own fault proxy. Their output is printed with the node's name; the `@`-lines they write
 //! for the demo are recorded in a [`Report`] instead.
+//!
+//! Shared by the demo and the chaos run; each uses only part of it.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
@@ -23,6 +26,48 @@ pub struct ReportState {
     pub link_ups: u32,
     /// `confirm` outcomes, in order (`Applied`, `NotWatcher`, ...).
     pub outcomes: Vec<String>,
+    /// Changes of the watcher flag, as a chaos node's probe saw them.
+    pub flags: Vec<Flag>,
+    /// Answers to `ping <token>`: the token, and whether the node reached Redis.
+    pub pongs: Vec<(String, bool)>,
+    /// Output lines that report a panic.
+    pub panics: Vec<String>,
+}
+
+impl ReportState {
+    /// Whether the node's last call reached Redis.
+    pub fn link_up(&self) -> bool {
+        self.link_ups >= self.link_downs
+    }
+}
+
+/// One change of a node's watcher flag, on the host's monotonic clock (nanoseconds). The probe
+/// samples the flag, so the change happened after `after_ns` (the previous sample) and was seen
+/// at `seen_ns`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flag {
+    pub up: bool,
+    pub after_ns: u64,
+    pub seen_ns: u64,
+}
+
+impl Flag {
+    /// `up|down <after_ns> <seen_ns>`.
+    fn parse(text: &str) -> Option<Flag> {
+        let mut words = text.split(' ');
+        let up = match words.next()? {
+            "up" => true,
+            "down" => false,
+            _ => return None,
+        };
+        let after_ns = words.next()?.parse().ok()?;
+        let seen_ns = words.next()?.parse().ok()?;
+        Some(Flag {
+            up,
+            after_ns,
+            seen_ns,
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +94,14 @@ impl Report {
                     s.outcomes.push(outcome.to_string());
                 }
             }
+            ("flag", rest) => match Flag::parse(rest) {
+                Some(flag) => s.flags.push(flag),
+                None => say!("bad flag report {fact:?}"),
+            },
+            ("pong", rest) => {
+                let (token, result) = rest.split_once(' ').unwrap_or((rest, ""));
+                s.pongs.push((token.to_string(), result == "ok"));
+            }
             _ => say!("demo: unknown report {fact:?}"),
         }
     }
@@ -70,19 +123,34 @@ pub struct Node {
     pub name: String,
     pub config: PathBuf,
     pub proxy: FaultProxy,
+    /// Whether its output is printed (panics always are).
+    pub echo: bool,
     running: Option<Running>,
     /// Every process this node has run, for the final accounting.
     pub runs: Vec<Arc<Report>>,
 }
 
 /// Prints each line of `from` with the node's name; hands `@`-lines to the report instead.
-fn pump(name: String, from: impl Read + Send + 'static, report: Arc<Report>) -> JoinHandle<()> {
+fn pump(
+    name: String,
+    from: impl Read + Send + 'static,
+    report: Arc<Report>,
+    echo: bool,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(from).lines() {
             let Ok(line) = line else { break };
             match line.strip_prefix('@') {
                 Some(fact) => report.record(fact),
-                None => say!("[{name}] {line}"),
+                None => {
+                    let panicked = line.contains("panicked");
+                    if panicked {
+                        report.state().panics.push(line.clone());
+                    }
+                    if echo || panicked {
+                        say!("[{name}] {line}");
+                    }
+                }
             }
         }
     })
@@ -95,6 +163,7 @@ impl Node {
             name: name.to_string(),
             config,
             proxy,
+            echo: true,
             running: None,
             runs: Vec::new(),
         }
@@ -114,10 +183,10 @@ impl Node {
         let report = Arc::new(Report::default());
         let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
-            readers.push(pump(self.name.clone(), out, report.clone()));
+            readers.push(pump(self.name.clone(), out, report.clone(), self.echo));
         }
         if let Some(err) = child.stderr.take() {
-            readers.push(pump(self.name.clone(), err, report.clone()));
+            readers.push(pump(self.name.clone(), err, report.clone(), self.echo));
         }
         if let Some(stdin) = child.stdin.take() {
             chain.attach(self.index, stdin);
@@ -143,6 +212,11 @@ impl Node {
                 self.name
             )),
         }
+    }
+
+    /// Whether the current process is running (a stopped one counts as running).
+    pub fn alive(&mut self) -> bool {
+        !self.exited()
     }
 
     fn exited(&mut self) -> bool {

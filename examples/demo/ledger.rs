@@ -1,5 +1,8 @@
 //! Everything that happened, as the event stream told the demo's observer: the life of every
 //! transaction and every change of watcher. The final check reads it.
+//!
+//! Shared by the demo and the chaos run; each uses only part of it.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +35,9 @@ pub struct State {
     pub out_of_order: u64,
     pub finalized: u64,
     pub dropped: u64,
+    /// The slot of the applied block whose `confirm` finalized each tx (its `BlockApplied`
+    /// event comes just before the transitions it made).
+    pub finalized_in: HashMap<TxHash, u64>,
 }
 
 pub struct Ledger {
@@ -49,6 +55,7 @@ impl Ledger {
         let (shared, stopping) = (state.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             let mut last_seq = 0;
+            let mut applying: Option<u64> = None;
             let mut check_seq = |seq: u64, s: &mut State| {
                 if seq <= last_seq {
                     s.out_of_order += 1;
@@ -64,7 +71,12 @@ impl Ledger {
                     MempoolEvent::Tx { seq, tx } => {
                         check_seq(seq, &mut s);
                         match tx.stage {
-                            MempoolTxStage::Finalized => s.finalized += 1,
+                            MempoolTxStage::Finalized => {
+                                s.finalized += 1;
+                                if let Some(slot) = applying {
+                                    s.finalized_in.insert(tx.hash, slot);
+                                }
+                            }
                             MempoolTxStage::Dropped => s.dropped += 1,
                             _ => {}
                         }
@@ -97,6 +109,7 @@ impl Ledger {
                         ..
                     } => {
                         check_seq(seq, &mut s);
+                        applying = Some(point.slot());
                         s.blocks.push((point.slot(), rollback, node_id));
                     }
                     MempoolEvent::Lagged { missed } => s.lagged += missed,

@@ -16,6 +16,7 @@
 //! ```text
 //! block <slot> <block hash, 64 hex> [<tx hash, 64 hex> ...]   a block and the txs it contains
 //! submit off | submit on                                      stop / resume submitting
+//! ping <token>                                                one Redis round trip, reported
 //! quit                                                        release the lock and exit
 //! ```
 //!
@@ -100,6 +101,8 @@ pub enum Input {
         txs: Vec<TxHash>,
     },
     Submit(bool),
+    /// Proves the node is not stuck: its input loop answers and it reaches Redis.
+    Ping(String),
     Quit,
 }
 
@@ -140,6 +143,7 @@ pub fn parse_line(line: &str) -> Result<Option<Input>, String> {
         }
         ("submit", Some("on")) => Ok(Some(Input::Submit(true))),
         ("submit", Some("off")) => Ok(Some(Input::Submit(false))),
+        ("ping", Some(token)) => Ok(Some(Input::Ping(token.to_string()))),
         ("quit", None) => Ok(Some(Input::Quit)),
         _ => Err(format!("unknown input line {line:?}")),
     }
@@ -150,6 +154,12 @@ pub fn parse_line(line: &str) -> Result<Option<Input>, String> {
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator that repeats the same sequence for the same `seed`.
+    #[allow(dead_code)] // only the chaos run needs a reproducible sequence
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
     /// Seeded from the clock, the process id and `salt`, so two nodes started together differ.
     pub fn seeded(salt: &str) -> Rng {
         let nanos = SystemTime::now()
@@ -402,6 +412,14 @@ impl Node {
         }
     }
 
+    /// Answers `ping <token>` with `@pong <token> ok|err` after one Redis round trip.
+    fn ping(&mut self, token: &str) {
+        let result = self.mempool.watcher_info();
+        let ok = self.check("ping", result).is_some();
+        self.out
+            .report(&format!("pong {token} {}", if ok { "ok" } else { "err" }));
+    }
+
     fn summary(&self) -> String {
         let c = &self.counts;
         format!(
@@ -457,10 +475,23 @@ fn open(config: &Config, out: &Out) -> Result<RedisMempool, dolos_redis::Error> 
 /// Runs a node until `quit` (or, when `managed`, the end of stdin). Standalone, a terminal on
 /// stdin is not read and the end of input only ends the blocks: the node keeps submitting and
 /// propagating until it is interrupted.
+#[allow(dead_code)] // the chaos run loads its config itself and calls `run_with`
 pub fn run(path: &Path, managed: bool) -> Result<(), Box<dyn Error>> {
     let (config, settings) = load(path)?;
+    run_with(config, settings, managed, |_| {})
+}
+
+/// [`run`] with the settings already loaded; `on_open` sees the mempool once it is open (the
+/// chaos run starts its watcher-flag probe there).
+pub fn run_with(
+    config: Config,
+    settings: Settings,
+    managed: bool,
+    on_open: impl FnOnce(&RedisMempool),
+) -> Result<(), Box<dyn Error>> {
     let out = Out { managed };
     let mempool = open(&config, &out)?;
+    on_open(&mempool);
     out.report(&format!("id {}", mempool.node_id()));
     out.say(&format!(
         "{} opened mempool {:?} at {} as node {} (lock TTL {:?}; F = {}, D = {})",
@@ -514,6 +545,7 @@ pub fn run(path: &Path, managed: bool) -> Result<(), Box<dyn Error>> {
                     });
                 }
                 Ok(Some(Input::Block { slot, hash, txs })) => node.on_block(slot, hash, txs),
+                Ok(Some(Input::Ping(token))) => node.ping(&token),
                 Ok(None) => {}
                 Err(e) => node.out.say(&e),
             },

@@ -1,0 +1,1170 @@
+//! The chaos run: three node processes share one mempool on a persistent Redis while faults hit
+//! them at random; at the end it checks that nothing was lost, applied twice or held by two
+//! watchers at once.
+//!
+//! ```text
+//! cargo run --release --example chaos                                # 60 s of faults
+//! cargo run --release --example chaos -- --seed 42 --secs 20 --ttl-ms 1000
+//! cargo run --release --example chaos -- --secs 3600 --quiet         # a soak
+//! ```
+//!
+//! Options: `--seed N` (decimal or 0x-hex; printed first, replays the same fault schedule),
+//! `--secs S` (how long to inject faults, default 60, or `DOLOS_REDIS_SOAK_SECS`), `--ttl-ms T`
+//! (watcher lock TTL, default 1000), `--quiet` (do not echo the nodes' output),
+//! `--takeover-slack-ms M` (added to the strict takeover bounds before they fail the run; 0 by
+//! default, the CI test passes 1000) and `--sched-ms M` (scheduling allowance in the watcher
+//! overlap margin, default 50).
+//!
+//! Set-up: a private `redis-server` with `appendonly yes` + `appendfsync always`, a TCP fault
+//! proxy per node, three node processes (this executable run as `chaos node <config.toml>`,
+//! the node of `examples/node.rs`: it submits a tx every 250 ms, propagates, acknowledges, and
+//! offers every block above the applied slot to `confirm`, so exactly-once is exercised), a
+//! simulated chain (a block every 500–1000 ms from the inflight txs, written to every node) and
+//! an observer (`watcher_candidate(false)`) whose event subscription is the audit trail.
+//! `confirm` uses F = 4 and D = 10 000: a takeover gap of a few blocks can never drop a tx, so
+//! every accepted tx must end Finalized.
+//!
+//! Faults, one at a time with a settled state and a quiet gap between them; the first five are
+//! the five kinds in a seeded order, then a weighted draw:
+//!
+//! * `kill -9` of a node (the watcher 70 % of the time), then a restart;
+//! * SIGSTOP of the watcher for 1.2–2 × TTL (and until another node took over), then SIGCONT;
+//! * a black-hole partition between a node (the watcher 70 %) and Redis for 1.2–2 × TTL;
+//! * a Redis restart (SIGKILL; the data comes back from the AOF);
+//! * `DEL <prefix>:watcher:lock` by hand.
+//!
+//! Every node process runs a probe thread that samples `is_watcher()` every millisecond and
+//! reports each change with `CLOCK_MONOTONIC` stamps; the harness stamps its faults with the same
+//! clock. At the end (faults stopped, submissions stopped, the chain runs until every accepted
+//! tx is finalized) it prints the counts of each fault, the measured takeovers and a table of
+//! invariants, and exits non-zero if one fails. How each invariant is judged is written next to
+//! its check in `examples/chaos/check.rs`.
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use dolos_redis::{Config, RedisMempool};
+
+static START: OnceLock<Instant> = OnceLock::new();
+
+fn elapsed() -> f64 {
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
+/// One timeline line, stamped with the time since the run started.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("[{:>7.2}s] {}", $crate::elapsed(), format_args!($($arg)*))
+    };
+}
+
+#[path = "demo/chain.rs"]
+mod chain;
+#[path = "chaos/check.rs"]
+mod check;
+#[path = "chaos/clock.rs"]
+mod clock;
+#[path = "demo/cluster.rs"]
+mod cluster;
+#[path = "chaos/faults.rs"]
+mod faults;
+#[path = "demo/ledger.rs"]
+mod ledger;
+#[path = "node/node_loop.rs"]
+mod node_loop;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use chain::Chain;
+use clock::{mono_ns, ms_between, ns, Signal};
+use cluster::{Flag, Node};
+use faults::{Fault, Kind, Schedule, Takeover};
+use ledger::Ledger;
+
+const NODE_NAMES: [&str; 3] = ["n1", "n2", "n3"];
+const FINALIZE: u32 = 4;
+/// Far more blocks than any takeover gap lasts: no tx may be dropped.
+const DROP: u32 = 10_000;
+const TX_INTERVAL: Duration = Duration::from_millis(250);
+const BLOCK_MIN: Duration = Duration::from_millis(500);
+const BLOCK_MAX: Duration = Duration::from_millis(1000);
+const PREFIX: &str = "chaos:mempool";
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub seed: u64,
+    pub secs: u64,
+    pub ttl: Duration,
+    pub quiet: bool,
+    /// Added to the strict takeover bounds before a takeover fails the run.
+    pub slack: Duration,
+    /// Scheduling allowance: part of the overlap margin, and of the time a resumed node may
+    /// keep its stale flag.
+    pub sched: Duration,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Options, String> {
+        let mut opts = Options {
+            seed: default_seed(),
+            secs: match std::env::var("DOLOS_REDIS_SOAK_SECS") {
+                Ok(v) => v
+                    .parse()
+                    .map_err(|_| format!("DOLOS_REDIS_SOAK_SECS={v:?} is not a number"))?,
+                Err(_) => 60,
+            },
+            ttl: Duration::from_millis(1000),
+            quiet: false,
+            slack: Duration::ZERO,
+            sched: Duration::from_millis(50),
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            if flag == "--quiet" {
+                opts.quiet = true;
+                continue;
+            }
+            let value = it
+                .next()
+                .ok_or_else(|| format!("{flag} needs a value"))?
+                .as_str();
+            let number = || parse_u64(value).ok_or_else(|| format!("{flag}: bad number {value:?}"));
+            match flag.as_str() {
+                "--seed" => opts.seed = number()?,
+                "--secs" => opts.secs = number()?,
+                "--ttl-ms" => opts.ttl = Duration::from_millis(number()?),
+                "--takeover-slack-ms" => opts.slack = Duration::from_millis(number()?),
+                "--sched-ms" => opts.sched = Duration::from_millis(number()?),
+                _ => return Err(format!("unknown option {flag:?}")),
+            }
+        }
+        if opts.ttl < Duration::from_millis(300) {
+            return Err("--ttl-ms must be at least 300: node timeouts are a fraction of it".into());
+        }
+        Ok(opts)
+    }
+
+    /// The command that replays this run's fault schedule.
+    pub fn reproduce(&self) -> String {
+        let mut cmd = format!(
+            "cargo run --release --example chaos -- --seed {} --secs {} --ttl-ms {}",
+            self.seed,
+            self.secs,
+            self.ttl.as_millis()
+        );
+        if !self.slack.is_zero() {
+            cmd.push_str(&format!(" --takeover-slack-ms {}", self.slack.as_millis()));
+        }
+        if self.sched != Duration::from_millis(50) {
+            cmd.push_str(&format!(" --sched-ms {}", self.sched.as_millis()));
+        }
+        cmd
+    }
+
+    /// Bound for anything that should happen within a TTL or two, on any machine.
+    fn patience(&self) -> Duration {
+        self.ttl * 5 + Duration::from_secs(20)
+    }
+
+    /// Timeouts of the nodes' mempool calls: short, so a partitioned node notices quickly.
+    fn io_timeout(&self) -> Duration {
+        (self.ttl / 2).clamp(Duration::from_millis(200), Duration::from_secs(2))
+    }
+}
+
+fn parse_u64(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+fn default_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    // Small enough to type back.
+    (nanos ^ u64::from(std::process::id()).rotate_left(20)) % 1_000_000_007
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("node") {
+        return node_main(&args[1..]);
+    }
+    if !cfg!(unix) {
+        eprintln!("the chaos run needs a Unix host (SIGSTOP, CLOCK_MONOTONIC)");
+        return ExitCode::from(2);
+    }
+    let opts = match Options::parse(&args) {
+        Ok(opts) => opts,
+        Err(e) => {
+            eprintln!("chaos: {e}");
+            eprintln!(
+                "usage: chaos [--seed N] [--secs S] [--ttl-ms T] [--quiet] \
+                 [--takeover-slack-ms M] [--sched-ms M]"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    START.get_or_init(Instant::now);
+    // The observer's own library logs: errors only (its event reader warns on every Redis
+    // restart, which is the point here).
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("error"))
+        .format(|buf, r| {
+            use std::io::Write;
+            writeln!(
+                buf,
+                "[{:>7.2}s] [chaos] {} {}: {}",
+                elapsed(),
+                r.level(),
+                r.target(),
+                r.args()
+            )
+        })
+        .try_init();
+    say!("chaos seed {} (0x{:x})", opts.seed, opts.seed);
+    say!("reproduce: {}", opts.reproduce());
+    match run(&opts) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            say!("CHAOS RUN ABORTED: {e}");
+            say!("reproduce: {}", opts.reproduce());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The node side.
+
+/// `chaos node <config.toml>`: the demo's node, with the lock TTL in milliseconds from the
+/// `[chaos]` table and a probe thread reporting the watcher flag.
+fn node_main(args: &[String]) -> ExitCode {
+    let [path] = args else {
+        eprintln!("usage: chaos node <config.toml>");
+        return ExitCode::from(2);
+    };
+    node_loop::init_logging(true);
+    let result = (|| -> Result<(), Box<dyn Error>> {
+        let path = Path::new(path);
+        let (config, settings) = node_loop::load(path)?;
+        let config = config.watcher_lock_ttl(Duration::from_millis(chaos_ttl_ms(path)?));
+        node_loop::run_with(config, settings, true, |mempool| {
+            start_probe(mempool.clone())
+        })
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("node: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `[chaos] watcher_lock_ttl_ms`: the reference table only has whole seconds.
+fn chaos_ttl_ms(path: &Path) -> Result<u64, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let doc: toml::Table = text.parse().map_err(|e| format!("{e}"))?;
+    doc.get("chaos")
+        .and_then(|c| c.get("watcher_lock_ttl_ms"))
+        .and_then(|v| v.as_integer())
+        .filter(|n| *n > 0)
+        .map(|n| n as u64)
+        .ok_or_else(|| format!("{}: no [chaos] watcher_lock_ttl_ms", path.display()))
+}
+
+/// Samples the flag every millisecond and reports each change as `@flag up|down <after> <seen>`:
+/// the change happened after the previous sample was taken (`after`; 0 for the first sample,
+/// which the harness reads as "since the process started") and was seen at `seen`. The harness
+/// takes `after` as the start of a holding and `seen` as its end, so the holdings it checks
+/// contain the real ones.
+fn start_probe(mempool: RedisMempool) {
+    let spawned = std::thread::Builder::new()
+        .name("flag-probe".into())
+        .spawn(move || {
+            let mut up = false;
+            let mut previous = 0;
+            loop {
+                let before = mono_ns();
+                let now_up = mempool.is_watcher();
+                let seen = mono_ns();
+                if now_up != up {
+                    up = now_up;
+                    println!("@flag {} {previous} {seen}", if up { "up" } else { "down" });
+                }
+                previous = before;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+    if let Err(e) = spawned {
+        // Without its probe the node's holdings are unknown: the harness fails the run.
+        eprintln!("cannot start the flag probe: {e}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness.
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+fn node_toml(name: &str, url: &str, opts: &Options) -> String {
+    let io = opts.io_timeout().as_millis();
+    format!(
+        "# Written by the chaos run for {name}.\n\
+         [storage.mempool]\n\
+         backend = \"redis\"\n\
+         url = {url}\n\
+         key_prefix = {prefix}\n\
+         pool_size = 4\n\
+         max_finalized = 1000000\n\
+         watcher_lock_ttl = {secs}\n\
+         connect_timeout_ms = {io}\n\
+         command_timeout_ms = {io}\n\
+         \n\
+         [demo]\n\
+         name = {name_str}\n\
+         tx_interval_ms = {tx}\n\
+         finalize_threshold = {FINALIZE}\n\
+         drop_threshold = {DROP}\n\
+         \n\
+         [chaos]\n\
+         watcher_lock_ttl_ms = {ttl}\n",
+        url = toml_str(url),
+        prefix = toml_str(PREFIX),
+        secs = opts.ttl.as_millis().div_ceil(1000),
+        name_str = toml_str(name),
+        tx = TX_INTERVAL.as_millis(),
+        ttl = opts.ttl.as_millis(),
+    )
+}
+
+/// Removes the generated config files at the end.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A direct connection to Redis for what an operator does by hand (`DEL`, `PTTL`,
+/// `CLIENT LIST`); reconnects after a restart.
+struct Raw {
+    client: redis::Client,
+    conn: Option<redis::Connection>,
+}
+
+impl Raw {
+    fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, String> {
+        if self.conn.is_none() {
+            let conn = self
+                .client
+                .get_connection_with_timeout(Duration::from_secs(1))
+                .map_err(|e| e.to_string())?;
+            conn.set_read_timeout(Some(Duration::from_secs(2)))
+                .map_err(|e| e.to_string())?;
+            conn.set_write_timeout(Some(Duration::from_secs(2)))
+                .map_err(|e| e.to_string())?;
+            self.conn = Some(conn);
+        }
+        let conn = self.conn.as_mut().ok_or("no connection")?;
+        cmd.query(conn).map_err(|e| {
+            self.conn = None;
+            e.to_string()
+        })
+    }
+}
+
+/// One node process, as the harness knows it.
+pub struct RunMeta {
+    pub id: String,
+    /// Before it was spawned.
+    pub started_ns: u64,
+    /// After it was killed (reaped) or exited.
+    pub ended_ns: Option<u64>,
+    /// SIGSTOP windows: from when it was certainly stopped to when SIGCONT was sent.
+    pub stops: Vec<(u64, u64)>,
+}
+
+/// A node and one of its processes.
+pub type RunId = (usize, usize);
+
+/// The random values one fault may use, drawn in a fixed order whatever the fault, so that a
+/// seed replays the same schedule.
+struct Draw {
+    on_watcher: bool,
+    follower: usize,
+    hold: Duration,
+    delay: Duration,
+    gap: Duration,
+}
+
+pub struct Chaos<'a> {
+    pub opts: &'a Options,
+    server: support::RedisServer,
+    raw: Raw,
+    pub observer: RedisMempool,
+    pub ledger: Ledger,
+    pub chain: Chain,
+    pub nodes: Vec<Node>,
+    pub meta: Vec<Vec<RunMeta>>,
+    schedule: Schedule,
+    pub faults: Vec<Fault>,
+    /// Each `DEL` of the lock: the run that held it, and when.
+    pub dels: Vec<(RunId, u64)>,
+    /// Failures of the run itself: a fault that could not be injected, a state that did not
+    /// settle, a node that did not answer at the end.
+    pub problems: Vec<String>,
+    lock_key: String,
+}
+
+impl Chaos<'_> {
+    pub fn label(&self, (i, r): RunId) -> String {
+        format!("{}#{}", self.nodes[i].name, r + 1)
+    }
+
+    fn current(&self, i: usize) -> RunId {
+        (i, self.nodes[i].runs.len().saturating_sub(1))
+    }
+
+    pub fn flags(&self, (i, r): RunId) -> Vec<Flag> {
+        self.nodes[i].runs[r].state().flags.clone()
+    }
+
+    pub fn runs(&self) -> Vec<RunId> {
+        (0..self.nodes.len())
+            .flat_map(|i| (0..self.nodes[i].runs.len()).map(move |r| (i, r)))
+            .collect()
+    }
+
+    fn flag_up(&self, run: RunId) -> bool {
+        self.flags(run).last().is_some_and(|f| f.up)
+    }
+
+    fn run_of_id(&self, id: &str) -> Option<RunId> {
+        self.runs()
+            .into_iter()
+            .find(|&(i, r)| self.meta[i].get(r).is_some_and(|m| m.id == id))
+    }
+
+    /// The node whose current process holds the lock.
+    fn watcher(&self) -> Option<usize> {
+        let holder = self.observer.watcher_info().ok()?.holder?;
+        let (i, r) = self.run_of_id(&holder)?;
+        (self.current(i) == (i, r)).then_some(i)
+    }
+
+    /// The first flag raised (seen) at or after `since` by a process other than `except`.
+    fn first_up(&self, since: u64, except: Option<RunId>) -> Option<(RunId, Flag)> {
+        self.runs()
+            .into_iter()
+            .filter(|run| Some(*run) != except)
+            .filter_map(|run| {
+                self.flags(run)
+                    .into_iter()
+                    .find(|f| f.up && f.seen_ns >= since)
+                    .map(|f| (run, f))
+            })
+            .min_by_key(|(_, f)| f.seen_ns)
+    }
+
+    fn first_down(&self, run: RunId, since: u64) -> Option<Flag> {
+        self.flags(run)
+            .into_iter()
+            .find(|f| !f.up && f.seen_ns >= since)
+    }
+
+    /// When the lock expires, from its PTTL read now. Taken from before the command was sent
+    /// (and PTTL rounds down), so it is at most a millisecond plus the read's latency early:
+    /// a takeover measured from it can only look later than it was.
+    fn lock_expiry(&mut self) -> Option<u64> {
+        let sent = mono_ns();
+        let pttl: i64 = self
+            .raw
+            .query(redis::cmd("PTTL").arg(&self.lock_key))
+            .ok()?;
+        (pttl >= 0).then(|| sent + pttl as u64 * 1_000_000)
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), String> {
+        let started_ns = mono_ns();
+        let result = self.nodes[i].spawn(&self.chain);
+        // `spawn` records the process even when it fails to open: keep the lists aligned.
+        while self.meta[i].len() < self.nodes[i].runs.len() {
+            let r = self.meta[i].len();
+            let id = self.nodes[i].runs[r].id().unwrap_or_default();
+            self.meta[i].push(RunMeta {
+                id,
+                started_ns,
+                ended_ns: None,
+                stops: Vec::new(),
+            });
+        }
+        result.map(|_| ())
+    }
+
+    fn kill(&mut self, i: usize) {
+        let (_, r) = self.current(i);
+        self.nodes[i].kill(&self.chain);
+        if let Some(m) = self.meta[i].get_mut(r) {
+            m.ended_ns = Some(mono_ns());
+        }
+    }
+
+    fn node_line(&self, i: usize) -> String {
+        let run = self.current(i);
+        format!(
+            "{} (pid {}, node {})",
+            self.label(run),
+            self.nodes[i].pid().unwrap_or(0),
+            self.meta[i]
+                .get(run.1)
+                .map(|m| m.id.get(..8).unwrap_or(&m.id).to_string())
+                .unwrap_or_default()
+        )
+    }
+
+    /// Waits for another process's flag after a fault at `t0`.
+    fn await_takeover(
+        &self,
+        t0: u64,
+        old: RunId,
+        expiry: Option<u64>,
+        bound: Duration,
+        wait: Duration,
+    ) -> Takeover {
+        let mut found = None;
+        support::wait_until(wait, || {
+            found = self.first_up(t0, Some(old));
+            found.is_some()
+        });
+        self.takeover_from(t0, found, expiry, bound)
+    }
+
+    fn takeover_from(
+        &self,
+        t0: u64,
+        found: Option<(RunId, Flag)>,
+        expiry: Option<u64>,
+        bound: Duration,
+    ) -> Takeover {
+        match found {
+            Some((run, flag)) => Takeover {
+                ms: Some(ms_between(t0, flag.seen_ns)),
+                after_expiry_ms: expiry.map(|e| ms_between(e, flag.seen_ns)),
+                bound_ms: bound.as_secs_f64() * 1e3,
+                by: self.label(run),
+            },
+            None => Takeover {
+                ms: None,
+                after_expiry_ms: None,
+                bound_ms: bound.as_secs_f64() * 1e3,
+                by: "nobody".into(),
+            },
+        }
+    }
+
+    fn fault(&self, kind: Kind, on_watcher: bool, target: String) -> Fault {
+        Fault {
+            kind,
+            at: elapsed(),
+            on_watcher,
+            target,
+            lasted_ms: None,
+            takeover: None,
+            flag_down_ms: None,
+            note: String::new(),
+        }
+    }
+
+    fn say_takeover(&self, t: &Takeover) {
+        match (t.ms, t.after_expiry_ms) {
+            (Some(ms), Some(after)) => say!(
+                "  -> {} took over after {ms:.0} ms ({after:.0} ms after the old lock could expire; bound {:.0} ms)",
+                t.by,
+                t.bound_ms
+            ),
+            (Some(ms), None) => say!(
+                "  -> watcher {} after {ms:.0} ms (bound {:.0} ms)",
+                t.by,
+                t.bound_ms
+            ),
+            (None, _) => say!("  -> NO TAKEOVER within the patience"),
+        }
+    }
+
+    fn inject(&mut self, kind: Kind, draw: &Draw) -> Result<Fault, String> {
+        let w = self
+            .watcher()
+            .ok_or("no watcher among the running nodes before the fault")?;
+        let follower = (0..self.nodes.len())
+            .filter(|&i| i != w)
+            .nth(draw.follower)
+            .unwrap_or((w + 1) % self.nodes.len());
+        match kind {
+            Kind::Kill => self.fault_kill(if draw.on_watcher { w } else { follower }, w, draw),
+            Kind::Stop => self.fault_stop(w, draw),
+            Kind::Partition => {
+                self.fault_partition(if draw.on_watcher { w } else { follower }, w, draw)
+            }
+            Kind::RedisRestart => self.fault_restart(w),
+            Kind::DelLock => self.fault_del(w),
+        }
+    }
+
+    fn fault_kill(&mut self, target: usize, w: usize, draw: &Draw) -> Result<Fault, String> {
+        let on_watcher = target == w;
+        let run = self.current(target);
+        let mut fault = self.fault(Kind::Kill, on_watcher, self.node_line(target));
+        say!(
+            "FAULT kill -9 {} [{}]",
+            fault.target,
+            if on_watcher { "watcher" } else { "follower" }
+        );
+        let t0 = mono_ns();
+        self.kill(target);
+        if on_watcher {
+            let expiry = self.lock_expiry();
+            let bound = self.opts.ttl + Duration::from_millis(100);
+            let t = self.await_takeover(t0, run, expiry, bound, self.opts.patience());
+            self.say_takeover(&t);
+            fault.takeover = Some(t);
+        } else {
+            std::thread::sleep(draw.delay);
+        }
+        self.spawn(target)?;
+        say!("  restarted as {}", self.node_line(target));
+        Ok(fault)
+    }
+
+    fn fault_stop(&mut self, w: usize, draw: &Draw) -> Result<Fault, String> {
+        let run = self.current(w);
+        let pid = self.nodes[w].pid().ok_or("the watcher has no process")?;
+        let mut fault = self.fault(Kind::Stop, true, self.node_line(w));
+        say!(
+            "FAULT SIGSTOP {} for at least {} ms",
+            fault.target,
+            draw.hold.as_millis()
+        );
+        clock::send(pid, Signal::Stop)?;
+        // The stopped window starts once the kernel shows it stopped, never earlier.
+        if !support::wait_until(Duration::from_secs(2), || {
+            clock::is_stopped(pid).unwrap_or(true)
+        }) {
+            let _ = clock::send(pid, Signal::Cont);
+            return Err(format!("pid {pid} did not stop"));
+        }
+        let t_stop = mono_ns();
+        let expiry = self.lock_expiry();
+        // At least `hold`, and until another node took over (within the patience), so that the
+        // resumed node always meets a successor.
+        let hold_until = t_stop + ns(draw.hold);
+        let mut found = None;
+        support::wait_until(self.opts.patience(), || {
+            if found.is_none() {
+                found = self.first_up(t_stop, Some(run));
+            }
+            found.is_some() && mono_ns() >= hold_until
+        });
+        let t_cont = mono_ns();
+        clock::send(pid, Signal::Cont)?;
+        self.meta[run.0][run.1].stops.push((t_stop, t_cont));
+        fault.lasted_ms = Some(ms_between(t_stop, t_cont));
+        let bound = self.opts.ttl + Duration::from_millis(100);
+        let t = self.takeover_from(t_stop, found, expiry, bound);
+        self.say_takeover(&t);
+        fault.takeover = Some(t);
+        // Frozen, its flag stayed up; resumed, its lease thread must lower it at once (its
+        // local deadline has long passed).
+        let mut down = None;
+        support::wait_until(self.opts.patience(), || {
+            down = self.first_down(run, t_cont);
+            down.is_some()
+        });
+        match down {
+            Some(f) => {
+                let ms = ms_between(t_cont, f.seen_ns);
+                fault.flag_down_ms = Some(ms);
+                say!(
+                    "  SIGCONT after {:.0} ms; its stale flag came down {ms:.1} ms after",
+                    ms_between(t_stop, t_cont)
+                );
+            }
+            None => {
+                fault.note = "the resumed node never lowered its flag".into();
+                self.problems.push(format!(
+                    "{} never lowered its flag after SIGCONT",
+                    fault.target
+                ));
+                say!("  SIGCONT; the resumed node NEVER lowered its flag");
+            }
+        }
+        Ok(fault)
+    }
+
+    fn fault_partition(&mut self, target: usize, w: usize, draw: &Draw) -> Result<Fault, String> {
+        let on_watcher = target == w;
+        let run = self.current(target);
+        let mut fault = self.fault(Kind::Partition, on_watcher, self.node_line(target));
+        say!(
+            "FAULT partition {} [{}] from redis for at least {} ms",
+            fault.target,
+            if on_watcher { "watcher" } else { "follower" },
+            draw.hold.as_millis()
+        );
+        self.nodes[target].proxy.blackhole();
+        let t0 = mono_ns();
+        let expiry = if on_watcher { self.lock_expiry() } else { None };
+        let hold_until = t0 + ns(draw.hold);
+        let mut found = None;
+        support::wait_until(self.opts.patience(), || {
+            if on_watcher && found.is_none() {
+                found = self.first_up(t0, Some(run));
+            }
+            (!on_watcher || found.is_some()) && mono_ns() >= hold_until
+        });
+        if on_watcher {
+            let bound = self.opts.ttl + Duration::from_millis(100);
+            let t = self.takeover_from(t0, found, expiry, bound);
+            self.say_takeover(&t);
+            fault.takeover = Some(t);
+            if let Some(f) = self.first_down(run, t0) {
+                let ms = ms_between(t0, f.seen_ns);
+                fault.flag_down_ms = Some(ms);
+                say!("  the cut-off watcher lowered its flag {ms:.0} ms after the cut");
+            }
+        }
+        self.nodes[target].proxy.heal();
+        fault.lasted_ms = Some(ms_between(t0, mono_ns()));
+        say!("  healed after {:.0} ms", fault.lasted_ms.unwrap_or(0.0));
+        Ok(fault)
+    }
+
+    fn fault_restart(&mut self, w: usize) -> Result<Fault, String> {
+        let holder = self.current(w);
+        let mut fault = self.fault(Kind::RedisRestart, false, "redis".into());
+        say!("FAULT redis restart (SIGKILL, then start on the same AOF)");
+        let before = self
+            .observer
+            .stats()
+            .map_err(|e| format!("stats before the restart: {e}"))?;
+        let t0 = mono_ns();
+        let server = &mut self.server;
+        let restarted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.restart()));
+        let t_back = mono_ns();
+        if restarted.is_err() {
+            return Err("redis did not come back (see the panic above)".into());
+        }
+        fault.lasted_ms = Some(ms_between(t0, t_back));
+        // Counters only grow: one that went back means the AOF lost acknowledged writes.
+        let mut after = None;
+        support::wait_until(self.opts.patience(), || {
+            after = self.observer.stats().ok();
+            after.is_some()
+        });
+        match after {
+            Some(a)
+                if a.applied_blocks >= before.applied_blocks
+                    && a.watcher.epoch >= before.watcher.epoch
+                    && a.finalized_log >= before.finalized_log => {}
+            Some(a) => self.problems.push(format!(
+                "redis came back with less than it had: applied blocks {} -> {}, epoch {} -> {},                  log {} -> {}",
+                before.applied_blocks,
+                a.applied_blocks,
+                before.watcher.epoch,
+                a.watcher.epoch,
+                before.finalized_log,
+                a.finalized_log
+            )),
+            None => self
+                .problems
+                .push("the observer could not read redis after the restart".into()),
+        }
+        // A watcher again: the lock held by a node whose flag is up.
+        let mut holder_now = None;
+        support::wait_until(self.opts.patience(), || {
+            holder_now = self.watcher();
+            holder_now.is_some_and(|i| self.flag_up(self.current(i)))
+        });
+        let bound = self.opts.ttl + Duration::from_millis(100);
+        let kept =
+            holder_now == Some(w) && self.first_down(holder, t0).is_none() && self.flag_up(holder);
+        let t = if kept {
+            Takeover {
+                ms: Some(0.0),
+                after_expiry_ms: None,
+                bound_ms: bound.as_secs_f64() * 1e3,
+                by: format!("{} (kept its lease)", self.label(holder)),
+            }
+        } else {
+            let found = self.first_up(t0, None);
+            // Measured from when Redis answered again: nobody could acquire before.
+            let mut t = self.takeover_from(t_back, found, None, bound);
+            if let Some(ms) = t.ms.as_mut() {
+                *ms = ms.max(0.0);
+            }
+            t
+        };
+        say!(
+            "  redis back after {:.0} ms; watcher {} {}",
+            fault.lasted_ms.unwrap_or(0.0),
+            t.by,
+            match t.ms {
+                Some(ms) if kept => format!("({ms:.0} ms without one)"),
+                Some(ms) => format!("{ms:.0} ms after redis was back"),
+                None => "NOT back within the patience".into(),
+            }
+        );
+        fault.takeover = Some(t);
+        Ok(fault)
+    }
+
+    fn fault_del(&mut self, w: usize) -> Result<Fault, String> {
+        let run = self.current(w);
+        let mut fault = self.fault(Kind::DelLock, true, self.node_line(w));
+        let epoch = self
+            .observer
+            .watcher_info()
+            .map_err(|e| format!("watcher_info: {e}"))?
+            .epoch;
+        say!(
+            "FAULT DEL {} (held by {}, epoch {epoch})",
+            self.lock_key,
+            fault.target
+        );
+        let t0 = mono_ns();
+        let deleted: i64 = self.raw.query(redis::cmd("DEL").arg(&self.lock_key))?;
+        self.dels.push((run, t0));
+        if deleted != 1 {
+            fault.note = "the lock was already gone".into();
+        }
+        let mut info = None;
+        support::wait_until(self.opts.patience(), || {
+            info = self
+                .observer
+                .watcher_info()
+                .ok()
+                .filter(|i| i.epoch > epoch);
+            info.is_some()
+        });
+        let t1 = mono_ns();
+        let bound = self.opts.ttl / 3 + Duration::from_millis(100);
+        let by = info
+            .as_ref()
+            .and_then(|i| i.holder.as_deref())
+            .and_then(|h| self.run_of_id(h));
+        let t = Takeover {
+            ms: info.as_ref().map(|_| ms_between(t0, t1)),
+            after_expiry_ms: None,
+            bound_ms: bound.as_secs_f64() * 1e3,
+            by: by.map(|r| self.label(r)).unwrap_or_else(|| "nobody".into()),
+        };
+        // The old holder learns at its next renewal; until then its flag is stale (Redis fences
+        // its confirm calls).
+        if by != Some(run) {
+            let mut down = None;
+            support::wait_until(self.opts.patience(), || {
+                down = self.first_down(run, t0);
+                down.is_some()
+            });
+            fault.flag_down_ms = down.map(|f| ms_between(t0, f.seen_ns));
+            if down.is_none() {
+                self.problems.push(format!(
+                    "{} never lowered its flag after the DEL",
+                    fault.target
+                ));
+            }
+        }
+        say!(
+            "  new epoch after {} by {}{}",
+            t.ms.map_or("NEVER".into(), |ms| format!("{ms:.0} ms")),
+            t.by,
+            fault.flag_down_ms.map_or(String::new(), |ms| format!(
+                "; the old holder lowered its flag {ms:.0} ms after the DEL"
+            ))
+        );
+        fault.takeover = Some(t);
+        Ok(fault)
+    }
+
+    /// Why the cluster is not in a steady state yet, if it is not: every node running and
+    /// reaching Redis, one watcher (the lock's holder, flag up, nobody else's flag up) that has
+    /// applied every block, and every node's lease connection open.
+    fn unsettled(&mut self) -> Option<String> {
+        for node in self.nodes.iter_mut() {
+            if !node.alive() {
+                return Some(format!("{} is not running", node.name));
+            }
+        }
+        let tip = self.chain.progress().tip();
+        let info = match self.observer.watcher_info() {
+            Ok(info) => info,
+            Err(e) => return Some(format!("watcher_info: {e}")),
+        };
+        let Some(holder) = info.holder else {
+            return Some("nobody holds the lock".into());
+        };
+        let Some(holder_run) = self.run_of_id(&holder) else {
+            return Some(format!("the lock is held by an unknown node {holder}"));
+        };
+        for i in 0..self.nodes.len() {
+            let run = self.current(i);
+            if self.flag_up(run) != (run == holder_run) {
+                return Some(format!(
+                    "{}'s flag is {} (lock holder {})",
+                    self.label(run),
+                    if self.flag_up(run) { "up" } else { "down" },
+                    self.label(holder_run)
+                ));
+            }
+            if !self.nodes[i].runs[run.1].state().link_up() {
+                return Some(format!("{} cannot reach redis", self.label(run)));
+            }
+        }
+        if info.applied_slot.unwrap_or(0) < tip {
+            return Some(format!(
+                "the watcher applied up to slot {:?}, the chain is at {tip}",
+                info.applied_slot
+            ));
+        }
+        let list: String = match self.raw.query(redis::cmd("CLIENT").arg("LIST")) {
+            Ok(list) => list,
+            Err(e) => return Some(format!("CLIENT LIST: {e}")),
+        };
+        for i in 0..self.nodes.len() {
+            let run = self.current(i);
+            let name = format!("name=dolos-redis:{}:lease", self.meta[i][run.1].id);
+            if !list.lines().any(|l| l.split(' ').any(|f| f == name)) {
+                return Some(format!("{} has no lease connection yet", self.label(run)));
+            }
+        }
+        None
+    }
+
+    fn settle(&mut self, after: &str) -> Result<(), String> {
+        let patience = self.opts.patience();
+        let mut why = None;
+        if support::wait_until(patience, || {
+            why = self.unsettled();
+            why.is_none()
+        }) {
+            Ok(())
+        } else {
+            Err(format!(
+                "not settled {patience:?} after {after}: {}",
+                why.unwrap_or_default()
+            ))
+        }
+    }
+
+    fn draw(&mut self) -> Draw {
+        let ttl = self.opts.ttl;
+        Draw {
+            on_watcher: self.schedule.chance(70),
+            follower: self.schedule.below(self.nodes.len() - 1),
+            hold: self.schedule.between(ttl * 6 / 5, ttl * 2),
+            delay: self.schedule.between(Duration::ZERO, ttl),
+            gap: self
+                .schedule
+                .between(Duration::from_millis(500), Duration::from_millis(1500)),
+        }
+    }
+
+    fn fault_phase(&mut self) {
+        let end = Instant::now() + Duration::from_secs(self.opts.secs);
+        say!(
+            "== faults for {} s (and until each kind was injected once) ==",
+            self.opts.secs
+        );
+        while Instant::now() < end || !self.schedule.covered() {
+            let kind = self.schedule.next_kind();
+            let draw = self.draw();
+            match self.inject(kind, &draw) {
+                Ok(fault) => self.faults.push(fault),
+                Err(e) => {
+                    self.problems.push(format!("{}: {e}", kind.label()));
+                    say!("FAULT {} could not be injected: {e}", kind.label());
+                    return;
+                }
+            }
+            if let Err(e) = self.settle(kind.label()) {
+                say!("STUCK: {e}");
+                self.problems.push(e);
+                return;
+            }
+            // A quiet gap, so the next fault starts from a steady state and its takeover is
+            // its own.
+            std::thread::sleep(draw.gap);
+        }
+    }
+
+    /// Stops faults and submissions, lets the chain finalize everything, stops the chain.
+    /// Returns the last slot.
+    fn final_phase(&mut self) -> u64 {
+        say!("== faults stopped: healing, stopping submissions, finalizing everything ==");
+        for node in &self.nodes {
+            node.proxy.heal();
+        }
+        if let Err(e) = self.settle("the last fault") {
+            say!("STUCK: {e}");
+            self.problems.push(e);
+        }
+        for i in 0..self.nodes.len() {
+            self.chain.send(i, "submit off");
+        }
+        let deadline = BLOCK_MAX * (FINALIZE + 8) + self.opts.patience();
+        let done = support::wait_until(deadline, || {
+            let Ok(stats) = self.observer.stats() else {
+                return false;
+            };
+            let live = stats.pending + stats.propagated + stats.acknowledged + stats.confirmed;
+            let s = self.ledger.state();
+            let settled = (s.finalized + s.dropped) as usize;
+            live == 0 && settled == s.txs.len() && stats.finalized_log as usize == settled
+        });
+        if !done {
+            self.problems.push(format!(
+                "not every accepted tx was finalized within {deadline:?}"
+            ));
+        }
+        let last_slot = self.chain.stop();
+        let applied = support::wait_until(self.opts.patience(), || {
+            self.ledger.state().blocks.len() as u64 >= last_slot
+                && self
+                    .observer
+                    .watcher_info()
+                    .is_ok_and(|w| w.applied_slot == Some(last_slot))
+        });
+        if !applied {
+            self.problems
+                .push(format!("block {last_slot} was not applied in time"));
+        }
+        say!("chain stopped at slot {last_slot}");
+        last_slot
+    }
+
+    /// Every node must be alive, answer a ping with a Redis round trip, and exit cleanly.
+    fn stop_nodes(&mut self) {
+        for i in 0..self.nodes.len() {
+            let run = self.current(i);
+            if !self.nodes[i].alive() {
+                self.problems
+                    .push(format!("{} is not running at the end", self.label(run)));
+                continue;
+            }
+            let token = format!("end-{i}");
+            self.chain.send(i, &format!("ping {token}"));
+            let report = self.nodes[i].runs[run.1].clone();
+            let answered = support::wait_until(Duration::from_secs(10), || {
+                report
+                    .state()
+                    .pongs
+                    .iter()
+                    .any(|(t, ok)| *t == token && *ok)
+            });
+            if !answered {
+                self.problems.push(format!(
+                    "{} did not answer a ping through redis within 10 s",
+                    self.label(run)
+                ));
+            }
+        }
+        for i in 0..self.nodes.len() {
+            let run = self.current(i);
+            let quit = self.nodes[i].quit(&self.chain, Duration::from_secs(10));
+            if let Some(m) = self.meta[i].get_mut(run.1) {
+                m.ended_ns.get_or_insert_with(mono_ns);
+            }
+            if let Err(e) = quit {
+                self.problems
+                    .push(format!("{} did not stop cleanly: {e}", self.label(run)));
+            }
+        }
+    }
+}
+
+fn run(opts: &Options) -> Result<bool, String> {
+    say!(
+        "chaos run: {} nodes, lock TTL {} ms, faults for {} s, a block every {}-{} ms, \
+         confirm(F = {FINALIZE}, D = {DROP})",
+        NODE_NAMES.len(),
+        opts.ttl.as_millis(),
+        opts.secs,
+        BLOCK_MIN.as_millis(),
+        BLOCK_MAX.as_millis()
+    );
+    let server = support::RedisServer::start_with(support::ServerOptions {
+        appendonly: true,
+        ..Default::default()
+    });
+    say!(
+        "redis: private redis-server on {} (appendonly yes, appendfsync always)",
+        server.addr()
+    );
+    let raw = Raw {
+        client: redis::Client::open(server.url()).map_err(|e| e.to_string())?,
+        conn: None,
+    };
+    let observer = RedisMempool::open(
+        Config::new(server.url())
+            .key_prefix(PREFIX)
+            .watcher_candidate(false)
+            .max_finalized(1_000_000)
+            .connect_timeout(Duration::from_secs(1))
+            .command_timeout(Duration::from_secs(2)),
+    )
+    .map_err(|e| format!("cannot open the observer: {e}"))?;
+    let ledger = Ledger::start(&observer);
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("dolos-redis-chaos-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).map_err(|e| format!("{}: {e}", dir.0.display()))?;
+    let mut nodes = Vec::new();
+    for (i, name) in NODE_NAMES.iter().enumerate() {
+        let proxy = support::FaultProxy::start(server.addr());
+        let path = dir.0.join(format!("{name}.toml"));
+        std::fs::write(&path, node_toml(name, &proxy.url(), opts))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let mut node = Node::new(i, name, path, proxy);
+        node.echo = !opts.quiet;
+        nodes.push(node);
+    }
+    let chain = Chain::start_between(observer.clone(), BLOCK_MIN, BLOCK_MAX, nodes.len());
+    let mut chaos = Chaos {
+        opts,
+        server,
+        raw,
+        observer,
+        ledger,
+        chain,
+        meta: nodes.iter().map(|_| Vec::new()).collect(),
+        nodes,
+        schedule: Schedule::new(opts.seed),
+        faults: Vec::new(),
+        dels: Vec::new(),
+        problems: Vec::new(),
+        lock_key: format!("{PREFIX}:watcher:lock"),
+    };
+    for i in 0..chaos.nodes.len() {
+        chaos.spawn(i)?;
+        say!(
+            "started {} through proxy {}",
+            chaos.node_line(i),
+            chaos.nodes[i].proxy.addr()
+        );
+    }
+    chaos.settle("start-up")?;
+    chaos.fault_phase();
+    let last_slot = chaos.final_phase();
+    chaos.stop_nodes();
+    let passed = chaos.report(last_slot);
+    Ok(passed)
+}

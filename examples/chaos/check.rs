@@ -1,0 +1,751 @@
+//! The end of the chaos run: every invariant, judged from what the observer's event stream,
+//! Redis itself, the chain and the nodes' reports say, then the tables.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use dolos_redis::{MempoolTx, MempoolTxStage, TxHash};
+
+use crate::clock::{mono_ns, ns};
+use crate::faults::{median, Fault, Kind};
+use crate::node_loop::{parse_line, Input};
+use crate::{ledger, Chaos, RunId, FINALIZE};
+
+/// Pending, inflight and the finalized log, as Redis holds them now.
+type Places = (Vec<MempoolTx>, Vec<MempoolTx>, Vec<MempoolTx>);
+
+/// A takeover table row: its name and the faults it covers.
+type Group = (&'static str, fn(&Fault) -> bool);
+
+struct Row {
+    name: &'static str,
+    pass: bool,
+    detail: String,
+}
+
+/// A stretch of time during which a process held the watcher flag.
+#[derive(Clone, Copy, Debug)]
+struct Holding {
+    run: RunId,
+    from: u64,
+    to: u64,
+}
+
+/// Up to `n` examples, for a failing row.
+fn examples(items: &[String], n: usize) -> String {
+    let mut out: Vec<String> = items.iter().take(n).cloned().collect();
+    if items.len() > n {
+        out.push(format!("... {} more", items.len() - n));
+    }
+    out.join("; ")
+}
+
+fn stats_of(values: &[f64]) -> Option<(f64, f64, f64)> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some((v[0], median(&v), v[v.len() - 1]))
+}
+
+fn fmt_stats(values: &[f64]) -> String {
+    match stats_of(values) {
+        Some((min, med, max)) => format!("{min:.0}/{med:.0}/{max:.0}"),
+        None => "-".into(),
+    }
+}
+
+/// The order rows are printed in.
+const ROWS: [&str; 7] = [
+    "kill -9 (watcher)",
+    "kill -9 (follower)",
+    "SIGSTOP watcher",
+    "partition (watcher)",
+    "partition (follower)",
+    "redis restart",
+    "DEL lock",
+];
+
+impl Chaos<'_> {
+    /// Checks everything, prints the tables; true if every invariant holds.
+    pub fn report(&mut self, last_slot: u64) -> bool {
+        let rows = vec![
+            self.check_blocks(last_slot),
+            self.check_events(),
+            self.check_places(),
+            self.check_finalized(),
+            self.check_overlap(),
+            self.check_takeovers(),
+            self.check_panics(),
+            self.check_stuck(),
+        ];
+        let passed = rows.iter().all(|r| r.pass);
+        println!();
+        println!(
+            "================================ chaos run summary ================================"
+        );
+        println!(
+            "seed {} | {:.1} s | lock TTL {} ms | {} faults | blocks 1..={last_slot} | F = {FINALIZE}",
+            self.opts.seed,
+            crate::elapsed(),
+            self.opts.ttl.as_millis(),
+            self.faults.len()
+        );
+        self.print_faults();
+        self.print_takeovers();
+        println!();
+        println!("{:<46} {:<6} detail", "invariant", "result");
+        for row in &rows {
+            println!(
+                "{:<46} {:<6} {}",
+                row.name,
+                if row.pass { "PASS" } else { "FAIL" },
+                row.detail
+            );
+        }
+        println!();
+        println!("RESULT: {}", if passed { "PASS" } else { "FAIL" });
+        println!(
+            "seed {}; reproduce: {}",
+            self.opts.seed,
+            self.opts.reproduce()
+        );
+        passed
+    }
+
+    fn print_faults(&self) {
+        println!();
+        println!("{:<28} {:>5}", "faults injected", "count");
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for f in &self.faults {
+            *counts.entry(f.row()).or_default() += 1;
+        }
+        for row in ROWS {
+            println!("  {:<26} {:>5}", row, counts.get(row).copied().unwrap_or(0));
+        }
+        let kinds: Vec<String> = Kind::ALL
+            .iter()
+            .map(|k| {
+                let n = self.faults.iter().filter(|f| f.kind == *k).count();
+                format!("{} {n}", k.label())
+            })
+            .collect();
+        println!(
+            "  {:<26} {:>5}   ({})",
+            "total",
+            self.faults.len(),
+            kinds.join(", ")
+        );
+    }
+
+    fn print_takeovers(&self) {
+        println!();
+        println!(
+            "{:<32} {:>3} {:>7} {:>7} {:>7} {:>7} {:>7}   after lock expiry min/med/max",
+            "takeover (ms)", "n", "min", "median", "max", "bound", "strict"
+        );
+        let groups: [Group; 5] = [
+            ("kill -9 watcher: new watcher", |f| {
+                f.kind == Kind::Kill && f.on_watcher
+            }),
+            ("SIGSTOP watcher: new watcher", |f| f.kind == Kind::Stop),
+            ("partition watcher: new watcher", |f| {
+                f.kind == Kind::Partition && f.on_watcher
+            }),
+            ("redis restart: watcher back", |f| {
+                f.kind == Kind::RedisRestart
+            }),
+            ("DEL lock: new epoch", |f| f.kind == Kind::DelLock),
+        ];
+        for (name, pick) in groups.iter() {
+            let ts: Vec<_> = self
+                .faults
+                .iter()
+                .filter(|f| pick(f))
+                .filter_map(|f| f.takeover.clone())
+                .collect();
+            let ms: Vec<f64> = ts.iter().map(|t| t.ms.unwrap_or(f64::INFINITY)).collect();
+            let after: Vec<f64> = ts.iter().filter_map(|t| t.after_expiry_ms).collect();
+            let strict = ts.iter().filter(|t| t.within(0.0)).count();
+            let bound = ts
+                .first()
+                .map_or("-".into(), |t| format!("{:.0}", t.bound_ms));
+            let (min, med, max) = match stats_of(&ms) {
+                Some((a, b, c)) => (format!("{a:.0}"), format!("{b:.0}"), format!("{c:.0}")),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            let never = ms.iter().filter(|m| !m.is_finite()).count();
+            println!(
+                "  {:<30} {:>3} {:>7} {:>7} {:>7} {:>7} {:>7}   {}{}",
+                name,
+                ts.len(),
+                min,
+                med,
+                max,
+                bound,
+                format!("{strict}/{}", ts.len()),
+                fmt_stats(&after),
+                if never > 0 {
+                    format!("   ({never} never)")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        let stale: Vec<f64> = self
+            .faults
+            .iter()
+            .filter(|f| f.kind == Kind::Stop)
+            .filter_map(|f| f.flag_down_ms)
+            .collect();
+        let cut: Vec<f64> = self
+            .faults
+            .iter()
+            .filter(|f| f.kind == Kind::Partition && f.on_watcher)
+            .filter_map(|f| f.flag_down_ms)
+            .collect();
+        let del: Vec<f64> = self
+            .faults
+            .iter()
+            .filter(|f| f.kind == Kind::DelLock)
+            .filter_map(|f| f.flag_down_ms)
+            .collect();
+        println!(
+            "  stale flag after SIGCONT (ms) min/med/max {}; cut-off watcher lowered its flag after \
+             (ms) {}; old holder after a DEL (ms) {}",
+            fmt_stats(&stale),
+            fmt_stats(&cut),
+            fmt_stats(&del)
+        );
+    }
+
+    /// Exactly once per block, from two independent sources: the `BlockApplied` events the
+    /// observer received (slots 1..=N, each once, in order, none a rollback), and the server's
+    /// own counters (`applied_blocks` == N, applied slot == N, so none skipped at the end).
+    fn check_blocks(&self, last_slot: u64) -> Row {
+        let s = self.ledger.state();
+        let slots: Vec<u64> = s.blocks.iter().map(|b| b.0).collect();
+        let mut seen: HashMap<u64, usize> = HashMap::new();
+        for slot in &slots {
+            *seen.entry(*slot).or_default() += 1;
+        }
+        let twice: Vec<String> = seen
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(slot, n)| format!("slot {slot} applied {n} times"))
+            .collect();
+        let missing: Vec<String> = (1..=last_slot)
+            .filter(|slot| !seen.contains_key(slot))
+            .map(|slot| format!("slot {slot} never applied"))
+            .collect();
+        let in_order = slots.windows(2).all(|w| w[0] < w[1]);
+        let rollbacks = s.blocks.iter().filter(|b| b.1).count();
+        let server = self.observer.stats();
+        let (applied_blocks, applied_slot) = match &server {
+            Ok(st) => (st.applied_blocks, st.watcher.applied_slot),
+            Err(_) => (0, None),
+        };
+        let mut by: Vec<(String, usize)> = Vec::new();
+        for (_, _, node_id) in s.blocks.iter() {
+            let label = self
+                .run_of_id(node_id)
+                .map(|r| self.label(r))
+                .unwrap_or_else(|| "?".into());
+            match by.last_mut() {
+                Some((l, n)) if *l == label => *n += 1,
+                _ => by.push((label, 1)),
+            }
+        }
+        let pass = twice.is_empty()
+            && missing.is_empty()
+            && in_order
+            && rollbacks == 0
+            && slots.len() as u64 == last_slot
+            && applied_blocks == last_slot
+            && applied_slot == Some(last_slot);
+        let detail = if pass {
+            format!(
+                "{last_slot} blocks: BlockApplied for slots 1..={last_slot} each once, in order; \
+                 server: {applied_blocks} applied, applied slot {last_slot}; {} watcher terms",
+                by.len()
+            )
+        } else {
+            let mut items = twice;
+            items.extend(missing);
+            if !in_order {
+                items.push("applied out of order".into());
+            }
+            if rollbacks > 0 {
+                items.push(format!("{rollbacks} rollbacks"));
+            }
+            if let Err(e) = &server {
+                items.push(format!("stats: {e}"));
+            }
+            format!(
+                "{} BlockApplied for {last_slot} blocks; server applied_blocks {applied_blocks}, \
+                 applied slot {applied_slot:?}; {}",
+                slots.len(),
+                examples(&items, 6)
+            )
+        };
+        Row {
+            name: "every block applied exactly once",
+            pass,
+            detail,
+        }
+    }
+
+    /// The audit trail itself must be whole for the other checks to mean anything.
+    fn check_events(&self) -> Row {
+        let s = self.ledger.state();
+        let pass = s.lagged == 0 && s.out_of_order == 0 && s.orphans == 0;
+        Row {
+            name: "observer's event trail complete",
+            pass,
+            detail: format!(
+                "{} missed, {} out of order, {} transitions of unknown txs; {} watcher \
+                 acquisitions seen",
+                s.lagged,
+                s.out_of_order,
+                s.orphans,
+                s.acquired.len()
+            ),
+        }
+    }
+
+    /// Hashes whose `receive` a node reported Ok.
+    fn reported(&self) -> (HashSet<TxHash>, Vec<String>) {
+        let mut set = HashSet::new();
+        let mut bad = Vec::new();
+        for run in self.runs() {
+            for hex in self.nodes[run.0].runs[run.1].state().submitted.iter() {
+                match hex.parse::<TxHash>() {
+                    Ok(h) => {
+                        set.insert(h);
+                    }
+                    Err(_) => bad.push(format!("{} reported a bad hash {hex}", self.label(run))),
+                }
+            }
+        }
+        (set, bad)
+    }
+
+    fn places(&self) -> Result<Places, String> {
+        let pending = self
+            .observer
+            .peek_pending(usize::MAX)
+            .map_err(|e| format!("peek_pending: {e}"))?;
+        let inflight = self
+            .observer
+            .peek_inflight(usize::MAX)
+            .map_err(|e| format!("peek_inflight: {e}"))?;
+        let mut log = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let page = self
+                .observer
+                .dump_finalized(cursor, 1000)
+                .map_err(|e| format!("dump_finalized: {e}"))?;
+            log.extend(page.items);
+            match page.next_cursor {
+                Some(next) => cursor = next,
+                None => break,
+            }
+        }
+        Ok((pending, inflight, log))
+    }
+
+    /// Every tx ever accepted is in exactly one place. Accepted = what the nodes reported (the
+    /// `receive` calls that returned Ok) plus what the observer saw enter (`Pending` events,
+    /// which are authoritative: a node killed right after Redis stored its tx, or whose reply
+    /// was lost to a Redis restart, never reported it). A reported tx that never entered is lost.
+    fn check_places(&self) -> Row {
+        let name = "every accepted tx in exactly one place";
+        let (reported, mut problems) = self.reported();
+        let entered: HashSet<TxHash> = self.ledger.state().txs.keys().copied().collect();
+        for h in reported.difference(&entered) {
+            problems.push(format!(
+                "{h} accepted by a node but never entered the mempool"
+            ));
+        }
+        let unreported = entered.difference(&reported).count();
+        let accepted: HashSet<TxHash> = reported.union(&entered).copied().collect();
+        let (pending, inflight, log) = match self.places() {
+            Ok(p) => p,
+            Err(e) => {
+                return Row {
+                    name,
+                    pass: false,
+                    detail: e,
+                }
+            }
+        };
+        let mut count: HashMap<TxHash, Vec<&str>> = HashMap::new();
+        for (place, txs) in [
+            ("pending", &pending),
+            ("inflight", &inflight),
+            ("log", &log),
+        ] {
+            for tx in txs.iter() {
+                count.entry(tx.hash).or_default().push(place);
+            }
+        }
+        for h in &accepted {
+            match count.get(h).map(Vec::as_slice) {
+                Some([_]) => {}
+                None => problems.push(format!("{h} is nowhere")),
+                Some(places) => problems.push(format!("{h} is in {places:?}")),
+            }
+        }
+        for h in count.keys().filter(|h| !accepted.contains(*h)) {
+            problems.push(format!("{h} is stored but was never accepted"));
+        }
+        let detail = format!(
+            "{} accepted ({} reported by nodes + {unreported} stored but unreported, from Pending \
+             events): {} in the log, {} pending, {} inflight{}",
+            accepted.len(),
+            reported.len(),
+            log.len(),
+            pending.len(),
+            inflight.len(),
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", examples(&problems, 6))
+            }
+        );
+        Row {
+            name,
+            pass: problems.is_empty(),
+            detail,
+        }
+    }
+
+    /// Every tx ended Finalized with F confirmations, and they are the ones its blocks imply:
+    /// the chain put it in exactly one block j; its log entry says confirmed at slot j with F
+    /// confirmations; the event trail shows Confirmed 1, 2, …, F-1 once each, then Finalized by
+    /// the `confirm` of block j + F - 1. Nothing Dropped (D is far above any gap), nothing
+    /// left pending or inflight.
+    fn check_finalized(&self) -> Row {
+        let name = "finalized with the F confirmations blocks imply";
+        let mut included: HashMap<TxHash, Vec<u64>> = HashMap::new();
+        for line in self.chain.history() {
+            if let Ok(Some(Input::Block { slot, txs, .. })) = parse_line(&line) {
+                for tx in txs {
+                    included.entry(tx).or_default().push(slot);
+                }
+            }
+        }
+        let (pending, inflight, log) = match self.places() {
+            Ok(p) => p,
+            Err(e) => {
+                return Row {
+                    name,
+                    pass: false,
+                    detail: e,
+                }
+            }
+        };
+        let s = self.ledger.state();
+        let mut problems = Vec::new();
+        let mut finalized = 0;
+        let mut dropped = 0;
+        for tx in &log {
+            let h = tx.hash;
+            if tx.stage != MempoolTxStage::Finalized {
+                dropped += 1;
+                problems.push(format!("{h} ended {:?}", tx.stage));
+                continue;
+            }
+            finalized += 1;
+            if tx.confirmations != FINALIZE {
+                problems.push(format!("{h} has {} confirmations", tx.confirmations));
+            }
+            let slots = included.get(&h).cloned().unwrap_or_default();
+            let [j] = slots.as_slice() else {
+                problems.push(format!("{h} is in blocks {slots:?}"));
+                continue;
+            };
+            if tx.confirmed_at.as_ref().map(|p| p.slot()) != Some(*j) {
+                problems.push(format!(
+                    "{h} was in block {j} but confirmed at {:?}",
+                    tx.confirmed_at
+                ));
+            }
+            let expected = j + u64::from(FINALIZE) - 1;
+            match s.finalized_in.get(&h) {
+                Some(at) if *at == expected => {}
+                other => problems.push(format!(
+                    "{h} was in block {j}: finalized by block {other:?}, expected {expected}"
+                )),
+            }
+            match s.txs.get(&h) {
+                Some(life) => {
+                    if let Some(p) = ledger::life_problem(life, FINALIZE) {
+                        problems.push(format!("{h}: {p}"));
+                    }
+                }
+                None => problems.push(format!("{h} is in the log but never entered")),
+            }
+        }
+        if !pending.is_empty() || !inflight.is_empty() {
+            problems.push(format!(
+                "{} pending and {} inflight at the end",
+                pending.len(),
+                inflight.len()
+            ));
+        }
+        let detail = format!(
+            "{finalized} Finalized with {FINALIZE} confirmations (in one block j, confirmed at j, \
+             finalized by block j+{}, Confirmed 1..{} each once); {dropped} dropped, {} left{}",
+            FINALIZE - 1,
+            FINALIZE - 1,
+            pending.len() + inflight.len(),
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", examples(&problems, 6))
+            }
+        );
+        Row {
+            name,
+            pass: problems.is_empty(),
+            detail,
+        }
+    }
+
+    /// Each process's holdings of the flag, as an over-approximation: from the sample before it
+    /// rose (or the process's start) to the sample that saw it fall (or the process's death),
+    /// minus the windows in which the process was certainly stopped (a frozen process cannot
+    /// act, and Redis fences whatever it sends after it resumes).
+    fn holdings(&self) -> Vec<Holding> {
+        let now = mono_ns();
+        let mut out = Vec::new();
+        for run in self.runs() {
+            let meta = &self.meta[run.0][run.1];
+            let end = meta.ended_ns.unwrap_or(now);
+            let mut raw = Vec::new();
+            let mut open = None;
+            for f in self.flags(run) {
+                if f.up {
+                    if open.is_none() {
+                        open = Some(if f.after_ns == 0 {
+                            meta.started_ns
+                        } else {
+                            f.after_ns
+                        });
+                    }
+                } else if let Some(from) = open.take() {
+                    raw.push((from, f.seen_ns));
+                }
+            }
+            if let Some(from) = open {
+                raw.push((from, end.max(from)));
+            }
+            for (from, to) in raw {
+                let mut pieces = vec![(from, to)];
+                for &(a, b) in &meta.stops {
+                    pieces = pieces
+                        .into_iter()
+                        .flat_map(|(s, e)| {
+                            if b <= s || a >= e {
+                                vec![(s, e)]
+                            } else {
+                                let mut v = Vec::new();
+                                if a > s {
+                                    v.push((s, a));
+                                }
+                                if e > b {
+                                    v.push((b, e));
+                                }
+                                v
+                            }
+                        })
+                        .collect();
+                }
+                out.extend(
+                    pieces
+                        .into_iter()
+                        .map(|(from, to)| Holding { run, from, to }),
+                );
+            }
+        }
+        out
+    }
+
+    /// No two processes held the flag at once for longer than the lease margin (TTL/10, the
+    /// gap the lease keeps between its local deadline and the key's expiry) plus the scheduling
+    /// allowance (`--sched-ms`: the probe samples every millisecond, and a resumed process needs
+    /// to be scheduled before it lowers its flag). One exception, reported apart: after a `DEL`
+    /// of the lock by hand the old holder keeps its flag until its next renewal (at most TTL/3)
+    /// while another node may already hold the new lock; Redis fences the old holder's writes.
+    fn check_overlap(&self) -> Row {
+        let ttl = self.opts.ttl;
+        let margin = ns(ttl / 10 + self.opts.sched);
+        let del_window = ns(ttl / 3) + margin;
+        let holdings = self.holdings();
+        let mut closest: Option<i64> = None;
+        let mut within = Vec::new();
+        let mut excused = Vec::new();
+        let mut violations = Vec::new();
+        for (k, a) in holdings.iter().enumerate() {
+            for b in &holdings[k + 1..] {
+                if a.run == b.run {
+                    continue;
+                }
+                let start = a.from.max(b.from);
+                let end = a.to.min(b.to);
+                let overlap = end as i64 - start as i64;
+                let after_del = self.dels.iter().any(|(run, at)| {
+                    (*run == a.run || *run == b.run)
+                        && start + margin >= *at
+                        && end <= at + del_window
+                });
+                if overlap > 0 && after_del {
+                    excused.push(overlap as f64 / 1e6);
+                    continue;
+                }
+                closest = Some(closest.map_or(overlap, |c| c.max(overlap)));
+                if overlap <= 0 {
+                    continue;
+                }
+                let text = format!(
+                    "{} and {} both up for {:.1} ms",
+                    self.label(a.run),
+                    self.label(b.run),
+                    overlap as f64 / 1e6
+                );
+                if overlap as u64 <= margin {
+                    within.push((overlap, text));
+                } else {
+                    violations.push((overlap, text));
+                }
+            }
+        }
+        let stops: usize = self.meta.iter().flatten().map(|m| m.stops.len()).sum();
+        let closest = match closest {
+            Some(c) if c <= 0 => format!("closest handover: a gap of {:.1} ms", -c as f64 / 1e6),
+            Some(_) => format!(
+                "largest overlap: {}",
+                within
+                    .iter()
+                    .chain(violations.iter())
+                    .max_by_key(|(o, _)| *o)
+                    .map_or(String::new(), |(_, t)| t.clone())
+            ),
+            None => "no handover".into(),
+        };
+        let detail = format!(
+            "{} holdings; margin {:.0} ms (TTL/10 + {} ms); {closest}; {} overlaps within the \
+             margin; {} after a DEL ({} ms max, allowed TTL/3 + margin); {stops} SIGSTOP windows \
+             not counted as holding{}",
+            holdings.len(),
+            margin as f64 / 1e6,
+            self.opts.sched.as_millis(),
+            within.len(),
+            excused.len(),
+            excused.iter().fold(0.0f64, |m, x| m.max(*x)).round(),
+            if violations.is_empty() {
+                String::new()
+            } else {
+                let texts: Vec<String> = violations.iter().map(|(_, t)| t.clone()).collect();
+                format!("; violations: {}", examples(&texts, 6))
+            }
+        );
+        Row {
+            name: "no two watcher flags overlap beyond margin",
+            pass: violations.is_empty(),
+            detail,
+        }
+    }
+
+    /// Crash, pause and partition of the watcher: another node's flag within TTL + 100 ms of
+    /// the fault (the old lock can live at most TTL past the fault, and followers retry right
+    /// when it expires). DEL: a new epoch within TTL/3 + 100 ms (every node asks at least every
+    /// TTL/3). Redis restart: a watcher within TTL + 100 ms of Redis answering again. The run
+    /// fails only beyond bound + `--takeover-slack-ms`; the strict count is printed either way.
+    fn check_takeovers(&self) -> Row {
+        let slack = self.opts.slack.as_secs_f64() * 1e3;
+        let measured: Vec<(&Fault, &crate::faults::Takeover)> = self
+            .faults
+            .iter()
+            .filter_map(|f| f.takeover.as_ref().map(|t| (f, t)))
+            .collect();
+        let strict = measured.iter().filter(|(_, t)| t.within(0.0)).count();
+        let late: Vec<String> = measured
+            .iter()
+            .filter(|(_, t)| !t.within(slack))
+            .map(|(f, t)| {
+                format!(
+                    "{} at {:.1}s: {} (bound {:.0} + {slack:.0})",
+                    f.row(),
+                    f.at,
+                    t.ms.map_or("never".into(), |ms| format!("{ms:.0} ms")),
+                    t.bound_ms
+                )
+            })
+            .collect();
+        let over_strict: Vec<String> = measured
+            .iter()
+            .filter(|(_, t)| !t.within(0.0) && t.within(slack))
+            .map(|(f, t)| format!("{} {:.0} ms", f.row(), t.ms.unwrap_or(0.0)))
+            .collect();
+        let detail = format!(
+            "{strict}/{} within the strict bound{}; {}/{} within bound + slack {slack:.0} ms{}",
+            measured.len(),
+            if over_strict.is_empty() {
+                String::new()
+            } else {
+                format!(" (over it: {})", examples(&over_strict, 4))
+            },
+            measured.len() - late.len(),
+            measured.len(),
+            if late.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", examples(&late, 6))
+            }
+        );
+        Row {
+            name: "takeover after each fault within its bound",
+            pass: late.is_empty(),
+            detail,
+        }
+    }
+
+    fn check_panics(&self) -> Row {
+        let mut lines = Vec::new();
+        for run in self.runs() {
+            for line in self.nodes[run.0].runs[run.1].state().panics.iter() {
+                lines.push(format!("{}: {line}", self.label(run)));
+            }
+        }
+        let runs = self.runs().len();
+        Row {
+            name: "no panics",
+            pass: lines.is_empty(),
+            detail: if lines.is_empty() {
+                format!("no \"panicked\" in the output of {runs} node processes")
+            } else {
+                examples(&lines, 4)
+            },
+        }
+    }
+
+    fn check_stuck(&self) -> Row {
+        let restarts = self.runs().len() - self.nodes.len();
+        Row {
+            name: "no stuck node",
+            pass: self.problems.is_empty(),
+            detail: if self.problems.is_empty() {
+                format!(
+                    "every fault settled; all {} nodes alive at the end, answered a ping through \
+                     redis and exited cleanly ({restarts} restarts)",
+                    self.nodes.len()
+                )
+            } else {
+                examples(&self.problems, 6)
+            },
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! The chaos run (`examples/chaos.rs`) in CI: three node processes, a simulated chain and a
+//! fault proxy per node on a persistent Redis, with kill -9, SIGSTOP, partitions, Redis restarts
+//! and a hand-made `DEL` of the lock injected at random for a short while (every kind at least
+//! once), then every invariant checked. About 30 s.
+//!
+//! `DOLOS_REDIS_SOAK_SECS=<n>` runs a soak of `n` seconds of faults instead (quiet, only the
+//! summary is printed); `DOLOS_REDIS_CHAOS_SEED=<n>` replays a seed.
+//!
+//! The run spawns its nodes from its own executable, so this test runs the built example, which
+//! `cargo test` puts in `target/<profile>/examples/`, next to this test's `deps/` directory (only
+//! with the `serde` feature, hence the `cfg`; CI runs `cargo test --all-features`).
+
+#![cfg(all(unix, feature = "serde"))]
+
+mod support;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Seconds of faults in CI: enough for the five kinds and a few more.
+const CI_SECS: u64 = 20;
+
+/// The example's strict bounds (TTL + 100 ms after a crash, pause or partition) hold on an idle
+/// machine; on a loaded 2-core CI machine a follower's lease thread can be scheduled late, so
+/// CI fails a takeover only beyond bound + this, and prints the measured values either way.
+const TAKEOVER_SLACK_MS: u64 = 1_000;
+
+/// Scheduling allowance in the watcher-overlap margin (TTL/10 + this): a resumed or cut-off
+/// watcher's lease thread, and the probes that sample the flags every millisecond, may run late
+/// on a loaded machine.
+const SCHED_MS: u64 = 250;
+
+fn chaos_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/chaos-<hash> → target/<profile>/examples/chaos
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary lives in target/<profile>/deps");
+    profile_dir
+        .join("examples")
+        .join(format!("chaos{}", std::env::consts::EXE_SUFFIX))
+}
+
+fn collect(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+}
+
+/// The count on the `faults injected` line for `row`.
+fn fault_count(out: &str, row: &str) -> usize {
+    out.lines()
+        .find(|l| l.trim_start().starts_with(row) && !l.contains(':'))
+        .and_then(|l| l.trim_start()[row.len()..].split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no fault count for {row:?} in:\n{out}"))
+}
+
+#[test]
+fn chaos_run_keeps_every_invariant() {
+    let binary = chaos_binary();
+    assert!(
+        binary.exists(),
+        "chaos binary not found at {}: `cargo test --features serde` (or --all-features) builds \
+         it; with `--test chaos` alone, run `cargo build --features serde --example chaos` first",
+        binary.display()
+    );
+    let soak: Option<u64> = std::env::var("DOLOS_REDIS_SOAK_SECS").ok().map(|v| {
+        v.parse()
+            .expect("DOLOS_REDIS_SOAK_SECS must be a number of seconds")
+    });
+    let secs = soak.unwrap_or(CI_SECS);
+    // A hang guard, far above the expected time (secs + about 10 s).
+    let timeout = Duration::from_secs(secs + 120);
+    let mut cmd = Command::new(&binary);
+    cmd.args(["--secs", &secs.to_string(), "--ttl-ms", "1000"])
+        .args(["--takeover-slack-ms", &TAKEOVER_SLACK_MS.to_string()])
+        .args(["--sched-ms", &SCHED_MS.to_string()]);
+    if soak.is_some() {
+        cmd.arg("--quiet");
+    }
+    if let Ok(seed) = std::env::var("DOLOS_REDIS_CHAOS_SEED") {
+        cmd.args(["--seed", &seed]);
+    }
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the chaos run");
+    let output = Arc::new(Mutex::new(Vec::new()));
+    collect(child.stdout.take().unwrap(), output.clone());
+    collect(child.stderr.take().unwrap(), output.clone());
+
+    let mut status = None;
+    let finished = support::wait_until(timeout, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if !finished {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let text = || String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
+    // The readers finish once the run and its nodes have closed their pipes.
+    support::wait_until(Duration::from_secs(5), || text().contains("reproduce: "));
+    let out = text();
+    assert!(
+        finished,
+        "the chaos run did not finish within {timeout:?}; output so far:\n{out}"
+    );
+    let status = status.unwrap();
+    assert!(status.success(), "the chaos run failed ({status}):\n{out}");
+    assert!(out.contains("RESULT: PASS"), "no RESULT: PASS in:\n{out}");
+
+    let summary = out
+        .split_once("chaos run summary")
+        .map(|(_, s)| s)
+        .unwrap_or(&out);
+    println!("chaos run took {:?}{summary}", started.elapsed());
+    assert!(
+        fault_count(&out, "kill -9 (watcher)") + fault_count(&out, "kill -9 (follower)") >= 1,
+        "no kill -9 injected:\n{out}"
+    );
+    assert!(
+        fault_count(&out, "partition (watcher)") + fault_count(&out, "partition (follower)") >= 1,
+        "no partition injected:\n{out}"
+    );
+    for row in ["SIGSTOP watcher", "redis restart", "DEL lock"] {
+        assert!(fault_count(&out, row) >= 1, "no {row} injected:\n{out}");
+    }
+}
