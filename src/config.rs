@@ -2,6 +2,7 @@
 //! ([`Config::validate`]) when the mempool opens.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::Error;
@@ -40,11 +41,14 @@ pub struct Config {
     pub(crate) max_tx_size: usize,
     pub(crate) event_history: usize,
     pub(crate) watcher_candidate: bool,
+    pub(crate) tls_ca_file: Option<PathBuf>,
+    pub(crate) tls_client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 impl Config {
     /// A configuration for the Redis server at `url` (`redis://[user:password@]host[:port][/db]`
-    /// or `redis+unix:///path/to/socket`), with every other setting at its default.
+    /// or `redis+unix:///path/to/socket`; with the `tls` feature also
+    /// `rediss://[user:password@]host[:port][/db]`), with every other setting at its default.
     pub fn new(url: impl Into<String>) -> Config {
         Config {
             url: url.into(),
@@ -58,6 +62,8 @@ impl Config {
             max_tx_size: 64 * 1024,
             event_history: 100_000,
             watcher_candidate: true,
+            tls_ca_file: None,
+            tls_client_cert: None,
         }
     }
 
@@ -152,6 +158,33 @@ impl Config {
         self
     }
 
+    /// For `rediss://` URLs (`tls` feature): a PEM file with the certificate(s) of the CA that
+    /// signed the Redis server's certificate, trusted *instead of* the built-in public roots —
+    /// for a server whose certificate comes from a private CA (or any CA not among Mozilla's
+    /// roots). The server's certificate must name the host of the URL.
+    ///
+    /// Defaults to none: Mozilla's root certificates, built into the crate (what a managed
+    /// Redis with a publicly issued certificate needs). The system's trust store is not read.
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Config {
+        self.tls_ca_file = Some(path.into());
+        self
+    }
+
+    /// For `rediss://` URLs (`tls` feature): the PEM certificate (chain) and private key this
+    /// node presents to a server that authenticates clients by certificate (`tls-auth-clients
+    /// yes`, which is Redis's own default when TLS is on). The files are read when the mempool
+    /// opens.
+    ///
+    /// Defaults to none: no client certificate.
+    pub fn tls_client_cert(
+        mut self,
+        cert_file: impl Into<PathBuf>,
+        key_file: impl Into<PathBuf>,
+    ) -> Config {
+        self.tls_client_cert = Some((cert_file.into(), key_file.into()));
+        self
+    }
+
     /// The Redis URL, with any password replaced by `***`.
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
@@ -185,12 +218,26 @@ impl Config {
             return bad("url", "must not be empty".into());
         }
         let scheme = self.url.split_once("://").map(|(s, _)| s);
+        let tls = scheme == Some("rediss");
         match scheme {
             Some("redis") | Some("redis+unix") | Some("unix") => {}
+            Some("rediss") if cfg!(feature = "tls") => {
+                // redis-rs reads `#insecure` as "skip certificate verification", which this
+                // crate does not build in: say so now rather than at the first connection.
+                if self.url.contains('#') {
+                    return bad(
+                        "url",
+                        "a rediss:// URL takes no #fragment (#insecure, which skips certificate \
+                         checks, is not supported; give the server's CA with tls_ca_file)"
+                            .into(),
+                    );
+                }
+            }
             Some("rediss") => {
                 return bad(
                     "url",
-                    "rediss:// (TLS) is not supported by this build".to_string(),
+                    "rediss:// (TLS) is not supported by this build (enable the `tls` feature)"
+                        .to_string(),
                 )
             }
             Some(other) => {
@@ -212,6 +259,19 @@ impl Config {
                 "url",
                 format!("{:?} is not a valid redis URL", self.redacted_url()),
             );
+        }
+        if !tls && self.tls_ca_file.is_some() {
+            return bad("tls_ca_file", "is only used with a rediss:// url".into());
+        }
+        if !tls && self.tls_client_cert.is_some() {
+            return bad(
+                "tls_client_cert",
+                "is only used with a rediss:// url".into(),
+            );
+        }
+        #[cfg(feature = "tls")]
+        if tls {
+            self.tls_certificates()?;
         }
         if self.key_prefix.is_empty() {
             return bad("key_prefix", "must not be empty".into());
@@ -270,6 +330,61 @@ impl Config {
         Ok(())
     }
 
+    /// The CA and client certificate to connect with, read from their files and checked (the
+    /// error names the field). Certificates the files hold are public, but the key is not: no
+    /// error quotes file contents.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_certificates(&self) -> Result<redis::TlsCertificates, Error> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let bad = |field: &str, why: String| Error::InvalidConfig(format!("{field}: {why}"));
+        let certs = |field: &str, path: &std::path::Path| -> Result<Vec<u8>, Error> {
+            let pem = read_pem(field, path)?;
+            let n = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    bad(
+                        field,
+                        format!("{}: not PEM certificates: {e}", path.display()),
+                    )
+                })?
+                .len();
+            if n == 0 {
+                return Err(bad(
+                    field,
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
+            Ok(pem)
+        };
+        let root_cert = match &self.tls_ca_file {
+            Some(path) => Some(certs("tls_ca_file", path)?),
+            None => None,
+        };
+        let client_tls = match &self.tls_client_cert {
+            Some((cert_path, key_path)) => {
+                let client_cert = certs("tls_client_cert", cert_path)?;
+                let client_key = read_pem("tls_client_cert", key_path)?;
+                PrivateKeyDer::from_pem_slice(&client_key).map_err(|_| {
+                    bad(
+                        "tls_client_cert",
+                        format!("{} holds no PEM private key", key_path.display()),
+                    )
+                })?;
+                Some(redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                })
+            }
+            None => None,
+        };
+        Ok(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        })
+    }
+
     /// Socket timeout of the lease thread: short enough that a hung renewal is noticed well
     /// before the lock could expire on the server.
     pub(crate) fn lease_io_timeout(&self) -> Duration {
@@ -293,8 +408,17 @@ impl fmt::Debug for Config {
             .field("max_tx_size", &self.max_tx_size)
             .field("event_history", &self.event_history)
             .field("watcher_candidate", &self.watcher_candidate)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_client_cert", &self.tls_client_cert)
             .finish()
     }
+}
+
+/// The contents of a PEM file named by `field`.
+#[cfg(feature = "tls")]
+fn read_pem(field: &str, path: &std::path::Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path)
+        .map_err(|e| Error::InvalidConfig(format!("{field}: cannot read {}: {e}", path.display())))
 }
 
 /// Replaces the password of a URL's user info (`scheme://user:password@host`) with `***`.
@@ -339,6 +463,10 @@ mod toml_table {
         max_tx_size: Option<usize>,
         event_history: Option<usize>,
         watcher_candidate: Option<bool>,
+        tls_ca_file: Option<std::path::PathBuf>,
+        /// With `tls_client_key_file`: see [`Config::tls_client_cert`].
+        tls_client_cert_file: Option<std::path::PathBuf>,
+        tls_client_key_file: Option<std::path::PathBuf>,
     }
 
     impl TryFrom<RawConfig> for Config {
@@ -381,6 +509,18 @@ mod toml_table {
             }
             if let Some(v) = raw.watcher_candidate {
                 c = c.watcher_candidate(v);
+            }
+            if let Some(v) = raw.tls_ca_file {
+                c = c.tls_ca_file(v);
+            }
+            match (raw.tls_client_cert_file, raw.tls_client_key_file) {
+                (Some(cert), Some(key)) => c = c.tls_client_cert(cert, key),
+                (None, None) => {}
+                _ => {
+                    return Err(
+                        "tls_client_cert_file and tls_client_key_file go together".to_string()
+                    )
+                }
             }
             Ok(c)
         }
@@ -441,6 +581,26 @@ mod tests {
             field_of(base().command_timeout(Duration::ZERO)),
             "command_timeout"
         );
+    }
+
+    #[test]
+    fn tls_settings_need_a_rediss_url_and_rediss_needs_the_feature() {
+        let err = Config::new("redis://h").tls_ca_file("ca.crt").validate();
+        assert!(matches!(err, Err(Error::InvalidConfig(m)) if m.starts_with("tls_ca_file:")));
+        let err = Config::new("redis://h")
+            .tls_client_cert("c.crt", "c.key")
+            .validate();
+        assert!(matches!(err, Err(Error::InvalidConfig(m)) if m.starts_with("tls_client_cert:")));
+        let rediss = Config::new("rediss://u:hunter2@h:6380").validate();
+        if cfg!(feature = "tls") {
+            // The built-in roots: nothing to read or check before connecting.
+            assert_eq!(rediss, Ok(()));
+        } else {
+            assert!(
+                matches!(&rediss, Err(Error::InvalidConfig(m)) if m.contains("`tls` feature")),
+                "{rediss:?}"
+            );
+        }
     }
 
     #[test]

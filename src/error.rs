@@ -96,6 +96,8 @@ impl Error {
         }
         if err.kind() == redis::ErrorKind::AuthenticationFailed
             || matches!(err.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+            // A command, key or channel of a script refused by the ACL: a plain ERR.
+            || err.to_string().contains("The user executing the script can't")
         {
             return Error::Auth(err.to_string());
         }

@@ -69,7 +69,7 @@ impl RedisMempool {
     /// to acquire the watcher lock has been made, so a lone node is the watcher right away.
     pub fn open(config: Config) -> Result<RedisMempool, Error> {
         config.validate()?;
-        let client = pool::client(&config.url).map_err(|_| {
+        let client = pool::client(&config).map_err(|_| {
             Error::InvalidConfig(format!("url: {:?} is not valid", config.redacted_url()))
         })?;
         let node_id = uuid::Uuid::new_v4().to_string();
@@ -87,6 +87,25 @@ impl RedisMempool {
             )
             .map_err(Error::from_redis)?;
             scripts.load_all(&mut conn)?;
+            let missing = scripts::array(
+                scripts::run(
+                    &mut conn,
+                    &scripts.check_access,
+                    &keys,
+                    config.event_history,
+                    &[],
+                )?,
+                "check_access",
+            )?
+            .iter()
+            .map(|v| scripts::text(v, "check_access"))
+            .collect::<Result<Vec<_>, _>>()?;
+            if !missing.is_empty() {
+                return Err(Error::Auth(format!(
+                    "the redis user may not run what a node needs (see the README's ACL rule): {}",
+                    missing.join(", ")
+                )));
+            }
         }
         let pool = pool::build(
             client.clone(),

@@ -114,12 +114,27 @@ fn left(deadline: Instant) -> redis::RedisResult<Duration> {
     Ok(left)
 }
 
-/// A client for `url` that skips redis-rs's `CLIENT SETINFO` handshake: two more replies to wait
-/// for on every connect, which we do not need (connections are named with `CLIENT SETNAME`).
-pub(crate) fn client(url: &str) -> redis::RedisResult<redis::Client> {
-    let info = redis::Client::open(url)?.get_connection_info().clone();
+/// A client for the configured URL that skips redis-rs's `CLIENT SETINFO` handshake: two more
+/// replies to wait for on every connect, which we do not need (connections are named with
+/// `CLIENT SETNAME`). A `rediss://` URL gets the configured CA and client certificate.
+pub(crate) fn client(config: &crate::Config) -> redis::RedisResult<redis::Client> {
+    let info = redis::Client::open(config.url.as_str())?
+        .get_connection_info()
+        .clone();
     let settings = info.redis_settings().clone().set_skip_set_lib_name();
-    redis::Client::open(info.set_redis_settings(settings))
+    let info = info.set_redis_settings(settings);
+    #[cfg(feature = "tls")]
+    if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        // redis-rs asks rustls for the process's default crypto provider, which rustls picks by
+        // itself only when exactly one is compiled in; a host may bring another. Install ours
+        // unless the host installed one first (then this does nothing).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certificates = config.tls_certificates().map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "tls", e.to_string()))
+        })?;
+        return redis::Client::build_with_tls(info, certificates);
+    }
+    redis::Client::open(info)
 }
 
 /// Creates pooled connections for r2d2.

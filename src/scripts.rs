@@ -56,6 +56,8 @@ pub(crate) struct Scripts {
     pub release: Lua,
     pub stats: Lua,
     pub reset_lock: Lua,
+    /// Run once at open, not preloaded.
+    pub check_access: Lua,
 }
 
 impl Scripts {
@@ -77,6 +79,7 @@ impl Scripts {
             release: lua!("release.lua"),
             stats: lua!("stats.lua"),
             reset_lock: lua!("reset_lock.lua"),
+            check_access: lua!("check_access.lua"),
         }
     }
 

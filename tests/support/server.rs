@@ -54,6 +54,24 @@ pub struct ServerOptions {
     pub appendonly: bool,
     /// Appended verbatim to the command line, e.g. `["--maxclients", "50"]`.
     pub extra_args: Vec<String>,
+    /// Also listen for TLS on a second port ([`RedisServer::tls_port`]). The
+    /// plain port stays open on 127.0.0.1 for the harness (its readiness
+    /// probe and [`RedisServer::connection`] speak plain RESP).
+    pub tls: Option<TlsOptions>,
+}
+
+/// The PEM files of a TLS listener (`redis-server --tls-port`).
+#[derive(Clone, Debug)]
+pub struct TlsOptions {
+    /// The server's certificate (chain).
+    pub cert_file: PathBuf,
+    /// Its private key.
+    pub key_file: PathBuf,
+    /// The CA that client certificates must be signed by.
+    pub ca_file: PathBuf,
+    /// `tls-auth-clients yes`: refuse clients without a certificate
+    /// signed by `ca_file` (Redis's own default); `false` makes them optional.
+    pub auth_clients: bool,
 }
 
 /// A `redis-server` child process listening on 127.0.0.1 with its own dir.
@@ -63,6 +81,8 @@ pub struct RedisServer {
     /// Pid of the current (or, while killed, the last) process.
     pid: u32,
     port: u16,
+    /// 0 without [`ServerOptions::tls`].
+    tls_port: u16,
     dir: PathBuf,
     opts: ServerOptions,
 }
@@ -94,6 +114,7 @@ impl RedisServer {
             child: None,
             pid: 0,
             port: 0,
+            tls_port: 0,
             dir: make_temp_dir(),
             opts,
         };
@@ -103,6 +124,9 @@ impl RedisServer {
             // redis binds it, so a parallel test may take it in between; the
             // attempt then fails with `PortTaken` and we pick another.
             server.port = free_port();
+            if server.opts.tls.is_some() {
+                server.tls_port = free_port();
+            }
             match server.spawn_and_wait() {
                 Ok(()) => return server,
                 Err(StartError::PortTaken(msg)) => last_error = msg,
@@ -117,6 +141,18 @@ impl RedisServer {
     /// The TCP port the server listens on; stable across restarts.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The TLS port; stable across restarts.
+    ///
+    /// Panics if the server was started without [`ServerOptions::tls`].
+    pub fn tls_port(&self) -> u16 {
+        assert!(
+            self.opts.tls.is_some(),
+            "redis on port {} has no TLS listener (ServerOptions::tls)",
+            self.port
+        );
+        self.tls_port
     }
 
     /// `127.0.0.1:port`.
@@ -300,6 +336,18 @@ impl RedisServer {
             .arg(if self.opts.appendonly { "yes" } else { "no" });
         if self.opts.appendonly {
             cmd.args(["--appendfsync", "always"]);
+        }
+        if let Some(tls) = &self.opts.tls {
+            cmd.arg("--tls-port")
+                .arg(self.tls_port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&tls.cert_file)
+                .arg("--tls-key-file")
+                .arg(&tls.key_file)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca_file)
+                .arg("--tls-auth-clients")
+                .arg(if tls.auth_clients { "yes" } else { "no" });
         }
         cmd.args(["--daemonize", "no"])
             .arg("--logfile")

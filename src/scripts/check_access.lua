@@ -1,0 +1,41 @@
+-- check_access() -> {'<command> <key or channel>', ...}: what a node sends that the connected
+-- user may not run, checked once at open. A refusal met later, in the middle of a script, would
+-- leave the writes the script made before it (Redis does not undo them): the lock set by an
+-- acquisition whose PUBLISH is refused, an event for a tx that is not stored. Empty when every
+-- command is allowed, or on a server without ACL checks for scripts (before Redis 7).
+if not redis.acl_check_cmd then return {} end
+local missing = {}
+local function need(...)
+  if not redis.acl_check_cmd(...) then
+    local args = {...}
+    table.insert(missing, args[1] .. ' ' .. (args[2] or ''))
+  end
+end
+-- Strings.
+for _, key in ipairs({K.lock, K.epoch, K.applied, K.height, K.log_seq, K.acked, K.events_seq,
+                      K.fence}) do
+  need('get', key); need('set', key, '0'); need('type', key)
+end
+need('set', K.lock, '0', 'PX', '1'); need('pexpire', K.lock, '1'); need('pttl', K.lock)
+need('del', K.lock); need('incr', K.epoch); need('incrby', K.acked, '1')
+-- Hashes.
+for _, key in ipairs({K.txs, K.done}) do
+  need('hget', key, 'f'); need('hset', key, 'f', 'v'); need('hdel', key, 'f')
+  need('hexists', key, 'f'); need('type', key)
+end
+-- Sorted sets.
+for _, key in ipairs({K.pending, K.inflight, K.unconfirmed, K.confirmed}) do
+  need('zadd', key, '0', 'm'); need('zrem', key, 'm'); need('zcard', key)
+  need('zrange', key, '0', '1'); need('zrangebyscore', key, '0', '1')
+  need('zremrangebyscore', key, '0', '1'); need('type', key)
+end
+-- Streams.
+for _, key in ipairs({K.log, K.events}) do
+  need('xadd', key, '1-0', 'f', 'v'); need('xrange', key, '-', '+'); need('xlen', key)
+  need('xtrim', key, 'MAXLEN', '1'); need('type', key)
+  need('xread', 'COUNT', '1', 'BLOCK', '1', 'STREAMS', key, '0')
+end
+-- The wake channel.
+need('publish', K.wake, 'm'); need('subscribe', K.wake); need('unsubscribe', K.wake)
+need('ping')
+return missing

@@ -1,0 +1,254 @@
+//! One complete run of the mempool — every public call a node makes, from two nodes, with a
+//! graceful handover and the operator's lock reset — for the tests that change *how* a node
+//! reaches Redis (a restricted ACL user, TLS) rather than what it does there. If any command a
+//! node sends were refused or mangled on that path, some step here fails.
+//!
+//! Shared by `tests/acl.rs` and `tests/tls.rs` with `mod full_run;`.
+
+// Each binary uses only part of it.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use dolos_redis::{
+    BlockHash, ChainPoint, Config, ConfirmOutcome, EraCbor, Error, MempoolEvent, MempoolTx,
+    MempoolTxStage, RedisMempool, TxHash,
+};
+
+use crate::support::wait_until;
+
+/// Bound for conditions that hold within milliseconds on an idle machine; generous so that a
+/// loaded CI machine never flakes.
+pub const SETTLE: Duration = Duration::from_secs(10);
+
+/// Lock TTL of the run: long enough that the watcher never loses its lock by accident on a
+/// loaded machine, and that a follower's poll (every third of it) is far slower than the wake
+/// channel — so a fast handover proves the wake channel works on this path.
+pub const TTL: Duration = Duration::from_secs(6);
+
+/// Finalize and drop thresholds of the run.
+const F: u32 = 3;
+const D: u32 = 3;
+
+pub fn hash(i: u8) -> TxHash {
+    TxHash::from([i; 32])
+}
+
+pub fn tx(i: u8) -> MempoolTx {
+    MempoolTx::new(hash(i), EraCbor(6, vec![0x84, 0xa0, i]))
+}
+
+/// What the run measured, for the caller to print.
+#[derive(Debug)]
+pub struct Report {
+    /// From `shutdown` of the watcher to the other node's flag going up.
+    pub handover: Duration,
+    /// From the operator's reset of the watcher's lock to the other node's flag going up.
+    pub takeover_after_reset: Duration,
+}
+
+/// Runs the whole life of three transactions from two nodes opened with `config()` (plus an
+/// observer), checking every answer. `config()` must give the same key prefix each time and
+/// a TTL of [`TTL`]; the prefix must be unused.
+pub fn full_run(config: &dyn Fn() -> Config) -> Report {
+    let a = RedisMempool::open(config()).expect("open node a");
+    assert!(
+        wait_until(SETTLE, || a.is_watcher()),
+        "a lone node must become watcher"
+    );
+    let b = RedisMempool::open(config()).expect("open node b");
+    assert!(!b.is_watcher(), "two watchers");
+    // An observer, which never competes for the lock, reads the events (XREAD) of every
+    // transition the others make, and later resets the lock as an operator's tool would.
+    let observer =
+        RedisMempool::open(config().watcher_candidate(false)).expect("open the observer");
+    let events = observer.subscribe();
+
+    // Receive from both nodes; a duplicate is refused.
+    a.receive(tx(1)).expect("receive 1");
+    b.receive(tx(2)).expect("receive 2");
+    a.receive(tx(3)).expect("receive 3");
+    assert_eq!(a.receive(tx(1)), Err(Error::DuplicateTx));
+    assert!(b.has_pending().expect("has_pending"));
+    let pending: Vec<TxHash> = b
+        .peek_pending(10)
+        .expect("peek_pending")
+        .iter()
+        .map(|t| t.hash)
+        .collect();
+    assert_eq!(pending, vec![hash(1), hash(2), hash(3)]);
+
+    // Propagate and acknowledge.
+    b.mark_inflight(&[hash(1), hash(2), hash(3)])
+        .expect("mark_inflight");
+    a.mark_acknowledged(&[hash(1)]).expect("mark_acknowledged");
+    assert!(!a.has_pending().expect("has_pending"));
+    assert_eq!(b.peek_inflight(10).expect("peek_inflight").len(), 3);
+    let found = a
+        .find_inflight(&hash(1))
+        .expect("find_inflight")
+        .expect("tx 1 is inflight");
+    assert_eq!(found.stage, MempoolTxStage::Acknowledged);
+    assert_eq!(found.payload, tx(1).payload);
+
+    // Blocks, applied by the watcher only (thresholds F = D = 3; a rollback is an applied call
+    // too): tx 1 and 3 confirmed at slot 10, then 3 rolled back, then tx 1 finalizes and tx 2
+    // drops at slot 11.
+    let at = ChainPoint::Specific(10, BlockHash::from([0xb1; 32]));
+    assert_eq!(
+        b.confirm(&at, &[hash(1), hash(3)], &[], F, D).expect("b"),
+        ConfirmOutcome::NotWatcher
+    );
+    assert_eq!(
+        a.confirm(&at, &[hash(1), hash(3)], &[], F, D)
+            .expect("confirm"),
+        ConfirmOutcome::Applied
+    );
+    assert_eq!(
+        a.confirm(&at, &[hash(1), hash(3)], &[], F, D)
+            .expect("confirm again"),
+        ConfirmOutcome::AlreadyApplied
+    );
+    let confirmed = b.check_status(&hash(1)).expect("check_status");
+    assert_eq!(confirmed.stage, MempoolTxStage::Confirmed);
+    assert_eq!(confirmed.confirmed_at, Some(at));
+    assert_eq!(
+        a.confirm(&at, &[], &[hash(3)], F, D).expect("rollback"),
+        ConfirmOutcome::Applied
+    );
+    assert_eq!(
+        b.check_status(&hash(3)).expect("check_status").stage,
+        MempoolTxStage::Pending
+    );
+    assert_eq!(
+        a.confirm(&ChainPoint::Slot(11), &[], &[], F, D)
+            .expect("confirm 11"),
+        ConfirmOutcome::Applied
+    );
+    assert_eq!(
+        b.check_status(&hash(1)).expect("check_status").stage,
+        MempoolTxStage::Finalized
+    );
+    assert_eq!(
+        b.check_status(&hash(2)).expect("check_status").stage,
+        MempoolTxStage::Dropped
+    );
+    let page = b.dump_finalized(0, 10).expect("dump_finalized");
+    let logged: Vec<(TxHash, MempoolTxStage)> =
+        page.items.iter().map(|t| (t.hash, t.stage)).collect();
+    assert_eq!(
+        logged,
+        vec![
+            (hash(1), MempoolTxStage::Finalized),
+            (hash(2), MempoolTxStage::Dropped)
+        ]
+    );
+    assert_eq!(page.next_cursor, None);
+
+    // Reading the lock and the counts.
+    let info = b.watcher_info().expect("watcher_info");
+    assert_eq!(info.holder.as_deref(), Some(a.node_id()));
+    assert_eq!(info.applied_slot, Some(11));
+    let stats = a.stats().expect("stats");
+    assert_eq!(
+        (stats.pending, stats.finalized_log, stats.applied_blocks),
+        (1, 2, 3),
+        "{stats:?}"
+    );
+    assert!(stats.is_watcher);
+
+    // Every transition reached the follower's subscriber, up to the last one made.
+    let seen = wait_for_event(&events, |e| {
+        matches!(e, MempoolEvent::Tx { tx, .. }
+            if tx.hash == hash(2) && tx.stage == MempoolTxStage::Dropped)
+    });
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, MempoolEvent::BlockApplied { rollback: true, .. })),
+        "no rollback event among {seen:#?}"
+    );
+
+    // The operator's reset: the follower hears the release on the wake channel and takes over;
+    // the old watcher steps down at its next renewal.
+    let t0 = Instant::now();
+    let removed = observer
+        .reset_watcher_lock(Some(a.node_id()))
+        .expect("reset_watcher_lock");
+    assert_eq!(removed.as_deref(), Some(a.node_id()));
+    assert!(
+        wait_until(SETTLE, || b.is_watcher()),
+        "no takeover after the reset"
+    );
+    let takeover_after_reset = t0.elapsed();
+    assert!(
+        wait_until(SETTLE, || !a.is_watcher()),
+        "the old watcher did not step down"
+    );
+    wait_for_event(
+        &events,
+        |e| matches!(e, MempoolEvent::WatcherAcquired { node_id, .. } if node_id == b.node_id()),
+    );
+    assert_eq!(
+        b.confirm(&ChainPoint::Slot(12), &[], &[], F, D)
+            .expect("confirm 12"),
+        ConfirmOutcome::Applied
+    );
+    assert_eq!(
+        a.confirm(&ChainPoint::Slot(13), &[], &[], F, D)
+            .expect("confirm by the old watcher"),
+        ConfirmOutcome::NotWatcher
+    );
+
+    // Graceful handover back: a hears b's release on the wake channel.
+    let b_id = b.node_id().to_string();
+    let t0 = Instant::now();
+    b.shutdown().expect("graceful shutdown of the watcher");
+    assert!(
+        wait_until(SETTLE, || a.is_watcher()),
+        "no takeover after a graceful shutdown"
+    );
+    let handover = t0.elapsed();
+    wait_for_event(
+        &events,
+        |e| matches!(e, MempoolEvent::WatcherReleased { node_id, .. } if *node_id == b_id),
+    );
+    assert_eq!(
+        a.confirm(&ChainPoint::Slot(13), &[], &[], F, D)
+            .expect("confirm 13"),
+        ConfirmOutcome::Applied
+    );
+    a.shutdown().expect("shutdown a");
+    assert_eq!(
+        observer.watcher_info().expect("watcher_info").holder,
+        None,
+        "the lock outlived the last watcher's shutdown"
+    );
+    Report {
+        handover,
+        takeover_after_reset,
+    }
+}
+
+/// Waits until `rx` yields an event that `wanted` accepts; returns every event received up to
+/// and including it. Panics after [`SETTLE`].
+pub fn wait_for_event(
+    rx: &Receiver<MempoolEvent>,
+    wanted: impl Fn(&MempoolEvent) -> bool,
+) -> Vec<MempoolEvent> {
+    let deadline = Instant::now() + SETTLE;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(e) => {
+                let done = wanted(&e);
+                seen.push(e);
+                if done {
+                    return seen;
+                }
+            }
+            Err(_) => panic!("the awaited event did not come; received {seen:#?}"),
+        }
+    }
+}
