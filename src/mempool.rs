@@ -232,21 +232,24 @@ impl RedisMempool {
 
     /// The first `limit` pending transactions in queue order, with payloads; nothing is removed.
     pub fn peek_pending(&self, limit: usize) -> Result<Vec<MempoolTx>, Error> {
-        self.peek(&self.inner.scripts.peek_pending, limit)
+        self.peek("pending", limit)
     }
 
     /// Up to `limit` inflight transactions (Propagated, Acknowledged or Confirmed) in the order
     /// they were propagated, with payloads.
     pub fn peek_inflight(&self, limit: usize) -> Result<Vec<MempoolTx>, Error> {
-        self.peek(&self.inner.scripts.peek_inflight, limit)
+        self.peek("inflight", limit)
     }
 
-    fn peek(&self, lua: &Lua, limit: usize) -> Result<Vec<MempoolTx>, Error> {
+    fn peek(&self, set: &str, limit: usize) -> Result<Vec<MempoolTx>, Error> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let stop = (clamp(limit) - 1).to_string();
-        let reply = scripts::array(self.exec(lua, &[stop.as_bytes()])?, "peek")?;
+        let reply = scripts::array(
+            self.exec(&self.inner.scripts.peek, &[set.as_bytes(), stop.as_bytes()])?,
+            "peek",
+        )?;
         reply
             .into_iter()
             .map(|v| scripts::decode_tx(v, &self.inner.keys))

@@ -42,11 +42,10 @@ macro_rules! lua {
 pub(crate) struct Scripts {
     pub receive: Lua,
     pub has_pending: Lua,
-    pub peek_pending: Lua,
+    pub peek: Lua,
     pub mark_inflight: Lua,
     pub mark_acknowledged: Lua,
     pub find_inflight: Lua,
-    pub peek_inflight: Lua,
     pub confirm: Lua,
     pub check_status: Lua,
     pub dump_finalized: Lua,
@@ -65,11 +64,10 @@ impl Scripts {
         Scripts {
             receive: lua!("receive.lua"),
             has_pending: lua!("has_pending.lua"),
-            peek_pending: lua!("peek_pending.lua"),
+            peek: lua!("peek.lua"),
             mark_inflight: lua!("mark_inflight.lua"),
             mark_acknowledged: lua!("mark_acknowledged.lua"),
             find_inflight: lua!("find_inflight.lua"),
-            peek_inflight: lua!("peek_inflight.lua"),
             confirm: lua!("confirm.lua"),
             check_status: lua!("check_status.lua"),
             dump_finalized: lua!("dump_finalized.lua"),
@@ -83,15 +81,14 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Lua; 16] {
+    fn all(&self) -> [&Lua; 15] {
         [
             &self.receive,
             &self.has_pending,
-            &self.peek_pending,
+            &self.peek,
             &self.mark_inflight,
             &self.mark_acknowledged,
             &self.find_inflight,
-            &self.peek_inflight,
             &self.confirm,
             &self.check_status,
             &self.dump_finalized,

@@ -16,12 +16,4 @@ local fenced_by = redis.call('GET', K.fence)
 if not holder and fenced_by and fenced_by ~= node_id then
   return {0, redis.call('PTTL', K.fence), fenced_by}
 end
--- Tells a watcher that lost its lock (expired, or reset) that someone else holds it now, so it
--- steps down at once rather than at its next renewal. First, before any write: a refused
--- PUBLISH (a user without the channel) must not leave a lock nobody leads with.
-redis.call('PUBLISH', K.wake, 'acquired ' .. node_id)
-redis.call('SET', K.lock, node_id, 'PX', ttl)
-redis.call('SET', K.fence, node_id, 'PX', ttl)
-local epoch = redis.call('INCR', K.epoch)
-emit('k', 'leader', 'node', node_id, 'epoch', epoch)
-return {1, epoch}
+return {1, take_lock(node_id, ttl)}

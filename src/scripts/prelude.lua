@@ -114,6 +114,19 @@ local function emit(...)
   return n
 end
 
+-- Takes the watcher lock for `node_id` under a new epoch (acquire.lua, and renew.lua after a
+-- hand-deleted lock). The wake message goes first, before any write: a refused PUBLISH (a user
+-- without the channel) must not leave a lock nobody leads with. It tells a watcher that lost its
+-- lock that someone else holds it now, so it steps down at once instead of at its next renewal.
+local function take_lock(node_id, ttl)
+  redis.call('PUBLISH', K.wake, 'acquired ' .. node_id)
+  redis.call('SET', K.lock, node_id, 'PX', ttl)
+  redis.call('SET', K.fence, node_id, 'PX', ttl)
+  local epoch = redis.call('INCR', K.epoch)
+  emit('k', 'leader', 'node', node_id, 'epoch', epoch)
+  return epoch
+end
+
 -- A tx event. Stages: P received, R propagated, A acknowledged, C confirmed (once per applied
 -- block, with its count), B rolled back to pending, F finalized, D dropped.
 local function emit_tx(hash, st, c, m, at)

@@ -14,11 +14,6 @@ end
 -- acquired since (the epoch is unchanged), so take it back at once under a new epoch, with no
 -- moment where two nodes, or none, lead.
 if not holder and current == epoch and redis.call('GET', K.fence) == node_id then
-  redis.call('PUBLISH', K.wake, 'acquired ' .. node_id)
-  redis.call('SET', K.lock, node_id, 'PX', ttl)
-  redis.call('SET', K.fence, node_id, 'PX', ttl)
-  local next_epoch = redis.call('INCR', K.epoch)
-  emit('k', 'leader', 'node', node_id, 'epoch', next_epoch)
-  return {2, next_epoch}
+  return {2, take_lock(node_id, ttl)}
 end
 return {0, holder or ''}
