@@ -14,11 +14,8 @@
 
 mod support;
 
-use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// Seconds of faults in CI: enough for the five kinds and a few more.
 const CI_SECS: u64 = 20;
@@ -33,30 +30,6 @@ const TAKEOVER_SLACK_MS: u64 = 1_000;
 /// on a loaded machine.
 const SCHED_MS: u64 = 250;
 
-fn chaos_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    // target/<profile>/deps/chaos-<hash> → target/<profile>/examples/chaos
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("the test binary lives in target/<profile>/deps");
-    profile_dir
-        .join("examples")
-        .join(format!("chaos{}", std::env::consts::EXE_SUFFIX))
-}
-
-fn collect(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            into.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-}
-
 /// The count on the `faults injected` line for `row`.
 fn fault_count(out: &str, row: &str) -> usize {
     out.lines()
@@ -68,13 +41,7 @@ fn fault_count(out: &str, row: &str) -> usize {
 
 #[test]
 fn chaos_run_keeps_every_invariant() {
-    let binary = chaos_binary();
-    assert!(
-        binary.exists(),
-        "chaos binary not found at {}: `cargo test --features serde` (or --all-features) builds \
-         it; with `--test chaos` alone, run `cargo build --features serde --example chaos` first",
-        binary.display()
-    );
+    let binary = support::example::example_binary("chaos");
     let soak: Option<u64> = std::env::var("DOLOS_REDIS_SOAK_SECS").ok().map(|v| {
         v.parse()
             .expect("DOLOS_REDIS_SOAK_SECS must be a number of seconds")
@@ -92,35 +59,11 @@ fn chaos_run_keeps_every_invariant() {
     if let Ok(seed) = std::env::var("DOLOS_REDIS_CHAOS_SEED") {
         cmd.args(["--seed", &seed]);
     }
-    let started = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the chaos run");
-    let output = Arc::new(Mutex::new(Vec::new()));
-    collect(child.stdout.take().unwrap(), output.clone());
-    collect(child.stderr.take().unwrap(), output.clone());
-
-    let mut status = None;
-    let finished = support::wait_until(timeout, || {
-        status = child.try_wait().unwrap();
-        status.is_some()
+    let run = support::example::run(&mut cmd, timeout, "reproduce: ");
+    let out = run.output;
+    let status = run.status.unwrap_or_else(|| {
+        panic!("the chaos run did not finish within {timeout:?}; output so far:\n{out}")
     });
-    if !finished {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let text = || String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
-    // The readers finish once the run and its nodes have closed their pipes.
-    support::wait_until(Duration::from_secs(5), || text().contains("reproduce: "));
-    let out = text();
-    assert!(
-        finished,
-        "the chaos run did not finish within {timeout:?}; output so far:\n{out}"
-    );
-    let status = status.unwrap();
     assert!(status.success(), "the chaos run failed ({status}):\n{out}");
     assert!(out.contains("RESULT: PASS"), "no RESULT: PASS in:\n{out}");
 
@@ -128,7 +71,7 @@ fn chaos_run_keeps_every_invariant() {
         .split_once("chaos run summary")
         .map(|(_, s)| s)
         .unwrap_or(&out);
-    println!("chaos run took {:?}{summary}", started.elapsed());
+    println!("chaos run took {:?}{summary}", run.elapsed);
     assert!(
         fault_count(&out, "kill -9 (watcher)") + fault_count(&out, "kill -9 (follower)") >= 1,
         "no kill -9 injected:\n{out}"

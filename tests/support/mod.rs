@@ -16,6 +16,7 @@
 // Every test binary compiles the whole module but uses only part of it.
 #![allow(dead_code)]
 
+pub mod example;
 pub mod proxy;
 pub mod server;
 
