@@ -16,7 +16,6 @@
 mod full_run;
 mod support;
 
-use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use dolos_redis::{Config, Error, RedisMempool};
@@ -119,43 +118,7 @@ fn refusals(server: &RedisServer, user: &str) -> Vec<String> {
         .collect()
 }
 
-// ---- log capture: every record any test in this binary logs, at every level ----
-
-static LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl log::Log for Capture {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-
-    fn log(&self, record: &log::Record) {
-        let line = format!("{} {} {}", record.level(), record.target(), record.args());
-        LOGS.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-    }
-
-    fn flush(&self) {}
-}
-
-static CAPTURE: Capture = Capture;
-
-fn capture_logs() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        log::set_logger(&CAPTURE).expect("no other logger in this test binary");
-        log::set_max_level(log::LevelFilter::Trace);
-    });
-}
-
-fn logs_containing(needle: &str) -> Vec<String> {
-    LOGS.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .filter(|l| l.contains(needle))
-        .cloned()
-        .collect()
-}
+use support::logs::{capture_logs, logs_containing};
 
 // ---- the tests ----
 

@@ -17,6 +17,7 @@
 #![allow(dead_code)]
 
 pub mod example;
+pub mod logs;
 pub mod proxy;
 pub mod server;
 
