@@ -43,6 +43,27 @@ pub struct Config {
     pub(crate) watcher_candidate: bool,
     pub(crate) tls_ca_file: Option<PathBuf>,
     pub(crate) tls_client_cert: Option<(PathBuf, PathBuf)>,
+    /// `Some` with [`Config::sentinel`]: the primary is found through these sentinels.
+    pub(crate) sentinel: Option<SentinelSettings>,
+    /// `(replicas, timeout)` of [`Config::wait_replicas`]; `None` when off.
+    pub(crate) wait_replicas: Option<(usize, Duration)>,
+}
+
+/// Where the sentinels are and which primary to ask them for.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct SentinelSettings {
+    /// `host:port` or `redis://[user:password@]host:port` (credentials for the sentinels).
+    pub sentinels: Vec<String>,
+    pub master_name: String,
+}
+
+/// A sentinel's address as a URL: `host:port` becomes `redis://host:port`.
+pub(crate) fn sentinel_url(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("redis://{addr}")
+    }
 }
 
 impl Config {
@@ -64,7 +85,67 @@ impl Config {
             watcher_candidate: true,
             tls_ca_file: None,
             tls_client_cert: None,
+            sentinel: None,
+            wait_replicas: None,
         }
+    }
+
+    /// A configuration that finds the Redis primary through Redis Sentinel (`sentinel`
+    /// feature): `sentinels` are `host:port` (or `redis://[user:password@]host:port` when the
+    /// sentinels want credentials), asked in turn for the primary of `master_name`. Every new
+    /// connection asks again and checks with `ROLE` that the node it reaches is the primary, so
+    /// after a failover broken connections are replaced by connections to the new primary.
+    ///
+    /// The data nodes' credentials and database go in [`Config::url`]
+    /// (`redis://user:password@primary/0`; its host and port are ignored). See also
+    /// [`Config::wait_replicas`].
+    ///
+    /// ```
+    /// let config = dolos_redis::Config::sentinel(
+    ///     ["10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26379"],
+    ///     "mymaster",
+    /// )
+    /// .url("redis://dolos:secret@primary/0");
+    /// assert!(config.validate().is_ok());
+    /// ```
+    #[cfg(feature = "sentinel")]
+    pub fn sentinel(
+        sentinels: impl IntoIterator<Item = impl Into<String>>,
+        master_name: impl Into<String>,
+    ) -> Config {
+        let mut config = Config::new("");
+        config.sentinel = Some(SentinelSettings {
+            sentinels: sentinels.into_iter().map(Into::into).collect(),
+            master_name: master_name.into(),
+        });
+        config
+    }
+
+    /// Replaces the URL given to [`Config::new`]. With [`Config::sentinel`] the URL only
+    /// carries the data nodes' user, password and database (`redis://user:password@primary/0`):
+    /// its host and port are ignored, since the sentinels name the primary.
+    ///
+    /// Defaults to the URL given to `new`; none with `sentinel` (no credentials, database 0).
+    pub fn url(mut self, url: impl Into<String>) -> Config {
+        self.url = url.into();
+        self
+    }
+
+    /// Durability option: after every call that writes (`receive`, `mark_inflight`,
+    /// `mark_acknowledged`, `confirm`, `reset_watcher_lock` and the lease's acquire, renew and
+    /// release), wait until `replicas` replicas have the write (`WAIT`, pipelined with the
+    /// script: still one round trip), at most `timeout`. A call whose write reached fewer fails
+    /// with [`Error::NotReplicated`] — the write was made on the primary but a failover may lose
+    /// it. A lock acquisition or renewal that did not reach them counts as failed: the node
+    /// never acts as watcher on a lock the replicas do not have. `replicas` 0 turns it off.
+    /// `timeout` must be shorter than the command timeout; the lease thread waits at most half
+    /// its own socket timeout.
+    ///
+    /// Defaults to off: a write is acknowledged once the primary has it, and asynchronous
+    /// replication may lose the last writes (and the lock) on failover.
+    pub fn wait_replicas(mut self, replicas: usize, timeout: Duration) -> Config {
+        self.wait_replicas = (replicas > 0).then_some((replicas, timeout));
+        self
     }
 
     /// The prefix of every key this mempool uses; nodes that share a prefix share a mempool.
@@ -185,9 +266,21 @@ impl Config {
         self
     }
 
-    /// The Redis URL, with any password replaced by `***`.
+    /// The Redis URL, with any password replaced by `***` (with Sentinel: the master name and
+    /// the sentinels, passwords replaced as well).
     pub fn redacted_url(&self) -> String {
-        redact_url(&self.url)
+        match &self.sentinel {
+            Some(s) => format!(
+                "sentinel master {:?} at {}",
+                s.master_name,
+                s.sentinels
+                    .iter()
+                    .map(|a| redact_url(a))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            None => redact_url(&self.url),
+        }
     }
 
     /// See [`Config::key_prefix`].
@@ -214,51 +307,28 @@ impl Config {
     /// The error names the field at fault.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |field: &str, why: String| Err(Error::InvalidConfig(format!("{field}: {why}")));
-        if self.url.trim().is_empty() {
-            return bad("url", "must not be empty".into());
-        }
-        let scheme = self.url.split_once("://").map(|(s, _)| s);
-        let tls = scheme == Some("rediss");
-        match scheme {
-            Some("redis") | Some("redis+unix") | Some("unix") => {}
-            Some("rediss") if cfg!(feature = "tls") => {
-                // redis-rs reads `#insecure` as "skip certificate verification", which this
-                // crate does not build in: say so now rather than at the first connection.
-                if self.url.contains('#') {
-                    return bad(
-                        "url",
-                        "a rediss:// URL takes no #fragment (#insecure, which skips certificate \
-                         checks, is not supported; give the server's CA with tls_ca_file)"
-                            .into(),
-                    );
-                }
+        let tls = match &self.sentinel {
+            Some(sentinel) => {
+                self.validate_sentinel(sentinel)?;
+                false
             }
-            Some("rediss") => {
+            None => self.validate_url()?,
+        };
+        if let Some((_, timeout)) = self.wait_replicas {
+            if timeout.is_zero() {
+                // WAIT reads 0 as "forever".
+                return bad("wait_replicas", "the timeout must be more than zero".into());
+            }
+            if timeout >= self.command_timeout {
                 return bad(
-                    "url",
-                    "rediss:// (TLS) is not supported by this build (enable the `tls` feature)"
-                        .to_string(),
-                )
+                    "wait_replicas",
+                    format!(
+                        "the timeout ({timeout:?}) must be shorter than command_timeout ({:?}), \
+                         which bounds the whole call",
+                        self.command_timeout
+                    ),
+                );
             }
-            Some(other) => {
-                return bad(
-                    "url",
-                    format!("unsupported scheme {other:?} (use redis:// or redis+unix://)"),
-                )
-            }
-            None => {
-                return bad(
-                    "url",
-                    format!("{:?} is not a redis:// URL", self.redacted_url()),
-                )
-            }
-        }
-        // Parsing only: `Client::open` does not connect.
-        if redis::Client::open(self.url.as_str()).is_err() {
-            return bad(
-                "url",
-                format!("{:?} is not a valid redis URL", self.redacted_url()),
-            );
         }
         if !tls && self.tls_ca_file.is_some() {
             return bad("tls_ca_file", "is only used with a rediss:// url".into());
@@ -330,6 +400,114 @@ impl Config {
         Ok(())
     }
 
+    /// Checks `url` (without Sentinel); returns whether it asks for TLS.
+    fn validate_url(&self) -> Result<bool, Error> {
+        let bad = |field: &str, why: String| Err(Error::InvalidConfig(format!("{field}: {why}")));
+        if self.url.trim().is_empty() {
+            return bad("url", "must not be empty".into());
+        }
+        let scheme = self.url.split_once("://").map(|(s, _)| s);
+        let tls = scheme == Some("rediss");
+        match scheme {
+            Some("redis") | Some("redis+unix") | Some("unix") => {}
+            Some("rediss") if cfg!(feature = "tls") => {
+                // redis-rs reads `#insecure` as "skip certificate verification", which this
+                // crate does not build in: say so now rather than at the first connection.
+                if self.url.contains('#') {
+                    return bad(
+                        "url",
+                        "a rediss:// URL takes no #fragment (#insecure, which skips certificate \
+                         checks, is not supported; give the server's CA with tls_ca_file)"
+                            .into(),
+                    );
+                }
+            }
+            Some("rediss") => {
+                return bad(
+                    "url",
+                    "rediss:// (TLS) is not supported by this build (enable the `tls` feature)"
+                        .to_string(),
+                )
+            }
+            Some(other) => {
+                return bad(
+                    "url",
+                    format!("unsupported scheme {other:?} (use redis:// or redis+unix://)"),
+                )
+            }
+            None => {
+                return bad(
+                    "url",
+                    format!("{:?} is not a redis:// URL", self.redacted_url()),
+                )
+            }
+        }
+        // Parsing only: `Client::open` does not connect.
+        if redis::Client::open(self.url.as_str()).is_err() {
+            return bad(
+                "url",
+                format!("{:?} is not a valid redis URL", self.redacted_url()),
+            );
+        }
+        Ok(tls)
+    }
+
+    /// Checks the Sentinel settings, and the url that then only carries credentials and db.
+    fn validate_sentinel(&self, sentinel: &SentinelSettings) -> Result<(), Error> {
+        let bad = |field: &str, why: String| Err(Error::InvalidConfig(format!("{field}: {why}")));
+        if !cfg!(feature = "sentinel") {
+            return bad(
+                "sentinels",
+                "Sentinel is not supported by this build (enable the `sentinel` feature)".into(),
+            );
+        }
+        if sentinel.sentinels.is_empty() {
+            return bad("sentinels", "must name at least one sentinel".into());
+        }
+        for addr in &sentinel.sentinels {
+            let url = sentinel_url(addr);
+            let ok = url.starts_with("redis://")
+                && redis::Client::open(url.as_str()).is_ok_and(|c| {
+                    matches!(
+                        c.get_connection_info().addr(),
+                        redis::ConnectionAddr::Tcp(..)
+                    )
+                });
+            if !ok {
+                return bad(
+                    "sentinels",
+                    format!(
+                        "{:?} is not host:port or a redis://host:port URL",
+                        redact_url(addr)
+                    ),
+                );
+            }
+        }
+        let name = &sentinel.master_name;
+        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return bad(
+                "master_name",
+                format!("{name:?} must be a non-empty name without spaces"),
+            );
+        }
+        if !self.url.is_empty() {
+            let ok =
+                self.url.starts_with("redis://") && redis::Client::open(self.url.as_str()).is_ok();
+            if !ok {
+                return bad(
+                    "url",
+                    format!(
+                        "{:?}: with sentinels the url only gives the nodes' credentials and db, \
+                         as redis://user:password@primary/db (rediss:// and unix sockets are not \
+                         supported with Sentinel)",
+                        redact_url(&self.url)
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The CA and client certificate to connect with, read from their files and checked (the
     /// error names the field). Certificates the files hold are public, but the key is not: no
     /// error quotes file contents.
@@ -397,7 +575,7 @@ impl Config {
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
-            .field("url", &self.redacted_url())
+            .field("url", &redact_url(&self.url))
             .field("key_prefix", &self.key_prefix)
             .field("pool_size", &self.pool_size)
             .field("max_finalized", &self.max_finalized)
@@ -410,6 +588,11 @@ impl fmt::Debug for Config {
             .field("watcher_candidate", &self.watcher_candidate)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_client_cert", &self.tls_client_cert)
+            .field(
+                "sentinel",
+                &self.sentinel.as_ref().map(|_| self.redacted_url()),
+            )
+            .field("wait_replicas", &self.wait_replicas)
             .finish()
     }
 }
@@ -451,7 +634,14 @@ mod toml_table {
     #[derive(serde::Deserialize)]
     pub(super) struct RawConfig {
         backend: String,
-        url: String,
+        /// Required without `sentinels`; with them it only carries credentials and db.
+        url: Option<String>,
+        /// With `master_name`: see [`Config::sentinel`].
+        sentinels: Option<Vec<String>>,
+        master_name: Option<String>,
+        /// With `wait_timeout_ms`: see [`Config::wait_replicas`].
+        wait_replicas: Option<usize>,
+        wait_timeout_ms: Option<u64>,
         key_prefix: Option<String>,
         pool_size: Option<u32>,
         max_finalized: Option<usize>,
@@ -479,7 +669,26 @@ mod toml_table {
                     raw.backend
                 ));
             }
-            let mut c = Config::new(raw.url);
+            let mut c = match (raw.sentinels, raw.master_name, raw.url) {
+                (None, None, Some(url)) => Config::new(url),
+                (None, None, None) => return Err("missing field `url`".to_string()),
+                (Some(sentinels), Some(master_name), url) => {
+                    // Built by hand so that a build without the feature still reads the table
+                    // and `validate` names the missing feature.
+                    let mut c = Config::new(url.unwrap_or_default());
+                    c.sentinel = Some(super::SentinelSettings {
+                        sentinels,
+                        master_name,
+                    });
+                    c
+                }
+                _ => return Err("sentinels and master_name go together".to_string()),
+            };
+            match (raw.wait_replicas, raw.wait_timeout_ms) {
+                (Some(n), Some(ms)) => c = c.wait_replicas(n, Duration::from_millis(ms)),
+                (None, None) => {}
+                _ => return Err("wait_replicas and wait_timeout_ms go together".to_string()),
+            }
             if let Some(v) = raw.key_prefix {
                 c = c.key_prefix(v);
             }

@@ -55,6 +55,16 @@ pub enum Error {
     UnexpectedReply(String),
     /// The lease thread panicked; reported by `shutdown`.
     LeaseThreadPanicked,
+    /// With [`Config::wait_replicas`](crate::Config::wait_replicas): the call's write **was
+    /// made** on the primary, but fewer than `wanted` replicas confirmed it within the timeout,
+    /// so a failover may still lose it. Not transient in the usual sense: retrying a `receive`
+    /// then answers `DuplicateTx` (the tx is there, on the primary).
+    NotReplicated {
+        /// How many replicas confirmed the write.
+        acked: usize,
+        /// How many were asked for.
+        wanted: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -75,6 +85,11 @@ impl fmt::Display for Error {
             Error::Corrupt { key, detail } => write!(f, "corrupt data at {key}: {detail}"),
             Error::UnexpectedReply(m) => write!(f, "unexpected reply from redis: {m}"),
             Error::LeaseThreadPanicked => write!(f, "the lease thread panicked"),
+            Error::NotReplicated { acked, wanted } => write!(
+                f,
+                "write made on the primary but confirmed by {acked} of {wanted} replicas (a \
+                 failover may lose it)"
+            ),
         }
     }
 }
@@ -100,6 +115,12 @@ impl Error {
             || err.to_string().contains("The user executing the script can't")
         {
             return Error::Auth(err.to_string());
+        }
+        if is_read_only(&err) {
+            return Error::Unavailable(format!(
+                "READONLY: the server is a replica now (demoted by a failover?), reconnecting: \
+                 {err}"
+            ));
         }
         if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
             return Error::Unavailable(err.to_string());
@@ -133,5 +154,17 @@ impl Error {
             || err.is_io_error()
             || err.is_connection_dropped()
             || err.is_unrecoverable_error()
+            // The node was demoted to replica (a failover): its connections are useless for
+            // writes, and a new connection finds the new primary.
+            || is_read_only(err)
     }
+}
+
+/// `READONLY`, as a command or from inside a script (Redis keeps the code of an error raised by
+/// `redis.call`).
+fn is_read_only(err: &redis::RedisError) -> bool {
+    err.code() == Some("READONLY")
+        || err
+            .to_string()
+            .contains("You can't write against a read only replica")
 }

@@ -9,8 +9,11 @@
 //!
 //! Event ids are `<n>-0` with `n` from a counter, so a gap in `n` means trimmed history: the
 //! reader then sends [`MempoolEvent::Lagged`] instead of leaving a silent hole. After a lost link
-//! it resumes from the last id it delivered.
+//! it resumes from the last id it delivered — unless the stream now stands below it (a failover
+//! or a restart lost the last writes), when it logs a warning and follows the stream from where
+//! it stands, so numbers are reused rather than new events skipped.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +38,9 @@ pub enum MempoolEvent {
     /// **The payload is omitted**: `tx.payload` is empty (era 0, no bytes); read it with
     /// [`find_inflight`](crate::RedisMempool::find_inflight) or the pending queue if needed.
     Tx {
-        /// Position in the shared event stream (strictly increasing).
+        /// Position in the shared event stream: strictly increasing, except after a Sentinel
+        /// failover lost writes the reader had already delivered (asynchronous replication),
+        /// when numbers can be given again.
         seq: u64,
         /// The transaction's hash, stage, counters and `confirmed_at`.
         tx: MempoolTx,
@@ -133,7 +138,7 @@ pub(crate) struct EventHub {
 const BLOCK: Duration = Duration::from_millis(500);
 
 pub(crate) struct ReaderSetup {
-    pub client: redis::Client,
+    pub target: crate::pool::Target,
     pub stream: String,
     pub node_id: String,
     pub connect_timeout: Duration,
@@ -178,6 +183,7 @@ impl EventHub {
                 ready: Some(ready_tx),
                 setup,
                 link_up: true,
+                recent: VecDeque::new(),
             };
             match std::thread::Builder::new()
                 .name(name)
@@ -209,7 +215,13 @@ struct Reader {
     /// Told once the starting position is known.
     ready: Option<Sender<()>>,
     link_up: bool,
+    /// The last events delivered, as Redis sent them (number, entry), to tell after a loss of
+    /// writes which entries of the stream were delivered already.
+    recent: VecDeque<(u64, Value)>,
 }
+
+/// How many delivered entries the reader remembers (see `Reader::recent`).
+const RECENT: usize = 256;
 
 impl Reader {
     fn run(mut self) {
@@ -244,7 +256,7 @@ impl Reader {
     fn follow(&mut self) -> Result<(), Error> {
         let s = &self.setup;
         let mut conn = RedisConn::open(
-            &s.client,
+            &s.target,
             s.connect_timeout,
             BLOCK + s.io_timeout,
             &format!("dolos-redis:{}:events", s.node_id),
@@ -254,24 +266,33 @@ impl Reader {
             debug!(target: LOG_TARGET, "event reader reconnected");
             self.link_up = true;
         }
+        let value: Option<String> = conn
+            .run(redis::cmd("GET").arg(&s.counter))
+            .map_err(Error::from_redis)?;
+        let counter = match value {
+            None => 0,
+            Some(v) => v.parse().map_err(|_| Error::Corrupt {
+                key: s.counter.clone(),
+                detail: format!("not a counter: {v:?}"),
+            })?,
+        };
         let last = match self.last {
+            // The stream is behind what we delivered: the server lost its last writes (a
+            // failover to a replica that had not received them, or a restart without
+            // persistence). Waiting for the counter to pass `last` would silently skip the
+            // events written meanwhile; follow the stream as it is now.
+            Some(last) if counter < last => {
+                let from = self.first_undelivered(&mut conn, counter)?;
+                warn!(target: LOG_TARGET, "event stream went back from event {last} to {counter} (redis lost its last writes); following it from event {}", from + 1);
+                from
+            }
             Some(last) => last,
             None => {
-                let value: Option<String> = conn
-                    .run(redis::cmd("GET").arg(&s.counter))
-                    .map_err(Error::from_redis)?;
-                let last = match value {
-                    None => 0,
-                    Some(v) => v.parse().map_err(|_| Error::Corrupt {
-                        key: s.counter.clone(),
-                        detail: format!("not a counter: {v:?}"),
-                    })?,
-                };
-                self.last = Some(last);
+                self.last = Some(counter);
                 if let Some(ready) = self.ready.take() {
                     let _ = ready.send(());
                 }
-                last
+                counter
             }
         };
         let mut last = last;
@@ -297,7 +318,39 @@ impl Reader {
     }
 
     /// Hands the entries of one `XREAD` reply to the subscribers; returns the last event number.
-    fn deliver(&self, reply: Value, mut last: u64) -> Result<u64, Error> {
+    /// After the stream went back to `counter`: the number after which its entries were not
+    /// delivered. Entries written before the loss are the ones delivered (same number, same
+    /// content); the first that differs was written since. Older than what the reader
+    /// remembers counts as delivered.
+    fn first_undelivered(&mut self, conn: &mut RedisConn, counter: u64) -> Result<u64, Error> {
+        let start = counter.saturating_sub(RECENT as u64 - 1).max(1);
+        let reply: Value = conn
+            .run(
+                redis::cmd("XRANGE")
+                    .arg(&self.setup.stream)
+                    .arg(format!("{start}-0"))
+                    .arg(format!("{counter}-0")),
+            )
+            .map_err(Error::from_redis)?;
+        let oldest = self.recent.front().map(|(m, _)| *m);
+        let mut delivered = start - 1;
+        for entry in scripts::array(reply, "xrange")? {
+            let n = entry_number(&entry, &self.setup.stream)?;
+            match self.recent.iter().find(|(m, _)| *m == n) {
+                Some((_, value)) if value == &entry => delivered = n,
+                // Same number, other event: written after the loss.
+                Some(_) => break,
+                // Older than what we remember: assumed delivered.
+                None if oldest.is_none_or(|oldest| n < oldest) => delivered = n,
+                // A number we never saw (trimmed away when we read): new.
+                None => break,
+            }
+        }
+        self.recent.retain(|(m, _)| *m <= delivered);
+        Ok(delivered)
+    }
+
+    fn deliver(&mut self, reply: Value, mut last: u64) -> Result<u64, Error> {
         // Nil: the block timed out with nothing new. Otherwise [[stream, [entry...]]] (RESP2)
         // or a map of stream → entries (RESP3).
         let entries = match reply {
@@ -316,6 +369,11 @@ impl Reader {
             other => return Err(Error::UnexpectedReply(format!("xread: {other:?}"))),
         };
         for entry in entries {
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            let n = entry_number(&entry, &self.setup.stream)?;
+            self.recent.push_back((n, entry.clone()));
             let (n, event) = decode_event(entry, &self.setup.stream)?;
             if n > last + 1 {
                 self.subscribers.publish(&MempoolEvent::Lagged {
@@ -329,6 +387,21 @@ impl Reader {
         }
         Ok(last)
     }
+}
+
+/// The event number of a stream entry (its id is `<n>-0`).
+fn entry_number(entry: &Value, stream: &str) -> Result<u64, Error> {
+    let id = match entry {
+        Value::Array(items) => items.first(),
+        _ => None,
+    };
+    let id = scripts::text(id.unwrap_or(&Value::Nil), "event id")?;
+    id.split_once('-')
+        .and_then(|(n, _)| n.parse().ok())
+        .ok_or_else(|| Error::Corrupt {
+            key: format!("{stream} {id}"),
+            detail: "bad event id".into(),
+        })
 }
 
 /// Decodes one stream entry; `None` for kinds this version does not know (skipped, so a newer

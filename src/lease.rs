@@ -29,7 +29,7 @@ use crossbeam_channel::{never, select, Receiver, Sender};
 use log::{debug, info, warn};
 
 use crate::keys::Keys;
-use crate::pool::RedisConn;
+use crate::pool::{RedisConn, Target};
 use crate::scripts::{self, Scripts};
 use crate::{Config, Error, LOG_TARGET};
 
@@ -126,7 +126,7 @@ impl Lease {
     /// has finished, so `open` can return with the lease settled.
     pub fn start(
         config: &Config,
-        client: redis::Client,
+        target: Target,
         keys: Keys,
         scripts: Arc<Scripts>,
         node_id: String,
@@ -140,7 +140,7 @@ impl Lease {
         let (subscribed_tx, subscribed_rx) = crossbeam_channel::bounded(1);
 
         let waker = Waker {
-            client: client.clone(),
+            target: target.clone(),
             channel: keys.wake_channel.clone(),
             connect_timeout: config.lease_io_timeout(),
             retry: LeaseTiming::new(config.watcher_lock_ttl).renew_every,
@@ -162,7 +162,8 @@ impl Lease {
             timing: LeaseTiming::new(config.watcher_lock_ttl),
             io_timeout: config.lease_io_timeout(),
             event_history: config.event_history,
-            client,
+            wait_replicas: config.wait_replicas,
+            target,
             keys,
             scripts,
             name: format!("dolos-redis:{node_id}:lease"),
@@ -249,7 +250,11 @@ struct LeaseLoop {
     timing: LeaseTiming,
     io_timeout: Duration,
     event_history: usize,
-    client: redis::Client,
+    /// [`Config::wait_replicas`]: an acquisition or renewal that too few replicas confirmed
+    /// fails like one that did not reach Redis, so the flag never rests on a lock a failover
+    /// could lose.
+    wait_replicas: crate::scripts::Wait,
+    target: Target,
     keys: Keys,
     scripts: Arc<Scripts>,
     node_id: String,
@@ -357,6 +362,14 @@ impl LeaseLoop {
                 }
                 self.role = Role::Follower {
                     next_try: now + self.timing.follower_wait(pttl_ms),
+                };
+            }
+            // The lock is ours on the primary, but a failover could lose it: not acting on it.
+            // Each attempt takes it under a new epoch (and records a `WatcherAcquired` event),
+            // so while replicas are missing try at the follower's pace, not the retry's.
+            Err(Error::NotReplicated { .. }) => {
+                self.role = Role::Follower {
+                    next_try: now + self.timing.renew_every,
                 };
             }
             Err(_) => {
@@ -473,6 +486,10 @@ impl LeaseLoop {
                 }
                 self.link_up = Some(true);
             }
+            Err(e @ Error::NotReplicated { .. }) if self.link_up != Some(false) => {
+                warn!(target: LOG_TARGET, "lease writes do not reach enough replicas, will keep retrying: {e}");
+                self.link_up = Some(false);
+            }
             Err(e) if self.link_up != Some(false) => {
                 warn!(target: LOG_TARGET, "lease cannot reach redis, will keep retrying: {e}");
                 self.link_up = Some(false);
@@ -500,7 +517,7 @@ impl LeaseLoop {
             Some(conn) => conn,
             None => {
                 // Connecting counts against the same budget: the deadline does not wait.
-                let conn = RedisConn::open(&self.client, timeout, self.io_timeout, &self.name)
+                let conn = RedisConn::open(&self.target, timeout, self.io_timeout, &self.name)
                     .map_err(Error::from_redis)?;
                 self.conn.insert(conn)
             }
@@ -517,7 +534,11 @@ impl LeaseLoop {
         };
         let mut argv: Vec<&[u8]> = vec![self.node_id.as_bytes()];
         argv.extend(args.iter().map(|a| a.as_bytes()));
-        scripts::run(conn, script, &self.keys, self.event_history, &argv)
+        // WAIT gets half of what is left, so the script and the reply fit in the other half.
+        let wait = self
+            .wait_replicas
+            .map(|(replicas, timeout)| (replicas, timeout.min(left / 2)));
+        scripts::run(conn, script, &self.keys, self.event_history, &argv, wait)
     }
 }
 
@@ -587,7 +608,7 @@ impl Wake {
 /// milliseconds of a graceful release instead of at its next poll, and a watcher whose lock
 /// was deleted by hand and taken by another node steps down at once.
 struct Waker {
-    client: redis::Client,
+    target: Target,
     channel: String,
     connect_timeout: Duration,
     retry: Duration,
@@ -616,7 +637,7 @@ impl Waker {
 
     /// Returns `Ok` on shutdown, `Err` when the subscription broke.
     fn listen(&mut self) -> Result<(), redis::RedisError> {
-        let mut conn = RedisConn::open(&self.client, self.connect_timeout, WAKER_POLL, &self.name)?;
+        let mut conn = RedisConn::open(&self.target, self.connect_timeout, WAKER_POLL, &self.name)?;
         let mut pubsub = conn.conn.as_pubsub();
         pubsub.subscribe(&self.channel)?;
         pubsub.set_read_timeout(Some(WAKER_POLL))?;

@@ -32,7 +32,7 @@ pub struct RedisMempool {
 
 struct Inner {
     config: Config,
-    client: redis::Client,
+    target: pool::Target,
     node_id: String,
     keys: Keys,
     scripts: Arc<Scripts>,
@@ -69,7 +69,7 @@ impl RedisMempool {
     /// to acquire the watcher lock has been made, so a lone node is the watcher right away.
     pub fn open(config: Config) -> Result<RedisMempool, Error> {
         config.validate()?;
-        let client = pool::client(&config).map_err(|_| {
+        let target = pool::Target::of(&config).map_err(|_| {
             Error::InvalidConfig(format!("url: {:?} is not valid", config.redacted_url()))
         })?;
         let node_id = uuid::Uuid::new_v4().to_string();
@@ -80,13 +80,24 @@ impl RedisMempool {
         // also loads the scripts.
         {
             let mut conn = pool::RedisConn::open(
-                &client,
+                &target,
                 config.connect_timeout,
                 config.command_timeout,
                 &format!("dolos-redis:{node_id}:open"),
             )
             .map_err(Error::from_redis)?;
             scripts.load_all(&mut conn)?;
+            // Every write of a node with the durability option ends with WAIT: a user that may
+            // not run it would see each write made and then refused.
+            if config.wait_replicas.is_some() {
+                conn.run::<redis::Value>(redis::cmd("WAIT").arg(0).arg(1))
+                    .map_err(|e| match Error::from_redis(e) {
+                        Error::Auth(m) => Error::Auth(format!(
+                            "wait_replicas needs the WAIT command, which the redis user may not run: {m}"
+                        )),
+                        other => other,
+                    })?;
+            }
             let missing = scripts::array(
                 scripts::run(
                     &mut conn,
@@ -94,6 +105,7 @@ impl RedisMempool {
                     &keys,
                     config.event_history,
                     &[],
+                    None,
                 )?,
                 "check_access",
             )?
@@ -108,7 +120,7 @@ impl RedisMempool {
             }
         }
         let pool = pool::build(
-            client.clone(),
+            target.clone(),
             &config,
             format!("dolos-redis:{node_id}:pool"),
         )?;
@@ -117,7 +129,7 @@ impl RedisMempool {
             let (first_tx, first_rx) = crossbeam_channel::bounded(1);
             let lease = Lease::start(
                 &config,
-                client.clone(),
+                target.clone(),
                 keys.clone(),
                 scripts.clone(),
                 node_id.clone(),
@@ -135,7 +147,7 @@ impl RedisMempool {
         Ok(RedisMempool {
             inner: Arc::new(Inner {
                 config,
-                client,
+                target,
                 node_id,
                 keys,
                 scripts,
@@ -179,6 +191,7 @@ impl RedisMempool {
             &self.inner.keys,
             self.inner.config.event_history,
             args,
+            self.inner.config.wait_replicas,
         )
     }
 
@@ -495,7 +508,7 @@ impl RedisMempool {
     pub fn subscribe(&self) -> crossbeam_channel::Receiver<MempoolEvent> {
         let inner = &self.inner;
         inner.events.subscribe(|| ReaderSetup {
-            client: inner.client.clone(),
+            target: inner.target.clone(),
             stream: inner.keys.events.clone(),
             counter: inner.keys.events_seq.clone(),
             node_id: inner.node_id.clone(),

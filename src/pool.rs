@@ -22,16 +22,20 @@ impl RedisConn {
     /// Opens a named connection, all of it — TCP connect, handshake, naming — within
     /// `connect_timeout`, then sets `io_timeout` for the commands that follow.
     pub fn open(
-        client: &redis::Client,
+        target: &Target,
         connect_timeout: Duration,
         io_timeout: Duration,
         name: &str,
     ) -> redis::RedisResult<RedisConn> {
         let deadline = Instant::now() + connect_timeout;
-        // redis-rs applies its timeout to the TCP connect and then to each reply of its
-        // handshake (AUTH, SELECT) separately, so it can take about three times what it is
-        // given; a third keeps the whole inside our budget.
-        let conn = client.get_connection_with_timeout(connect_timeout / 3)?;
+        let conn = match target {
+            // redis-rs applies its timeout to the TCP connect and then to each reply of its
+            // handshake (AUTH, SELECT) separately, so it can take about three times what it is
+            // given; a third keeps the whole inside our budget.
+            Target::Direct(client) => client.get_connection_with_timeout(connect_timeout / 3)?,
+            #[cfg(feature = "sentinel")]
+            Target::Sentinel(sentinel) => sentinel.connect_primary(deadline)?,
+        };
         let mut conn = RedisConn {
             conn,
             broken: false,
@@ -79,11 +83,17 @@ impl RedisConn {
 
     fn note<T>(&mut self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
         if let Err(e) = &result {
-            if Error::poisons_connection(e) {
-                self.broken = true;
-            }
+            self.note_error(e);
         }
         result
+    }
+
+    /// Marks the connection broken if `err` (also one read from inside a pipeline's replies)
+    /// means it cannot be trusted or used any more.
+    pub fn note_error(&mut self, err: &redis::RedisError) {
+        if Error::poisons_connection(err) {
+            self.broken = true;
+        }
     }
 
     /// Whether the connection must be discarded.
@@ -114,6 +124,156 @@ fn left(deadline: Instant) -> redis::RedisResult<Duration> {
     Ok(left)
 }
 
+/// Where connections go: one fixed server, or the primary the sentinels name at the moment of
+/// connecting. Every connection of a mempool — pooled, lease, wake, events — is opened from it
+/// by [`RedisConn::open`].
+#[derive(Clone)]
+pub(crate) enum Target {
+    Direct(redis::Client),
+    #[cfg(feature = "sentinel")]
+    Sentinel(SentinelTarget),
+}
+
+impl Target {
+    /// The target of `config`: its URL, or its sentinels.
+    pub fn of(config: &crate::Config) -> redis::RedisResult<Target> {
+        #[cfg(feature = "sentinel")]
+        if let Some(settings) = &config.sentinel {
+            return Ok(Target::Sentinel(SentinelTarget::new(config, settings)?));
+        }
+        client(config).map(Target::Direct)
+    }
+}
+
+/// The sentinels to ask, and how to reach the node they name.
+#[cfg(feature = "sentinel")]
+#[derive(Clone)]
+pub(crate) struct SentinelTarget {
+    /// Each sentinel's client and its address without credentials (for messages).
+    sentinels: Vec<(redis::Client, String)>,
+    master_name: String,
+    /// The data nodes' credentials, database and protocol; the address is the sentinels' answer.
+    node: redis::ConnectionInfo,
+}
+
+#[cfg(feature = "sentinel")]
+impl SentinelTarget {
+    fn new(
+        config: &crate::Config,
+        settings: &crate::config::SentinelSettings,
+    ) -> redis::RedisResult<SentinelTarget> {
+        let without_lib_name = |url: &str| -> redis::RedisResult<redis::ConnectionInfo> {
+            let info = redis::Client::open(url)?.get_connection_info().clone();
+            let settings = info.redis_settings().clone().set_skip_set_lib_name();
+            Ok(info.set_redis_settings(settings))
+        };
+        let sentinels = settings
+            .sentinels
+            .iter()
+            .map(|addr| {
+                let info = without_lib_name(&crate::config::sentinel_url(addr))?;
+                let label = info.addr().to_string();
+                Ok((redis::Client::open(info)?, label))
+            })
+            .collect::<redis::RedisResult<Vec<_>>>()?;
+        let node = if config.url.is_empty() {
+            without_lib_name("redis://127.0.0.1")?
+        } else {
+            without_lib_name(&config.url)?
+        };
+        Ok(SentinelTarget {
+            sentinels,
+            master_name: settings.master_name.clone(),
+            node,
+        })
+    }
+
+    /// Asks the sentinels in turn for the primary and connects to it, all before `deadline`.
+    /// Each sentinel gets an equal share of the time left, keeping one share for the primary,
+    /// so one hung sentinel cannot spend the whole budget. A sentinel may name a node that is
+    /// down or no longer primary (it has not noticed the failover yet): the next one is asked.
+    fn connect_primary(&self, deadline: Instant) -> redis::RedisResult<redis::Connection> {
+        let mut errors = Vec::new();
+        let n = self.sentinels.len();
+        for (i, (sentinel, label)) in self.sentinels.iter().enumerate() {
+            let share = left(deadline)? / (n - i + 1) as u32;
+            let primary = match self.ask(sentinel, share) {
+                Ok(addr) => addr,
+                Err(e) => {
+                    errors.push(format!("sentinel {label}: {e}"));
+                    continue;
+                }
+            };
+            match self.connect_node(&primary, deadline) {
+                Ok(conn) => return Ok(conn),
+                // Refused credentials or a missing permission (ROLE): the same at every
+                // sentinel's answer, and not a reason to wait for a failover.
+                Err(e) if matches!(Error::from_redis(e.clone()), Error::Auth(_)) => return Err(e),
+                Err(e) => errors.push(format!(
+                    "primary {}:{} named by sentinel {label}: {e}",
+                    primary.0, primary.1
+                )),
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotConnected,
+            format!(
+                "no primary for {:?} reachable through the sentinels ({})",
+                self.master_name,
+                errors.join("; ")
+            ),
+        )
+        .into())
+    }
+
+    /// `SENTINEL get-master-addr-by-name`, within `budget`.
+    fn ask(&self, sentinel: &redis::Client, budget: Duration) -> redis::RedisResult<(String, u16)> {
+        let deadline = Instant::now() + budget;
+        let mut conn = sentinel.get_connection_with_timeout(budget / 3)?;
+        let timeout = left(deadline)?;
+        conn.set_read_timeout(Some(timeout))?;
+        conn.set_write_timeout(Some(timeout))?;
+        let reply: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&self.master_name)
+            .query(&mut conn)?;
+        reply.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("does not know master {:?}", self.master_name),
+            )
+            .into()
+        })
+    }
+
+    /// Connects to `addr` with the nodes' credentials and checks that it is the primary.
+    fn connect_node(
+        &self,
+        addr: &(String, u16),
+        deadline: Instant,
+    ) -> redis::RedisResult<redis::Connection> {
+        let info = self
+            .node
+            .clone()
+            .set_addr(redis::ConnectionAddr::Tcp(addr.0.clone(), addr.1));
+        let mut conn =
+            redis::Client::open(info)?.get_connection_with_timeout(left(deadline)? / 3)?;
+        let timeout = left(deadline)?;
+        conn.set_read_timeout(Some(timeout))?;
+        conn.set_write_timeout(Some(timeout))?;
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut conn)?;
+        match role.first() {
+            Some(redis::Value::BulkString(r)) if r == b"master" => Ok(conn),
+            Some(redis::Value::SimpleString(r)) if r == "master" => Ok(conn),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "the node is not the primary (ROLE), the sentinel has not seen the failover yet",
+            )
+            .into()),
+        }
+    }
+}
+
 /// A client for the configured URL that skips redis-rs's `CLIENT SETINFO` handshake: two more
 /// replies to wait for on every connect, which we do not need (connections are named with
 /// `CLIENT SETNAME`). A `rediss://` URL gets the configured CA and client certificate.
@@ -139,7 +299,7 @@ pub(crate) fn client(config: &crate::Config) -> redis::RedisResult<redis::Client
 
 /// Creates pooled connections for r2d2.
 pub(crate) struct Manager {
-    pub client: redis::Client,
+    pub target: Target,
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
     pub name: String,
@@ -151,7 +311,7 @@ impl r2d2::ManageConnection for Manager {
 
     fn connect(&self) -> Result<RedisConn, redis::RedisError> {
         RedisConn::open(
-            &self.client,
+            &self.target,
             self.connect_timeout,
             self.io_timeout,
             &self.name,
@@ -182,13 +342,9 @@ impl r2d2::HandleError<redis::RedisError> for QuietErrors {
 pub(crate) type Pool = r2d2::Pool<Manager>;
 
 /// Builds the pool, waiting (up to the connect timeout) for the first connections.
-pub(crate) fn build(
-    client: redis::Client,
-    config: &crate::Config,
-    name: String,
-) -> Result<Pool, Error> {
+pub(crate) fn build(target: Target, config: &crate::Config, name: String) -> Result<Pool, Error> {
     let manager = Manager {
-        client,
+        target,
         connect_timeout: config.connect_timeout,
         io_timeout: config.command_timeout,
         name,

@@ -17,6 +17,10 @@ use crate::Error;
 pub(crate) struct Lua {
     script: Script,
     source: &'static str,
+    /// Whether the script writes: only those wait for replicas ([`Config::wait_replicas`]).
+    ///
+    /// [`Config::wait_replicas`]: crate::Config::wait_replicas
+    writes: bool,
 }
 
 impl Lua {
@@ -24,7 +28,13 @@ impl Lua {
         Lua {
             script: Script::new(source),
             source,
+            writes: false,
         }
+    }
+
+    fn writes(mut self) -> Lua {
+        self.writes = true;
+        self
     }
 }
 
@@ -62,21 +72,21 @@ pub(crate) struct Scripts {
 impl Scripts {
     pub fn new() -> Scripts {
         Scripts {
-            receive: lua!("receive.lua"),
+            receive: lua!("receive.lua").writes(),
             has_pending: lua!("has_pending.lua"),
             peek: lua!("peek.lua"),
-            mark_inflight: lua!("mark_inflight.lua"),
-            mark_acknowledged: lua!("mark_acknowledged.lua"),
+            mark_inflight: lua!("mark_inflight.lua").writes(),
+            mark_acknowledged: lua!("mark_acknowledged.lua").writes(),
             find_inflight: lua!("find_inflight.lua"),
-            confirm: lua!("confirm.lua"),
+            confirm: lua!("confirm.lua").writes(),
             check_status: lua!("check_status.lua"),
             dump_finalized: lua!("dump_finalized.lua"),
             watcher_info: lua!("watcher_info.lua"),
-            acquire: lua!("acquire.lua"),
-            renew: lua!("renew.lua"),
-            release: lua!("release.lua"),
+            acquire: lua!("acquire.lua").writes(),
+            renew: lua!("renew.lua").writes(),
+            release: lua!("release.lua").writes(),
             stats: lua!("stats.lua"),
-            reset_lock: lua!("reset_lock.lua"),
+            reset_lock: lua!("reset_lock.lua").writes(),
             check_access: lua!("check_access.lua"),
         }
     }
@@ -112,15 +122,24 @@ impl Scripts {
     }
 }
 
+/// `WAIT` after writing scripts: how many replicas, and how long at most.
+pub(crate) type Wait = Option<(usize, std::time::Duration)>;
+
 /// Runs `lua` with every key of the mempool, the arguments every script takes (`event_history`:
-/// how many events the event stream keeps) and `args`; one `EVALSHA`.
+/// how many events the event stream keeps) and `args`; one `EVALSHA`. With `wait` and a script
+/// that writes, `WAIT` goes in the same round trip and too few replicas is
+/// [`Error::NotReplicated`].
 pub(crate) fn run(
     conn: &mut RedisConn,
     lua: &Lua,
     keys: &Keys,
     event_history: usize,
     args: &[&[u8]],
+    wait: Wait,
 ) -> Result<Value, Error> {
+    if let Some((replicas, timeout)) = wait.filter(|_| lua.writes) {
+        return run_and_wait(conn, lua, keys, event_history, args, replicas, timeout);
+    }
     let mut inv = lua.script.prepare_invoke();
     for key in keys.all() {
         inv.key(key);
@@ -135,6 +154,77 @@ pub(crate) fn run(
             Err(name_the_wrong_key(conn, keys).unwrap_or_else(|| Error::from_redis(e)))
         }
         Err(e) => Err(Error::from_redis(e)),
+    }
+}
+
+/// `EVALSHA` and `WAIT` pipelined. redis-rs loads a script on `NOSCRIPT` only for a lone
+/// invocation, so this does it here: a `NOSCRIPT` means the script did not run, and the pair is
+/// sent again once the script is loaded (after a restart or a failover to a node that never
+/// saw it).
+fn run_and_wait(
+    conn: &mut RedisConn,
+    lua: &Lua,
+    keys: &Keys,
+    event_history: usize,
+    args: &[&[u8]],
+    replicas: usize,
+    timeout: std::time::Duration,
+) -> Result<Value, Error> {
+    let all = keys.all();
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    let cmd = pipe
+        .cmd("EVALSHA")
+        .arg(lua.script.get_hash())
+        .arg(all.len())
+        .arg(&all[..])
+        .arg(event_history);
+    for arg in args {
+        cmd.arg(*arg);
+    }
+    // WAIT reads 0 as "forever".
+    let ms = (timeout.as_millis() as u64).max(1);
+    pipe.cmd("WAIT").arg(replicas).arg(ms);
+    let mut loaded = false;
+    loop {
+        let replies: Vec<Value> = conn.run_pipeline(&pipe).map_err(Error::from_redis)?;
+        let [reply, acked]: [Value; 2] = replies
+            .try_into()
+            .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("evalsha+wait: {v:?}")))?;
+        let reply = match reply {
+            Value::ServerError(e) => {
+                let e = redis::RedisError::from(e);
+                conn.note_error(&e);
+                if e.code() == Some("NOSCRIPT") && !loaded {
+                    conn.run::<String>(redis::cmd("SCRIPT").arg("LOAD").arg(lua.source))
+                        .map_err(Error::from_redis)?;
+                    loaded = true;
+                    continue;
+                }
+                if e.code() == Some("WRONGTYPE") && !conn.is_broken() {
+                    return Err(
+                        name_the_wrong_key(conn, keys).unwrap_or_else(|| Error::from_redis(e))
+                    );
+                }
+                return Err(Error::from_redis(e));
+            }
+            v => v,
+        };
+        let acked = match acked {
+            Value::ServerError(e) => {
+                let e = redis::RedisError::from(e);
+                conn.note_error(&e);
+                return Err(Error::from_redis(e));
+            }
+            v => uint(&v, "wait")? as usize,
+        };
+        if acked < replicas {
+            return Err(Error::NotReplicated {
+                acked,
+                wanted: replicas,
+            });
+        }
+        return Ok(reply);
     }
 }
 

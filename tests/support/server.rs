@@ -85,7 +85,28 @@ pub struct RedisServer {
     tls_port: u16,
     dir: PathBuf,
     opts: ServerOptions,
+    /// `Some` for a sentinel: the initial contents of its config file.
+    sentinel_conf: Option<String>,
 }
+
+/// What a sentinel started by [`RedisServer::start_sentinel`] monitors.
+#[derive(Clone, Debug)]
+pub struct SentinelOptions {
+    /// The name clients ask for (`SENTINEL get-master-addr-by-name <name>`).
+    pub master_name: String,
+    /// The primary to monitor.
+    pub primary: SocketAddr,
+    /// How many sentinels must agree that the primary is down.
+    pub quorum: u32,
+    /// `down-after-milliseconds`.
+    pub down_after: Duration,
+    /// `failover-timeout`.
+    pub failover_timeout: Duration,
+}
+
+/// Name of a sentinel's config file in its dir; Sentinel rewrites it as it learns the topology,
+/// which is why it must be a file of its own and writable.
+const SENTINEL_CONF: &str = "sentinel.conf";
 
 /// Why one attempt to bring up a server failed.
 enum StartError {
@@ -117,7 +138,47 @@ impl RedisServer {
             tls_port: 0,
             dir: make_temp_dir(),
             opts,
+            sentinel_conf: None,
         };
+        server.start_on_free_port();
+        server
+    }
+
+    /// Starts a Redis Sentinel (`redis-server <dir>/sentinel.conf --sentinel`) on a free port,
+    /// monitoring `opts.primary` with `parallel-syncs 1`. [`Self::url`] and
+    /// [`Self::connection`] reach the sentinel itself.
+    ///
+    /// Panics with the tail of its log if it does not come up.
+    pub fn start_sentinel(opts: SentinelOptions) -> RedisServer {
+        let name = &opts.master_name;
+        let conf = format!(
+            "sentinel monitor {name} {} {} {}\n\
+             sentinel down-after-milliseconds {name} {}\n\
+             sentinel failover-timeout {name} {}\n\
+             sentinel parallel-syncs {name} 1\n",
+            opts.primary.ip(),
+            opts.primary.port(),
+            opts.quorum,
+            opts.down_after.as_millis(),
+            opts.failover_timeout.as_millis(),
+        );
+        let mut server = RedisServer {
+            child: None,
+            pid: 0,
+            port: 0,
+            tls_port: 0,
+            dir: make_temp_dir(),
+            opts: ServerOptions::default(),
+            sentinel_conf: Some(conf),
+        };
+        server.start_on_free_port();
+        server
+    }
+
+    /// The part of starting shared by servers and sentinels: pick a port, spawn, wait, and try
+    /// another port if a parallel test took it.
+    fn start_on_free_port(&mut self) {
+        let server = self;
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
             // The port is free when we look, but nothing reserves it until
@@ -128,7 +189,7 @@ impl RedisServer {
                 server.tls_port = free_port();
             }
             match server.spawn_and_wait() {
-                Ok(()) => return server,
+                Ok(()) => return,
                 Err(StartError::PortTaken(msg)) => last_error = msg,
                 Err(StartError::Fatal(msg)) => server.fail(&msg),
             }
@@ -324,6 +385,16 @@ impl RedisServer {
             .map_err(|e| StartError::Fatal(format!("cannot clone {STDOUT_LOG}: {e}")))?;
 
         let mut cmd = Command::new("redis-server");
+        if let Some(conf) = &self.sentinel_conf {
+            // Written once: across restarts Sentinel keeps what it rewrote into it.
+            let path = self.dir.join(SENTINEL_CONF);
+            if !path.exists() {
+                fs::write(&path, conf).map_err(|e| {
+                    StartError::Fatal(format!("cannot write {}: {e}", path.display()))
+                })?;
+            }
+            cmd.arg(path).arg("--sentinel");
+        }
         cmd.arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1"])
