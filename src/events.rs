@@ -407,22 +407,13 @@ fn entry_number(entry: &Value, stream: &str) -> Result<u64, Error> {
 /// Decodes one stream entry; `None` for kinds this version does not know (skipped, so a newer
 /// writer does not break an older reader).
 fn decode_event(entry: Value, stream: &str) -> Result<(u64, Option<MempoolEvent>), Error> {
-    let items = scripts::array(entry, "event")?;
-    let [id, fields]: [Value; 2] = items
-        .try_into()
-        .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("event: {v:?}")))?;
-    let id = scripts::text(&id, "event id")?;
-    let key = format!("{stream} {id}");
+    let scripts::StreamEntry { seq, key, fields } = scripts::stream_entry(entry, stream)?;
     let corrupt = |detail: String| Error::Corrupt {
         key: key.clone(),
         detail,
     };
-    let seq: u64 = id
-        .split_once('-')
-        .and_then(|(n, _)| n.parse().ok())
-        .ok_or_else(|| corrupt("bad event id".into()))?;
     let mut map = std::collections::HashMap::new();
-    let mut fields = scripts::array(fields, "event fields")?.into_iter();
+    let mut fields = fields.into_iter();
     while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
         map.insert(
             scripts::text(&name, "event field")?,

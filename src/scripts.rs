@@ -384,23 +384,46 @@ pub(crate) fn decode_tx(v: Value, keys: &Keys) -> Result<MempoolTx, Error> {
     })
 }
 
-/// Decodes one raw `XRANGE` entry of the finalized log into its sequence and tx.
-pub(crate) fn decode_log_entry(v: Value, keys: &Keys) -> Result<(u64, MempoolTx), Error> {
-    let items = array(v, "log entry")?;
+/// One entry of one of our streams (the finalized log, the events), whose ids are `<n>-0`.
+pub(crate) struct StreamEntry {
+    /// `n`: the log sequence or the event number.
+    pub seq: u64,
+    /// `<stream> <id>`, to name the entry in a `Corrupt` error.
+    pub key: String,
+    /// Field names and values, alternating.
+    pub fields: Vec<Value>,
+}
+
+/// Splits a raw `XRANGE`/`XREAD` entry `[id, [field, value, ...]]` of `stream`.
+pub(crate) fn stream_entry(v: Value, stream: &str) -> Result<StreamEntry, Error> {
+    let items = array(v, "stream entry")?;
     let [id, fields]: [Value; 2] = items
         .try_into()
-        .map_err(|items: Vec<Value>| Error::UnexpectedReply(format!("log entry: {items:?}")))?;
-    let id = text(&id, "log entry id")?;
-    let key = format!("{} {}", keys.log, id);
+        .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("stream entry: {v:?}")))?;
+    let id = text(&id, "stream entry id")?;
+    let key = format!("{stream} {id}");
+    let seq = id
+        .split_once('-')
+        .and_then(|(n, _)| n.parse().ok())
+        .ok_or_else(|| Error::Corrupt {
+            key: key.clone(),
+            detail: "bad entry id".into(),
+        })?;
+    Ok(StreamEntry {
+        seq,
+        key,
+        fields: array(fields, "stream entry fields")?,
+    })
+}
+
+/// Decodes one raw `XRANGE` entry of the finalized log into its sequence and tx.
+pub(crate) fn decode_log_entry(v: Value, keys: &Keys) -> Result<(u64, MempoolTx), Error> {
+    let StreamEntry { seq, key, fields } = stream_entry(v, &keys.log)?;
     let corrupt = |detail: String| Error::Corrupt {
         key: key.clone(),
         detail,
     };
-    let seq: u64 = id
-        .split_once('-')
-        .and_then(|(ms, _)| ms.parse().ok())
-        .ok_or_else(|| corrupt("bad entry id".into()))?;
-    let mut fields = array(fields, "log entry fields")?.into_iter();
+    let mut fields = fields.into_iter();
     let (mut tx, mut st, mut c, mut m, mut at, mut era, mut body) =
         (None, None, None, None, None, None, None);
     while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
