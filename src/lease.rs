@@ -394,7 +394,21 @@ impl LeaseLoop {
         );
         let now = Instant::now();
         match reply.and_then(parse_renew) {
-            Ok(Renew::Renewed) => {
+            Ok(renewed @ (Renew::Renewed | Renew::TakenBack(_))) => {
+                let epoch = match renewed {
+                    Renew::TakenBack(new_epoch) => {
+                        // The flag stays up: nobody else could hold the lock meanwhile (the
+                        // fence). Only the epoch moves on, which rejects our own calls sent
+                        // under the old one.
+                        self.shared.epoch.store(new_epoch, Ordering::SeqCst);
+                        info!(target: LOG_TARGET, "watcher lock was deleted by hand; took it back (epoch {new_epoch})");
+                        new_epoch
+                    }
+                    _ => {
+                        debug!(target: LOG_TARGET, "watcher lock renewed");
+                        epoch
+                    }
+                };
                 self.shared
                     .counters
                     .renewals
@@ -404,22 +418,6 @@ impl LeaseLoop {
                     valid_until: self.timing.valid_until(sent),
                     next_renew: self.timing.next_renewal(sent),
                 };
-                debug!(target: LOG_TARGET, "watcher lock renewed");
-            }
-            Ok(Renew::TakenBack(new_epoch)) => {
-                // The flag stays up: nobody else could hold the lock meanwhile (the fence). Only
-                // the epoch moves on, which rejects our own calls sent under the old one.
-                self.shared.epoch.store(new_epoch, Ordering::SeqCst);
-                self.shared
-                    .counters
-                    .renewals
-                    .fetch_add(1, Ordering::Relaxed);
-                self.role = Role::Watcher {
-                    epoch: new_epoch,
-                    valid_until: self.timing.valid_until(sent),
-                    next_renew: self.timing.next_renewal(sent),
-                };
-                info!(target: LOG_TARGET, "watcher lock was deleted by hand; took it back (epoch {new_epoch})");
             }
             Ok(Renew::Lost(holder)) => {
                 let why = if holder.is_empty() {
