@@ -47,6 +47,8 @@ pub struct Config {
     pub(crate) sentinel: Option<SentinelSettings>,
     /// `(replicas, timeout)` of [`Config::wait_replicas`]; `None` when off.
     pub(crate) wait_replicas: Option<(usize, Duration)>,
+    /// `Some` with [`Config::cluster`]: the seed nodes (`host:port`) of a Redis Cluster.
+    pub(crate) cluster: Option<Vec<String>>,
 }
 
 /// Where the sentinels are and which primary to ask them for.
@@ -87,7 +89,32 @@ impl Config {
             tls_client_cert: None,
             sentinel: None,
             wait_replicas: None,
+            cluster: None,
         }
+    }
+
+    /// A configuration for a Redis Cluster (`cluster` feature): `nodes` are `host:port` of
+    /// some of its nodes (seeds; any node will do, the others are only asked when it does not
+    /// answer). A mempool lives in one hash slot, so the key prefix must carry a hash tag
+    /// (`{dolos}:mempool`; see [`Config::key_prefix`]). Every new connection asks the seeds in
+    /// turn which primary owns that slot (`CLUSTER SLOTS`) and connects to it, so after a
+    /// failover or a slot migration broken connections are replaced by connections to the new
+    /// owner. Mempools with different tags may live on different primaries.
+    ///
+    /// The nodes' credentials go in [`Config::url`] (`redis://user:password@cluster`; its host
+    /// and port are ignored, and the database must be 0, the only one a cluster has).
+    ///
+    /// ```
+    /// let config = dolos_redis::Config::cluster(["10.0.0.1:7000", "10.0.0.2:7000"])
+    ///     .key_prefix("{dolos}:mempool")
+    ///     .url("redis://dolos:secret@cluster");
+    /// assert!(config.validate().is_ok());
+    /// ```
+    #[cfg(feature = "cluster")]
+    pub fn cluster(nodes: impl IntoIterator<Item = impl Into<String>>) -> Config {
+        let mut config = Config::new("");
+        config.cluster = Some(nodes.into_iter().map(Into::into).collect());
+        config
     }
 
     /// A configuration that finds the Redis primary through Redis Sentinel (`sentinel`
@@ -149,8 +176,13 @@ impl Config {
     }
 
     /// The prefix of every key this mempool uses; nodes that share a prefix share a mempool.
-    /// No spaces or control characters. To keep a mempool in one Redis Cluster slot, put a hash
-    /// tag in it (`{dolos}:mempool`).
+    /// No spaces or control characters.
+    ///
+    /// With [`Config::cluster`] the prefix must carry a hash tag: a non-empty part in braces,
+    /// as in `{dolos}:mempool` or `preprod:{dolos}`. Redis Cluster then places every key of the
+    /// mempool by the tag alone, so they all share one slot and the scripts, which touch all of
+    /// them at once, can run. Mempools with different tags may live on different primaries;
+    /// two prefixes with the same tag share a slot (and a primary) but not their keys.
     ///
     /// Defaults to `"dolos:mempool"`.
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Config {
@@ -267,8 +299,18 @@ impl Config {
     }
 
     /// The Redis URL, with any password replaced by `***` (with Sentinel: the master name and
-    /// the sentinels, passwords replaced as well).
+    /// the sentinels, passwords replaced as well; with Cluster: the seed nodes).
     pub fn redacted_url(&self) -> String {
+        if let Some(nodes) = &self.cluster {
+            return format!(
+                "cluster nodes {}",
+                nodes
+                    .iter()
+                    .map(|a| redact_url(a))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+        }
         match &self.sentinel {
             Some(s) => format!(
                 "sentinel master {:?} at {}",
@@ -307,12 +349,24 @@ impl Config {
     /// The error names the field at fault.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |field: &str, why: String| Err(Error::InvalidConfig(format!("{field}: {why}")));
-        let tls = match &self.sentinel {
-            Some(sentinel) => {
+        let tls = match (&self.sentinel, &self.cluster) {
+            (Some(_), Some(_)) => {
+                return bad(
+                    "cluster_nodes",
+                    "cannot be combined with sentinels: a deployment is either a Sentinel \
+                     primary or a Redis Cluster"
+                        .into(),
+                )
+            }
+            (Some(sentinel), None) => {
                 self.validate_sentinel(sentinel)?;
                 false
             }
-            None => self.validate_url()?,
+            (None, Some(nodes)) => {
+                self.validate_cluster(nodes)?;
+                false
+            }
+            (None, None) => self.validate_url()?,
         };
         if let Some((_, timeout)) = self.wait_replicas {
             if timeout.is_zero() {
@@ -355,6 +409,17 @@ impl Config {
                 "key_prefix",
                 format!(
                     "{:?} must not contain spaces or control characters",
+                    self.key_prefix
+                ),
+            );
+        }
+        if self.cluster.is_some() && crate::keys::hash_tag(&self.key_prefix).is_none() {
+            return bad(
+                "key_prefix",
+                format!(
+                    "{:?} has no hash tag: in a Redis Cluster every key of a mempool must hash to \
+                     one slot, so the prefix must contain a non-empty tag in braces, which Redis \
+                     hashes instead of the whole key (e.g. \"{{dolos}}:mempool\")",
                     self.key_prefix
                 ),
             );
@@ -508,6 +573,59 @@ impl Config {
         Ok(())
     }
 
+    /// Checks the cluster's seed nodes, and the url that then only carries credentials.
+    fn validate_cluster(&self, nodes: &[String]) -> Result<(), Error> {
+        let bad = |field: &str, why: String| Err(Error::InvalidConfig(format!("{field}: {why}")));
+        if !cfg!(feature = "cluster") {
+            return bad(
+                "cluster_nodes",
+                "Redis Cluster is not supported by this build (enable the `cluster` feature)"
+                    .into(),
+            );
+        }
+        if nodes.is_empty() {
+            return bad("cluster_nodes", "must name at least one node".into());
+        }
+        for addr in nodes {
+            if parse_host_port(addr).is_none() {
+                return bad(
+                    "cluster_nodes",
+                    format!(
+                        "{:?} is not host:port (the nodes' credentials go in the url)",
+                        redact_url(addr)
+                    ),
+                );
+            }
+        }
+        if !self.url.is_empty() {
+            let db = redis::Client::open(self.url.as_str())
+                .ok()
+                .filter(|_| self.url.starts_with("redis://"))
+                .map(|c| c.get_connection_info().redis_settings().db());
+            match db {
+                Some(0) => {}
+                Some(db) => {
+                    return bad(
+                        "url",
+                        format!("database {db}: a Redis Cluster only has database 0"),
+                    )
+                }
+                None => {
+                    return bad(
+                        "url",
+                        format!(
+                            "{:?}: with cluster_nodes the url only gives the nodes' credentials, \
+                             as redis://user:password@cluster (rediss:// and unix sockets are \
+                             not supported with Cluster)",
+                            redact_url(&self.url)
+                        ),
+                    )
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The CA and client certificate to connect with, read from their files and checked (the
     /// error names the field). Certificates the files hold are public, but the key is not: no
     /// error quotes file contents.
@@ -593,6 +711,10 @@ impl fmt::Debug for Config {
                 &self.sentinel.as_ref().map(|_| self.redacted_url()),
             )
             .field("wait_replicas", &self.wait_replicas)
+            .field(
+                "cluster",
+                &self.cluster.as_ref().map(|_| self.redacted_url()),
+            )
             .finish()
     }
 }
@@ -602,6 +724,20 @@ impl fmt::Debug for Config {
 fn read_pem(field: &str, path: &std::path::Path) -> Result<Vec<u8>, Error> {
     std::fs::read(path)
         .map_err(|e| Error::InvalidConfig(format!("{field}: cannot read {}: {e}", path.display())))
+}
+
+/// `host:port` split in two; `None` for anything else (a URL, no port, a bad port).
+pub(crate) fn parse_host_port(addr: &str) -> Option<(String, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let valid_host = !host.is_empty()
+        && !host.contains("://")
+        && !host.contains('@')
+        && !host
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '/');
+    let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+    valid_host.then(|| (host.to_string(), port))
 }
 
 /// Replaces the password of a URL's user info (`scheme://user:password@host`) with `***`.
@@ -639,6 +775,8 @@ mod toml_table {
         /// With `master_name`: see [`Config::sentinel`].
         sentinels: Option<Vec<String>>,
         master_name: Option<String>,
+        /// See [`Config::cluster`].
+        cluster_nodes: Option<Vec<String>>,
         /// With `wait_timeout_ms`: see [`Config::wait_replicas`].
         wait_replicas: Option<usize>,
         wait_timeout_ms: Option<u64>,
@@ -669,8 +807,10 @@ mod toml_table {
                     raw.backend
                 ));
             }
+            let cluster = raw.cluster_nodes;
             let mut c = match (raw.sentinels, raw.master_name, raw.url) {
                 (None, None, Some(url)) => Config::new(url),
+                (None, None, None) if cluster.is_some() => Config::new(""),
                 (None, None, None) => return Err("missing field `url`".to_string()),
                 (Some(sentinels), Some(master_name), url) => {
                     // Built by hand so that a build without the feature still reads the table
@@ -684,6 +824,8 @@ mod toml_table {
                 }
                 _ => return Err("sentinels and master_name go together".to_string()),
             };
+            // By hand too, for the same reason; `validate` refuses it next to sentinels.
+            c.cluster = cluster;
             match (raw.wait_replicas, raw.wait_timeout_ms) {
                 (Some(n), Some(ms)) => c = c.wait_replicas(n, Duration::from_millis(ms)),
                 (None, None) => {}
@@ -810,6 +952,96 @@ mod tests {
                 "{rediss:?}"
             );
         }
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        // Built by hand, like the TOML table does, so that this runs without the feature too.
+        let cluster = |nodes: &[&str], prefix: &str| {
+            let mut c = Config::new("").key_prefix(prefix);
+            c.cluster = Some(nodes.iter().map(|n| n.to_string()).collect());
+            c
+        };
+        let field_of = |c: Config| match c.validate() {
+            Err(Error::InvalidConfig(m)) => m.split(':').next().unwrap().to_string(),
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        };
+        if !cfg!(feature = "cluster") {
+            let err = cluster(&["h:7000"], "{d}:m").validate();
+            assert!(
+                matches!(&err, Err(Error::InvalidConfig(m)) if m.contains("`cluster` feature")),
+                "{err:?}"
+            );
+            return;
+        }
+        assert_eq!(
+            cluster(&["h:7000", "10.0.0.2:7001"], "{d}:m").validate(),
+            Ok(())
+        );
+        assert_eq!(cluster(&["[::1]:7000"], "p:{d}").validate(), Ok(()));
+        for prefix in ["dolos:mempool", "{}:m", "{d:m", "d}:{m"] {
+            assert_eq!(
+                field_of(cluster(&["h:7000"], prefix)),
+                "key_prefix",
+                "{prefix}"
+            );
+        }
+        assert_eq!(field_of(cluster(&[], "{d}:m")), "cluster_nodes");
+        for bad in ["h", "h:0", "h:x", "redis://h:7000", "u:p@h:7000", ":7000"] {
+            assert_eq!(field_of(cluster(&[bad], "{d}:m")), "cluster_nodes", "{bad}");
+        }
+        assert_eq!(
+            field_of(cluster(&["h:1"], "{d}:m").url("redis://h/2")),
+            "url"
+        );
+        assert_eq!(
+            field_of(cluster(&["h:1"], "{d}:m").url("redis+unix:///s")),
+            "url"
+        );
+        let with_credentials = cluster(&["h:1"], "{d}:m").url("redis://u:hunter2@h/0");
+        assert_eq!(with_credentials.validate(), Ok(()));
+        assert!(!format!("{with_credentials:?}").contains("hunter2"));
+        let mut both = cluster(&["h:1"], "{d}:m");
+        both.sentinel = Some(SentinelSettings {
+            sentinels: vec!["h:26379".into()],
+            master_name: "m".into(),
+        });
+        assert_eq!(field_of(both), "cluster_nodes");
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn the_toml_table_reads_cluster_nodes() {
+        let c: Config = toml::from_str(
+            r#"
+            backend = "redis"
+            cluster_nodes = ["10.0.0.1:7000", "10.0.0.2:7000"]
+            url = "redis://dolos:secret@cluster"
+            key_prefix = "{dolos}:mempool"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.cluster,
+            Some(vec![
+                "10.0.0.1:7000".to_string(),
+                "10.0.0.2:7000".to_string()
+            ])
+        );
+        assert_eq!(c.url, "redis://dolos:secret@cluster");
+        let c: Config = toml::from_str(
+            r#"
+            backend = "redis"
+            cluster_nodes = ["10.0.0.1:7000"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.url, "");
+        // The default prefix has no hash tag: the operator must choose one.
+        assert!(
+            matches!(c.validate(), Err(Error::InvalidConfig(m)) if m.starts_with(
+            if cfg!(feature = "cluster") { "key_prefix:" } else { "cluster_nodes:" }))
+        );
     }
 
     #[test]

@@ -122,6 +122,13 @@ impl Error {
                  {err}"
             ));
         }
+        if is_cluster_redirect(&err) {
+            return Error::Unavailable(format!(
+                "{}: the mempool's hash slot is served by another node now, or the cluster is \
+                 not ready; reconnecting: {err}",
+                err.code().unwrap_or("cluster")
+            ));
+        }
         if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
             return Error::Unavailable(err.to_string());
         }
@@ -157,7 +164,21 @@ impl Error {
             // The node was demoted to replica (a failover): its connections are useless for
             // writes, and a new connection finds the new primary.
             || is_read_only(err)
+            // Cluster: the slot is served elsewhere now (or not at all yet); a new connection
+            // asks the cluster again who owns it.
+            || is_cluster_redirect(err)
     }
+}
+
+/// `MOVED`, `ASK`, `TRYAGAIN` or `CLUSTERDOWN`: a Redis Cluster node that does not serve the
+/// mempool's slot (any more, or yet). Redis checks the keys of a script before running it, so
+/// none of these comes after a partial write.
+fn is_cluster_redirect(err: &redis::RedisError) -> bool {
+    err.is_cluster_error()
+        || matches!(
+            err.code(),
+            Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN")
+        )
 }
 
 /// `READONLY`, as a command or from inside a script (Redis keeps the code of an error raised by

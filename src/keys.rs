@@ -103,9 +103,78 @@ impl Keys {
     }
 }
 
+/// The hash tag of `prefix` as Redis Cluster reads it from every key that starts with it: the
+/// text between the first `{` and the next `}`, if that is not empty. The suffixes this crate
+/// appends hold no braces, so all keys of a mempool share the tag of its prefix, and so one slot.
+pub(crate) fn hash_tag(prefix: &str) -> Option<&str> {
+    let open = prefix.find('{')?;
+    let rest = &prefix[open + 1..];
+    let close = rest.find('}')?;
+    (close > 0).then(|| &rest[..close])
+}
+
+/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag, or of the whole key
+/// without one, modulo 16384.
+#[cfg(any(test, feature = "cluster"))]
+pub(crate) fn slot(key: &str) -> u16 {
+    let hashed = hash_tag(key).unwrap_or(key);
+    crc16_xmodem(hashed.as_bytes()) % 16384
+}
+
+/// CRC-16/XMODEM (polynomial 0x1021, initial value 0, no reflection): the checksum Redis
+/// Cluster maps keys to slots with. Bitwise rather than a table: it runs once per mempool.
+#[cfg(any(test, feature = "cluster"))]
+fn crc16_xmodem(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in bytes {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crc16_matches_the_xmodem_check_value() {
+        // The standard check value of CRC-16/XMODEM.
+        assert_eq!(crc16_xmodem(b"123456789"), 0x31c3);
+        assert_eq!(crc16_xmodem(b""), 0);
+    }
+
+    #[test]
+    fn slots_match_cluster_keyslot() {
+        // What `CLUSTER KEYSLOT` answers on Redis 7.0.
+        assert_eq!(slot("123456789"), 12739);
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("bar"), 5061);
+        assert_eq!(slot("{dolos}:mempool:txs"), slot("dolos"));
+        assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
+        // An empty tag does not count: the whole key is hashed.
+        assert_eq!(slot("{}foo"), crc16_xmodem(b"{}foo") % 16384);
+    }
+
+    #[test]
+    fn every_key_of_a_tagged_prefix_shares_one_slot() {
+        for prefix in ["{dolos}:mempool", "preprod:{m1}", "a{b}c{d}"] {
+            let keys = Keys::new(prefix);
+            let first = slot(keys.lock.as_str());
+            assert!(keys.all().iter().all(|k| slot(k) == first), "{prefix}");
+        }
+        assert_eq!(hash_tag("{dolos}:mempool"), Some("dolos"));
+        assert_eq!(hash_tag("a{b}c{d}"), Some("b"));
+        for untagged in ["dolos:mempool", "{}:mempool", "{dolos:mempool", "dolos}:{"] {
+            assert_eq!(hash_tag(untagged), None, "{untagged}");
+        }
+    }
 
     #[test]
     fn lock_key_matches_the_reference_deployment() {

@@ -35,6 +35,8 @@ impl RedisConn {
             Target::Direct(client) => client.get_connection_with_timeout(connect_timeout / 3)?,
             #[cfg(feature = "sentinel")]
             Target::Sentinel(sentinel) => sentinel.connect_primary(deadline)?,
+            #[cfg(feature = "cluster")]
+            Target::Cluster(cluster) => cluster.connect_owner(deadline)?,
         };
         let mut conn = RedisConn {
             conn,
@@ -124,19 +126,26 @@ fn left(deadline: Instant) -> redis::RedisResult<Duration> {
     Ok(left)
 }
 
-/// Where connections go: one fixed server, or the primary the sentinels name at the moment of
-/// connecting. Every connection of a mempool — pooled, lease, wake, events — is opened from it
-/// by [`RedisConn::open`].
+/// Where connections go: one fixed server, the primary the sentinels name at the moment of
+/// connecting, or the cluster primary that owns the mempool's slot at that moment. Every
+/// connection of a mempool — pooled, lease, wake, events — is opened from it by
+/// [`RedisConn::open`].
 #[derive(Clone)]
 pub(crate) enum Target {
     Direct(redis::Client),
     #[cfg(feature = "sentinel")]
     Sentinel(SentinelTarget),
+    #[cfg(feature = "cluster")]
+    Cluster(ClusterTarget),
 }
 
 impl Target {
-    /// The target of `config`: its URL, or its sentinels.
+    /// The target of `config`: its URL, its sentinels, or its cluster.
     pub fn of(config: &crate::Config) -> redis::RedisResult<Target> {
+        #[cfg(feature = "cluster")]
+        if let Some(nodes) = &config.cluster {
+            return Ok(Target::Cluster(ClusterTarget::new(config, nodes)?));
+        }
         #[cfg(feature = "sentinel")]
         if let Some(settings) = &config.sentinel {
             return Ok(Target::Sentinel(SentinelTarget::new(config, settings)?));
@@ -176,11 +185,7 @@ impl SentinelTarget {
                 Ok((redis::Client::open(info)?, label))
             })
             .collect::<redis::RedisResult<Vec<_>>>()?;
-        let node = if config.url.is_empty() {
-            without_lib_name("redis://127.0.0.1")?
-        } else {
-            without_lib_name(&config.url)?
-        };
+        let node = node_info(&config.url)?;
         Ok(SentinelTarget {
             sentinels,
             master_name: settings.master_name.clone(),
@@ -252,15 +257,7 @@ impl SentinelTarget {
         addr: &(String, u16),
         deadline: Instant,
     ) -> redis::RedisResult<redis::Connection> {
-        let info = self
-            .node
-            .clone()
-            .set_addr(redis::ConnectionAddr::Tcp(addr.0.clone(), addr.1));
-        let mut conn =
-            redis::Client::open(info)?.get_connection_with_timeout(left(deadline)? / 3)?;
-        let timeout = left(deadline)?;
-        conn.set_read_timeout(Some(timeout))?;
-        conn.set_write_timeout(Some(timeout))?;
+        let mut conn = connect_at(&self.node, addr, deadline)?;
         let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut conn)?;
         match role.first() {
             Some(redis::Value::BulkString(r)) if r == b"master" => Ok(conn),
@@ -272,6 +269,173 @@ impl SentinelTarget {
             .into()),
         }
     }
+}
+
+/// The nodes' connection settings from the url of a Sentinel or Cluster config, which carries
+/// only credentials and database (none given: no credentials, database 0), without redis-rs's
+/// `CLIENT SETINFO` handshake; the address is filled in per connection.
+#[cfg(any(feature = "sentinel", feature = "cluster"))]
+fn node_info(url: &str) -> redis::RedisResult<redis::ConnectionInfo> {
+    let url = if url.is_empty() {
+        "redis://127.0.0.1"
+    } else {
+        url
+    };
+    let info = redis::Client::open(url)?.get_connection_info().clone();
+    let settings = info.redis_settings().clone().set_skip_set_lib_name();
+    Ok(info.set_redis_settings(settings))
+}
+
+/// Connects to `addr` with the nodes' settings `node`, the whole before `deadline`.
+#[cfg(any(feature = "sentinel", feature = "cluster"))]
+fn connect_at(
+    node: &redis::ConnectionInfo,
+    addr: &(String, u16),
+    deadline: Instant,
+) -> redis::RedisResult<redis::Connection> {
+    let info = node
+        .clone()
+        .set_addr(redis::ConnectionAddr::Tcp(addr.0.clone(), addr.1));
+    // A third: see `RedisConn::open`.
+    let conn = redis::Client::open(info)?.get_connection_with_timeout(left(deadline)? / 3)?;
+    let timeout = left(deadline)?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    Ok(conn)
+}
+
+/// The seed nodes of a Redis Cluster, and the slot whose owner every connection goes to.
+#[cfg(feature = "cluster")]
+#[derive(Clone)]
+pub(crate) struct ClusterTarget {
+    /// `(host, port)` of each seed node.
+    seeds: Vec<(String, u16)>,
+    /// The slot of the key prefix's hash tag: every key of the mempool is in it.
+    slot: u16,
+    /// The nodes' credentials and protocol; the address is the owner's.
+    node: redis::ConnectionInfo,
+}
+
+#[cfg(feature = "cluster")]
+impl ClusterTarget {
+    fn new(config: &crate::Config, seeds: &[String]) -> redis::RedisResult<ClusterTarget> {
+        let seeds = seeds
+            .iter()
+            .map(|addr| {
+                crate::config::parse_host_port(addr).ok_or_else(|| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "cluster node is not host:port",
+                    ))
+                })
+            })
+            .collect::<redis::RedisResult<Vec<_>>>()?;
+        Ok(ClusterTarget {
+            seeds,
+            slot: crate::keys::slot(&config.key_prefix),
+            node: node_info(&config.url)?,
+        })
+    }
+
+    /// Asks the seeds in turn which primary owns the slot (`CLUSTER SLOTS`) and connects to it,
+    /// all before `deadline`. Like Sentinel, each seed gets an equal share of the time left,
+    /// keeping one share for the owner, so one hung seed cannot spend the whole budget. When
+    /// the seed asked is the owner (one in as many as there are primaries), its connection is
+    /// kept. A seed with a stale view sends us to a node that answers `MOVED`: that connection
+    /// is then thrown away and the next one asks again.
+    fn connect_owner(&self, deadline: Instant) -> redis::RedisResult<redis::Connection> {
+        let mut errors = Vec::new();
+        let n = self.seeds.len();
+        for (i, seed) in self.seeds.iter().enumerate() {
+            let share = left(deadline)? / (n - i + 1) as u32;
+            let (conn, owner) = match self.ask(seed, Instant::now() + share) {
+                Ok(answer) => answer,
+                // The nodes share one set of credentials: the others would refuse them too.
+                Err(e) if matches!(Error::from_redis(e.clone()), Error::Auth(_)) => return Err(e),
+                Err(e) => {
+                    errors.push(format!("node {}:{}: {e}", seed.0, seed.1));
+                    continue;
+                }
+            };
+            if owner == *seed {
+                let timeout = left(deadline)?;
+                conn.set_read_timeout(Some(timeout))?;
+                conn.set_write_timeout(Some(timeout))?;
+                return Ok(conn);
+            }
+            drop(conn);
+            match connect_at(&self.node, &owner, deadline) {
+                Ok(conn) => return Ok(conn),
+                Err(e) if matches!(Error::from_redis(e.clone()), Error::Auth(_)) => return Err(e),
+                Err(e) => errors.push(format!(
+                    "owner {}:{} named by node {}:{}: {e}",
+                    owner.0, owner.1, seed.0, seed.1
+                )),
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotConnected,
+            format!(
+                "no owner of hash slot {} reachable through the cluster nodes ({})",
+                self.slot,
+                errors.join("; ")
+            ),
+        )
+        .into())
+    }
+
+    /// Connects to `seed` and reads from `CLUSTER SLOTS` the primary serving our slot.
+    fn ask(
+        &self,
+        seed: &(String, u16),
+        deadline: Instant,
+    ) -> redis::RedisResult<(redis::Connection, (String, u16))> {
+        let mut conn = connect_at(&self.node, seed, deadline)?;
+        let ranges: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(&mut conn)?;
+        let owner = owner_of(&ranges, self.slot, &seed.0).ok_or_else(|| {
+            redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "hash slot {} has no primary (is the cluster formed?)",
+                    self.slot
+                ),
+            ))
+        })?;
+        Ok((conn, owner))
+    }
+}
+
+/// The primary of `slot` in a `CLUSTER SLOTS` reply: entries `[first, last, [host, port, id,
+/// …] (the primary), replicas…]`. A node whose address the answering node does not know
+/// reports an empty host (or nil), meaning "the one you asked", `asked_host`; `?` (unknown
+/// hostname) counts as no answer.
+#[cfg(feature = "cluster")]
+fn owner_of(ranges: &[redis::Value], slot: u16, asked_host: &str) -> Option<(String, u16)> {
+    use redis::Value;
+    let int = |v: &Value| redis::from_redis_value_ref::<i64>(v).ok();
+    ranges.iter().find_map(|range| {
+        let Value::Array(range) = range else {
+            return None;
+        };
+        let (first, last) = (int(range.first()?)?, int(range.get(1)?)?);
+        if !(first..=last).contains(&i64::from(slot)) {
+            return None;
+        }
+        let Value::Array(primary) = range.get(2)? else {
+            return None;
+        };
+        let host = match primary.first()? {
+            Value::Nil => String::new(),
+            v => redis::from_redis_value_ref::<String>(v).ok()?,
+        };
+        let host = match host.as_str() {
+            "" => asked_host.to_string(),
+            "?" => return None,
+            _ => host,
+        };
+        let port = u16::try_from(int(primary.get(1)?)?).ok()?;
+        Some((host, port))
+    })
 }
 
 /// A client for the configured URL that skips redis-rs's `CLIENT SETINFO` handshake: two more
@@ -357,4 +521,41 @@ pub(crate) fn build(target: Target, config: &crate::Config, name: String) -> Res
         .error_handler(Box::new(QuietErrors))
         .build(manager)
         .map_err(|e| Error::Unavailable(format!("{} ({})", e, config.redacted_url())))
+}
+
+#[cfg(all(test, feature = "cluster"))]
+mod tests {
+    use super::owner_of;
+    use redis::Value;
+
+    fn range(first: i64, last: i64, host: Value, port: i64) -> Value {
+        let primary = Value::Array(vec![
+            host,
+            Value::Int(port),
+            Value::BulkString(b"id".to_vec()),
+        ]);
+        Value::Array(vec![Value::Int(first), Value::Int(last), primary])
+    }
+
+    fn text(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn the_owner_is_read_from_cluster_slots() {
+        let ranges = [
+            range(0, 5460, text("10.0.0.1"), 7000),
+            range(5461, 10922, text(""), 7001),
+            range(10923, 16383, text("?"), 7002),
+        ];
+        let owner = |slot| owner_of(&ranges, slot, "seed");
+        assert_eq!(owner(0), Some(("10.0.0.1".to_string(), 7000)));
+        assert_eq!(owner(5460), Some(("10.0.0.1".to_string(), 7000)));
+        // An empty host means the node that was asked.
+        assert_eq!(owner(5461), Some(("seed".to_string(), 7001)));
+        assert_eq!(owner(16383), None);
+        assert_eq!(owner_of(&ranges[..1], 9000, "seed"), None);
+        let nil = [range(0, 16383, Value::Nil, 7003)];
+        assert_eq!(owner_of(&nil, 1, "seed"), Some(("seed".to_string(), 7003)));
+    }
 }

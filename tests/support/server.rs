@@ -87,6 +87,9 @@ pub struct RedisServer {
     opts: ServerOptions,
     /// `Some` for a sentinel: the initial contents of its config file.
     sentinel_conf: Option<String>,
+    /// `Some` for a cluster node ([`RedisServer::start_cluster_node`]): its cluster bus port,
+    /// picked afresh with every attempt at a port, like `port`.
+    cluster_port: Option<u16>,
 }
 
 /// What a sentinel started by [`RedisServer::start_sentinel`] monitors.
@@ -139,9 +142,50 @@ impl RedisServer {
             dir: make_temp_dir(),
             opts,
             sentinel_conf: None,
+            cluster_port: None,
         };
         server.start_on_free_port();
         server
+    }
+
+    /// Starts an empty Redis Cluster node (`--cluster-enabled yes`, `nodes.conf` in its dir,
+    /// `--cluster-node-timeout` as given) on a free port, with its cluster bus on another free
+    /// port ([`Self::cluster_port`]): Redis's default, port + 10000, may be taken or above
+    /// 65535. The node owns no slots and knows no other node until the test joins them
+    /// (`CLUSTER ADDSLOTSRANGE`, `CLUSTER MEET`).
+    ///
+    /// Panics with the tail of its log if it does not come up.
+    pub fn start_cluster_node(node_timeout: Duration) -> RedisServer {
+        let mut server = RedisServer {
+            child: None,
+            pid: 0,
+            port: 0,
+            tls_port: 0,
+            dir: make_temp_dir(),
+            opts: ServerOptions {
+                extra_args: vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    "nodes.conf".into(),
+                    "--cluster-node-timeout".into(),
+                    node_timeout.as_millis().to_string(),
+                ],
+                ..Default::default()
+            },
+            sentinel_conf: None,
+            cluster_port: Some(0),
+        };
+        server.start_on_free_port();
+        server
+    }
+
+    /// The cluster bus port of a node started by [`Self::start_cluster_node`].
+    ///
+    /// Panics for any other server.
+    pub fn cluster_port(&self) -> u16 {
+        self.cluster_port
+            .unwrap_or_else(|| panic!("redis on port {} is no cluster node", self.port))
     }
 
     /// Starts a Redis Sentinel (`redis-server <dir>/sentinel.conf --sentinel`) on a free port,
@@ -170,6 +214,7 @@ impl RedisServer {
             dir: make_temp_dir(),
             opts: ServerOptions::default(),
             sentinel_conf: Some(conf),
+            cluster_port: None,
         };
         server.start_on_free_port();
         server
@@ -187,6 +232,9 @@ impl RedisServer {
             server.port = free_port();
             if server.opts.tls.is_some() {
                 server.tls_port = free_port();
+            }
+            if server.cluster_port.is_some() {
+                server.cluster_port = Some(free_port());
             }
             match server.spawn_and_wait() {
                 Ok(()) => return,
@@ -407,6 +455,9 @@ impl RedisServer {
             .arg(if self.opts.appendonly { "yes" } else { "no" });
         if self.opts.appendonly {
             cmd.args(["--appendfsync", "always"]);
+        }
+        if let Some(bus) = self.cluster_port {
+            cmd.arg("--cluster-port").arg(bus.to_string());
         }
         if let Some(tls) = &self.opts.tls {
             cmd.arg("--tls-port")
