@@ -41,3 +41,18 @@ pub fn logs_containing(needle: &str) -> Vec<String> {
         .cloned()
         .collect()
 }
+
+/// Asserts that none of `secrets` appears in `shown` (Debug/Display strings the test collected)
+/// nor in any captured log line, and that the capture saw the lease log at all.
+pub fn assert_never_shown(shown: &[String], secrets: &[&str]) {
+    for text in shown {
+        println!("shown: {text}");
+        for secret in secrets {
+            assert!(!text.contains(secret), "password shown: {text}");
+        }
+    }
+    let leaked: Vec<String> = secrets.iter().flat_map(|p| logs_containing(p)).collect();
+    assert!(leaked.is_empty(), "password in logs: {leaked:#?}");
+    // The capture works: the lease logged something in this binary.
+    assert!(!logs_containing("watcher lock").is_empty());
+}
