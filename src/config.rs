@@ -40,6 +40,7 @@ pub struct Config {
     pub(crate) max_pending: usize,
     pub(crate) max_tx_size: usize,
     pub(crate) event_history: usize,
+    pub(crate) applied_history: usize,
     pub(crate) watcher_candidate: bool,
     pub(crate) tls_ca_file: Option<PathBuf>,
     pub(crate) tls_client_cert: Option<(PathBuf, PathBuf)>,
@@ -84,6 +85,7 @@ impl Config {
             max_pending: 100_000,
             max_tx_size: 64 * 1024,
             event_history: 100_000,
+            applied_history: 4_320,
             watcher_candidate: true,
             tls_ca_file: None,
             tls_client_cert: None,
@@ -258,6 +260,19 @@ impl Config {
     /// Defaults to 100 000.
     pub fn event_history(mut self, events: usize) -> Config {
         self.event_history = events;
+        self
+    }
+
+    /// How many of the newest applied blocks Redis remembers (the applied chain that
+    /// [`RedisMempool::confirm`](crate::RedisMempool::confirm) checks for replays and undoes
+    /// blocks from). A forward call for a block older than all of them is `AlreadyApplied` once
+    /// the chain holds this many; a rollback can reach back this far. The watcher's setting
+    /// trims the chain. At least 1.
+    ///
+    /// Defaults to 4 320: twice Cardano's security parameter k = 2 160, the deepest rollback the
+    /// chain allows.
+    pub fn applied_history(mut self, blocks: usize) -> Config {
+        self.applied_history = blocks;
         self
     }
 
@@ -438,6 +453,9 @@ impl Config {
         }
         if self.event_history == 0 {
             return bad("event_history", "must be at least 1".into());
+        }
+        if self.applied_history == 0 {
+            return bad("applied_history", "must be at least 1".into());
         }
         if self.connect_timeout.is_zero() {
             return bad("connect_timeout", "must be more than zero".into());
@@ -703,6 +721,7 @@ impl fmt::Debug for Config {
             .field("max_pending", &self.max_pending)
             .field("max_tx_size", &self.max_tx_size)
             .field("event_history", &self.event_history)
+            .field("applied_history", &self.applied_history)
             .field("watcher_candidate", &self.watcher_candidate)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_client_cert", &self.tls_client_cert)
@@ -790,6 +809,7 @@ mod toml_table {
         max_pending: Option<usize>,
         max_tx_size: Option<usize>,
         event_history: Option<usize>,
+        applied_history: Option<usize>,
         watcher_candidate: Option<bool>,
         tls_ca_file: Option<std::path::PathBuf>,
         /// With `tls_client_key_file`: see [`Config::tls_client_cert`].
@@ -858,6 +878,9 @@ mod toml_table {
             if let Some(v) = raw.event_history {
                 c = c.event_history(v);
             }
+            if let Some(v) = raw.applied_history {
+                c = c.applied_history(v);
+            }
             if let Some(v) = raw.watcher_candidate {
                 c = c.watcher_candidate(v);
             }
@@ -889,6 +912,7 @@ mod tests {
         assert_eq!(c.pool_size, 10);
         assert_eq!(c.max_finalized, 10_000);
         assert_eq!(c.watcher_lock_ttl, Duration::from_secs(10));
+        assert_eq!(c.applied_history, 4_320);
         assert!(c.validate().is_ok());
     }
 
@@ -920,6 +944,7 @@ mod tests {
         assert_eq!(field_of(base().key_prefix("a b")), "key_prefix");
         assert_eq!(field_of(base().pool_size(0)), "pool_size");
         assert_eq!(field_of(base().max_finalized(0)), "max_finalized");
+        assert_eq!(field_of(base().applied_history(0)), "applied_history");
         assert_eq!(
             field_of(base().watcher_lock_ttl(Duration::ZERO)),
             "watcher_lock_ttl"

@@ -45,16 +45,18 @@ pub enum MempoolEvent {
         /// The transaction's hash, stage, counters and `confirmed_at`.
         tx: MempoolTx,
     },
-    /// The watcher applied a `confirm` call (the audit trail of applied blocks; it comes before
-    /// the transitions the call made).
+    /// The watcher applied a block, or undid one (the audit trail of the applied chain; it comes
+    /// before the transitions the call made). An undo of several blocks (an undo call that is
+    /// not at the tip, or `rollback_to`) reports each undone block, newest first.
     BlockApplied {
         /// Position in the shared event stream.
         seq: u64,
         /// The block's point.
         point: ChainPoint,
-        /// How many `confirm` calls have been applied, this one included.
+        /// The applied chain's height once this block was applied (its own height) or undone
+        /// (the height below it).
         height: u64,
-        /// Whether the call undid the block (a rollback, non-empty `unseen`).
+        /// Whether the block was undone (an undo call, or `rollback_to`).
         rollback: bool,
         /// The watcher that applied it.
         node_id: String,

@@ -8,8 +8,8 @@
 //! | `P:watcher:lock`       | string | node id (UUID v4) of the watcher; expires after `watcher_lock_ttl` |
 //! | `P:watcher:epoch`      | string | counter, +1 on every acquisition of the lock; never expires |
 //! | `P:watcher:wake`       | pub/sub channel | `released` when the lock is released, `acquired <node>` when taken: followers take over at once, a deposed watcher steps down at once |
-//! | `P:applied`            | string | `<slot, 20 digits>` of the last applied block (after a rollback: the slot below the undone block) |
-//! | `P:height`             | string | `H`: how many `confirm` calls were applied, ever |
+//! | `P:chain`              | zset   | the applied chain: `<slot, 20 digits>[:<block hash>]` of each applied block scored by its height; the newest `applied_history` blocks |
+//! | `P:height`             | string | `H`: the applied chain's height (its tip's score; an undo lowers it) |
 //! | `P:txs`                | hash   | tx hash → `stage|hi|hc|era|confirmed_at` `\n` CBOR body, for every pending and inflight tx (see `prelude.lua`); never expires |
 //! | `P:pending`            | zset   | pending queue: tx hash scored by the number of the event that queued it |
 //! | `P:inflight`           | zset   | inflight txs scored by the number of the event that propagated them |
@@ -23,7 +23,7 @@
 //! | `P:events:seq`         | string | last event number `n` (a reader that sees `n` jump knows it missed events) |
 //! | `P:watcher:fence`      | string | the watcher's node id again, same TTL, kept by acquire/renew: outlives a lock deleted by hand, so nobody else takes it while the watcher lives (deleted by release and by the operator's reset) |
 //!
-//! Counters are derived, not stored per tx: with `H` the applied-call count, a Confirmed tx has
+//! Counters are derived, not stored per tx: with `H` the applied chain's height, a Confirmed tx has
 //! `H - hc + 1` confirmations and an unconfirmed inflight tx has `H - hi` misses. That is why
 //! `confirm` touches only the block's txs and the txs that finalize or drop in it.
 
@@ -33,7 +33,7 @@ pub(crate) struct Keys {
     pub lock: String,
     pub epoch: String,
     pub wake_channel: String,
-    pub applied: String,
+    pub chain: String,
     pub height: String,
     pub txs: String,
     pub pending: String,
@@ -56,7 +56,7 @@ impl Keys {
             lock: k("watcher:lock"),
             epoch: k("watcher:epoch"),
             wake_channel: k("watcher:wake"),
-            applied: k("applied"),
+            chain: k("chain"),
             height: k("height"),
             txs: k("txs"),
             pending: k("pending"),
@@ -80,7 +80,7 @@ impl Keys {
             (&self.lock, Some("string")),
             (&self.epoch, Some("string")),
             (&self.wake_channel, None),
-            (&self.applied, Some("string")),
+            (&self.chain, Some("zset")),
             (&self.height, Some("string")),
             (&self.txs, Some("hash")),
             (&self.pending, Some("zset")),

@@ -299,20 +299,53 @@ impl RedisMempool {
         }
     }
 
-    /// Applies one block to the inflight transactions (or undoes one, when `unseen` is not
-    /// empty). Only the watcher applies it, and at most once per block:
+    /// Applies one block to the inflight transactions, or undoes one when `unseen` is not
+    /// empty. Only the watcher changes anything, and Redis keeps the **applied chain** (the
+    /// newest [`applied_history`](Config::applied_history) applied blocks) to apply each block
+    /// once and to let depth follow the chain. With `H` the chain's height:
     ///
-    /// * each inflight tx in `seen` becomes Confirmed (its first confirmation records `point`);
-    /// * each inflight tx in `unseen` (and not in `seen`) returns to the tail of the pending
-    ///   queue with its counters cleared;
-    /// * every other Confirmed tx gains a confirmation, every other inflight tx a miss;
-    /// * then txs with `finalize_threshold` confirmations are Finalized and unconfirmed txs with
+    /// * **Forward** (`unseen` empty): [`AlreadyApplied`](ConfirmOutcome::AlreadyApplied) if
+    ///   `point` is on the applied chain, or if the chain is full and `point`'s slot is at or
+    ///   below its oldest block's. Otherwise the block becomes the new tip, whatever its slot is
+    ///   next to blocks undone before (a fork's block may have an earlier slot): each inflight tx
+    ///   in `seen` becomes Confirmed (recording `point`), every Confirmed tx has
+    ///   `H − h + 1` confirmations (`h`: the height of the block that first confirmed it) and
+    ///   every other inflight tx `H − h'` misses (`h'`: the height when it became inflight); txs
+    ///   reaching `finalize_threshold` confirmations are Finalized and unconfirmed ones reaching
     ///   `drop_threshold` misses are Dropped (both move to the finalized log).
+    /// * **Undo** (`unseen` not empty): applied only if `point` is on the applied chain; that
+    ///   block **and every block after it** are undone, which lowers `H` (an undo never counts
+    ///   as a block). Every inflight tx in `unseen`, and every tx first confirmed by an undone
+    ///   block, returns to the tail of the pending queue with a `RolledBack` event; unconfirmed
+    ///   txs that became inflight above the new tip count their misses from it. A point that is
+    ///   not on the chain changes nothing (`AlreadyApplied`), so replaying an undo is harmless.
+    ///   Finalized and Dropped txs stay as they are.
     ///
-    /// Returns [`ConfirmOutcome::NotWatcher`] without contacting Redis when this node is not
-    /// the watcher, [`ConfirmOutcome::LostLock`] when Redis says the lock (or its epoch) is no
-    /// longer ours, [`ConfirmOutcome::AlreadyApplied`] for a forward block (empty `unseen`) at or
-    /// below the last applied slot. A rollback moves the applied slot below the undone block.
+    /// Dolos also calls `confirm(point, [], [])` to undo a block without transactions; that is
+    /// indistinguishable from a replay of the block and is treated as one. A host that knows it
+    /// rolls back calls [`rollback_to`](RedisMempool::rollback_to).
+    ///
+    /// Returns [`ConfirmOutcome::NotWatcher`] without contacting Redis when this node is not the
+    /// watcher, and [`ConfirmOutcome::LostLock`] when Redis says the lock (or its epoch) is no
+    /// longer ours. A call with both `seen` and `unseen` non-empty, or at `Origin` (no block), is
+    /// [`Error::InvalidInput`] and changes nothing.
+    ///
+    /// ```no_run
+    /// # use dolos_redis::{BlockHash, ChainPoint, Config, ConfirmOutcome, RedisMempool, TxHash};
+    /// # fn main() -> Result<(), dolos_redis::Error> {
+    /// let mempool = RedisMempool::open(Config::new("redis://127.0.0.1:6379"))?;
+    /// let block = ChainPoint::Specific(1_000, BlockHash::from([7; 32]));
+    /// let txs = [TxHash::from([1; 32])];
+    /// match mempool.confirm(&block, &txs, &[], 6, 2)? {
+    ///     ConfirmOutcome::Applied => println!("block applied"),
+    ///     ConfirmOutcome::AlreadyApplied => println!("a replay: nothing to do"),
+    ///     other => println!("not applied here: {other:?}"),
+    /// }
+    /// // The chain rolled back past that block: undo it.
+    /// mempool.confirm(&block, &[], &txs, 6, 2)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn confirm(
         &self,
         point: &ChainPoint,
@@ -321,42 +354,144 @@ impl RedisMempool {
         finalize_threshold: u32,
         drop_threshold: u32,
     ) -> Result<ConfirmOutcome, Error> {
+        if !seen.is_empty() && !unseen.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "confirm at {point:?}: a block is either applied (seen) or undone (unseen), not \
+                 both; got {} seen and {} unseen",
+                seen.len(),
+                unseen.len()
+            )));
+        }
+        let Some(member) = scripts::chain_member(point) else {
+            return Err(Error::InvalidInput(
+                "confirm: Origin names no block (to undo every block, call rollback_to(Origin))"
+                    .into(),
+            ));
+        };
         if !self.is_watcher() {
             debug!(target: LOG_TARGET, "not watcher, skipping confirm");
             return Ok(ConfirmOutcome::NotWatcher);
         }
         let epoch = self.inner.lease_shared.epoch.load(Ordering::SeqCst);
-        let slot = point.slot();
         let mut args: Vec<Vec<u8>> = vec![
             self.inner.node_id.clone().into_bytes(),
             epoch.to_string().into_bytes(),
-            format!("{slot:020}").into_bytes(),
-            match slot.checked_sub(1) {
-                Some(below) => format!("{below:020}").into_bytes(),
-                None => Vec::new(),
-            },
+            member.into_bytes(),
             scripts::encode_point(point).into_bytes(),
             finalize_threshold.to_string().into_bytes(),
             drop_threshold.to_string().into_bytes(),
             self.inner.config.max_finalized.to_string().into_bytes(),
+            self.inner.config.applied_history.to_string().into_bytes(),
             seen.len().to_string().into_bytes(),
         ];
         args.extend(seen.iter().map(|h| h.to_hex().into_bytes()));
         args.extend(unseen.iter().map(|h| h.to_hex().into_bytes()));
         let argv: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
         let reply = scripts::array(self.exec(&self.inner.scripts.confirm, &argv)?, "confirm")?;
-        let status = reply
-            .first()
-            .map(|v| scripts::text(v, "confirm"))
-            .transpose()?;
-        match status.as_deref() {
-            Some("applied") => {
-                let n = |i: usize| reply.get(i).map(|v| scripts::int(v, "confirm")).transpose();
+        let undo = !unseen.is_empty();
+        self.chain_outcome(&reply, "confirm", |n| {
+            if undo {
                 debug!(
                     target: LOG_TARGET,
-                    "applied block at slot {slot} (call {}): {} confirmed, {} rolled back, {} finalized, {} dropped",
-                    n(1)?.unwrap_or(0), n(2)?.unwrap_or(0), n(3)?.unwrap_or(0), n(4)?.unwrap_or(0), n(5)?.unwrap_or(0)
+                    "undid block {point:?} and {} after it (height now {}): {} rolled back",
+                    n(6)?.saturating_sub(1), n(1)?, n(3)?
                 );
+            } else {
+                debug!(
+                    target: LOG_TARGET,
+                    "applied block {point:?} (height {}): {} confirmed, {} finalized, {} dropped",
+                    n(1)?, n(2)?, n(4)?, n(5)?
+                );
+            }
+            Ok(())
+        })
+    }
+
+    /// Undoes every applied block after `point` (the block at `point` stays applied), with the
+    /// effects of an undo in [`confirm`](RedisMempool::confirm) and no transaction list needed:
+    /// txs first confirmed by an undone block return to the pending queue, the others' depth
+    /// follows the chain's new height. `Origin` undoes the whole retained chain. Watcher only and
+    /// fenced like `confirm`.
+    ///
+    /// Returns [`ConfirmOutcome::Applied`] when blocks were undone,
+    /// [`ConfirmOutcome::AlreadyApplied`] when `point` is the tip already (nothing after it), and
+    /// `NotWatcher`/`LostLock` as `confirm` does. A point that is not on the applied chain is
+    /// [`Error::InvalidInput`] naming it, and changes nothing.
+    ///
+    /// This is the tool of the takeover reconcile step: a node that becomes the watcher reads
+    /// [`applied_points`](RedisMempool::applied_points), finds the newest one on its own chain,
+    /// rolls back to it, then replays its own blocks after it.
+    ///
+    /// ```no_run
+    /// # use dolos_redis::{ChainPoint, Config, RedisMempool};
+    /// # fn main() -> Result<(), dolos_redis::Error> {
+    /// # let my_chain: Vec<ChainPoint> = Vec::new();
+    /// let mempool = RedisMempool::open(Config::new("redis://127.0.0.1:6379"))?;
+    /// // Newest first: the newest applied block that is also on this node's chain.
+    /// let common = mempool
+    ///     .applied_points(usize::MAX)?
+    ///     .into_iter()
+    ///     .find(|p| my_chain.contains(p))
+    ///     .unwrap_or(ChainPoint::Origin);
+    /// mempool.rollback_to(&common)?;
+    /// // ... then confirm() this node's blocks after `common`, oldest first.
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn rollback_to(&self, point: &ChainPoint) -> Result<ConfirmOutcome, Error> {
+        if !self.is_watcher() {
+            debug!(target: LOG_TARGET, "not watcher, skipping rollback");
+            return Ok(ConfirmOutcome::NotWatcher);
+        }
+        let epoch = self.inner.lease_shared.epoch.load(Ordering::SeqCst);
+        let member = scripts::chain_member(point).unwrap_or_default();
+        let epoch = epoch.to_string();
+        let args: [&[u8]; 3] = [
+            self.inner.node_id.as_bytes(),
+            epoch.as_bytes(),
+            member.as_bytes(),
+        ];
+        let reply = scripts::array(
+            self.exec(&self.inner.scripts.rollback_to, &args)?,
+            "rollback_to",
+        )?;
+        if reply
+            .first()
+            .map(|v| scripts::text(v, "rollback_to"))
+            .transpose()?
+            .as_deref()
+            == Some("unknown")
+        {
+            return Err(Error::InvalidInput(format!(
+                "rollback_to: {point:?} is not on the applied chain"
+            )));
+        }
+        self.chain_outcome(&reply, "rollback_to", |n| {
+            debug!(
+                target: LOG_TARGET,
+                "rolled back to {point:?}: {} blocks undone (height now {}), {} txs back to pending",
+                n(3)?, n(1)?, n(2)?
+            );
+            Ok(())
+        })
+    }
+
+    /// Maps the reply of `confirm.lua`/`rollback_to.lua` (`{'applied', counts...}`, `{'lost'}`,
+    /// `{'already'}`) to an outcome; `log` reports an applied call, given the reply's numbers.
+    fn chain_outcome(
+        &self,
+        reply: &[Value],
+        what: &str,
+        log: impl FnOnce(&dyn Fn(usize) -> Result<i64, Error>) -> Result<(), Error>,
+    ) -> Result<ConfirmOutcome, Error> {
+        let status = reply.first().map(|v| scripts::text(v, what)).transpose()?;
+        match status.as_deref() {
+            Some("applied") => {
+                let n = |i: usize| match reply.get(i) {
+                    Some(v) => scripts::int(v, what),
+                    None => Err(Error::UnexpectedReply(format!("{what}: {reply:?}"))),
+                };
+                log(&n)?;
                 Ok(ConfirmOutcome::Applied)
             }
             Some("lost") => {
@@ -364,11 +499,46 @@ impl RedisMempool {
                 Ok(ConfirmOutcome::LostLock)
             }
             Some("already") => {
-                debug!(target: LOG_TARGET, "block at slot {slot} already applied, skipping confirm");
+                debug!(target: LOG_TARGET, "{what}: already applied, nothing to do");
                 Ok(ConfirmOutcome::AlreadyApplied)
             }
-            _ => Err(Error::UnexpectedReply(format!("confirm: {reply:?}"))),
+            _ => Err(Error::UnexpectedReply(format!("{what}: {reply:?}"))),
         }
+    }
+
+    /// The applied chain as Redis keeps it: the points of the newest applied blocks, **newest
+    /// first**, at most `limit` of them (and at most
+    /// [`applied_history`](Config::applied_history)). Empty before the first block, or once
+    /// every retained block was undone.
+    ///
+    /// ```no_run
+    /// # use dolos_redis::{Config, RedisMempool};
+    /// # fn main() -> Result<(), dolos_redis::Error> {
+    /// let mempool = RedisMempool::open(Config::new("redis://127.0.0.1:6379"))?;
+    /// if let Some(tip) = mempool.applied_points(1)?.first() {
+    ///     println!("the watcher applied up to {tip:?}");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn applied_points(&self, limit: usize) -> Result<Vec<ChainPoint>, Error> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let stop = (clamp(limit) - 1).to_string();
+        let reply = self.exec(&self.inner.scripts.applied_points, &[stop.as_bytes()])?;
+        scripts::array(reply, "applied_points")?
+            .iter()
+            .map(|v| {
+                let member = scripts::text(v, "applied point")?;
+                scripts::decode_point(&member, &self.inner.keys.chain)?.ok_or_else(|| {
+                    Error::Corrupt {
+                        key: self.inner.keys.chain.clone(),
+                        detail: "empty chain entry".into(),
+                    }
+                })
+            })
+            .collect()
     }
 
     /// The stage and counters of a transaction: live ones (pending or inflight) first, then
@@ -422,10 +592,10 @@ impl RedisMempool {
             self.exec(&self.inner.scripts.watcher_info, &[])?,
             "watcher_info",
         )?;
-        let [holder, pttl, epoch, applied]: [Value; 4] = items
+        let [holder, pttl, epoch, tip]: [Value; 4] = items
             .try_into()
             .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("watcher_info: {v:?}")))?;
-        self.decode_watcher(&holder, &pttl, &epoch, &applied)
+        self.decode_watcher(&holder, &pttl, &epoch, &tip)
     }
 
     fn decode_watcher(
@@ -433,7 +603,7 @@ impl RedisMempool {
         holder: &Value,
         pttl: &Value,
         epoch: &Value,
-        applied: &Value,
+        tip: &Value,
     ) -> Result<WatcherInfo, Error> {
         let holder = scripts::opt_text(holder, "holder")?;
         let pttl = scripts::int(pttl, "pttl")?;
@@ -444,13 +614,14 @@ impl RedisMempool {
                 detail: format!("not a counter: {e:?}"),
             })?,
         };
+        // The tip's entry starts with its slot in 20 digits (see `scripts::chain_member`).
         let applied_slot =
-            match scripts::opt_text(applied, "applied")? {
+            match scripts::opt_text(tip, "tip")? {
                 None => None,
-                Some(a) => Some(a.get(..20).and_then(|s| s.parse().ok()).ok_or_else(|| {
+                Some(t) => Some(t.get(..20).and_then(|s| s.parse().ok()).ok_or_else(|| {
                     Error::Corrupt {
-                        key: self.inner.keys.applied.clone(),
-                        detail: format!("not a slot: {a:?}"),
+                        key: self.inner.keys.chain.clone(),
+                        detail: format!("not a chain entry: {t:?}"),
                     }
                 })?),
             };
@@ -466,7 +637,7 @@ impl RedisMempool {
     /// Counts per stage, the watcher, and this node's lease figures, in one round trip.
     pub fn stats(&self) -> Result<MempoolStats, Error> {
         let items = scripts::array(self.exec(&self.inner.scripts.stats, &[])?, "stats")?;
-        let [counts, log_len, holder, pttl, epoch, applied, height]: [Value; 7] = items
+        let [counts, log_len, holder, pttl, epoch, tip, height]: [Value; 7] = items
             .try_into()
             .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("stats: {v:?}")))?;
         let counts = scripts::array(counts, "stage counts")?;
@@ -486,7 +657,7 @@ impl RedisMempool {
             confirmed,
             finalized_log: scripts::uint(&log_len, "log length")?,
             applied_blocks: scripts::uint(&height, "height")?,
-            watcher: self.decode_watcher(&holder, &pttl, &epoch, &applied)?,
+            watcher: self.decode_watcher(&holder, &pttl, &epoch, &tip)?,
             is_watcher: self.is_watcher(),
             renewals: lease.renewals.load(Ordering::Relaxed),
             failed_renewals: lease.failed_renewals.load(Ordering::Relaxed),

@@ -38,12 +38,13 @@ impl Lua {
     }
 }
 
+/// `prelude.lua`, then the named files in order (a shared fragment such as `undo.lua` before the
+/// script that calls it).
 macro_rules! lua {
-    ($file:literal) => {
+    ($($file:literal),+) => {
         Lua::new(concat!(
             include_str!("scripts/prelude.lua"),
-            "\n",
-            include_str!(concat!("scripts/", $file))
+            $("\n", include_str!(concat!("scripts/", $file))),+
         ))
     };
 }
@@ -57,6 +58,8 @@ pub(crate) struct Scripts {
     pub mark_acknowledged: Lua,
     pub find_inflight: Lua,
     pub confirm: Lua,
+    pub rollback_to: Lua,
+    pub applied_points: Lua,
     pub check_status: Lua,
     pub dump_finalized: Lua,
     pub watcher_info: Lua,
@@ -78,7 +81,9 @@ impl Scripts {
             mark_inflight: lua!("mark_inflight.lua").writes(),
             mark_acknowledged: lua!("mark_acknowledged.lua").writes(),
             find_inflight: lua!("find_inflight.lua"),
-            confirm: lua!("confirm.lua").writes(),
+            confirm: lua!("undo.lua", "confirm.lua").writes(),
+            rollback_to: lua!("undo.lua", "rollback_to.lua").writes(),
+            applied_points: lua!("applied_points.lua"),
             check_status: lua!("check_status.lua"),
             dump_finalized: lua!("dump_finalized.lua"),
             watcher_info: lua!("watcher_info.lua"),
@@ -91,7 +96,7 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Lua; 15] {
+    fn all(&self) -> [&Lua; 17] {
         [
             &self.receive,
             &self.has_pending,
@@ -100,6 +105,8 @@ impl Scripts {
             &self.mark_acknowledged,
             &self.find_inflight,
             &self.confirm,
+            &self.rollback_to,
+            &self.applied_points,
             &self.check_status,
             &self.dump_finalized,
             &self.watcher_info,
@@ -316,7 +323,18 @@ pub(crate) fn encode_point(p: &ChainPoint) -> String {
     }
 }
 
-/// Decodes what [`encode_point`] wrote; `""` is no point.
+/// The entry of a block in the applied chain (`P:chain`): the slot as 20 digits, so that slots
+/// compare exactly as strings inside Lua, then `:<hash>` for a `Specific` point. `None` for
+/// `Origin`, which names no block. [`decode_point`] reads it back.
+pub(crate) fn chain_member(p: &ChainPoint) -> Option<String> {
+    match p {
+        ChainPoint::Origin => None,
+        ChainPoint::Slot(s) => Some(format!("{s:020}")),
+        ChainPoint::Specific(s, h) => Some(format!("{s:020}:{h}")),
+    }
+}
+
+/// Decodes what [`encode_point`] (or [`chain_member`]) wrote; `""` is no point.
 pub(crate) fn decode_point(s: &str, key: &str) -> Result<Option<ChainPoint>, Error> {
     let bad = || Error::Corrupt {
         key: key.to_string(),
@@ -490,7 +508,12 @@ mod tests {
             ChainPoint::Specific(u64::MAX, h),
         ] {
             assert_eq!(decode_point(&encode_point(&p), "k").unwrap(), Some(p));
+            if let Some(member) = chain_member(&p) {
+                assert_eq!(decode_point(&member, "k").unwrap(), Some(p));
+                assert_eq!(member.find(':').unwrap_or(member.len()), 20);
+            }
         }
+        assert_eq!(chain_member(&ChainPoint::Origin), None);
         assert!(decode_point("x:y", "k").is_err());
     }
 }

@@ -169,9 +169,10 @@ pub struct MempoolTx {
     pub payload: EraCbor,
     /// Current stage.
     pub stage: MempoolTxStage,
-    /// Applied blocks since (and including) the first one that contained it.
+    /// Blocks of the applied chain from (and including) the first one that contained it: its
+    /// depth. Undone blocks do not count.
     pub confirmations: u32,
-    /// Applied blocks since it became inflight without it being confirmed.
+    /// Blocks of the applied chain applied since it became inflight without it being confirmed.
     pub non_confirmations: u32,
     /// The block that first confirmed it.
     pub confirmed_at: Option<ChainPoint>,
@@ -245,7 +246,9 @@ pub enum ConfirmOutcome {
     /// This node believed it was the watcher, but Redis says the lock (or its epoch) belongs to
     /// someone else now; nothing changed.
     LostLock,
-    /// A block at or below this slot was already applied; nothing changed.
+    /// Nothing to do, nothing changed: a forward block already on the applied chain (or older
+    /// than all of a full chain), an undo of a block that is not on it, or a rollback to the
+    /// tip.
     AlreadyApplied,
 }
 
@@ -265,7 +268,9 @@ pub struct WatcherInfo {
     pub ttl: Option<Duration>,
     /// How many times the lock has been acquired, ever (0 if never).
     pub epoch: u64,
-    /// The slot of the last applied block (`None` if none, or after rolling back past all).
+    /// The slot of the applied chain's tip: the newest applied block that is not undone
+    /// (`None` before the first block, or once every retained block was undone). See
+    /// [`RedisMempool::applied_points`](crate::RedisMempool::applied_points) for the chain.
     pub applied_slot: Option<u64>,
     /// Whether the holder is this node.
     pub is_self: bool,
@@ -284,7 +289,8 @@ pub struct MempoolStats {
     pub confirmed: u64,
     /// Entries (Finalized and Dropped) in the retained finalized log.
     pub finalized_log: u64,
-    /// How many `confirm` calls were applied, ever.
+    /// The applied chain's height `H`: blocks applied, ever, less those undone (an undo lowers
+    /// it). Depth is measured against it.
     pub applied_blocks: u64,
     /// The watcher lock as Redis sees it.
     pub watcher: WatcherInfo,

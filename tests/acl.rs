@@ -42,6 +42,7 @@ const NODE_COMMANDS: &[&str] = &[
     "+zadd",
     "+zrem",
     "+zcard",
+    "+zscore",
     "+zrange",
     "+zrangebyscore",
     "+zremrangebyscore",

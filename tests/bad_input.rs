@@ -457,7 +457,7 @@ fn a_key_of_the_wrong_type_is_named_and_other_calls_keep_working() {
 const LAYOUT: &[(&str, bool)] = &[
     ("watcher:lock", true),
     ("watcher:epoch", true),
-    ("applied", true),
+    ("chain", false),
     ("height", true),
     ("txs", false),
     ("pending", false),
@@ -718,19 +718,20 @@ fn corrupt_values_are_reported_not_acted_on() {
         key,
     );
 
-    // The last applied slot: a garbage value must not make every later block look applied.
-    let (m, _, i1, _) = setup("corrupt-applied");
-    let key = "corrupt-applied:applied";
-    run(&["SET", key, "garbage"]);
+    // An entry of the applied chain that no script writes: read back as Corrupt, never as a
+    // point.
+    let (m, ..) = setup("corrupt-chain");
+    let key = "corrupt-chain:chain";
+    run(&["ZADD", key, "5", "garbage"]);
     expect_corrupt(
-        "applied: watcher_info",
+        "chain: watcher_info",
         m.watcher_info().map(|v| format!("{v:?}")),
         key,
     );
+    expect_corrupt("chain: stats", m.stats().map(|v| format!("{v:?}")), key);
     expect_corrupt(
-        "applied: confirm",
-        m.confirm(&ChainPoint::Slot(2), &[i1], &[], 6, 5)
-            .map(|v| format!("{v:?}")),
+        "chain: applied_points",
+        m.applied_points(10).map(|v| format!("{v:?}")),
         key,
     );
 
@@ -980,7 +981,7 @@ fn odd_arguments_give_typed_errors_or_harmless_results() {
 
     // Duplicates in `unseen` roll back once.
     assert!(m
-        .confirm(&ChainPoint::Slot(3), &[], &[h(1), h(1)], 6, 5)
+        .confirm(&ChainPoint::Slot(2), &[], &[h(1), h(1)], 6, 5)
         .unwrap()
         .is_applied());
     let pending: Vec<TxHash> = m
@@ -1048,7 +1049,11 @@ fn odd_arguments_give_typed_errors_or_harmless_results() {
     m.mark_inflight(&[unknown]).unwrap();
     m.mark_acknowledged(&[unknown]).unwrap();
     assert!(m
-        .confirm(&ChainPoint::Slot(6), &[unknown], &[h(98)], 6, 5)
+        .confirm(&ChainPoint::Slot(6), &[unknown], &[], 6, 5)
+        .unwrap()
+        .is_applied());
+    assert!(m
+        .confirm(&ChainPoint::Slot(6), &[], &[h(98)], 6, 5)
         .unwrap()
         .is_applied());
     assert_eq!(

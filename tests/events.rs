@@ -158,14 +158,17 @@ fn a_lifecycle_driven_from_two_nodes_reaches_both_subscribers_in_the_same_order(
         assert_eq!(outcome, ConfirmOutcome::Applied, "block at slot {slot}");
     };
     confirm(1, &[x, y], &[]);
-    // Block 1 is undone for y only; x, still Confirmed, gains a confirmation (rule 6).
-    confirm(1, &[], &[y]);
-    confirm(2, &[], &[]); // x reaches F
-    a.mark_inflight(&[y]).unwrap();
+    confirm(2, &[], &[]);
+    // Block 2 is undone, naming y: y goes back to pending; x, first confirmed by block 1, stays
+    // Confirmed (one block deep again: the undo lowered the chain, no event per tx for that).
+    confirm(2, &[], &[y]);
     confirm(3, &[], &[]);
-    confirm(4, &[], &[]); // y missed D blocks
+    confirm(4, &[], &[]); // x reaches F
+    a.mark_inflight(&[y]).unwrap();
+    confirm(5, &[], &[]);
+    confirm(6, &[], &[]); // y missed D blocks
 
-    let expected_len = 17;
+    let expected_len = 21;
     let got_a = collect(&rx_a, expected_len, SETTLE);
     let got_b = collect(&rx_b, expected_len, SETTLE);
     assert_eq!(got_a.len(), expected_len, "node A got {got_a:#?}");
@@ -193,15 +196,19 @@ fn a_lifecycle_driven_from_two_nodes_reaches_both_subscribers_in_the_same_order(
         block(5, 1, 1, false),
         ev_tx(s0 + 6, x, Confirmed, 1, 0, p1),
         ev_tx(s0 + 7, y, Confirmed, 1, 0, p1),
-        block(8, 1, 2, true),
-        ev_tx(s0 + 9, y, RolledBack, 0, 0, None),
-        ev_tx(s0 + 10, x, Confirmed, 2, 0, p1),
-        block(11, 2, 3, false),
-        ev_tx(s0 + 12, x, Finalized, 3, 0, p1),
-        ev_tx(s0 + 13, y, Propagated, 0, 0, None),
-        block(14, 3, 4, false),
-        block(15, 4, 5, false),
-        ev_tx(s0 + 16, y, Dropped, 0, 2, None),
+        block(8, 2, 2, false),
+        ev_tx(s0 + 9, x, Confirmed, 2, 0, p1),
+        ev_tx(s0 + 10, y, Confirmed, 2, 0, p1),
+        block(11, 2, 1, true),
+        ev_tx(s0 + 12, y, RolledBack, 0, 0, None),
+        block(13, 3, 2, false),
+        ev_tx(s0 + 14, x, Confirmed, 2, 0, p1),
+        block(15, 4, 3, false),
+        ev_tx(s0 + 16, x, Finalized, 3, 0, p1),
+        ev_tx(s0 + 17, y, Propagated, 0, 0, None),
+        block(18, 5, 4, false),
+        block(19, 6, 5, false),
+        ev_tx(s0 + 20, y, Dropped, 0, 2, None),
     ];
     assert_eq!(got_a, expected);
     assert_consecutive(&got_a);
@@ -240,7 +247,7 @@ fn a_lifecycle_driven_from_two_nodes_reaches_both_subscribers_in_the_same_order(
             _ => None,
         })
         .collect();
-    assert_eq!(x_counts, (1..F).collect::<Vec<_>>());
+    assert_eq!(x_counts, [1, 2, 2], "one Confirmed event per applied block");
 
     assert!(
         rx_a.try_recv().is_err() && rx_b.try_recv().is_err(),

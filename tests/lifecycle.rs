@@ -652,9 +652,9 @@ fn rolled_back_tx_confirms_again_and_finalizes() {
     let (_server, m) = single();
     propagate(&m, &[1]);
     apply_at(&m, ChainPoint::Specific(10, block(10)), &[1], &[]);
-    apply(&m, 10, &[], &[1]);
+    apply_at(&m, ChainPoint::Specific(10, block(10)), &[], &[1]);
     assert_eq!(status_of(&m, 1), status(Pending, 0, 0, None));
-    assert_eq!(applied_slot(&m), Some(9));
+    assert_eq!(applied_slot(&m), None);
 
     m.mark_inflight(&[hash(1)]).unwrap();
     assert_eq!(status_of(&m, 1), status(Propagated, 0, 0, None));
@@ -671,32 +671,22 @@ fn rolled_back_tx_confirms_again_and_finalizes() {
 }
 
 #[test]
-fn one_call_with_one_seen_and_one_unseen_tx() {
+fn a_call_with_both_seen_and_unseen_txs_is_invalid_and_changes_nothing() {
     let (_server, m) = single();
     propagate(&m, &[1, 2]);
     apply(&m, 20, &[2], &[]);
+    let before: Vec<TxStatus> = (1..=2).map(|i| status_of(&m, i)).collect();
 
-    let at = ChainPoint::Specific(21, block(21));
-    apply_at(&m, at, &[1], &[2]);
-
-    assert_eq!(status_of(&m, 1), status(Confirmed, 1, 0, Some(at)));
-    assert_eq!(status_of(&m, 2), status(Pending, 0, 0, None));
-    assert_eq!(pending(&m), hashes(&[2]));
-    assert_eq!(inflight(&m), hashes(&[1]));
-    // A call with unseen txs is a rollback: the applied point goes below its slot.
-    assert_eq!(applied_slot(&m), Some(20));
-}
-
-#[test]
-fn tx_both_seen_and_unseen_counts_as_seen() {
-    let (_server, m) = single();
-    propagate(&m, &[1]);
-    apply(&m, 5, &[1], &[1]);
-    assert_eq!(
-        status_of(&m, 1),
-        status(Confirmed, 1, 0, Some(ChainPoint::Slot(5)))
-    );
-    assert!(pending(&m).is_empty());
+    for (seen, unseen) in [(&[1u8][..], &[2u8][..]), (&[1], &[1])] {
+        let at = ChainPoint::Specific(21, block(21));
+        let err = m
+            .confirm(&at, &hashes(seen), &hashes(unseen), F, D)
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    }
+    let after: Vec<TxStatus> = (1..=2).map(|i| status_of(&m, i)).collect();
+    assert_eq!(after, before);
+    assert_eq!(m.applied_points(10).unwrap(), vec![ChainPoint::Slot(20)]);
 }
 
 #[test]
@@ -708,6 +698,8 @@ fn repeated_hashes_in_one_confirm_count_once() {
         status_of(&m, 1),
         status(Confirmed, 1, 0, Some(ChainPoint::Slot(1)))
     );
+    // Block 2 (D = 100: nobody drops) is undone again, with duplicates in `unseen`.
+    confirm_with(&m, ChainPoint::Slot(2), &[], &[], F, 100);
     apply(&m, 2, &[], &[2, 3, 2]);
     assert_eq!(pending(&m), hashes(&[2, 3]), "each rolled back once");
 }
@@ -717,7 +709,8 @@ fn confirm_leaves_pending_and_unknown_hashes_untouched() {
     let (_server, m) = single();
     receive(&m, &[1, 2]);
     apply(&m, 1, &[1, 99], &[]);
-    apply(&m, 2, &[2], &[1, 98]);
+    apply(&m, 2, &[2], &[]);
+    apply(&m, 2, &[], &[1, 98]);
     assert_eq!(status_of(&m, 1), status(Pending, 0, 0, None));
     assert_eq!(status_of(&m, 2), status(Pending, 0, 0, None));
     assert_eq!(pending(&m), hashes(&[1, 2]), "queue order unchanged");
@@ -740,7 +733,7 @@ fn confirm_leaves_finalized_and_dropped_txs_untouched() {
     let (finalized, dropped) = (status_of(&m, 1), status_of(&m, 2));
 
     apply(&m, 7, &[1, 2], &[]);
-    apply(&m, 8, &[], &[1, 2]);
+    apply(&m, 7, &[], &[1, 2]);
 
     assert_eq!(status_of(&m, 1), finalized);
     assert_eq!(status_of(&m, 2), dropped);
@@ -975,21 +968,19 @@ fn follower_confirm_returns_not_watcher_and_changes_nothing() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn forward_confirm_at_or_below_the_applied_slot_is_already_applied() {
+fn a_replayed_block_is_already_applied_and_changes_nothing() {
     let (_server, m) = single();
     propagate(&m, &[1, 2]);
+    apply(&m, 9, &[], &[]);
     apply(&m, 10, &[1], &[]);
     assert_eq!(applied_slot(&m), Some(10));
     let before: Vec<TxStatus> = (1..=2).map(|i| status_of(&m, i)).collect();
 
-    for slot in [10, 9, 0] {
+    for slot in [10, 9] {
         let outcome = confirm_with(&m, ChainPoint::Slot(slot), &[1, 2], &[], F, D);
         assert_eq!(outcome, ConfirmOutcome::AlreadyApplied, "slot {slot}");
         assert!(!outcome.is_applied());
     }
-    let outcome = confirm_with(&m, ChainPoint::Origin, &[2], &[], 1, 1);
-    assert_eq!(outcome, ConfirmOutcome::AlreadyApplied);
-
     let after: Vec<TxStatus> = (1..=2).map(|i| status_of(&m, i)).collect();
     assert_eq!(after, before);
     assert_eq!(applied_slot(&m), Some(10));
@@ -1000,45 +991,21 @@ fn forward_confirm_at_or_below_the_applied_slot_is_already_applied() {
 }
 
 #[test]
-fn rollback_is_applied_and_moves_the_applied_point_below_the_undone_block() {
+fn origin_names_no_block() {
     let (_server, m) = single();
-    propagate(&m, &[2]);
-    apply(&m, 10, &[2], &[]);
-    apply(&m, 11, &[], &[]);
     propagate(&m, &[1]);
-    apply(&m, 12, &[1], &[]);
-    assert_eq!(applied_slot(&m), Some(12));
-
-    // At the applied slot, yet applied: it undoes block 12.
-    apply(&m, 12, &[], &[1]);
-    assert_eq!(applied_slot(&m), Some(11));
-    assert_eq!(stage_of(&m, 1), Pending);
-
-    // The replacement block at slot 12 is a new block, so it applies; slot 11 stays done.
-    m.mark_inflight(&[hash(1)]).unwrap();
-    let replacement = ChainPoint::Specific(12, block(12));
-    apply_at(&m, replacement, &[1], &[]);
-    assert_eq!(applied_slot(&m), Some(12));
-    assert_eq!(status_of(&m, 1), status(Confirmed, 1, 0, Some(replacement)));
-    assert_eq!(
-        confirm_with(&m, ChainPoint::Slot(11), &[], &[], F, D),
-        ConfirmOutcome::AlreadyApplied
-    );
-
-    // Rolling back to the origin leaves no applied point; then slot 0 applies again.
-    apply_at(&m, ChainPoint::Origin, &[], &[1]);
-    assert_eq!(applied_slot(&m), None);
-    m.mark_inflight(&[hash(1)]).unwrap();
-    apply_at(&m, ChainPoint::Origin, &[1], &[]);
-    assert_eq!(applied_slot(&m), Some(0));
-    assert_eq!(
-        status_of(&m, 1),
-        status(Confirmed, 1, 0, Some(ChainPoint::Origin))
-    );
+    for unseen in [&[][..], &[1u8][..]] {
+        let err = m
+            .confirm(&ChainPoint::Origin, &[], &hashes(unseen), F, D)
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    }
+    assert_eq!(status_of(&m, 1), status(Propagated, 0, 0, None));
+    assert!(m.applied_points(usize::MAX).unwrap().is_empty());
 }
 
 #[test]
-fn applied_point_holds_the_largest_slot() {
+fn slots_near_u64_max_compare_exactly() {
     let (_server, m) = single();
     propagate(&m, &[1]);
     apply(&m, u64::MAX - 1, &[], &[]);
@@ -1054,6 +1021,10 @@ fn applied_point_holds_the_largest_slot() {
     );
     apply(&m, u64::MAX, &[], &[1]);
     assert_eq!(applied_slot(&m), Some(u64::MAX - 1));
+    assert_eq!(
+        m.applied_points(usize::MAX).unwrap(),
+        vec![ChainPoint::Slot(u64::MAX - 1)]
+    );
 }
 
 #[test]

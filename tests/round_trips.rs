@@ -356,6 +356,26 @@ fn each_call_is_one_round_trip() {
     assert!(r.unwrap().is_self);
     row("watcher_info", 1, c);
 
+    let (r, c) = meter.measure(|| watcher.confirm(&ChainPoint::Slot(100), &[], &[], 1, 2));
+    assert_eq!(r.unwrap(), ConfirmOutcome::AlreadyApplied);
+    row("confirm (replay)", 1, c);
+
+    let (r, c) = meter.measure(|| watcher.applied_points(usize::MAX));
+    assert_eq!(r.unwrap(), vec![ChainPoint::Slot(100)]);
+    row("applied_points", 1, c);
+
+    let (r, c) = meter.measure(|| watcher.rollback_to(&ChainPoint::Origin));
+    assert_eq!(r.unwrap(), ConfirmOutcome::Applied);
+    row("rollback_to(Origin)", 1, c);
+
+    let (r, c) = meter.measure(|| follower.rollback_to(&ChainPoint::Origin));
+    assert_eq!(r.unwrap(), ConfirmOutcome::NotWatcher);
+    row("rollback_to (not watcher)", 0, c);
+
+    let (r, c) = meter.measure(|| watcher.applied_points(0));
+    assert!(r.unwrap().is_empty());
+    row("applied_points(0)", 0, c);
+
     let (r, c) = meter.measure(|| follower.confirm(&ChainPoint::Slot(101), &[hash(60)], &[], 1, 2));
     assert_eq!(r.unwrap(), ConfirmOutcome::NotWatcher);
     row("confirm (not watcher)", 0, c);

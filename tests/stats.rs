@@ -100,22 +100,25 @@ fn counts_per_stage_follow_a_lifecycle() {
     };
     confirm(1, &[hash(1), hash(3)], &[]);
     check([1, 0, 1, 2, 0, 1], "block 1 (2 confirmed)");
-    // Undoing block 1 for tx 3 is an applied call too (rule 6): tx 3 goes back to pending,
-    // tx 1 gains its second confirmation and tx 2, unconfirmed since before block 1, has now
-    // missed 2 calls: dropped.
-    confirm(1, &[], &[hash(3)]);
-    check([2, 0, 0, 1, 1, 2], "undoing block 1 for tx 3 (1 dropped)");
-    // tx 1 reaches 3 confirmations.
+    // tx 2, unconfirmed since before block 1, has now missed 2 blocks: dropped.
     confirm(2, &[], &[]);
-    check([2, 0, 0, 0, 2, 3], "block 2 (1 finalized)");
+    check([1, 0, 0, 2, 1, 2], "block 2 (1 dropped)");
+    // Undoing block 2 naming tx 3: it goes back to pending, and the chain is one block lower.
+    confirm(2, &[], &[hash(3)]);
+    check([2, 0, 0, 1, 1, 1], "undoing block 2 for tx 3");
+    confirm(3, &[], &[]);
+    check([2, 0, 0, 1, 1, 2], "block 3");
+    // tx 1 reaches 3 confirmations.
+    confirm(4, &[], &[]);
+    check([2, 0, 0, 0, 2, 3], "block 4 (1 finalized)");
     assert_eq!(
-        m.confirm(&point(2), &[], &[], F, D).unwrap(),
+        m.confirm(&point(4), &[], &[], F, D).unwrap(),
         ConfirmOutcome::AlreadyApplied
     );
     check([2, 0, 0, 0, 2, 3], "a block applied twice");
 
     let s = follower.stats().unwrap();
-    assert_eq!(s.watcher.applied_slot, Some(2));
+    assert_eq!(s.watcher.applied_slot, Some(4));
     assert_eq!(s.watcher.holder.as_deref(), Some(m.node_id()));
 }
 

@@ -12,8 +12,7 @@ local function need(...)
   end
 end
 -- Strings.
-for _, key in ipairs({K.lock, K.epoch, K.applied, K.height, K.log_seq, K.acked, K.events_seq,
-                      K.fence}) do
+for _, key in ipairs({K.lock, K.epoch, K.height, K.log_seq, K.acked, K.events_seq, K.fence}) do
   need('get', key); need('set', key, '0'); need('type', key)
 end
 need('set', K.lock, '0', 'PX', '1'); need('pexpire', K.lock, '1'); need('pttl', K.lock)
@@ -24,8 +23,8 @@ for _, key in ipairs({K.txs, K.done}) do
   need('hexists', key, 'f'); need('type', key)
 end
 -- Sorted sets.
-for _, key in ipairs({K.pending, K.inflight, K.unconfirmed, K.confirmed}) do
-  need('zadd', key, '0', 'm'); need('zrem', key, 'm'); need('zcard', key)
+for _, key in ipairs({K.chain, K.pending, K.inflight, K.unconfirmed, K.confirmed}) do
+  need('zadd', key, '0', 'm'); need('zrem', key, 'm'); need('zcard', key); need('zscore', key, 'm')
   need('zrange', key, '0', '1'); need('zrangebyscore', key, '0', '1')
   need('zremrangebyscore', key, '0', '1'); need('type', key)
 end

@@ -1,30 +1,48 @@
--- confirm(node_id, epoch, slot, slot_below, point, F, D, max_log, nseen, seen..., unseen...)
---   -> {'lost'} | {'already'} | {'applied', H, confirmed, rolled_back, finalized, dropped}
+-- confirm(node_id, epoch, member, point, F, D, max_log, history, nseen, seen..., unseen...)
+--   -> {'lost'} | {'already'} | {'applied', H, confirmed, rolled_back, finalized, dropped, undone}
 --
--- Applies one block (or undoes one, when `unseen` is not empty) to the inflight txs. Fenced:
--- only the node holding the lock at the epoch it acquired may change anything, whatever that
--- node believes locally. Exactly once: a forward block at or below the applied slot is ignored.
--- Slots arrive as 20-digit zero-padded strings so that they compare exactly as strings.
-local node_id, epoch, slot, slot_below, point = A[1], A[2], A[3], A[4], A[5]
-local F, D, max_log, nseen = tonumber(A[6]), tonumber(A[7]), tonumber(A[8]), tonumber(A[9])
+-- Applies one block to the inflight txs, or undoes one when `unseen` is not empty (the Rust side
+-- refuses a call with both lists). Fenced: only the node holding the lock at the epoch it
+-- acquired may change anything, whatever that node believes locally. Exactly once, by point:
+-- `member` is the block's entry in the applied chain (`<slot, 20 digits>[:<hash>]`, so that slots
+-- compare exactly as strings) and `point` its form in records and events.
+--   * forward: already applied if the point is on the chain, or if the chain holds `history`
+--     blocks and the point's slot is at or below the oldest one's; otherwise the block becomes
+--     the new tip, whatever its slot is next to blocks undone before.
+--   * undo: applied only if the point is on the chain; that block and every block after it are
+--     undone (undo.lua). Replaying an undo finds nothing to undo.
+local node_id, epoch, member, point = A[1], A[2], A[3], A[4]
+local F, D, max_log, history = tonumber(A[5]), tonumber(A[6]), tonumber(A[7]), tonumber(A[8])
+local nseen = tonumber(A[9])
 local nunseen = #A - 9 - nseen
 
-check_types('lock', 'epoch', 'applied', 'height', 'txs', 'pending', 'inflight', 'unconfirmed',
+check_types('lock', 'epoch', 'chain', 'height', 'txs', 'pending', 'inflight', 'unconfirmed',
   'confirmed', 'log', 'log_seq', 'done', 'acked', 'events', 'events_seq')
 
 if redis.call('GET', K.lock) ~= node_id or redis.call('GET', K.epoch) ~= epoch then
   return {'lost'}
 end
-local applied = redis.call('GET', K.applied)
-if applied and not string.match(applied, '^' .. string.rep('%d', 20)) then
-  corrupt(K.applied, 'not a slot: ' .. string.format('%q', applied))
-end
-if nunseen == 0 and applied and slot <= string.sub(applied, 1, 20) then
-  return {'already'}
+
+if nunseen > 0 then
+  local at = redis.call('ZSCORE', K.chain, member)
+  if not at then return {'already'} end
+  local unseen = {}
+  for i = 10 + nseen, #A do unseen[#unseen + 1] = A[i] end
+  local rolled_back, undone = undo_from(tonumber(at), unseen, node_id, epoch)
+  return {'applied', height(), 0, rolled_back, 0, 0, undone}
 end
 
--- This call is the H-th applied one. Counters follow from H (see `counters` in the prelude), so
--- only the block's txs and the txs that finalize or drop are written.
+if redis.call('ZSCORE', K.chain, member) then return {'already'} end
+local retained = redis.call('ZCARD', K.chain)
+if retained >= history then
+  local oldest = redis.call('ZRANGE', K.chain, 0, 0)[1]
+  if oldest and string.sub(member, 1, 20) <= string.sub(oldest, 1, 20) then
+    return {'already'}
+  end
+end
+
+-- This block is the H-th of the applied chain. Counters follow from H (see `counters` in the
+-- prelude), so only the block's txs and the txs that finalize or drop are written.
 local H = height() + 1
 
 -- Phase 1: read and decode everything this call will touch, so that corrupt data aborts the
@@ -38,34 +56,21 @@ for i = 10, 9 + nseen do
     if t and t.st ~= 'P' then seen[#seen + 1] = {hash = hash, t = t} end
   end
 end
-local unseen, unseen_set = {}, {}
-for i = 10 + nseen, #A do
-  local hash = A[i]
-  if not seen_set[hash] and not unseen_set[hash] then
-    unseen_set[hash] = true
-    local t = load(hash)
-    if t and t.st ~= 'P' then unseen[#unseen + 1] = {hash = hash, t = t} end
-  end
-end
 
--- Confirmed txs (other than rolled-back ones) gain a confirmation: those reaching F finalize,
--- the others get a Confirmed event with their new count. Walking them all is the one part of
--- confirm that grows with the mempool, and only with the Confirmed txs: about F blocks' worth.
+-- Confirmed txs gain a confirmation: those reaching F finalize, the others get a Confirmed event
+-- with their new count. Walking them all is the one part of confirm that grows with the mempool,
+-- and only with the Confirmed txs: about F blocks' worth.
 local finalize, still_confirmed = {}, {}
-local zc = redis.call('ZRANGE', K.confirmed, 0, -1)
-for _, hash in ipairs(zc) do
-  if not unseen_set[hash] then
-    local t = load(hash)
-    if not t or t.st ~= 'C' then corrupt(K.confirmed .. ' ' .. hash, 'not a confirmed tx') end
-    local c = counters(t, H)
-    if c >= F then
-      finalize[#finalize + 1] = {hash = hash, t = t}
-    else
-      still_confirmed[#still_confirmed + 1] = {hash = hash, t = t}
-    end
+for _, hash in ipairs(redis.call('ZRANGE', K.confirmed, 0, -1)) do
+  local t = load(hash)
+  if not t or t.st ~= 'C' then corrupt(K.confirmed .. ' ' .. hash, 'not a confirmed tx') end
+  if counters(t, H) >= F then
+    finalize[#finalize + 1] = {hash = hash, t = t}
+  else
+    still_confirmed[#still_confirmed + 1] = {hash = hash, t = t}
   end
 end
--- Txs confirmed for the first time by this call.
+-- Txs confirmed for the first time by this block.
 local newly = {}
 for _, e in ipairs(seen) do
   if e.t.st ~= 'C' then
@@ -79,14 +84,14 @@ for _, e in ipairs(seen) do
     end
   end
 end
--- Unconfirmed inflight txs that missed D blocks drop (unless this block saw or undid them).
+-- Unconfirmed inflight txs that missed D blocks drop (unless this block saw them).
 -- P:unconfirmed is cleaned lazily: a tx that gets confirmed (or finalized) stays in it until its
 -- score falls in this range, because removing one member among thousands with the same score
 -- is what made confirm slow down with the mempool's size. Such stale members are skipped here
 -- and removed with the whole range below.
 local drop = {}
 for _, hash in ipairs(redis.call('ZRANGEBYSCORE', K.unconfirmed, '-inf', int(H - D))) do
-  if not seen_set[hash] and not unseen_set[hash] then
+  if not seen_set[hash] then
     local t = load(hash)
     if t and (t.st == 'R' or t.st == 'A') then drop[#drop + 1] = {hash = hash, t = t} end
   end
@@ -94,22 +99,18 @@ end
 
 -- Phase 2: write. The block event comes first: it is the audit trail of applied blocks.
 redis.call('SET', K.height, H)
-emit('k', 'block', 'at', point, 'h', H, 'node', node_id, 'epoch', epoch, 'undo', nunseen > 0 and '1' or '0')
+redis.call('ZADD', K.chain, H, member)
+-- The chain's heights are contiguous, so keeping the newest `history` is a range by score.
+if retained + 1 > history then
+  redis.call('ZREMRANGEBYSCORE', K.chain, '-inf', int(H - history))
+end
+emit('k', 'block', 'at', point, 'h', H, 'node', node_id, 'epoch', epoch, 'undo', '0')
 -- Acknowledged txs leaving that stage, for the counter stats read.
 local acked_delta = 0
 for _, e in ipairs(newly) do
   if e.was == 'A' then acked_delta = acked_delta - 1 end
   redis.call('HSET', K.txs, e.hash, encode(e.t))
   redis.call('ZADD', K.confirmed, H, e.hash)
-end
-for _, e in ipairs(unseen) do
-  if e.t.st == 'A' then acked_delta = acked_delta - 1 end
-  local n = emit_tx(e.hash, 'B', 0, 0, '')
-  redis.call('HSET', K.txs, e.hash, encode({st = 'P', era = e.t.era, body = e.t.body}))
-  redis.call('ZREM', K.inflight, e.hash)
-  redis.call('ZREM', K.unconfirmed, e.hash)
-  redis.call('ZREM', K.confirmed, e.hash)
-  redis.call('ZADD', K.pending, n, e.hash)
 end
 for _, e in ipairs(still_confirmed) do
   emit_tx(e.hash, 'C', counters(e.t, H), 0, e.t.at)
@@ -148,12 +149,4 @@ if excess > 0 then
   redis.call('XTRIM', K.log, 'MAXLEN', max_log)
 end
 
-if nunseen == 0 then
-  redis.call('SET', K.applied, slot)
-elseif slot_below == '' then
-  redis.call('DEL', K.applied)
-else
-  redis.call('SET', K.applied, slot_below)
-end
-
-return {'applied', H, #newly, #unseen, #finalize, #drop}
+return {'applied', H, #newly, 0, #finalize, #drop, 0}

@@ -4,7 +4,7 @@
 -- Every script receives all keys of the mempool, in this order, so the layout is declared once
 -- (src/keys.rs documents it) and a script can never name an undeclared key.
 local K = {
-  lock = KEYS[1], epoch = KEYS[2], wake = KEYS[3], applied = KEYS[4], height = KEYS[5],
+  lock = KEYS[1], epoch = KEYS[2], wake = KEYS[3], chain = KEYS[4], height = KEYS[5],
   txs = KEYS[6], pending = KEYS[7], inflight = KEYS[8], unconfirmed = KEYS[9],
   confirmed = KEYS[10], log = KEYS[11], log_seq = KEYS[12], done = KEYS[13], acked = KEYS[14],
   events = KEYS[15], events_seq = KEYS[16], fence = KEYS[17],
@@ -24,7 +24,7 @@ for i = 2, #ARGV do A[i - 1] = ARGV[i] end
 -- the key on the Rust side.
 local function check_types(...)
   local expected = {
-    lock = 'string', epoch = 'string', applied = 'string', height = 'string', txs = 'hash',
+    lock = 'string', epoch = 'string', chain = 'zset', height = 'string', txs = 'hash',
     pending = 'zset', inflight = 'zset', unconfirmed = 'zset', confirmed = 'zset',
     log = 'stream', log_seq = 'string', done = 'hash', acked = 'string', events = 'stream',
     events_seq = 'string', fence = 'string',
@@ -54,7 +54,8 @@ end
 
 -- A tracked tx in P:txs: the state `stage|hi|hc|era|confirmed_at`, a newline, then the body.
 --   stage: P pending, R propagated, A acknowledged, C confirmed
---   hi:    the H (applied confirm count) when the tx became inflight (R, A, C)
+--   hi:    the H (applied chain height) when the tx became inflight (R, A, C); an undo that
+--          lowers H below it brings it down to the new H
 --   hc:    the H of the call that first confirmed it (C)
 --   era:   the era of the payload
 --   confirmed_at: the encoded chain point of that call (C)
@@ -79,9 +80,10 @@ local function encode(t)
     .. t.era .. '|' .. (t.at or '') .. '\n' .. t.body
 end
 
--- The one place the counters are derived: a Confirmed tx gained one confirmation per applied
--- call since (and including) the one that first confirmed it; an unconfirmed inflight tx missed
--- every applied call since it became inflight.
+-- The one place the counters are derived: a Confirmed tx has one confirmation per block of the
+-- applied chain from (and including) the one that first confirmed it; an unconfirmed inflight tx
+-- missed every block applied since it became inflight. Undone blocks count for nobody: an undo
+-- lowers H.
 local function counters(t, H)
   if t.st == 'C' then return H - t.hc + 1, 0 end
   if t.st == 'R' or t.st == 'A' then return 0, H - t.hi end

@@ -92,9 +92,9 @@ pub fn full_run(config: &dyn Fn() -> Config) -> Report {
     assert_eq!(found.stage, MempoolTxStage::Acknowledged);
     assert_eq!(found.payload, tx(1).payload);
 
-    // Blocks, applied by the watcher only (thresholds F = D = 3; a rollback is an applied call
-    // too): tx 1 and 3 confirmed at slot 10, then 3 rolled back, then tx 1 finalizes and tx 2
-    // drops at slot 11.
+    // Blocks, applied by the watcher only (thresholds F = D = 3): tx 1 and 3 confirmed at slot
+    // 10, block 11 applied and undone naming tx 3 (back to pending), then tx 1 finalizes and
+    // tx 2 drops at slot 13, the third block of the applied chain.
     let at = ChainPoint::Specific(10, BlockHash::from([0xb1; 32]));
     assert_eq!(
         b.confirm(&at, &[hash(1), hash(3)], &[], F, D).expect("b"),
@@ -114,7 +114,13 @@ pub fn full_run(config: &dyn Fn() -> Config) -> Report {
     assert_eq!(confirmed.stage, MempoolTxStage::Confirmed);
     assert_eq!(confirmed.confirmed_at, Some(at));
     assert_eq!(
-        a.confirm(&at, &[], &[hash(3)], F, D).expect("rollback"),
+        a.confirm(&ChainPoint::Slot(11), &[], &[], F, D)
+            .expect("confirm 11"),
+        ConfirmOutcome::Applied
+    );
+    assert_eq!(
+        a.confirm(&ChainPoint::Slot(11), &[], &[hash(3)], F, D)
+            .expect("rollback"),
         ConfirmOutcome::Applied
     );
     assert_eq!(
@@ -122,10 +128,17 @@ pub fn full_run(config: &dyn Fn() -> Config) -> Report {
         MempoolTxStage::Pending
     );
     assert_eq!(
-        a.confirm(&ChainPoint::Slot(11), &[], &[], F, D)
-            .expect("confirm 11"),
-        ConfirmOutcome::Applied
+        a.rollback_to(&at).expect("rollback_to"),
+        ConfirmOutcome::AlreadyApplied
     );
+    assert_eq!(b.applied_points(10).expect("applied_points"), vec![at]);
+    for slot in [12, 13] {
+        assert_eq!(
+            a.confirm(&ChainPoint::Slot(slot), &[], &[], F, D)
+                .expect("confirm"),
+            ConfirmOutcome::Applied
+        );
+    }
     assert_eq!(
         b.check_status(&hash(1)).expect("check_status").stage,
         MempoolTxStage::Finalized
@@ -149,7 +162,7 @@ pub fn full_run(config: &dyn Fn() -> Config) -> Report {
     // Reading the lock and the counts.
     let info = b.watcher_info().expect("watcher_info");
     assert_eq!(info.holder.as_deref(), Some(a.node_id()));
-    assert_eq!(info.applied_slot, Some(11));
+    assert_eq!(info.applied_slot, Some(13));
     let stats = a.stats().expect("stats");
     assert_eq!(
         (stats.pending, stats.finalized_log, stats.applied_blocks),
@@ -190,14 +203,24 @@ pub fn full_run(config: &dyn Fn() -> Config) -> Report {
         |e| matches!(e, MempoolEvent::WatcherAcquired { node_id, .. } if node_id == b.node_id()),
     );
     assert_eq!(
-        b.confirm(&ChainPoint::Slot(12), &[], &[], F, D)
-            .expect("confirm 12"),
+        b.confirm(&ChainPoint::Slot(14), &[], &[], F, D)
+            .expect("confirm 14"),
         ConfirmOutcome::Applied
     );
     assert_eq!(
-        a.confirm(&ChainPoint::Slot(13), &[], &[], F, D)
+        a.confirm(&ChainPoint::Slot(15), &[], &[], F, D)
             .expect("confirm by the old watcher"),
         ConfirmOutcome::NotWatcher
+    );
+    // The new watcher rolls back and applies again, as a reconcile step does.
+    assert_eq!(
+        b.rollback_to(&ChainPoint::Slot(13)).expect("rollback_to"),
+        ConfirmOutcome::Applied
+    );
+    assert_eq!(
+        b.confirm(&ChainPoint::Slot(14), &[], &[], F, D)
+            .expect("confirm 14 again"),
+        ConfirmOutcome::Applied
     );
 
     // Graceful handover back: a hears b's release on the wake channel.
@@ -214,8 +237,8 @@ pub fn full_run(config: &dyn Fn() -> Config) -> Report {
         |e| matches!(e, MempoolEvent::WatcherReleased { node_id, .. } if *node_id == b_id),
     );
     assert_eq!(
-        a.confirm(&ChainPoint::Slot(13), &[], &[], F, D)
-            .expect("confirm 13"),
+        a.confirm(&ChainPoint::Slot(15), &[], &[], F, D)
+            .expect("confirm 15"),
         ConfirmOutcome::Applied
     );
     a.shutdown().expect("shutdown a");
