@@ -12,14 +12,15 @@
 //! Runs are seeded, so every run of the same code makes the same cases:
 //!
 //! * `CHAIN_MODEL_SEED=<u64>` picks another seed (default [`DEFAULT_SEED`]);
-//! * `CHAIN_MODEL_CASES=<n>` runs more or fewer cases.
+//! * `CHAIN_MODEL_CASES=<n>` and `CHAIN_MODEL_TAKEOVER_CASES=<n>` run more or fewer cases of
+//!   the one-node and the takeover property.
 //!
 //! A failure is shrunk to a minimal case; its message shows that case (setup and operations) and
 //! the calls it made, one per line, with their outcomes. The same command with the same seed
 //! replays it: `CHAIN_MODEL_SEED=<seed> cargo test --all-features --test chain_model`.
 //!
-//! One `redis-server` serves every case; each case uses a fresh key prefix and one watcher node,
-//! so a case costs a few ms.
+//! One `redis-server` serves every case of a property; each case uses a fresh key prefix and one
+//! watcher node (two for the takeover property), so a case costs a few ms.
 
 mod support;
 
@@ -50,6 +51,10 @@ const DEFAULT_SEED: u64 = 0x0009_c4a1_17ed;
 /// steps, well under 30 s on the 2-core CI machine.
 const DEFAULT_CASES: u32 = 120;
 
+/// Cases of the takeover property unless `CHAIN_MODEL_TAKEOVER_CASES` says otherwise: each
+/// starts two nodes and waits for a takeover (a few ms: the leaving watcher wakes the other).
+const TAKEOVER_CASES: u32 = 40;
+
 /// Tx ids are 0..IDS: few, so that duplicates, re-receives and collisions are common.
 const IDS: u8 = 10;
 
@@ -66,7 +71,9 @@ const LONG_HISTORY: usize = 4320;
 /// The library's default `max_finalized`: no entry leaves the log here.
 const LONG_LOG: usize = 10_000;
 
-/// Bound for a lone node to become watcher (it is at once, normally).
+/// Bound for a node to become watcher. A takeover normally happens at once (the leaving
+/// watcher wakes the others); if the wake message were missed, the follower would still retry
+/// within ttl/3 = 10 s, so this never flakes.
 const SETTLE: Duration = Duration::from_secs(25);
 
 /// Long enough that a node never loses its lock during a case, even on a loaded machine.
@@ -149,7 +156,7 @@ struct Rec {
     confirmed_at: Option<ChainPoint>,
 }
 
-/// What one chain call did, for the tally of rules met.
+/// What one chain call did: for the tally of rules met, and the takeover property's bookkeeping.
 #[derive(Clone, Debug, Default)]
 struct Effects {
     /// Confirmed for the first time by this block.
@@ -786,6 +793,8 @@ struct Driver<'a> {
     receives: u8,
     /// The calls made, with outcomes: the failure message's trace.
     trace: Vec<String>,
+    /// What the last chain call returned in Redis.
+    last: Option<Result<ConfirmOutcome, Kind>>,
     tally: Tally,
     /// Txs finalized at some point of the case.
     finalized_ever: BTreeSet<TxHash>,
@@ -807,6 +816,7 @@ impl<'a> Driver<'a> {
             undos: Vec::new(),
             receives: 0,
             trace: Vec::new(),
+            last: None,
             tally: Tally::default(),
             finalized_ever: BTreeSet::new(),
         }
@@ -980,6 +990,7 @@ impl<'a> Driver<'a> {
             tx_names(&seen),
             tx_names(&unseen)
         ));
+        self.last = Some(got.clone());
         if !unseen.is_empty() && seen.is_empty() {
             self.undos.push((p, unseen));
         } else if unseen.is_empty() && p != ChainPoint::Origin {
@@ -1004,6 +1015,7 @@ impl<'a> Driver<'a> {
         count("txs rolled back", e.rolled_back.len());
         count("txs rolled back unlisted", e.rolled_back.len());
         count("txs whose misses an undo lowered", e.rebased);
+        self.last = Some(got.clone());
         self.trace
             .push(format!("rollback_to({}) -> {got:?}", point_name(&p)));
         self.check("rollback_to".into(), got, want)
@@ -1240,4 +1252,329 @@ fn redis_follows_the_model_step_by_step() {
         );
         report(&format!("chain_model: this run never met {missed:?}"));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Takeover: watcher A applies an orphan and leaves, B reconciles
+// ---------------------------------------------------------------------------------------------
+//
+// A applies blocks, the last of them off B's chain (the orphan), among receive and mark calls;
+// it shuts down and B takes over. B reconciles as `rollback_to`'s doc says: the newest applied
+// point on its own chain, `rollback_to` it, then its whole chain with `confirm` (the blocks
+// already applied answer AlreadyApplied). Two comparisons:
+//
+// * every call, on either node, against the model fed exactly those calls (as in the one-node
+//   property);
+// * at the end, against a model fed the same tx calls and B's blocks only. That one is equal
+//   for each tx the orphan did not touch, and for the chain and `H`; a tx the orphan confirmed
+//   is back in the pending queue (at its tail), and one it finalized or dropped stays so (the
+//   contract keeps final txs final), so those are left to the first comparison.
+
+/// One of A's calls: a block, or a call on the txs.
+#[derive(Clone, Debug)]
+enum AOp {
+    Receive {
+        id: u8,
+        era: u16,
+        body: Vec<u8>,
+    },
+    PropagateHead(u8),
+    MarkInflight(Vec<Pick>),
+    MarkAcknowledged(Vec<Pick>),
+    /// A block `step` slots after the previous one of its chain.
+    Block {
+        step: u8,
+        seen: Vec<Pick>,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Takeover {
+    f: u32,
+    d: u32,
+    /// A's calls; its first `common` blocks are on B's chain too, the rest are A's orphan.
+    a_calls: Vec<AOp>,
+    common: u8,
+    /// B's blocks after the common ones: (step from the previous one, may go below A's orphan;
+    /// seen).
+    b_fork: Vec<(u8, Vec<Pick>)>,
+}
+
+impl Takeover {
+    fn blocks(&self) -> usize {
+        let is_block = |c: &&AOp| matches!(c, AOp::Block { .. });
+        self.a_calls.iter().filter(is_block).count()
+    }
+
+    /// How many of A's blocks B's chain shares.
+    fn common_blocks(&self) -> usize {
+        usize::from(self.common) % (self.blocks() + 1)
+    }
+}
+
+fn takeover_case() -> impl Strategy<Value = Takeover> {
+    let a_op = prop_oneof![
+        4 => (0..IDS, 0u16..8, body()).prop_map(|(id, era, body)| AOp::Receive { id, era, body }),
+        3 => (0u8..5).prop_map(AOp::PropagateHead),
+        1 => vec(pick(), 0..4).prop_map(AOp::MarkInflight),
+        2 => vec(pick(), 0..4).prop_map(AOp::MarkAcknowledged),
+        5 => (1u8..=3, vec(pick(), 0..5)).prop_map(|(step, seen)| AOp::Block { step, seen }),
+    ];
+    let thresholds = prop_oneof![
+        3 => Just((DOLOS_F, DOLOS_D)),
+        1 => (1u32..=4, 1u32..=3),
+    ];
+    (
+        thresholds,
+        vec(a_op, 1..40),
+        any::<u8>(),
+        vec((1u8..=3, vec(pick(), 0..4)), 0..6),
+    )
+        .prop_map(|((f, d), a_calls, common, b_fork)| Takeover {
+            f,
+            d,
+            a_calls,
+            common,
+            b_fork,
+        })
+}
+
+/// Everything about one tx that B's reconcile must make as if A had never applied the orphan.
+fn tx_view(v: &View, x: &TxHash) -> String {
+    let pos = |list: &[MempoolTx]| list.iter().find(|t| t.hash == *x).map(tx_line);
+    let logged: Vec<String> = v.log.iter().filter(|t| t.hash == *x).map(tx_line).collect();
+    format!(
+        "pending {:?}, inflight {:?}, log {logged:?}",
+        pos(&v.pending),
+        pos(&v.inflight)
+    )
+}
+
+/// The txs of `list` in `keep`, in order.
+fn only(list: &[MempoolTx], keep: &BTreeSet<TxHash>) -> Vec<MempoolTx> {
+    list.iter()
+        .filter(|t| keep.contains(&t.hash))
+        .cloned()
+        .collect()
+}
+
+fn run_takeover(server: &RedisServer, prefix: &str, case: &Takeover, tally: &mut Tally) -> Step {
+    let setup = Setup {
+        f: case.f,
+        d: case.d,
+        history: LONG_HISTORY,
+        max_log: LONG_LOG,
+    };
+    let a = open_node(server, prefix, &setup);
+    assert!(wait_until(SETTLE, || a.is_watcher()), "a is not watcher");
+    let b = open_node(server, prefix, &setup);
+
+    // The full model follows every call made on Redis; `b_only` gets the same tx calls but only
+    // B's blocks: what the mempool would be had A never applied the orphan.
+    let mut driver = Driver::new(&a, &b, &setup);
+    let mut b_only = Model::new(LONG_HISTORY, LONG_LOG);
+    let common = case.common_blocks();
+    let mut b_chain: Vec<(ChainPoint, Vec<TxHash>)> = Vec::new();
+    let mut orphan: Vec<ChainPoint> = Vec::new();
+    // Txs whose fate the orphan decided: confirmed or retired by an orphan block.
+    let mut touched: BTreeSet<TxHash> = BTreeSet::new();
+    let mut slot = 0u64;
+
+    for call in &case.a_calls {
+        match call {
+            AOp::Receive { id, era, body } => {
+                driver.receive(*id, *era, body.clone())?;
+                let mut body = body.clone();
+                body.push(driver.receives);
+                let _ = b_only.receive(&MempoolTx::new(tx_hash(*id), EraCbor(*era, body)));
+            }
+            AOp::PropagateHead(n) => {
+                let n = usize::from(*n).min(driver.model.pending.len());
+                let head = driver.model.pending[..n].to_vec();
+                b_only.mark_inflight(&head);
+                driver.mark_inflight(head)?;
+            }
+            AOp::MarkInflight(picks) => {
+                let hashes = driver.resolve(picks);
+                b_only.mark_inflight(&hashes);
+                driver.mark_inflight(hashes)?;
+            }
+            AOp::MarkAcknowledged(picks) => {
+                let hashes = driver.resolve(picks);
+                b_only.mark_acknowledged(&hashes);
+                driver.mark_acknowledged(hashes)?;
+            }
+            AOp::Block { step, seen } => {
+                slot += u64::from(*step);
+                let p = driver.new_block(slot);
+                let seen = driver.resolve(seen);
+                driver.confirm(p, seen.clone(), Vec::new())?;
+                if b_chain.len() < common {
+                    let _ = b_only.confirm(&p, &seen, &[], case.f, case.d);
+                    b_chain.push((p, seen));
+                } else {
+                    orphan.push(p);
+                    touched.extend(driver.model.effects.newly.iter().copied());
+                    touched.extend(driver.model.effects.retired.iter().map(|(x, _)| *x));
+                }
+            }
+        }
+        driver.compare()?;
+    }
+
+    // B's own blocks after the common ones; their slots start again from the common tip, so
+    // they may lie below the orphan's.
+    let mut b_slot = b_chain.last().map_or(0, |(p, _)| p.slot());
+    let mut b_fork: Vec<(ChainPoint, Vec<Pick>)> = Vec::new();
+    for (step, seen) in &case.b_fork {
+        b_slot += u64::from(*step);
+        b_fork.push((driver.new_block(b_slot), seen.clone()));
+    }
+
+    // A clone shuts down the lease of every clone; the driver still holds `a` by reference.
+    a.clone().shutdown().expect("shutdown a");
+    assert!(wait_until(SETTLE, || b.is_watcher()), "b takes over");
+    driver.node = &b;
+    driver
+        .trace
+        .push("-- a shuts down, b is the watcher".into());
+
+    // Reconcile: the newest applied point on B's chain, roll back to it, replay B's chain.
+    let applied = driver.read()?.applied;
+    driver.check(
+        "applied_points".into(),
+        applied.clone(),
+        driver.model.applied_points(),
+    )?;
+    let newest_common = applied
+        .iter()
+        .find(|p| b_chain.iter().any(|(q, _)| q == *p))
+        .copied()
+        .unwrap_or(ChainPoint::Origin);
+    driver.rollback_to(newest_common)?;
+    touched.extend(driver.model.effects.rolled_back.iter().copied());
+    *tally.entry("txs rolled back by the reconcile").or_default() +=
+        driver.model.effects.rolled_back.len() as u64;
+    driver.compare()?;
+    // Replays of the common blocks: on the chain, so AlreadyApplied (as for B-only).
+    for (p, seen) in b_chain.clone() {
+        driver.confirm(p, seen.clone(), Vec::new())?;
+        let want = b_only.confirm(&p, &seen, &[], case.f, case.d);
+        driver.check(
+            format!("replay of {}", point_name(&p)),
+            driver.last.clone(),
+            Some(want),
+        )?;
+        driver.compare()?;
+    }
+    for (p, picks) in b_fork {
+        let seen = driver.resolve(&picks);
+        driver.confirm(p, seen.clone(), Vec::new())?;
+        let want = b_only.confirm(&p, &seen, &[], case.f, case.d);
+        driver.check(
+            format!("B's block {}", point_name(&p)),
+            driver.last.clone(),
+            Some(want),
+        )?;
+        driver.compare()?;
+    }
+
+    // B's chain only, as if the orphan had never been applied: the same chain and height, and
+    // the same everything for each tx the orphan did not touch.
+    let got = driver.read()?;
+    let want = expected(&b_only);
+    driver.check(
+        "applied chain".into(),
+        got.applied.clone(),
+        want.applied.clone(),
+    )?;
+    driver.check("H".into(), got.counts[5], want.counts[5])?;
+    let untouched: BTreeSet<TxHash> = (0..IDS)
+        .map(tx_hash)
+        .filter(|x| !touched.contains(x))
+        .collect();
+    *tally.entry("txs the orphan touched").or_default() += touched.len() as u64;
+    *tally
+        .entry("txs compared with B's chain alone")
+        .or_default() += untouched.len() as u64;
+    *tally.entry("calls").or_default() += driver.trace.len() as u64 - 1;
+    for x in &untouched {
+        driver.check(
+            format!("{} (untouched by the orphan)", tx_name(x)),
+            tx_view(&got, x),
+            tx_view(&want, x),
+        )?;
+    }
+    driver.check(
+        "pending order of the untouched txs".into(),
+        only(&got.pending, &untouched),
+        only(&want.pending, &untouched),
+    )?;
+    driver.check(
+        "inflight order of the untouched txs".into(),
+        only(&got.inflight, &untouched),
+        only(&want.inflight, &untouched),
+    )?;
+    driver.check(
+        "log order of the untouched txs".into(),
+        only(&got.log, &untouched),
+        only(&want.log, &untouched),
+    )?;
+    // No live tx stays confirmed by a block off B's chain.
+    for t in &got.inflight {
+        if let Some(at) = t.confirmed_at {
+            if orphan.contains(&at) {
+                return Err(driver.fail(format!(
+                    "{} is still confirmed by the orphan {}",
+                    tx_name(&t.hash),
+                    point_name(&at)
+                )));
+            }
+        }
+    }
+    b.shutdown().expect("shutdown b");
+    Ok(())
+}
+
+#[test]
+fn a_new_watcher_reconciles_to_its_own_chain() {
+    let server = RedisServer::start();
+    let (runs, orphans) = (Cell::new(0u32), Cell::new(0u32));
+    let tally = std::cell::RefCell::new(Tally::new());
+    let started = Instant::now();
+    let cases = env_number("CHAIN_MODEL_TAKEOVER_CASES").unwrap_or(TAKEOVER_CASES);
+    let result = runner(cases).run(&takeover_case(), |case| {
+        runs.set(runs.get() + 1);
+        if case.common_blocks() < case.blocks() {
+            orphans.set(orphans.get() + 1);
+        }
+        let prefix = format!("takeover{}", runs.get());
+        run_takeover(&server, &prefix, &case, &mut tally.borrow_mut())
+    });
+    report(&format!(
+        "chain_model takeover: {} cases ({} with an orphan) in {:.1} s (seed {}): {:?}",
+        runs.get(),
+        orphans.get(),
+        started.elapsed().as_secs_f64(),
+        seed(),
+        tally.borrow()
+    ));
+    fail_report(
+        "a_new_watcher_reconciles_to_its_own_chain",
+        result,
+        |case| {
+            let mut out = format!(
+                "  F {} D {}, the first {} of A's {} blocks are common\n  A's calls:\n",
+                case.f,
+                case.d,
+                case.common_blocks(),
+                case.blocks()
+            );
+            for call in &case.a_calls {
+                let _ = writeln!(out, "    {call:?}");
+            }
+            let _ = writeln!(out, "  B's fork: {:?}", case.b_fork);
+            out
+        },
+    );
 }
