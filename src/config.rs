@@ -49,6 +49,8 @@ pub struct Config {
     pub(crate) wait_replicas: Option<(usize, Duration)>,
     /// `Some` with [`Config::cluster`]: the seed nodes (`host:port`) of a Redis Cluster.
     pub(crate) cluster: Option<Vec<String>>,
+    /// [`Config::test_script_headers`]: `false` loads the scripts without their `#!lua` line.
+    pub(crate) script_headers: bool,
 }
 
 /// Where the sentinels are and which primary to ask them for.
@@ -90,6 +92,7 @@ impl Config {
             sentinel: None,
             wait_replicas: None,
             cluster: None,
+            script_headers: true,
         }
     }
 
@@ -268,6 +271,17 @@ impl Config {
     /// Defaults to `true`.
     pub fn watcher_candidate(mut self, candidate: bool) -> Config {
         self.watcher_candidate = candidate;
+        self
+    }
+
+    /// Test hook: with `false`, the scripts are loaded without their `#!lua` header lines even
+    /// on Redis 7, as they are on Redis 6.2 (which cannot read them), so that the crate's tests
+    /// can run that path on the Redis they have.
+    ///
+    /// Defaults to `true`: headers whenever the server reads them.
+    #[doc(hidden)]
+    pub fn test_script_headers(mut self, on: bool) -> Config {
+        self.script_headers = on;
         self
     }
 

@@ -13,6 +13,7 @@ use redis::Value;
 use crate::events::{EventHub, MempoolEvent, ReaderSetup};
 use crate::keys::Keys;
 use crate::lease::{Lease, LeaseShared};
+use crate::memory;
 use crate::pool::{self, Pool};
 use crate::scripts::{self, Lua, Scripts};
 use crate::types::{
@@ -74,11 +75,10 @@ impl RedisMempool {
         })?;
         let node_id = uuid::Uuid::new_v4().to_string();
         let keys = Keys::new(&config.key_prefix);
-        let scripts = Arc::new(Scripts::new());
         // One direct connection first: it fails fast and with the real reason (refused
         // credentials, unreachable host), where the pool would retry until its timeout. It
-        // also loads the scripts.
-        {
+        // reads what the server is and loads the scripts.
+        let scripts = {
             let mut conn = pool::RedisConn::open(
                 &target,
                 config.connect_timeout,
@@ -86,6 +86,9 @@ impl RedisMempool {
                 &format!("dolos-redis:{node_id}:open"),
             )
             .map_err(Error::from_redis)?;
+            let facts = memory::ServerFacts::parse(&server_info(&mut conn)?);
+            let headers = facts.script_headers() && config.script_headers;
+            let scripts = Arc::new(Scripts::new(headers));
             scripts.load_all(&mut conn)?;
             // Every write of a node with the durability option ends with WAIT: a user that may
             // not run it would see each write made and then refused.
@@ -118,7 +121,8 @@ impl RedisMempool {
                     missing.join(", ")
                 )));
             }
-        }
+            scripts
+        };
         let pool = pool::build(
             target.clone(),
             &config,
@@ -573,6 +577,19 @@ impl RedisMempool {
             lease.freeze(duration);
         }
     }
+}
+
+/// `INFO` (its default sections, which hold `server` and `memory` on every version), once at
+/// `open`. A user the ACL refuses it to gets an [`Error::Auth`] that says what to add.
+fn server_info(conn: &mut pool::RedisConn) -> Result<String, Error> {
+    conn.run(&redis::cmd("INFO"))
+        .map_err(|e| match Error::from_redis(e) {
+            Error::Auth(m) => Error::Auth(format!(
+                "open reads the server's version and memory settings with INFO, which the redis \
+                 user may not run; add +info to its ACL rule (see the README): {m}"
+            )),
+            other => other,
+        })
 }
 
 #[cfg(test)]
