@@ -51,6 +51,7 @@ pub struct Config {
     pub(crate) cluster: Option<Vec<String>>,
     /// [`Config::test_script_headers`]: `false` loads the scripts without their `#!lua` line.
     pub(crate) script_headers: bool,
+    pub(crate) allow_eviction: bool,
 }
 
 /// Where the sentinels are and which primary to ask them for.
@@ -93,6 +94,7 @@ impl Config {
             wait_replicas: None,
             cluster: None,
             script_headers: true,
+            allow_eviction: false,
         }
     }
 
@@ -271,6 +273,21 @@ impl Config {
     /// Defaults to `true`.
     pub fn watcher_candidate(mut self, candidate: bool) -> Config {
         self.watcher_candidate = candidate;
+        self
+    }
+
+    /// Whether `open` accepts a Redis whose `maxmemory-policy` is not `noeviction`. Such a
+    /// server deletes keys when it runs out of memory: `allkeys-*` any key, so transactions
+    /// the mempool accepted vanish and the rest no longer agrees; `volatile-*` the keys with a
+    /// TTL first, which are the watcher lock and its fence. With `false`, `open` refuses it
+    /// with [`Error::EvictionPolicy`]; with `true` (a Redis shared with caches that need
+    /// eviction, and a mempool that can afford to lose what it holds) it logs one warning and
+    /// opens.
+    ///
+    /// Defaults to `false`: only `noeviction`, under which a full Redis refuses writes
+    /// instead ([`Error::OutOfMemory`], nothing stored).
+    pub fn allow_eviction(mut self, allow: bool) -> Config {
+        self.allow_eviction = allow;
         self
     }
 
@@ -729,6 +746,7 @@ impl fmt::Debug for Config {
                 "cluster",
                 &self.cluster.as_ref().map(|_| self.redacted_url()),
             )
+            .field("allow_eviction", &self.allow_eviction)
             .finish()
     }
 }
@@ -805,6 +823,8 @@ mod toml_table {
         max_tx_size: Option<usize>,
         event_history: Option<usize>,
         watcher_candidate: Option<bool>,
+        /// See [`Config::allow_eviction`].
+        allow_eviction: Option<bool>,
         tls_ca_file: Option<std::path::PathBuf>,
         /// With `tls_client_key_file`: see [`Config::tls_client_cert`].
         tls_client_cert_file: Option<std::path::PathBuf>,
@@ -874,6 +894,9 @@ mod toml_table {
             }
             if let Some(v) = raw.watcher_candidate {
                 c = c.watcher_candidate(v);
+            }
+            if let Some(v) = raw.allow_eviction {
+                c = c.allow_eviction(v);
             }
             if let Some(v) = raw.tls_ca_file {
                 c = c.tls_ca_file(v);
@@ -1021,6 +1044,21 @@ mod tests {
             master_name: "m".into(),
         });
         assert_eq!(field_of(both), "cluster_nodes");
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn the_toml_table_reads_allow_eviction() {
+        let read = |extra: &str| -> Config {
+            toml::from_str(&format!(
+                "backend = \"redis\"\nurl = \"redis://h\"\n{extra}"
+            ))
+            .unwrap()
+        };
+        assert!(!read("").allow_eviction);
+        assert!(read("allow_eviction = true").allow_eviction);
+        assert!(!read("allow_eviction = false").allow_eviction);
+        assert!(!Config::new("redis://h").allow_eviction);
     }
 
     #[cfg(feature = "serde")]

@@ -73,6 +73,15 @@ pub enum Error {
     /// `maxmemory` raised, which takes an operator (lowering `max_pending`, `max_finalized` or
     /// `event_history` keeps it from coming back). Holds Redis's own message.
     OutOfMemory(String),
+    /// `open` found Redis configured to evict keys when it runs out of memory
+    /// (`maxmemory-policy` other than `noeviction`): `allkeys-*` would delete accepted
+    /// transactions, `volatile-*` the watcher lock. The message says what the policy would do
+    /// and how to fix it: `noeviction` on the server, or
+    /// [`Config::allow_eviction`](crate::Config::allow_eviction) to run anyway with a warning.
+    EvictionPolicy {
+        /// The server's `maxmemory-policy`.
+        policy: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -103,6 +112,13 @@ impl fmt::Display for Error {
                 "redis is out of memory and refused the call; nothing was stored. Raise redis's \
                  maxmemory, or lower max_pending, max_finalized or event_history (see the \
                  README, Deployments), then make the call again (redis said: {m})"
+            ),
+            Error::EvictionPolicy { policy } => write!(
+                f,
+                "redis maxmemory-policy is {policy}, which does not suit the mempool: {}. To \
+                 fix: {}",
+                crate::memory::eviction_risk(policy).unwrap_or("it may delete keys"),
+                crate::memory::FIX
             ),
         }
     }

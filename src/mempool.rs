@@ -68,6 +68,10 @@ impl RedisMempool {
     /// reachable), loads the scripts and starts the lease thread (unless the config says the
     /// node is no [watcher candidate](Config::watcher_candidate)). Returns once the first attempt
     /// to acquire the watcher lock has been made, so a lone node is the watcher right away.
+    ///
+    /// Refuses a Redis that may evict the mempool's keys when it is full (`maxmemory-policy`
+    /// other than `noeviction`) with [`Error::EvictionPolicy`], unless
+    /// [`Config::allow_eviction`] says to run anyway.
     pub fn open(config: Config) -> Result<RedisMempool, Error> {
         config.validate()?;
         let target = pool::Target::of(&config).map_err(|_| {
@@ -87,6 +91,7 @@ impl RedisMempool {
             )
             .map_err(Error::from_redis)?;
             let facts = memory::ServerFacts::parse(&server_info(&mut conn)?);
+            memory::check_policy(&facts.memory, config.allow_eviction)?;
             let headers = facts.script_headers() && config.script_headers;
             let scripts = Arc::new(Scripts::new(headers));
             scripts.load_all(&mut conn)?;

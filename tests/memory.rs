@@ -1,5 +1,9 @@
-//! A full Redis, against real redis-servers started with a small `maxmemory` under
-//! `noeviction`: every call Redis refuses for memory is a typed [`Error::OutOfMemory`] that
+//! Redis's memory, against real redis-servers started with a small `maxmemory`.
+//!
+//! A Redis that would evict keys when full (`allkeys-*`, `volatile-*`) is refused at `open`
+//! with [`Error::EvictionPolicy`], or opened with one warning when the host allows it.
+//!
+//! Under `noeviction`, every call Redis refuses for memory is a typed [`Error::OutOfMemory`] that
 //! stored nothing (the mempool's keys are byte for byte what they were), everything accepted
 //! before stays consistent, the watcher keeps its lock while Redis is full (and a follower can
 //! still take over), and a `confirm` refused for memory applies exactly once when it is made
@@ -16,6 +20,7 @@ use dolos_redis::{
     BlockHash, ChainPoint, Config, ConfirmOutcome, EraCbor, Error, MempoolTx, MempoolTxStage,
     RedisMempool, TxHash,
 };
+use support::logs::{capture_logs, logs_containing};
 use support::{wait_until, RedisServer, ServerOptions};
 
 /// Bound for things that take milliseconds on an idle machine; generous so that a loaded
@@ -29,8 +34,13 @@ const BODY: usize = 300;
 
 /// A server that refuses writes beyond 3 MB (about 900 kB of it are Redis's own at start).
 fn full_able_server() -> RedisServer {
+    server_with_policy("noeviction")
+}
+
+/// A server with a 3 MB `maxmemory` under `policy`.
+fn server_with_policy(policy: &str) -> RedisServer {
     RedisServer::start_with(ServerOptions {
-        extra_args: ["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"]
+        extra_args: ["--maxmemory", "3mb", "--maxmemory-policy", policy]
             .map(String::from)
             .to_vec(),
         ..Default::default()
@@ -234,6 +244,52 @@ fn int(con: &mut redis::Connection, cmd: &[&str]) -> u64 {
     v.unwrap_or(0)
 }
 
+/// `allkeys-lru` deletes accepted transactions when memory runs out: refused at open, with a
+/// message that names the policy, what it would do and the fix; allowed, one warning.
+#[test]
+fn allkeys_eviction_is_refused_at_open_unless_allowed() {
+    refused_unless_allowed("allkeys-lru", "vanish");
+}
+
+/// `volatile-lru` deletes the watcher lock (the only key with a TTL) first.
+#[test]
+fn volatile_eviction_is_refused_at_open_unless_allowed() {
+    refused_unless_allowed("volatile-lru", "watcher lock");
+}
+
+fn refused_unless_allowed(policy: &str, consequence: &str) {
+    capture_logs();
+    let server = server_with_policy(policy);
+    let prefix = format!("mem-{policy}");
+    let err = RedisMempool::open(config(&server, &prefix, Headers::Redis7))
+        .expect_err("open must refuse an evicting redis");
+    println!("{policy}: {err}");
+    assert_eq!(
+        err,
+        Error::EvictionPolicy {
+            policy: policy.into()
+        }
+    );
+    let text = err.to_string();
+    for needle in [policy, consequence, "noeviction", "allow_eviction"] {
+        assert!(text.contains(needle), "{needle:?} not in {text:?}");
+    }
+    assert!(!err.is_transient());
+    // Refused before anything was written.
+    assert!(snapshot(&mut server.connection(), &prefix).is_empty());
+
+    let warning = format!("maxmemory-policy is {policy}");
+    assert!(logs_containing(&warning).is_empty());
+    let m = lone_watcher(config(&server, &prefix, Headers::Redis7).allow_eviction(true));
+    m.receive(tx(1)).expect("receive");
+    let warnings = logs_containing(&warning);
+    println!("{warnings:?}");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].starts_with("WARN "), "{warnings:?}");
+    assert!(warnings[0].contains(consequence), "{warnings:?}");
+    m.shutdown().expect("shutdown");
+}
+
 /// Redis filled by `receive` calls: the call that finds it full fails with a typed error that
 /// says what to do, stores nothing, and everything accepted before is there and consistent.
 #[test]
@@ -249,7 +305,7 @@ fn without_script_headers_a_full_redis_still_refuses_receive_whole() {
 }
 
 fn refuses_receive_and_keeps_what_it_accepted(headers: Headers) {
-    support::init_logging();
+    capture_logs();
     let server = full_able_server();
     let prefix = "mem-receive";
     let m = lone_watcher(config(&server, prefix, headers));
@@ -342,7 +398,7 @@ fn without_script_headers_the_watcher_keeps_its_lock_but_nobody_acquires_while_f
 }
 
 fn keeps_the_lock_while_full(headers: Headers) {
-    support::init_logging();
+    capture_logs();
     let server = full_able_server();
     let prefix = "mem-lease";
     let a = lone_watcher(config(&server, prefix, headers));
@@ -426,7 +482,7 @@ fn without_script_headers_a_confirm_refused_for_memory_applies_once_later() {
 }
 
 fn confirm_applies_once_when_memory_is_back(headers: Headers) {
-    support::init_logging();
+    capture_logs();
     let server = full_able_server();
     let prefix = "mem-confirm";
     let m = lone_watcher(config(&server, prefix, headers));
