@@ -17,7 +17,7 @@
 //! A status line looks like
 //!
 //! ```text
-//! Current watcher: 5d14d3fa (TTL: 8.2s, epoch 3) | pending 12 propagated 3 acknowledged 4 confirmed 7 | log 120 | blocks 57 (slot 1234)
+//! Current watcher: 5d14d3fa (TTL: 8.2s, epoch 3) | pending 12 propagated 3 acknowledged 4 confirmed 7 | log 120 | blocks 57 (slot 1234) | redis 1.4 of 512.0 MB, noeviction
 //! ```
 //!
 //! where `log` is the number of Finalized/Dropped entries the finalized log retains and `blocks`
@@ -260,8 +260,13 @@ fn status_line(s: &MempoolStats) -> String {
         Some(slot) => format!(" (slot {slot})"),
         None => String::new(),
     };
+    let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let memory = match s.maxmemory {
+        0 => format!("redis {:.1} MB, no maxmemory", mb(s.used_memory)),
+        max => format!("redis {:.1} of {:.1} MB", mb(s.used_memory), mb(max)),
+    };
     format!(
-        "{} | pending {} propagated {} acknowledged {} confirmed {} | log {} | blocks {}{}",
+        "{} | pending {} propagated {} acknowledged {} confirmed {} | log {} | blocks {}{} | {memory}, {}",
         watcher_part(&s.watcher),
         s.pending,
         s.propagated,
@@ -269,7 +274,8 @@ fn status_line(s: &MempoolStats) -> String {
         s.confirmed,
         s.finalized_log,
         s.applied_blocks,
-        slot
+        slot,
+        s.maxmemory_policy
     )
 }
 

@@ -282,7 +282,10 @@ impl Config {
     /// TTL first, which are the watcher lock and its fence. With `false`, `open` refuses it
     /// with [`Error::EvictionPolicy`]; with `true` (a Redis shared with caches that need
     /// eviction, and a mempool that can afford to lose what it holds) it logs one warning and
-    /// opens.
+    /// opens. Either way the lease thread reads the policy again every three lock TTLs (at most
+    /// every 30 s) and logs once when it changes at run time; nodes that are no
+    /// [watcher candidate](Config::watcher_candidate) have no lease thread and do not.
+    /// [`RedisMempool::stats`](crate::RedisMempool::stats) shows the policy as it is now.
     ///
     /// Defaults to `false`: only `noeviction`, under which a full Redis refuses writes
     /// instead ([`Error::OutOfMemory`], nothing stored).

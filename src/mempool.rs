@@ -82,7 +82,7 @@ impl RedisMempool {
         // One direct connection first: it fails fast and with the real reason (refused
         // credentials, unreachable host), where the pool would retry until its timeout. It
         // reads what the server is and loads the scripts.
-        let scripts = {
+        let (scripts, policy) = {
             let mut conn = pool::RedisConn::open(
                 &target,
                 config.connect_timeout,
@@ -126,7 +126,7 @@ impl RedisMempool {
                     missing.join(", ")
                 )));
             }
-            scripts
+            (scripts, facts.memory.policy)
         };
         let pool = pool::build(
             target.clone(),
@@ -144,6 +144,7 @@ impl RedisMempool {
                 node_id.clone(),
                 lease_shared.clone(),
                 first_tx,
+                policy,
             )?;
             // Best effort: if Redis is slow the lease settles in the background.
             let _ =
@@ -472,10 +473,11 @@ impl RedisMempool {
         })
     }
 
-    /// Counts per stage, the watcher, and this node's lease figures, in one round trip.
+    /// Counts per stage, the watcher, this node's lease figures and the server's memory settings
+    /// (eviction policy, `maxmemory`, `used_memory`), in one round trip.
     pub fn stats(&self) -> Result<MempoolStats, Error> {
         let items = scripts::array(self.exec(&self.inner.scripts.stats, &[])?, "stats")?;
-        let [counts, log_len, holder, pttl, epoch, applied, height]: [Value; 7] = items
+        let [counts, log_len, holder, pttl, epoch, applied, height, info]: [Value; 8] = items
             .try_into()
             .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("stats: {v:?}")))?;
         let counts = scripts::array(counts, "stage counts")?;
@@ -488,6 +490,7 @@ impl RedisMempool {
         let lease = &self.inner.lease_shared.counters;
         // [pending, inflight, Acknowledged, Confirmed]; the rest of inflight is Propagated.
         let (inflight, acknowledged, confirmed) = (count(1)?, count(2)?, count(3)?);
+        let memory = memory::MemoryFacts::parse(&scripts::text(&info, "info memory")?);
         Ok(MempoolStats {
             pending: count(0)?,
             propagated: inflight.saturating_sub(acknowledged + confirmed),
@@ -501,6 +504,9 @@ impl RedisMempool {
             failed_renewals: lease.failed_renewals.load(Ordering::Relaxed),
             times_acquired: lease.acquired.load(Ordering::Relaxed),
             times_lost: lease.lost.load(Ordering::Relaxed),
+            maxmemory_policy: memory.policy,
+            maxmemory: memory.maxmemory,
+            used_memory: memory.used_memory,
         })
     }
 

@@ -4,7 +4,7 @@
 //! user's password never shows in logs, `Debug` output or errors.
 //!
 //! The rule ([`node_rule`]) is the one the README documents. It is derived from what a node
-//! sends: `INFO` (the server's version and memory settings, at open),
+//! sends: `INFO` (the server's version and memory settings: at open, in `stats` and now and then),
 //! `SCRIPT LOAD` and `EVALSHA` for every call (one Lua script each), the commands those
 //! scripts run (`src/scripts/*.lua`; Redis checks a script's commands and keys against the
 //! caller's ACL too), `SUBSCRIBE`/`PING` on the wake channel (and the `UNSUBSCRIBE`/

@@ -290,6 +290,77 @@ fn refused_unless_allowed(policy: &str, consequence: &str) {
     m.shutdown().expect("shutdown");
 }
 
+/// A change of policy at run time: `stats` shows it at once, and the lease thread warns once
+/// per change (it reads the policy every three TTLs).
+#[test]
+fn a_change_of_policy_at_run_time_is_shown_and_warned_about_once() {
+    capture_logs();
+    let server = full_able_server();
+    let prefix = "mem-policy-change";
+    let m = lone_watcher(config(&server, prefix, Headers::Redis7));
+    let stats = m.stats().expect("stats");
+    assert_eq!(stats.maxmemory_policy, "noeviction");
+    assert_eq!(stats.maxmemory, 3 * 1024 * 1024);
+    assert!(stats.used_memory > 0 && stats.used_memory < stats.maxmemory);
+
+    let mut admin = server.connection();
+    let set_policy = |con: &mut redis::Connection, policy: &str| {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg(policy)
+            .query::<()>(con)
+            .expect("CONFIG SET maxmemory-policy")
+    };
+    let changed_at = Instant::now();
+    set_policy(&mut admin, "allkeys-lfu");
+    assert_eq!(m.stats().expect("stats").maxmemory_policy, "allkeys-lfu");
+    let to_lfu = "maxmemory-policy changed from noeviction to allkeys-lfu";
+    assert!(
+        wait_until(TTL * 3 + SETTLE, || !logs_containing(to_lfu).is_empty()),
+        "no warning about the change"
+    );
+    println!(
+        "warned {:?} after the change: {:?}",
+        changed_at.elapsed(),
+        logs_containing(to_lfu)
+    );
+    assert!(logs_containing(to_lfu)[0].starts_with("WARN "));
+    // Two more reads of the policy (INFO calls other than this test's own): still one warning.
+    let mut polls = 0;
+    let mut info_calls = || {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut admin)
+            .expect("INFO");
+        polls += 1;
+        let calls: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_info:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .expect("cmdstat_info");
+        // This test's earlier polls are counted; the current one is not yet.
+        calls - (polls - 1)
+    };
+    let base = info_calls();
+    assert!(
+        wait_until(TTL * 6 + SETTLE, || info_calls() >= base + 2),
+        "the lease thread stopped reading the policy"
+    );
+    assert_eq!(logs_containing(to_lfu).len(), 1);
+    // And back: one more line, not a warning.
+    set_policy(&mut server.connection(), "noeviction");
+    let back = "maxmemory-policy changed from allkeys-lfu to noeviction";
+    assert!(
+        wait_until(TTL * 3 + SETTLE, || !logs_containing(back).is_empty()),
+        "no word about the change back"
+    );
+    assert!(logs_containing(back)[0].starts_with("INFO "));
+    assert_eq!(logs_containing(to_lfu).len(), 1);
+    assert_eq!(m.stats().expect("stats").maxmemory_policy, "noeviction");
+}
+
 /// Redis filled by `receive` calls: the call that finds it full fails with a typed error that
 /// says what to do, stores nothing, and everything accepted before is there and consistent.
 #[test]
