@@ -323,6 +323,9 @@ impl RedisMempool {
     /// the watcher, [`ConfirmOutcome::LostLock`] when Redis says the lock (or its epoch) is no
     /// longer ours, [`ConfirmOutcome::AlreadyApplied`] for a forward block (empty `unseen`) at or
     /// below the last applied slot. A rollback moves the applied slot below the undone block.
+    ///
+    /// [`Error::OutOfMemory`] (Redis is full) means nothing was applied: make the same call
+    /// again, before offering the next block, and it applies once when memory is back.
     pub fn confirm(
         &self,
         point: &ChainPoint,
