@@ -20,8 +20,9 @@
 //! Current watcher: 5d14d3fa (TTL: 8.2s, epoch 3) | pending 12 propagated 3 acknowledged 4 confirmed 7 | log 120 | blocks 57 (slot 1234) | redis 1.4 of 512.0 MB, noeviction
 //! ```
 //!
-//! where `log` is the number of Finalized/Dropped entries the finalized log retains and `blocks`
-//! the number of blocks applied so far (with the slot of the last one).
+//! where `log` is the number of Finalized/Dropped entries the finalized log retains, `blocks`
+//! the number of blocks applied so far (with the slot of the last one), and `redis` the memory
+//! Redis uses of its `maxmemory`, with its eviction policy.
 //!
 //! The inspector opens the mempool as an *observer* (`Config::watcher_candidate(false)`): it
 //! starts no lease thread, so running it never changes who is watcher.
