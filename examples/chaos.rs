@@ -15,7 +15,8 @@
 //! default, the CI test passes 1000) and `--sched-ms M` (scheduling allowance in the watcher
 //! overlap margin, default 50).
 //!
-//! Set-up: a private `redis-server` with `appendonly yes` + `appendfsync always`, a TCP fault
+//! Set-up: a private `redis-server` with `appendonly yes` + `appendfsync always` and
+//! `maxmemory` [`MAXMEMORY`] under `noeviction`, a TCP fault
 //! proxy per node, three node processes (this executable run as `chaos node <config.toml>`,
 //! the node of `examples/node.rs`: it submits a tx every 250 ms, propagates, acknowledges, and
 //! offers every block above the applied slot to `confirm`, so exactly-once is exercised), a
@@ -31,7 +32,14 @@
 //! * SIGSTOP of the watcher for 1.2–2 × TTL (and until another node took over), then SIGCONT;
 //! * a black-hole partition between a node (the watcher 70 %) and Redis for 1.2–2 × TTL;
 //! * a Redis restart (SIGKILL; the data comes back from the AOF);
-//! * `DEL <prefix>:watcher:lock` by hand.
+//! * `DEL <prefix>:watcher:lock` by hand;
+//! * Redis full: filler keys up to `maxmemory` for 2.4–4 × TTL, then deleted. Redis runs with
+//!   `maxmemory-policy noeviction` and a `maxmemory` far above what the run needs; the fault
+//!   lowers `maxmemory` to 4 MB above what is used and fills those 4 MB with filler keys, then
+//!   (since Redis frees some client buffers on its own) holds the limit 1 MB below what is used,
+//!   and at the end deletes the fillers and puts the limit back. The nodes' writes fail with
+//!   `OutOfMemory` meanwhile and are made again afterwards, the refused `confirm` before any
+//!   later block; the watcher must keep its lock throughout.
 //!
 //! Every node process runs a probe thread that samples `is_watcher()` every millisecond and
 //! reports each change with `CLOCK_MONOTONIC` stamps; the harness stamps its faults with the same
@@ -92,6 +100,15 @@ const TX_INTERVAL: Duration = Duration::from_millis(250);
 const BLOCK_MIN: Duration = Duration::from_millis(500);
 const BLOCK_MAX: Duration = Duration::from_millis(1000);
 const PREFIX: &str = "chaos:mempool";
+/// Redis's `maxmemory`: far more than an hour of the run needs (about 40 MB: the finalized log
+/// keeps every tx, the event stream its default 100 000 entries), so only the "redis full"
+/// fault makes it full.
+const MAXMEMORY: &str = "256mb";
+/// What the "redis full" fault fills with filler keys: this much above what Redis uses when the
+/// fault starts.
+const FILL_BYTES: u64 = 4 * 1024 * 1024;
+/// One filler key's value.
+const FILLER_BYTES: usize = 64 * 1024;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -364,7 +381,7 @@ struct Raw {
 }
 
 impl Raw {
-    fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, String> {
+    fn connection(&mut self) -> Result<&mut redis::Connection, String> {
         if self.conn.is_none() {
             let conn = self
                 .client
@@ -376,11 +393,28 @@ impl Raw {
                 .map_err(|e| e.to_string())?;
             self.conn = Some(conn);
         }
-        let conn = self.conn.as_mut().ok_or("no connection")?;
+        self.conn.as_mut().ok_or_else(|| "no connection".into())
+    }
+
+    fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, String> {
+        let conn = self.connection()?;
         cmd.query(conn).map_err(|e| {
             self.conn = None;
             e.to_string()
         })
+    }
+
+    /// `SET key value`; `Ok(false)` when Redis refuses it for memory.
+    fn set_unless_full(&mut self, key: &str, value: &[u8]) -> Result<bool, String> {
+        let conn = self.connection()?;
+        match redis::cmd("SET").arg(key).arg(value).query::<()>(conn) {
+            Ok(()) => Ok(true),
+            Err(e) if e.code() == Some("OOM") => Ok(false),
+            Err(e) => {
+                self.conn = None;
+                Err(format!("SET {key}: {e}"))
+            }
+        }
     }
 }
 
@@ -582,6 +616,7 @@ impl Chaos<'_> {
             lasted_ms: None,
             takeover: None,
             flag_down_ms: None,
+            full: None,
             note: String::new(),
         }
     }
@@ -618,6 +653,7 @@ impl Chaos<'_> {
             }
             Kind::RedisRestart => self.fault_restart(w),
             Kind::DelLock => self.fault_del(w),
+            Kind::RedisFull => self.fault_full(w, draw),
         }
     }
 
@@ -896,6 +932,124 @@ impl Chaos<'_> {
         Ok(fault)
     }
 
+    /// `used_memory` and `maxmemory` from `INFO memory`.
+    fn memory(&mut self) -> Result<(u64, u64), String> {
+        let info: String = self.raw.query(redis::cmd("INFO").arg("memory"))?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| format!("no {name} in INFO memory"))
+        };
+        Ok((field("used_memory")?, field("maxmemory")?))
+    }
+
+    /// Every call the nodes reported refused for memory so far, by name.
+    fn refused_for_memory(&self) -> Vec<String> {
+        self.runs()
+            .into_iter()
+            .flat_map(|(i, r)| self.nodes[i].runs[r].state().refused_for_memory.clone())
+            .collect()
+    }
+
+    /// Writes filler keys numbered from `next` until Redis refuses one for memory.
+    fn fill(&mut self, next: &mut usize) -> Result<(), String> {
+        let value = vec![b'f'; FILLER_BYTES];
+        while self
+            .raw
+            .set_unless_full(&format!("chaos:filler:{next}"), &value)?
+        {
+            *next += 1;
+        }
+        Ok(())
+    }
+
+    fn fault_full(&mut self, w: usize, draw: &Draw) -> Result<Fault, String> {
+        let holder = self.current(w);
+        let mut fault = self.fault(Kind::RedisFull, false, "redis".into());
+        let before = self
+            .observer
+            .watcher_info()
+            .map_err(|e| format!("watcher_info before the fault: {e}"))?;
+        let refused_before = self.refused_for_memory().len();
+        let (used, max) = self.memory()?;
+        let hold = draw.hold * 2;
+        say!(
+            "FAULT redis full: filler keys up to a maxmemory of {:.1} MB (used {:.1} MB) for {} ms",
+            (used + FILL_BYTES) as f64 / 1048576.0,
+            used as f64 / 1048576.0,
+            hold.as_millis()
+        );
+        self.raw.query::<()>(
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory")
+                .arg(used + FILL_BYTES),
+        )?;
+        let t0 = mono_ns();
+        let mut next = 0;
+        // Held full: Redis frees some memory on its own (the query buffers of clients that
+        // sent big values, or went idle), up to a few hundred kB, which the nodes' writes
+        // would take; so once the fillers reached the limit it goes 1 MB below what is used.
+        let held = self.fill(&mut next).and_then(|_| {
+            let (used, _) = self.memory()?;
+            self.raw.query::<()>(
+                redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("maxmemory")
+                    .arg(used.saturating_sub(1024 * 1024)),
+            )?;
+            std::thread::sleep(Duration::from_nanos(
+                (t0 + ns(hold)).saturating_sub(mono_ns()),
+            ));
+            Ok(())
+        });
+        // Freed whatever happened: the fillers go, the limit comes back.
+        let mut freed = Ok(());
+        for i in 0..next {
+            if let Err(e) = self
+                .raw
+                .query::<i64>(redis::cmd("DEL").arg(format!("chaos:filler:{i}")))
+            {
+                freed = Err(e);
+            }
+        }
+        let restored = self
+            .raw
+            .query::<()>(redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(max));
+        let t1 = mono_ns();
+        held?;
+        freed?;
+        restored?;
+        fault.lasted_ms = Some(ms_between(t0, t1));
+        let after = self
+            .observer
+            .watcher_info()
+            .map_err(|e| format!("watcher_info after the fault: {e}"))?;
+        let refused: Vec<String> = self.refused_for_memory()[refused_before..].to_vec();
+        let kept_lock = after.epoch == before.epoch
+            && after.holder == before.holder
+            && self.first_down(holder, t0).is_none();
+        say!(
+            "  freed after {:.0} ms ({next} fillers); {} calls refused for memory meanwhile ({}); \
+             the watcher {}",
+            fault.lasted_ms.unwrap_or(0.0),
+            refused.len(),
+            count_by_name(&refused),
+            if kept_lock {
+                "kept its lock"
+            } else {
+                "LOST its lock"
+            }
+        );
+        if refused.is_empty() {
+            self.problems
+                .push("redis full: no node saw a call refused for memory".into());
+        }
+        fault.full = Some(crate::faults::FullRedis { refused, kept_lock });
+        Ok(fault)
+    }
+
     /// Why the cluster is not in a steady state yet, if it is not: every node running and
     /// reaching Redis, one watcher (the lock's holder, flag up, nobody else's flag up) that has
     /// applied every block, and every node's lease connection open.
@@ -1092,6 +1246,20 @@ impl Chaos<'_> {
     }
 }
 
+/// `receive 12, confirm 3`: how many of each name.
+pub fn count_by_name(names: &[String]) -> String {
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for name in names {
+        *counts.entry(name.as_str()).or_default() += 1;
+    }
+    let parts: Vec<String> = counts.iter().map(|(n, c)| format!("{n} {c}")).collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 fn run(opts: &Options) -> Result<bool, String> {
     say!(
         "chaos run: {} nodes, lock TTL {} ms, faults for {} s, a block every {}-{} ms, \
@@ -1104,10 +1272,14 @@ fn run(opts: &Options) -> Result<bool, String> {
     );
     let server = support::RedisServer::start_with(support::ServerOptions {
         appendonly: true,
+        extra_args: ["--maxmemory", MAXMEMORY, "--maxmemory-policy", "noeviction"]
+            .map(String::from)
+            .to_vec(),
         ..Default::default()
     });
     say!(
-        "redis: private redis-server on {} (appendonly yes, appendfsync always)",
+        "redis: private redis-server on {} (appendonly yes, appendfsync always, maxmemory \
+         {MAXMEMORY}, noeviction)",
         server.addr()
     );
     let raw = Raw {

@@ -17,11 +17,12 @@
 //! A status line looks like
 //!
 //! ```text
-//! Current watcher: 5d14d3fa (TTL: 8.2s, epoch 3) | pending 12 propagated 3 acknowledged 4 confirmed 7 | log 120 | blocks 57 (slot 1234)
+//! Current watcher: 5d14d3fa (TTL: 8.2s, epoch 3) | pending 12 propagated 3 acknowledged 4 confirmed 7 | log 120 | blocks 57 (slot 1234) | redis 1.4 of 512.0 MB, noeviction
 //! ```
 //!
-//! where `log` is the number of Finalized/Dropped entries the finalized log retains and `blocks`
-//! the number of blocks applied so far (with the slot of the last one).
+//! where `log` is the number of Finalized/Dropped entries the finalized log retains, `blocks`
+//! the number of blocks applied so far (with the slot of the last one), and `redis` the memory
+//! Redis uses of its `maxmemory`, with its eviction policy.
 //!
 //! The inspector opens the mempool as an *observer* (`Config::watcher_candidate(false)`): it
 //! starts no lease thread, so running it never changes who is watcher.
@@ -260,8 +261,13 @@ fn status_line(s: &MempoolStats) -> String {
         Some(slot) => format!(" (slot {slot})"),
         None => String::new(),
     };
+    let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let memory = match s.maxmemory {
+        0 => format!("redis {:.1} MB, no maxmemory", mb(s.used_memory)),
+        max => format!("redis {:.1} of {:.1} MB", mb(s.used_memory), mb(max)),
+    };
     format!(
-        "{} | pending {} propagated {} acknowledged {} confirmed {} | log {} | blocks {}{}",
+        "{} | pending {} propagated {} acknowledged {} confirmed {} | log {} | blocks {}{} | {memory}, {}",
         watcher_part(&s.watcher),
         s.pending,
         s.propagated,
@@ -269,7 +275,8 @@ fn status_line(s: &MempoolStats) -> String {
         s.confirmed,
         s.finalized_log,
         s.applied_blocks,
-        slot
+        slot,
+        s.maxmemory_policy
     )
 }
 

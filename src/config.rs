@@ -50,6 +50,9 @@ pub struct Config {
     pub(crate) wait_replicas: Option<(usize, Duration)>,
     /// `Some` with [`Config::cluster`]: the seed nodes (`host:port`) of a Redis Cluster.
     pub(crate) cluster: Option<Vec<String>>,
+    /// [`Config::test_script_headers`]: `false` loads the scripts without their `#!lua` line.
+    pub(crate) script_headers: bool,
+    pub(crate) allow_eviction: bool,
 }
 
 /// Where the sentinels are and which primary to ask them for.
@@ -92,6 +95,8 @@ impl Config {
             sentinel: None,
             wait_replicas: None,
             cluster: None,
+            script_headers: true,
+            allow_eviction: false,
         }
     }
 
@@ -283,6 +288,35 @@ impl Config {
     /// Defaults to `true`.
     pub fn watcher_candidate(mut self, candidate: bool) -> Config {
         self.watcher_candidate = candidate;
+        self
+    }
+
+    /// Whether `open` accepts a Redis whose `maxmemory-policy` is not `noeviction`. Such a
+    /// server deletes keys when it runs out of memory: `allkeys-*` any key, so transactions
+    /// the mempool accepted vanish and the rest no longer agrees; `volatile-*` the keys with a
+    /// TTL first, which are the watcher lock and its fence. With `false`, `open` refuses it
+    /// with [`Error::EvictionPolicy`]; with `true` (a Redis shared with caches that need
+    /// eviction, and a mempool that can afford to lose what it holds) it logs one warning and
+    /// opens. Either way the lease thread reads the policy again every three lock TTLs (at most
+    /// every 30 s) and logs once when it changes at run time; nodes that are no
+    /// [watcher candidate](Config::watcher_candidate) have no lease thread and do not.
+    /// [`RedisMempool::stats`](crate::RedisMempool::stats) shows the policy as it is now.
+    ///
+    /// Defaults to `false`: only `noeviction`, under which a full Redis refuses writes
+    /// instead ([`Error::OutOfMemory`], nothing stored).
+    pub fn allow_eviction(mut self, allow: bool) -> Config {
+        self.allow_eviction = allow;
+        self
+    }
+
+    /// Test hook: with `false`, the scripts are loaded without their `#!lua` header lines even
+    /// on Redis 7, as they are on Redis 6.2 (which cannot read them), so that the crate's tests
+    /// can run that path on the Redis they have.
+    ///
+    /// Defaults to `true`: headers whenever the server reads them.
+    #[doc(hidden)]
+    pub fn test_script_headers(mut self, on: bool) -> Config {
+        self.script_headers = on;
         self
     }
 
@@ -734,6 +768,7 @@ impl fmt::Debug for Config {
                 "cluster",
                 &self.cluster.as_ref().map(|_| self.redacted_url()),
             )
+            .field("allow_eviction", &self.allow_eviction)
             .finish()
     }
 }
@@ -811,6 +846,8 @@ mod toml_table {
         event_history: Option<usize>,
         applied_history: Option<usize>,
         watcher_candidate: Option<bool>,
+        /// See [`Config::allow_eviction`].
+        allow_eviction: Option<bool>,
         tls_ca_file: Option<std::path::PathBuf>,
         /// With `tls_client_key_file`: see [`Config::tls_client_cert`].
         tls_client_cert_file: Option<std::path::PathBuf>,
@@ -883,6 +920,9 @@ mod toml_table {
             }
             if let Some(v) = raw.watcher_candidate {
                 c = c.watcher_candidate(v);
+            }
+            if let Some(v) = raw.allow_eviction {
+                c = c.allow_eviction(v);
             }
             if let Some(v) = raw.tls_ca_file {
                 c = c.tls_ca_file(v);
@@ -1032,6 +1072,21 @@ mod tests {
             master_name: "m".into(),
         });
         assert_eq!(field_of(both), "cluster_nodes");
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn the_toml_table_reads_allow_eviction() {
+        let read = |extra: &str| -> Config {
+            toml::from_str(&format!(
+                "backend = \"redis\"\nurl = \"redis://h\"\n{extra}"
+            ))
+            .unwrap()
+        };
+        assert!(!read("").allow_eviction);
+        assert!(read("allow_eviction = true").allow_eviction);
+        assert!(!read("allow_eviction = false").allow_eviction);
+        assert!(!Config::new("redis://h").allow_eviction);
     }
 
     #[cfg(feature = "serde")]

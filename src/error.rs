@@ -33,7 +33,7 @@ pub enum Error {
     /// Redis did not answer within the command timeout. The call may or may not have taken
     /// effect on the server (like any timed-out write); the connection is discarded.
     Timeout(String),
-    /// Redis answered with an error (out of memory, read-only replica, …).
+    /// Redis answered with an error this crate has no variant for.
     Server(String),
     /// Redis refused the credentials, wants some, or the user lacks a permission (ACL). Not
     /// transient: retrying will not help until the configuration changes.
@@ -65,6 +65,23 @@ pub enum Error {
         /// How many were asked for.
         wanted: usize,
     },
+    /// Redis refused the call for memory: it holds `maxmemory` already (under the `noeviction`
+    /// policy). **Nothing was stored**: Redis refuses a writing script before it runs, so the
+    /// call changed nothing and can be made again once memory is free — a `confirm` must be (a
+    /// block is never skipped; see the README, Deployments). The watcher keeps its lock
+    /// meanwhile. Not [transient](Error::is_transient): it lasts until memory is freed or
+    /// `maxmemory` raised, which takes an operator (lowering `max_pending`, `max_finalized` or
+    /// `event_history` keeps it from coming back). Holds Redis's own message.
+    OutOfMemory(String),
+    /// `open` found Redis configured to evict keys when it runs out of memory
+    /// (`maxmemory-policy` other than `noeviction`): `allkeys-*` would delete accepted
+    /// transactions, `volatile-*` the watcher lock. The message says what the policy would do
+    /// and how to fix it: `noeviction` on the server, or
+    /// [`Config::allow_eviction`](crate::Config::allow_eviction) to run anyway with a warning.
+    EvictionPolicy {
+        /// The server's `maxmemory-policy`.
+        policy: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -90,6 +107,19 @@ impl fmt::Display for Error {
                 "write made on the primary but confirmed by {acked} of {wanted} replicas (a \
                  failover may lose it)"
             ),
+            Error::OutOfMemory(m) => write!(
+                f,
+                "redis is out of memory and refused the call; nothing was stored. Raise redis's \
+                 maxmemory, or lower max_pending, max_finalized or event_history (see the \
+                 README, Deployments), then make the call again (redis said: {m})"
+            ),
+            Error::EvictionPolicy { policy } => write!(
+                f,
+                "redis maxmemory-policy is {policy}, which does not suit the mempool: {}. To \
+                 fix: {}",
+                crate::memory::eviction_risk(policy).unwrap_or("it may delete keys"),
+                crate::memory::FIX
+            ),
         }
     }
 }
@@ -99,6 +129,8 @@ impl std::error::Error for Error {}
 impl Error {
     /// Whether the error comes from the link to Redis (unreachable, broken, timed out) rather
     /// than from the data or the call: such calls can be retried once Redis is back.
+    /// [`Error::OutOfMemory`] is not transient: retrying soon will not help, though the call
+    /// may be made again once memory is freed.
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Unavailable(_) | Error::Timeout(_))
     }
@@ -148,6 +180,9 @@ impl Error {
                     .unwrap_or("")
                     .to_string(),
             },
+            // Refused for memory, as a command or from inside a script (Redis keeps the code of
+            // an error raised by `redis.call`); either way before anything was written.
+            Some("OOM") => Error::OutOfMemory(err.to_string()),
             Some(_) => Error::Server(err.to_string()),
             None => Error::UnexpectedReply(err.to_string()),
         }

@@ -19,6 +19,10 @@
 //! The flag is only an optimisation for callers: `confirm.lua` checks on the server that the lock
 //! still holds this node's id and epoch, so a paused or partitioned ex-watcher cannot write even
 //! if its flag is stale.
+//!
+//! Between lease steps, every [`policy_check_every`] and only when the next step is at least a
+//! command timeout away, the thread also reads Redis's eviction policy again (`INFO memory`) and
+//! warns once when it changed since `open` (see `src/memory.rs`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,6 +33,7 @@ use crossbeam_channel::{never, select, Receiver, Sender};
 use log::{debug, info, warn};
 
 use crate::keys::Keys;
+use crate::memory::{self, MemoryFacts};
 use crate::pool::{RedisConn, Target};
 use crate::scripts::{self, Scripts};
 use crate::{Config, Error, LOG_TARGET};
@@ -87,6 +92,13 @@ impl LeaseTiming {
     }
 }
 
+/// How often the lease thread reads the eviction policy again: three lock TTLs, between 1 s and
+/// 30 s (30 s with the default 10 s TTL). A node that is no watcher candidate has no lease
+/// thread and does not look again.
+pub(crate) fn policy_check_every(ttl: Duration) -> Duration {
+    (ttl * 3).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
 /// Figures a host exports as metrics.
 #[derive(Debug, Default)]
 pub(crate) struct LeaseCounters {
@@ -123,7 +135,11 @@ pub(crate) struct Lease {
 
 impl Lease {
     /// Starts the threads; `first_attempt` receives a message once the first acquisition attempt
-    /// has finished, so `open` can return with the lease settled.
+    /// has finished, so `open` can return with the lease settled. `policy` is Redis's eviction
+    /// policy as `open` read it, which the thread compares later readings with.
+    // Each argument is a separate part of what `open` built; a struct for one call site would
+    // only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         config: &Config,
         target: Target,
@@ -132,6 +148,7 @@ impl Lease {
         node_id: String,
         shared: Arc<LeaseShared>,
         first_attempt: Sender<()>,
+        policy: String,
     ) -> Result<Lease, Error> {
         let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
         let (wake_tx, wake_rx) = crossbeam_channel::bounded(16);
@@ -176,6 +193,9 @@ impl Lease {
             link_up: None,
             last_holder: None,
             first_attempt: Some(first_attempt),
+            policy,
+            policy_every: policy_check_every(config.watcher_lock_ttl),
+            next_policy_check: Instant::now() + policy_check_every(config.watcher_lock_ttl),
         };
         let thread = std::thread::Builder::new()
             .name(format!("dolos-redis-lease-{short}"))
@@ -267,20 +287,28 @@ struct LeaseLoop {
     link_up: Option<bool>,
     last_holder: Option<String>,
     first_attempt: Option<Sender<()>>,
+    /// The eviction policy last seen (at `open`, then by [`LeaseLoop::check_policy`]).
+    policy: String,
+    policy_every: Duration,
+    next_policy_check: Instant,
 }
 
 impl LeaseLoop {
+    /// When the next lease step is due.
+    fn due(&self) -> Instant {
+        match self.role {
+            Role::Follower { next_try } => next_try,
+            Role::Watcher {
+                valid_until,
+                next_renew,
+                ..
+            } => next_renew.min(valid_until),
+        }
+    }
+
     fn run(mut self, commands: Receiver<Command>, mut wake: Receiver<Wake>) -> Result<(), Error> {
         loop {
-            let due = match self.role {
-                Role::Follower { next_try } => next_try,
-                Role::Watcher {
-                    valid_until,
-                    next_renew,
-                    ..
-                } => next_renew.min(valid_until),
-            };
-            let timeout = due.saturating_duration_since(Instant::now());
+            let timeout = self.due().saturating_duration_since(Instant::now());
             select! {
                 recv(commands) -> cmd => match cmd {
                     Ok(Command::Freeze(d)) => std::thread::sleep(d),
@@ -307,8 +335,54 @@ impl LeaseLoop {
                 default(timeout) => {}
             }
             self.step(Instant::now());
+            self.check_policy(Instant::now());
         }
         self.release()
+    }
+
+    /// Reads Redis's eviction policy again when it is due, and warns once if it changed. It
+    /// runs only on a lease connection that is open, and only when the next lease step is at
+    /// least a command timeout away, with that as its read timeout: it ends before the next
+    /// renewal is due, let alone its deadline. A failure is left to the next lease step, which
+    /// reconnects if it must.
+    fn check_policy(&mut self, now: Instant) {
+        if now < self.next_policy_check
+            || self.due().saturating_duration_since(now) < self.io_timeout
+        {
+            return;
+        }
+        let Some(conn) = self.conn.as_mut().filter(|c| !c.is_broken()) else {
+            return;
+        };
+        self.next_policy_check = now + self.policy_every;
+        let info = conn
+            .set_read_timeout(self.io_timeout)
+            .and_then(|()| conn.run::<String>(redis::cmd("INFO").arg("memory")));
+        let policy = match info {
+            Ok(info) => MemoryFacts::parse(&info).policy,
+            Err(e) => {
+                debug!(target: LOG_TARGET, "could not read the eviction policy again: {e}");
+                return;
+            }
+        };
+        if policy == self.policy {
+            return;
+        }
+        match memory::eviction_risk(&policy) {
+            Some(risk) => warn!(
+                target: LOG_TARGET,
+                "redis maxmemory-policy changed from {} to {policy} at run time: {risk}. To fix: {}",
+                self.policy,
+                memory::FIX
+            ),
+            None => info!(
+                target: LOG_TARGET,
+                "redis maxmemory-policy changed from {} to {policy} at run time: the mempool's \
+                 keys are not evicted any more",
+                self.policy
+            ),
+        }
+        self.policy = policy;
     }
 
     /// Does whatever is due at `now`.
@@ -695,6 +769,26 @@ mod tests {
         assert_eq!(t.renewal_retry(now, deadline), deadline);
         let deadline = now + Duration::from_secs(1);
         assert_eq!(t.renewal_retry(now, deadline), now + t.retry);
+    }
+
+    #[test]
+    fn the_policy_is_read_again_every_three_ttls_within_bounds() {
+        assert_eq!(
+            policy_check_every(Duration::from_secs(10)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            policy_check_every(Duration::from_secs(1)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            policy_check_every(Duration::from_millis(100)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            policy_check_every(Duration::from_secs(60)),
+            Duration::from_secs(30)
+        );
     }
 
     #[test]

@@ -48,6 +48,7 @@ mod error;
 mod events;
 mod keys;
 mod lease;
+mod memory;
 mod mempool;
 mod pool;
 mod scripts;

@@ -13,6 +13,7 @@ use redis::Value;
 use crate::events::{EventHub, MempoolEvent, ReaderSetup};
 use crate::keys::Keys;
 use crate::lease::{Lease, LeaseShared};
+use crate::memory;
 use crate::pool::{self, Pool};
 use crate::scripts::{self, Lua, Scripts};
 use crate::types::{
@@ -67,6 +68,10 @@ impl RedisMempool {
     /// reachable), loads the scripts and starts the lease thread (unless the config says the
     /// node is no [watcher candidate](Config::watcher_candidate)). Returns once the first attempt
     /// to acquire the watcher lock has been made, so a lone node is the watcher right away.
+    ///
+    /// Refuses a Redis that may evict the mempool's keys when it is full (`maxmemory-policy`
+    /// other than `noeviction`) with [`Error::EvictionPolicy`], unless
+    /// [`Config::allow_eviction`] says to run anyway.
     pub fn open(config: Config) -> Result<RedisMempool, Error> {
         config.validate()?;
         let target = pool::Target::of(&config).map_err(|_| {
@@ -74,11 +79,10 @@ impl RedisMempool {
         })?;
         let node_id = uuid::Uuid::new_v4().to_string();
         let keys = Keys::new(&config.key_prefix);
-        let scripts = Arc::new(Scripts::new());
         // One direct connection first: it fails fast and with the real reason (refused
         // credentials, unreachable host), where the pool would retry until its timeout. It
-        // also loads the scripts.
-        {
+        // reads what the server is and loads the scripts.
+        let (scripts, policy) = {
             let mut conn = pool::RedisConn::open(
                 &target,
                 config.connect_timeout,
@@ -86,6 +90,10 @@ impl RedisMempool {
                 &format!("dolos-redis:{node_id}:open"),
             )
             .map_err(Error::from_redis)?;
+            let facts = memory::ServerFacts::parse(&server_info(&mut conn)?);
+            memory::check_policy(&facts.memory, config.allow_eviction)?;
+            let headers = facts.script_headers() && config.script_headers;
+            let scripts = Arc::new(Scripts::new(headers));
             scripts.load_all(&mut conn)?;
             // Every write of a node with the durability option ends with WAIT: a user that may
             // not run it would see each write made and then refused.
@@ -118,7 +126,8 @@ impl RedisMempool {
                     missing.join(", ")
                 )));
             }
-        }
+            (scripts, facts.memory.policy)
+        };
         let pool = pool::build(
             target.clone(),
             &config,
@@ -135,6 +144,7 @@ impl RedisMempool {
                 node_id.clone(),
                 lease_shared.clone(),
                 first_tx,
+                policy,
             )?;
             // Best effort: if Redis is slow the lease settles in the background.
             let _ =
@@ -329,6 +339,9 @@ impl RedisMempool {
     /// watcher, and [`ConfirmOutcome::LostLock`] when Redis says the lock (or its epoch) is no
     /// longer ours. A call with both `seen` and `unseen` non-empty, or at `Origin` (no block), is
     /// [`Error::InvalidInput`] and changes nothing.
+    ///
+    /// [`Error::OutOfMemory`] (Redis is full) means nothing was applied: make the same call
+    /// again, before offering the next block, and it applies once when memory is back.
     ///
     /// ```no_run
     /// # use dolos_redis::{BlockHash, ChainPoint, Config, ConfirmOutcome, RedisMempool, TxHash};
@@ -634,10 +647,11 @@ impl RedisMempool {
         })
     }
 
-    /// Counts per stage, the watcher, and this node's lease figures, in one round trip.
+    /// Counts per stage, the watcher, this node's lease figures and the server's memory settings
+    /// (eviction policy, `maxmemory`, `used_memory`), in one round trip.
     pub fn stats(&self) -> Result<MempoolStats, Error> {
         let items = scripts::array(self.exec(&self.inner.scripts.stats, &[])?, "stats")?;
-        let [counts, log_len, holder, pttl, epoch, tip, height]: [Value; 7] = items
+        let [counts, log_len, holder, pttl, epoch, tip, height, info]: [Value; 8] = items
             .try_into()
             .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("stats: {v:?}")))?;
         let counts = scripts::array(counts, "stage counts")?;
@@ -650,6 +664,7 @@ impl RedisMempool {
         let lease = &self.inner.lease_shared.counters;
         // [pending, inflight, Acknowledged, Confirmed]; the rest of inflight is Propagated.
         let (inflight, acknowledged, confirmed) = (count(1)?, count(2)?, count(3)?);
+        let memory = memory::MemoryFacts::parse(&scripts::text(&info, "info memory")?);
         Ok(MempoolStats {
             pending: count(0)?,
             propagated: inflight.saturating_sub(acknowledged + confirmed),
@@ -663,6 +678,9 @@ impl RedisMempool {
             failed_renewals: lease.failed_renewals.load(Ordering::Relaxed),
             times_acquired: lease.acquired.load(Ordering::Relaxed),
             times_lost: lease.lost.load(Ordering::Relaxed),
+            maxmemory_policy: memory.policy,
+            maxmemory: memory.maxmemory,
+            used_memory: memory.used_memory,
         })
     }
 
@@ -744,6 +762,19 @@ impl RedisMempool {
             lease.freeze(duration);
         }
     }
+}
+
+/// `INFO` (its default sections, which hold `server` and `memory` on every version), once at
+/// `open`. A user the ACL refuses it to gets an [`Error::Auth`] that says what to add.
+fn server_info(conn: &mut pool::RedisConn) -> Result<String, Error> {
+    conn.run(&redis::cmd("INFO"))
+        .map_err(|e| match Error::from_redis(e) {
+            Error::Auth(m) => Error::Auth(format!(
+                "open reads the server's version and memory settings with INFO, which the redis \
+                 user may not run; add +info to its ACL rule (see the README): {m}"
+            )),
+            other => other,
+        })
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The server-side scripts, one `.lua` file per operation in `src/scripts/`, and the decoding of
 //! their replies.
 //!
-//! Each script is `prelude.lua` followed by its own file. Every script receives all keys of the
+//! Each script is a `#!lua` header line (Redis ≥ 7, see [`Header`]), `prelude.lua` and its own
+//! file, in that order. Every script receives all keys of the
 //! mempool in the order of [`Keys::all`], so the prelude names them once. redis-rs sends
 //! `EVALSHA` and loads a script on `NOSCRIPT` by itself; [`Scripts::load_all`] loads them when the
 //! mempool opens so that the steady state is one round trip per call.
@@ -13,10 +14,43 @@ use crate::pool::RedisConn;
 use crate::types::{BlockHash, ChainPoint, EraCbor, MempoolTx, MempoolTxStage, TxHash};
 use crate::Error;
 
+/// What a script tells Redis about itself in its `#!lua` first line (Redis ≥ 7), which decides
+/// what Redis does with it while it is out of memory (`used_memory` above `maxmemory` under
+/// `noeviction`).
+///
+/// Redis 7 judges a script with such a line once, before it runs: one that may write and does
+/// not say `allow-oom` is refused whole with `OOM` (nothing runs, so nothing is stored), and one
+/// that starts runs to its end. A script without the line is judged command by command: it is
+/// refused only at its first command that may grow memory, and only if it wrote nothing before;
+/// our scripts put every write after their reads, so that also refuses them whole, but the
+/// header says it in one place. Redis 6.2 cannot read the line, so there the scripts are sent
+/// without it (see [`Scripts::new`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Header {
+    /// `#!lua flags=no-writes`: reads only, and runs whatever the memory.
+    Reads,
+    /// `#!lua`: writes, and is refused whole while Redis is full.
+    Writes,
+    /// `#!lua flags=allow-oom`: the lease's scripts, which keep or hand over the lock and add at
+    /// most one event. They run even while Redis is full, so a full Redis never costs the
+    /// watcher its lock nor the followers their turn.
+    KeepsLock,
+}
+
+impl Header {
+    fn line(self) -> &'static str {
+        match self {
+            Header::Reads => "#!lua flags=no-writes",
+            Header::Writes => "#!lua",
+            Header::KeepsLock => "#!lua flags=allow-oom",
+        }
+    }
+}
+
 /// A script and its source (redis-rs keeps the source private, and `SCRIPT LOAD` needs it).
 pub(crate) struct Lua {
     script: Script,
-    source: &'static str,
+    source: String,
     /// Whether the script writes: only those wait for replicas ([`Config::wait_replicas`]).
     ///
     /// [`Config::wait_replicas`]: crate::Config::wait_replicas
@@ -24,28 +58,32 @@ pub(crate) struct Lua {
 }
 
 impl Lua {
-    fn new(source: &'static str) -> Lua {
+    /// `body` is the script's own file; the header line (if `headers`) and `prelude.lua` go in
+    /// front of it. The header must be the very first line Redis sees.
+    fn new(body: &str, header: Header, headers: bool) -> Lua {
+        let prelude = include_str!("scripts/prelude.lua");
+        let source = if headers {
+            format!("{}\n{prelude}\n{body}", header.line())
+        } else {
+            format!("{prelude}\n{body}")
+        };
         Lua {
-            script: Script::new(source),
+            script: Script::new(&source),
             source,
-            writes: false,
+            writes: header != Header::Reads,
         }
-    }
-
-    fn writes(mut self) -> Lua {
-        self.writes = true;
-        self
     }
 }
 
-/// `prelude.lua`, then the named files in order (a shared fragment such as `undo.lua` before the
-/// script that calls it).
+/// A script of the given [`Header`] kind: its header line, `prelude.lua`, then the named files in
+/// order (a shared fragment such as `undo.lua` before the script that calls it).
 macro_rules! lua {
-    ($($file:literal),+) => {
-        Lua::new(concat!(
-            include_str!("scripts/prelude.lua"),
-            $("\n", include_str!(concat!("scripts/", $file))),+
-        ))
+    ($header:ident, $headers:expr, $($file:literal),+) => {
+        Lua::new(
+            concat!($(include_str!(concat!("scripts/", $file)), "\n"),+),
+            Header::$header,
+            $headers,
+        )
     };
 }
 
@@ -73,26 +111,32 @@ pub(crate) struct Scripts {
 }
 
 impl Scripts {
-    pub fn new() -> Scripts {
+    /// Every script, with its `#!lua` header when `headers` (the server is Redis 7 or later;
+    /// `open` reads its version). Without headers the scripts behave the same except while
+    /// Redis is full: it refuses a writing script at its first write that may grow memory,
+    /// which still comes before anything is stored (every script reads before it writes); a
+    /// renewal's first write (`PEXPIRE`) may always run, so the watcher keeps its lock, but an
+    /// acquisition's (`SET`) is refused, so nobody takes over until memory is back.
+    pub fn new(headers: bool) -> Scripts {
         Scripts {
-            receive: lua!("receive.lua").writes(),
-            has_pending: lua!("has_pending.lua"),
-            peek: lua!("peek.lua"),
-            mark_inflight: lua!("mark_inflight.lua").writes(),
-            mark_acknowledged: lua!("mark_acknowledged.lua").writes(),
-            find_inflight: lua!("find_inflight.lua"),
-            confirm: lua!("undo.lua", "confirm.lua").writes(),
-            rollback_to: lua!("undo.lua", "rollback_to.lua").writes(),
-            applied_points: lua!("applied_points.lua"),
-            check_status: lua!("check_status.lua"),
-            dump_finalized: lua!("dump_finalized.lua"),
-            watcher_info: lua!("watcher_info.lua"),
-            acquire: lua!("acquire.lua").writes(),
-            renew: lua!("renew.lua").writes(),
-            release: lua!("release.lua").writes(),
-            stats: lua!("stats.lua"),
-            reset_lock: lua!("reset_lock.lua").writes(),
-            check_access: lua!("check_access.lua"),
+            receive: lua!(Writes, headers, "receive.lua"),
+            has_pending: lua!(Reads, headers, "has_pending.lua"),
+            peek: lua!(Reads, headers, "peek.lua"),
+            mark_inflight: lua!(Writes, headers, "mark_inflight.lua"),
+            mark_acknowledged: lua!(Writes, headers, "mark_acknowledged.lua"),
+            find_inflight: lua!(Reads, headers, "find_inflight.lua"),
+            confirm: lua!(Writes, headers, "undo.lua", "confirm.lua"),
+            rollback_to: lua!(Writes, headers, "undo.lua", "rollback_to.lua"),
+            applied_points: lua!(Reads, headers, "applied_points.lua"),
+            check_status: lua!(Reads, headers, "check_status.lua"),
+            dump_finalized: lua!(Reads, headers, "dump_finalized.lua"),
+            watcher_info: lua!(Reads, headers, "watcher_info.lua"),
+            acquire: lua!(KeepsLock, headers, "acquire.lua"),
+            renew: lua!(KeepsLock, headers, "renew.lua"),
+            release: lua!(KeepsLock, headers, "release.lua"),
+            stats: lua!(Reads, headers, "stats.lua"),
+            reset_lock: lua!(KeepsLock, headers, "reset_lock.lua"),
+            check_access: lua!(Reads, headers, "check_access.lua"),
         }
     }
 
@@ -122,7 +166,7 @@ impl Scripts {
     /// carries no error code, and the first error here is often the telling one (`NOAUTH`).
     pub fn load_all(&self, conn: &mut RedisConn) -> Result<(), Error> {
         for lua in self.all() {
-            conn.run::<String>(redis::cmd("SCRIPT").arg("LOAD").arg(lua.source))
+            conn.run::<String>(redis::cmd("SCRIPT").arg("LOAD").arg(&lua.source))
                 .map_err(Error::from_redis)?;
         }
         Ok(())
@@ -203,7 +247,7 @@ fn run_and_wait(
                 let e = redis::RedisError::from(e);
                 conn.note_error(&e);
                 if e.code() == Some("NOSCRIPT") && !loaded {
-                    conn.run::<String>(redis::cmd("SCRIPT").arg("LOAD").arg(lua.source))
+                    conn.run::<String>(redis::cmd("SCRIPT").arg("LOAD").arg(&lua.source))
                         .map_err(Error::from_redis)?;
                     loaded = true;
                     continue;
@@ -497,6 +541,52 @@ mod tests {
                 assert!(prelude.contains(&expected), "prelude lacks `{expected}`");
             }
         }
+    }
+
+    #[test]
+    fn the_header_is_the_first_line_and_says_what_the_script_may_do() {
+        let with = Scripts::new(true);
+        let first_line = |lua: &Lua| lua.source.lines().next().unwrap_or("").to_string();
+        for lua in with.all().into_iter().chain([&with.check_access]) {
+            assert!(first_line(lua).starts_with("#!lua"), "{}", first_line(lua));
+        }
+        // Only the lease's scripts may run while Redis is out of memory.
+        for lua in [&with.acquire, &with.renew, &with.release, &with.reset_lock] {
+            assert_eq!(first_line(lua), "#!lua flags=allow-oom");
+            assert!(lua.writes);
+        }
+        for lua in [
+            &with.receive,
+            &with.mark_inflight,
+            &with.mark_acknowledged,
+            &with.confirm,
+        ] {
+            assert_eq!(first_line(lua), "#!lua");
+            assert!(lua.writes);
+        }
+        for lua in [
+            &with.has_pending,
+            &with.peek,
+            &with.find_inflight,
+            &with.check_status,
+            &with.dump_finalized,
+            &with.watcher_info,
+            &with.stats,
+            &with.check_access,
+        ] {
+            assert_eq!(first_line(lua), "#!lua flags=no-writes");
+            assert!(!lua.writes);
+        }
+        // Redis 6.2 cannot compile the header: none at all, the prelude first.
+        let without = Scripts::new(false);
+        for lua in without.all() {
+            assert!(!lua.source.starts_with("#!"));
+            assert!(lua.source.starts_with("-- Shared head of every script"));
+        }
+        assert_ne!(
+            with.receive.script.get_hash(),
+            without.receive.script.get_hash()
+        );
     }
 
     #[test]

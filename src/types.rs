@@ -278,6 +278,7 @@ pub struct WatcherInfo {
 
 /// What a host exports as metrics: the shared mempool's counts and this node's lease figures.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MempoolStats {
     /// Transactions in the pending queue.
     pub pending: u64,
@@ -304,6 +305,13 @@ pub struct MempoolStats {
     pub times_acquired: u64,
     /// Times this node stepped down without a graceful release.
     pub times_lost: u64,
+    /// The Redis server's `maxmemory-policy` now (`noeviction` is the one that keeps every key;
+    /// see [`Config::allow_eviction`](crate::Config::allow_eviction)).
+    pub maxmemory_policy: String,
+    /// The Redis server's `maxmemory` in bytes (0: no limit).
+    pub maxmemory: u64,
+    /// The Redis server's `used_memory` in bytes: all of its data, not only this mempool's.
+    pub used_memory: u64,
 }
 
 #[cfg(test)]

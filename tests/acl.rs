@@ -4,7 +4,8 @@
 //! user's password never shows in logs, `Debug` output or errors.
 //!
 //! The rule ([`node_rule`]) is the one the README documents. It is derived from what a node
-//! sends: `SCRIPT LOAD` and `EVALSHA` for every call (one Lua script each), the commands those
+//! sends: `INFO` (the server's version and memory settings: at open, in `stats` and now and then),
+//! `SCRIPT LOAD` and `EVALSHA` for every call (one Lua script each), the commands those
 //! scripts run (`src/scripts/*.lua`; Redis checks a script's commands and keys against the
 //! caller's ACL too), `SUBSCRIBE`/`PING` on the wake channel (and the `UNSUBSCRIBE`/
 //! `PUNSUBSCRIBE` redis-rs sends when it closes a subscription), `GET` and `XREAD` for the event
@@ -51,8 +52,9 @@ const NODE_COMMANDS: &[&str] = &[
     "+xlen",
     "+xtrim",
     "+publish",
-    // Outside scripts: the wake channel, the event reader, naming the key of a wrong type,
-    // naming connections.
+    // Outside scripts: the server's version and memory settings (read at open), the wake
+    // channel, the event reader, naming the key of a wrong type, naming connections.
+    "+info",
     "+subscribe",
     "+unsubscribe",
     "+punsubscribe",
@@ -262,6 +264,7 @@ fn a_missing_permission_is_a_fast_permanent_auth_error() {
     let server = RedisServer::start();
     let mut failures = Vec::new();
     let cases: &[(&str, &[&str])] = &[
+        ("no INFO", &["-info"]),
         ("no SCRIPT LOAD", &["-script|load"]),
         ("no EVALSHA", &["-evalsha"]),
         // Used inside receive, after its first writes.
@@ -282,6 +285,10 @@ fn a_missing_permission_is_a_fast_permanent_auth_error() {
         let took = started.elapsed();
         println!("{what}: {:?} after {took:?}", result.as_ref().err());
         match &result {
+            // The error says what is missing.
+            Err(Error::Auth(m)) if *what == "no INFO" && !m.contains("+info") => {
+                failures.push(format!("{what}: the error does not name +info: {m}"))
+            }
             Err(Error::Auth(_)) => {}
             other => failures.push(format!("{what}: expected Error::Auth, got {other:?}")),
         }

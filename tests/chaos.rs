@@ -1,7 +1,7 @@
 //! The chaos run (`examples/chaos.rs`) in CI: three node processes, a simulated chain and a
-//! fault proxy per node on a persistent Redis, with kill -9, SIGSTOP, partitions, Redis restarts
-//! and a hand-made `DEL` of the lock injected at random for a short while (every kind at least
-//! once), then every invariant checked. About 30 s.
+//! fault proxy per node on a persistent Redis, with kill -9, SIGSTOP, partitions, Redis restarts,
+//! a hand-made `DEL` of the lock and a full Redis injected at random for a short while (every
+//! kind at least once), then every invariant checked. About 30 s.
 //!
 //! `DOLOS_REDIS_SOAK_SECS=<n>` runs a soak of `n` seconds of faults instead (quiet, only the
 //! summary is printed); `DOLOS_REDIS_CHAOS_SEED=<n>` replays a seed.
@@ -17,7 +17,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-/// Seconds of faults in CI: enough for the five kinds and a few more.
+/// Seconds of faults in CI: enough for the six kinds and a few more.
 const CI_SECS: u64 = 20;
 
 /// The example's strict bounds (TTL + 100 ms after a crash, pause or partition) hold on an idle
@@ -80,7 +80,7 @@ fn chaos_run_keeps_every_invariant() {
         fault_count(&out, "partition (watcher)") + fault_count(&out, "partition (follower)") >= 1,
         "no partition injected:\n{out}"
     );
-    for row in ["SIGSTOP watcher", "redis restart", "DEL lock"] {
+    for row in ["SIGSTOP watcher", "redis restart", "DEL lock", "redis full"] {
         assert!(fault_count(&out, row) >= 1, "no {row} injected:\n{out}");
     }
 }

@@ -56,7 +56,7 @@ fn fmt_stats(values: &[f64]) -> String {
 }
 
 /// The order rows are printed in.
-const ROWS: [&str; 7] = [
+const ROWS: [&str; 8] = [
     "kill -9 (watcher)",
     "kill -9 (follower)",
     "SIGSTOP watcher",
@@ -64,6 +64,7 @@ const ROWS: [&str; 7] = [
     "partition (follower)",
     "redis restart",
     "DEL lock",
+    "redis full",
 ];
 
 impl Chaos<'_> {
@@ -76,6 +77,7 @@ impl Chaos<'_> {
             self.check_finalized(),
             self.check_overlap(),
             self.check_takeovers(),
+            self.check_full(),
             self.check_panics(),
             self.check_stuck(),
         ];
@@ -710,6 +712,50 @@ impl Chaos<'_> {
             name: "takeover after each fault within its bound",
             pass: late.is_empty(),
             detail,
+        }
+    }
+
+    /// Redis full: the nodes' writes were refused for memory (else the fault tested nothing),
+    /// and the watcher kept its lock throughout — same holder, same epoch, its flag never down
+    /// (the lease's scripts run whatever the memory). That nothing refused was lost or applied
+    /// twice is what the other rows check: every refused call was made again afterwards.
+    fn check_full(&self) -> Row {
+        let full: Vec<(&Fault, &crate::faults::FullRedis)> = self
+            .faults
+            .iter()
+            .filter_map(|f| f.full.as_ref().map(|r| (f, r)))
+            .collect();
+        let lost: Vec<String> = full
+            .iter()
+            .filter(|(_, r)| !r.kept_lock)
+            .map(|(f, _)| format!("the watcher lost its lock in the fault at {:.1}s", f.at))
+            .collect();
+        let idle: Vec<String> = full
+            .iter()
+            .filter(|(_, r)| r.refused.is_empty())
+            .map(|(f, _)| format!("no call refused in the fault at {:.1}s", f.at))
+            .collect();
+        let refused: Vec<String> = full.iter().flat_map(|(_, r)| r.refused.clone()).collect();
+        let lasted: Vec<f64> = full.iter().filter_map(|(f, _)| f.lasted_ms).collect();
+        let problems: Vec<String> = lost.into_iter().chain(idle).collect();
+        Row {
+            name: "a full redis: refused, lease kept",
+            pass: problems.is_empty(),
+            detail: format!(
+                "{} faults, full for {} ms (min/med/max); {} calls refused for memory ({}), each \
+                 made again after; the watcher kept its lock in {}/{}{}",
+                full.len(),
+                fmt_stats(&lasted),
+                refused.len(),
+                crate::count_by_name(&refused),
+                full.iter().filter(|(_, r)| r.kept_lock).count(),
+                full.len(),
+                if problems.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", examples(&problems, 4))
+                }
+            ),
         }
     }
 

@@ -21,15 +21,18 @@ pub enum Kind {
     RedisRestart,
     /// `DEL <prefix>:watcher:lock` by hand.
     DelLock,
+    /// Redis filled up to `maxmemory` with filler keys for a few seconds, then freed.
+    RedisFull,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Kill,
         Kind::Stop,
         Kind::Partition,
         Kind::RedisRestart,
         Kind::DelLock,
+        Kind::RedisFull,
     ];
 
     pub fn label(self) -> &'static str {
@@ -39,6 +42,7 @@ impl Kind {
             Kind::Partition => "partition",
             Kind::RedisRestart => "redis restart",
             Kind::DelLock => "DEL lock",
+            Kind::RedisFull => "redis full",
         }
     }
 
@@ -50,6 +54,7 @@ impl Kind {
             Kind::Partition => 20,
             Kind::RedisRestart => 15,
             Kind::DelLock => 15,
+            Kind::RedisFull => 15,
         }
     }
 }
@@ -130,6 +135,14 @@ impl Takeover {
     }
 }
 
+/// What a "redis full" fault saw.
+#[derive(Clone, Debug)]
+pub struct FullRedis {
+    /// Calls refused with `OutOfMemory` while Redis was full, by call name.
+    pub refused: Vec<String>,
+    pub kept_lock: bool,
+}
+
 /// One injected fault and what followed it.
 #[derive(Clone, Debug)]
 pub struct Fault {
@@ -145,6 +158,9 @@ pub struct Fault {
     /// Stop: how long the resumed node kept its stale flag; partition: when the cut-off
     /// watcher lowered its flag, after the cut (ms).
     pub flag_down_ms: Option<f64>,
+    /// Redis full: the calls the nodes reported refused for memory meanwhile, and whether the
+    /// watcher kept its lock (same holder, same epoch) throughout.
+    pub full: Option<FullRedis>,
     pub note: String,
 }
 

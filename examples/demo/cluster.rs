@@ -32,6 +32,8 @@ pub struct ReportState {
     pub pongs: Vec<(String, bool)>,
     /// Output lines that report a panic.
     pub panics: Vec<String>,
+    /// Calls Redis refused for memory (`OutOfMemory`), by name, in order.
+    pub refused_for_memory: Vec<String>,
 }
 
 impl ReportState {
@@ -98,6 +100,7 @@ impl Report {
                 Some(flag) => s.flags.push(flag),
                 None => say!("bad flag report {fact:?}"),
             },
+            ("oom", call) => s.refused_for_memory.push(call.to_string()),
             ("pong", rest) => {
                 let (token, result) = rest.split_once(' ').unwrap_or((rest, ""));
                 s.pongs.push((token.to_string(), result == "ok"));

@@ -10,6 +10,9 @@
 //!   them in slot order from the last one it knows to be applied, so a node that becomes watcher
 //!   applies the blocks its predecessor missed, and never one out of order (the server answers
 //!   `AlreadyApplied` for the rest).
+//! * A call Redis refuses for memory (`Error::OutOfMemory`: nothing was stored) is made again
+//!   on the next tick: the same transaction, the same acknowledgements, and above all the same
+//!   block before any later one, so no block is skipped.
 //!
 //! Input lines (stdin):
 //!
@@ -257,6 +260,10 @@ struct Node {
     link_up: bool,
     watcher: bool,
     counts: Counts,
+    /// A transaction Redis refused for memory, submitted again on the next tick.
+    retry_tx: Option<MempoolTx>,
+    /// Whether the last writing call was refused for memory: said once per episode.
+    redis_full: bool,
 }
 
 impl Node {
@@ -277,6 +284,16 @@ impl Node {
                     self.out.say(&format!("cannot reach redis ({what}: {e})"));
                     self.out.report("link down");
                 }
+                None
+            }
+            // Nothing was stored; the caller keeps what it tried and tries again next tick.
+            Err(e @ dolos_redis::Error::OutOfMemory(_)) => {
+                if !self.redis_full {
+                    self.redis_full = true;
+                    self.out
+                        .say(&format!("redis is full, will try again ({what}: {e})"));
+                }
+                self.out.report(&format!("oom {what}"));
                 None
             }
             Err(e) => {
@@ -303,35 +320,61 @@ impl Node {
         }
     }
 
+    /// Notes that a writing call went through: Redis takes writes again.
+    fn wrote(&mut self) {
+        if self.redis_full {
+            self.redis_full = false;
+            self.out.say("redis takes writes again");
+        }
+    }
+
     fn tick(&mut self) {
-        if self.submitting {
-            let hash = TxHash::from(self.rng.bytes32());
-            let mut body = vec![0u8; 250 + (self.rng.next_u64() % 100) as usize];
-            self.rng.fill(&mut body);
-            // A CBOR array header, so the body at least starts like a transaction.
-            body[0] = 0x84;
-            let result = self.mempool.receive(MempoolTx::new(hash, EraCbor(6, body)));
+        // Blocks a refused confirm left behind, before anything else is written.
+        if self.mempool.is_watcher() && !self.blocks.is_empty() {
+            self.apply_blocks();
+        }
+        if self.submitting || self.retry_tx.is_some() {
+            let tx = self.retry_tx.take().unwrap_or_else(|| {
+                let hash = TxHash::from(self.rng.bytes32());
+                let mut body = vec![0u8; 250 + (self.rng.next_u64() % 100) as usize];
+                self.rng.fill(&mut body);
+                // A CBOR array header, so the body at least starts like a transaction.
+                body[0] = 0x84;
+                MempoolTx::new(hash, EraCbor(6, body))
+            });
+            let hash = tx.hash;
+            let result = self.mempool.receive(tx.clone());
+            let full = matches!(result, Err(dolos_redis::Error::OutOfMemory(_)));
             if self.check("receive", result).is_some() {
+                self.wrote();
                 self.counts.submitted += 1;
                 self.out.report(&format!("submitted {hash}"));
+            } else if full {
+                self.retry_tx = Some(tx);
             }
         }
         let acks = std::mem::take(&mut self.awaiting_ack);
         if !acks.is_empty() {
             let result = self.mempool.mark_acknowledged(&acks);
+            let full = matches!(result, Err(dolos_redis::Error::OutOfMemory(_)));
             if self.check("mark_acknowledged", result).is_some() {
+                self.wrote();
                 self.counts.acknowledged += acks.len() as u64;
+            } else if full {
+                self.awaiting_ack = acks;
             }
         }
         let result = self.mempool.peek_pending(64);
         if let Some(txs) = self.check("peek_pending", result) {
             // Here a real node sends `tx.payload` to its peers.
             let hashes: Vec<TxHash> = txs.iter().map(|t| t.hash).collect();
+            // Refused for memory, they stay pending and are peeked again next tick.
             if !hashes.is_empty() {
                 let result = self.mempool.mark_inflight(&hashes);
                 if self.check("mark_inflight", result).is_some() {
+                    self.wrote();
                     self.counts.propagated += hashes.len() as u64;
-                    self.awaiting_ack = hashes;
+                    self.awaiting_ack.extend(hashes);
                 }
             }
         }
@@ -375,11 +418,16 @@ impl Node {
             let outcome = match self.mempool.confirm(point, txs, &[], f, d) {
                 // Answered locally, without Redis: it says nothing about the link.
                 Ok(ConfirmOutcome::NotWatcher) => ConfirmOutcome::NotWatcher,
+                // On any failure the block stays and is offered again, at the next tick or
+                // block, before any later block.
                 result => match self.check("confirm", result) {
                     Some(outcome) => outcome,
                     None => break,
                 },
             };
+            if outcome == ConfirmOutcome::Applied {
+                self.wrote();
+            }
             self.out.report(&format!("confirm {slot} {outcome:?}"));
             match outcome {
                 ConfirmOutcome::Applied => {
@@ -520,6 +568,8 @@ pub fn run_with(
         link_up: true,
         watcher: false,
         counts: Counts::default(),
+        retry_tx: None,
+        redis_full: false,
     };
     if !node.mempool.is_watcher() {
         node.out

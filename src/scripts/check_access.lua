@@ -37,4 +37,6 @@ end
 -- The wake channel.
 need('publish', K.wake, 'm'); need('subscribe', K.wake); need('unsubscribe', K.wake)
 need('ping')
+-- The memory figures (stats.lua, and the lease thread now and then).
+need('info', 'memory')
 return missing

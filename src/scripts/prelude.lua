@@ -1,5 +1,6 @@
--- Shared head of every script (the Rust side puts it in front of each one at build time). It
--- runs on every call, so it only defines: tables and functions cost nothing until used.
+-- Shared head of every script (the Rust side puts it in front of each one, after the `#!lua`
+-- header line on Redis 7; see `Header` in src/scripts.rs). It runs on every call, so it only
+-- defines: tables and functions cost nothing until used.
 --
 -- Every script receives all keys of the mempool, in this order, so the layout is declared once
 -- (src/keys.rs documents it) and a script can never name an undeclared key.
