@@ -145,6 +145,9 @@ pub struct Fault {
     /// Stop: how long the resumed node kept its stale flag; partition: when the cut-off
     /// watcher lowered its flag, after the cut (ms).
     pub flag_down_ms: Option<f64>,
+    /// How many blocks a fork made right after the fault rolled back (blocks the lost watcher
+    /// had applied, which its successor must undo when it reconciles).
+    pub fork: Option<usize>,
     pub note: String,
 }
 
