@@ -33,10 +33,20 @@
 //!    The `LogTracer` passes on only records at or above the subscriber's level at install
 //!    time, which is why the level is chosen before `init()`.
 //!
-//! The story: one node opens the shared mempool (a lone node becomes the watcher at once), three
-//! transactions are received and propagated, a small simulated chain applies a block every
-//! 200 ms; two transactions reach Finalized and the third, never included, is Dropped. The node
-//! then shuts down gracefully, releasing the lock, and the event stream ends.
+//! 4. **The reconcile step on takeover.** A host applies its own chain as the watcher, and
+//!    whenever it *becomes* the watcher it first reconciles the applied chain in Redis with its
+//!    chain: the newest applied point on its chain, `rollback_to` it, then its blocks after it
+//!    (`reconcile` below; the node loop in `examples/node/node_loop.rs` does the same, with the
+//!    reasons). A call that fails is not skipped: the next block starts over from a reconcile.
+//!
+//! The story: another node is the watcher first. It applies blocks 1 and 2 and a block 3 that
+//! the chain then abandons, and shuts down, handing the lock over at once. This host's chain
+//! went 1, 2, 3' (a fork block at a lower slot than 3), and grows 4', 5', … one block every
+//! 200 ms. On takeover it reconciles: it rolls back to block 2, which returns the abandoned
+//! block's transaction to pending, and replays 3' and 4'. That transaction is propagated again,
+//! lands in block 5' and reaches Finalized; the one that was in block 1 was Finalized by the
+//! first watcher already (depth counts, not which block); the third, never included, is
+//! Dropped. The host then shuts down gracefully, releasing the lock, and the event stream ends.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -44,8 +54,8 @@ mod support;
 use std::time::Duration;
 
 use dolos_redis::{
-    BlockHash, ChainPoint, Config, EraCbor, MempoolEvent, MempoolTx, MempoolTxStage, RedisMempool,
-    TxHash,
+    BlockHash, ChainPoint, Config, ConfirmOutcome, EraCbor, MempoolEvent, MempoolTx,
+    MempoolTxStage, RedisMempool, TxHash,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -54,7 +64,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Confirmations to finalize, and blocks missed to drop.
 const FINALIZE: u32 = 3;
-const DROP: u32 = 2;
+const DROP: u32 = 4;
 const BLOCK_TIME: Duration = Duration::from_millis(200);
 
 /// Runs `f` on a clone of `mempool` on tokio's blocking pool and awaits it.
@@ -90,6 +100,67 @@ fn short(hash: &TxHash) -> String {
     hash.to_string()[..8].to_string()
 }
 
+/// A block of a chain: its point and the transactions it contains.
+type Block = (ChainPoint, Vec<TxHash>);
+
+fn point(slot: u64, fork: u8) -> ChainPoint {
+    ChainPoint::Specific(slot, BlockHash::from([fork; 32]))
+}
+
+/// The reconcile step, on the blocking pool: makes the applied chain in Redis end on `chain`
+/// and returns how many of `chain`'s blocks it now holds (the host replays the rest), or `None`
+/// when it must wait: the applied tip is above our tip (this host may be behind), or no applied
+/// block is on our chain and ours starts after the oldest of them (only a host that knows its
+/// chain back to there may roll back to Origin).
+async fn reconcile(mempool: &RedisMempool, chain: &[Block]) -> Result<Option<usize>, BoxError> {
+    let applied = blocking(mempool, |m| m.applied_points(usize::MAX)).await?; // newest first
+    let position = |p: &ChainPoint| chain.iter().position(|(q, _)| q == p);
+    let our_tip = chain.last().map_or(0, |(p, _)| p.slot());
+    let our_first = chain.first().map_or(0, |(p, _)| p.slot());
+    let common = applied.iter().position(|p| position(p).is_some());
+    let (undo, keep) = match (common, applied.first(), applied.last()) {
+        (None, None, _) => (false, 0),
+        (Some(0), Some(tip), _) => (false, position(tip).map_or(0, |i| i + 1)),
+        (_, Some(tip), _) if tip.slot() > our_tip => return Ok(None),
+        (Some(k), _, _) => (true, position(&applied[k]).map_or(0, |i| i + 1)),
+        (None, _, Some(oldest)) if our_first > oldest.slot() => return Ok(None),
+        (None, _, _) => (true, 0),
+    };
+    if undo {
+        let to = keep
+            .checked_sub(1)
+            .map_or(ChainPoint::Origin, |i| chain[i].0);
+        let outcome = blocking(mempool, move |m| m.rollback_to(&to)).await?;
+        info!(
+            to = to.slot(),
+            undone = common.unwrap_or(applied.len()),
+            ?outcome,
+            "reconcile: rolled back"
+        );
+        if !matches!(
+            outcome,
+            ConfirmOutcome::Applied | ConfirmOutcome::AlreadyApplied
+        ) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(keep))
+}
+
+/// Propagation: takes what is pending, "sends it to peers", marks it inflight.
+async fn propagate(mempool: &RedisMempool) -> Result<(), BoxError> {
+    let pending: Vec<TxHash> = blocking(mempool, |m| m.peek_pending(100))
+        .await?
+        .into_iter()
+        .map(|tx| tx.hash)
+        .collect();
+    if !pending.is_empty() {
+        info!(count = pending.len(), "propagating");
+        blocking(mempool, move |m| m.mark_inflight(&pending)).await?;
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), BoxError> {
     // Only plain level names here: the `env-filter` feature (full RUST_LOG syntax) is not
@@ -118,6 +189,9 @@ async fn main() -> Result<(), BoxError> {
     let config = Config::new(url)
         .key_prefix(format!("async-host:{}", std::process::id()))
         .watcher_lock_ttl(Duration::from_secs(3));
+    // The watcher before us: opened first, so it holds the lock.
+    let first_config = config.clone();
+    let first = tokio::task::spawn_blocking(move || RedisMempool::open(first_config)).await??;
     let mempool = tokio::task::spawn_blocking(move || RedisMempool::open(config)).await??;
     info!(node = %mempool.node_id(), watcher = mempool.is_watcher(), "mempool open");
 
@@ -187,48 +261,113 @@ async fn main() -> Result<(), BoxError> {
         tx_events
     });
 
-    // Three transactions: two get into the chain, one never does.
+    // Three transactions, propagated by this host: one gets into block 1, one into the
+    // abandoned block 3 (and later into 5'), one never gets into a block.
     let txs: Vec<TxHash> = (1..=3u8).map(|i| TxHash::from([i; 32])).collect();
     for (i, hash) in txs.iter().enumerate() {
         let tx = MempoolTx::new(*hash, EraCbor(6, vec![0x84, 0xa0, i as u8]));
         blocking(&mempool, move |m| m.receive(tx)).await?;
     }
-    // Propagation: take what is pending, "send it to peers", mark it inflight.
-    let pending: Vec<TxHash> = blocking(&mempool, |m| m.peek_pending(100))
-        .await?
-        .into_iter()
-        .map(|tx| tx.hash)
-        .collect();
-    info!(count = pending.len(), "propagating");
-    let sent = pending.clone();
-    blocking(&mempool, move |m| m.mark_inflight(&sent)).await?;
+    propagate(&mempool).await?;
     let acked = vec![txs[0]];
     blocking(&mempool, move |m| m.mark_acknowledged(&acked)).await?;
 
-    // The chain: the first block contains txs 1 and 2, the others are empty.
-    let included = vec![txs[0], txs[1]];
+    // The first watcher's chain: 1, 2, then 3, which the chain abandons.
+    let theirs: Vec<Block> = vec![
+        (point(10, 1), vec![txs[0]]),
+        (point(20, 2), vec![]),
+        (point(30, 3), vec![txs[1]]),
+    ];
+    blocking(&first, move |m| {
+        for (p, seen) in &theirs {
+            m.confirm(p, seen, &[], FINALIZE, DROP)?;
+        }
+        Ok(())
+    })
+    .await?;
+    blocking(&first, |m| m.shutdown()).await?;
+    info!("the first watcher applied blocks 1, 2, 3 and shut down");
+    // Its release woke this host's lease thread, which takes over within milliseconds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !mempool.is_watcher() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Our chain: 1, 2, then the fork 3' (slot 25, below block 3's 30), read while the other
+    // node was watcher; then one new block per tick. 5' holds the tx of the abandoned block.
+    let mut chain: Vec<Block> = vec![
+        (point(10, 1), vec![txs[0]]),
+        (point(20, 2), vec![]),
+        (point(25, 0xf3), vec![]),
+    ];
+    let arriving: Vec<Block> = vec![
+        (point(40, 0xf4), vec![]),
+        (point(50, 0xf5), vec![txs[1]]),
+        (point(60, 0xf6), vec![]),
+        (point(70, 0xf7), vec![]),
+    ];
+    // `Some(n)`: Redis's applied chain ends with our first n blocks.
+    let mut synced: Option<usize> = None;
+    let mut was_watcher = false;
     let mut ticker = tokio::time::interval(BLOCK_TIME);
-    for slot in 1..=FINALIZE as u64 {
+    for block in arriving {
         ticker.tick().await;
-        let seen = if slot == 1 { included.clone() } else { vec![] };
-        let point = ChainPoint::Specific(slot, BlockHash::from([slot as u8; 32]));
-        let outcome = blocking(&mempool, move |m| {
-            m.confirm(&point, &seen, &[], FINALIZE, DROP)
-        })
-        .await?;
-        info!(slot, ?outcome, "block");
+        chain.push(block);
+        propagate(&mempool).await?;
+        let watcher = mempool.is_watcher();
+        if watcher != was_watcher {
+            // A takeover (or a loss): whoever held the lock meanwhile may have changed it.
+            synced = None;
+            was_watcher = watcher;
+        }
+        if !watcher {
+            continue;
+        }
+        if synced.is_none() {
+            match reconcile(&mempool, &chain).await {
+                Ok(Some(keep)) => {
+                    info!(replaying = chain.len() - keep, "reconciled");
+                    synced = Some(keep);
+                }
+                Ok(None) => info!("not reconciling yet: the applied chain is ahead of ours"),
+                Err(e) => warn!(%e, "reconcile failed; trying again at the next block"),
+            }
+        }
+        let Some(from) = synced else { continue };
+        for (i, (p, seen)) in chain.iter().enumerate().skip(from) {
+            let (p, seen) = (*p, seen.clone());
+            match blocking(&mempool, move |m| m.confirm(&p, &seen, &[], FINALIZE, DROP)).await {
+                Ok(outcome @ (ConfirmOutcome::Applied | ConfirmOutcome::AlreadyApplied)) => {
+                    info!(slot = p.slot(), ?outcome, "block");
+                    synced = Some(i + 1);
+                }
+                other => {
+                    // Not applied: start over from a reconcile, never skip the block.
+                    warn!(slot = p.slot(), ?other, "block not applied");
+                    synced = None;
+                    break;
+                }
+            }
+        }
     }
 
     let mut ok = true;
-    for (hash, want) in txs.iter().zip([
-        MempoolTxStage::Finalized,
-        MempoolTxStage::Finalized,
-        MempoolTxStage::Dropped,
-    ]) {
+    let expected = [
+        (MempoolTxStage::Finalized, Some(point(10, 1))),
+        (MempoolTxStage::Finalized, Some(point(50, 0xf5))),
+        (MempoolTxStage::Dropped, None),
+    ];
+    for (hash, (stage, at)) in txs.iter().zip(expected) {
         let h = *hash;
         let status = blocking(&mempool, move |m| m.check_status(&h)).await?;
-        info!(tx = %short(hash), stage = ?status.stage, confirmations = status.confirmations, "final status");
-        ok &= status.stage == want;
+        info!(
+            tx = %short(hash),
+            stage = ?status.stage,
+            confirmations = status.confirmations,
+            confirmed_at = ?status.confirmed_at.map(|p| p.slot()),
+            "final status"
+        );
+        ok &= status.stage == stage && status.confirmed_at == at;
     }
     let stats = blocking(&mempool, |m| m.stats()).await?;
     info!(
@@ -237,6 +376,16 @@ async fn main() -> Result<(), BoxError> {
         renewals = stats.renewals,
         "stats"
     );
+    // The applied chain is ours, block for block.
+    let mut applied = blocking(&mempool, |m| m.applied_points(usize::MAX)).await?;
+    applied.reverse();
+    let ours: Vec<ChainPoint> = chain.iter().map(|(p, _)| *p).collect();
+    info!(
+        height = applied.len(),
+        "applied chain = our chain: {}",
+        applied == ours
+    );
+    ok &= applied == ours;
 
     // Graceful stop: release the lock (on a clone), wait until the release comes back as an
     // event, then drop the last clone, which ends the stream.
@@ -250,9 +399,9 @@ async fn main() -> Result<(), BoxError> {
     }
     drop(mempool);
     let tx_events = consumer.await?;
-    // receive ×3, propagated ×3, acknowledged ×1, confirmed ×2 per block before the last,
-    // finalized ×2, dropped ×1.
-    let expected = 3 + 3 + 1 + 2 * (FINALIZE - 1) + 2 + 1;
+    // received ×3, propagated ×4 (tx 2 twice), acknowledged ×1, confirmed ×5 (tx 1 by blocks 1
+    // and 2; tx 2 by 3, then by 5' and 6'), finalized ×2, dropped ×1, rolled back ×1 (tx 2).
+    let expected = 3 + 4 + 1 + 5 + 2 + 1 + 1;
     info!(tx_events, expected, "done");
     ok &= tx_events == expected;
 

@@ -18,12 +18,14 @@
 //! Set-up: a private `redis-server` with `appendonly yes` + `appendfsync always` and
 //! `maxmemory` [`MAXMEMORY`] under `noeviction`, a TCP fault
 //! proxy per node, three node processes (this executable run as `chaos node <config.toml>`,
-//! the node of `examples/node.rs`: it submits a tx every 250 ms, propagates, acknowledges, and
-//! offers every block above the applied slot to `confirm`, so exactly-once is exercised), a
-//! simulated chain (a block every 500–1000 ms from the inflight txs, written to every node) and
-//! an observer (`watcher_candidate(false)`) whose event subscription is the audit trail.
-//! `confirm` uses F = 4 and D = 10 000: a takeover gap of a few blocks can never drop a tx, so
-//! every accepted tx must end Finalized.
+//! the node of `examples/node.rs`: it submits a tx every 250 ms, propagates, acknowledges, keeps
+//! its own chain, applies it as the watcher and reconciles on every takeover), a simulated
+//! chain (a block every 500–1000 ms from the inflight txs, written to every node, and in one
+//! interval out of ten a fork instead: 1–3 blocks rolled back and replaced by one more, the
+//! first at a lower slot, with new hashes) and an observer (`watcher_candidate(false)`) whose
+//! event subscription is the audit trail. `confirm` uses F = 4 and D = 10 000: a takeover gap of
+//! a few blocks can never drop a tx, so every accepted tx must end Finalized; forks are at most
+//! 3 deep, below F, so a Finalized tx is never on an abandoned block.
 //!
 //! Faults, one at a time with a settled state and a quiet gap between them; the first five are
 //! the five kinds in a seeded order, then a weighted draw:
@@ -41,11 +43,17 @@
 //!   `OutOfMemory` meanwhile and are made again afterwards, the refused `confirm` before any
 //!   later block; the watcher must keep its lock throughout.
 //!
+//! When the fault takes the watcher away (kill, SIGSTOP, partition of the watcher), the chain
+//! forks right after it two times out of three (always after a SIGSTOP), so the blocks the lost
+//! watcher applied last are abandoned and its successor's reconcile must undo them.
+//!
 //! Every node process runs a probe thread that samples `is_watcher()` every millisecond and
 //! reports each change with `CLOCK_MONOTONIC` stamps; the harness stamps its faults with the same
-//! clock. At the end (faults stopped, submissions stopped, the chain runs until every accepted
-//! tx is finalized) it prints the counts of each fault, the measured takeovers and a table of
-//! invariants, and exits non-zero if one fails. How each invariant is judged is written next to
+//! clock. At the end (faults and forks stopped, submissions stopped, the chain runs until every
+//! accepted tx is finalized) it prints the counts of each fault, fork and reconcile, the
+//! measured takeovers and a table of invariants — among them that the applied chain is the
+//! final chain and that the shared state is what one node fed the final chain would hold — and
+//! exits non-zero if one fails. How each invariant is judged is written next to
 //! its check in `examples/chaos/check.rs`.
 
 use std::error::Error;
@@ -86,7 +94,7 @@ mod node_loop;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use chain::Chain;
+use chain::{Chain, Pace, MAX_FORK_DEPTH};
 use clock::{mono_ns, ms_between, ns, Signal};
 use cluster::{Flag, Node};
 use faults::{Fault, Kind, Schedule, Takeover};
@@ -99,6 +107,12 @@ const DROP: u32 = 10_000;
 const TX_INTERVAL: Duration = Duration::from_millis(250);
 const BLOCK_MIN: Duration = Duration::from_millis(500);
 const BLOCK_MAX: Duration = Duration::from_millis(1000);
+/// Chance, in percent, that a block interval ends in a fork instead of a block.
+const FORK_PERCENT: u64 = 10;
+const _: () = assert!(
+    MAX_FORK_DEPTH < FINALIZE as usize,
+    "a fork could undo a Finalized tx"
+);
 const PREFIX: &str = "chaos:mempool";
 /// Redis's `maxmemory`: far more than an hour of the run needs (about 40 MB: the finalized log
 /// keeps every tx, the event stream its default 100 000 entries), so only the "redis full"
@@ -440,6 +454,8 @@ struct Draw {
     hold: Duration,
     delay: Duration,
     gap: Duration,
+    /// Blocks a fork right after a fault that takes the watcher away rolls back (0: no fork).
+    fork: usize,
 }
 
 pub struct Chaos<'a> {
@@ -617,6 +633,7 @@ impl Chaos<'_> {
             takeover: None,
             flag_down_ms: None,
             full: None,
+            fork: None,
             note: String::new(),
         }
     }
@@ -657,6 +674,29 @@ impl Chaos<'_> {
         }
     }
 
+    /// Forks the chain right after the watcher was taken away, rolling back `depth` blocks
+    /// (0: no fork): the blocks it applied last are abandoned, and whoever takes over must undo
+    /// them when it reconciles.
+    fn fork_while_away(&mut self, fault: &mut Fault, depth: usize) {
+        if depth == 0 {
+            return;
+        }
+        match self.chain.fork(depth) {
+            Some(f) => {
+                say!(
+                    "  FORK while the watcher is away: rolled back {} blocks to slot {}, {} new \
+                     from slot {}",
+                    f.undone.len(),
+                    f.to.slot(),
+                    f.added.len(),
+                    f.added.first().map_or(0, |p| p.slot())
+                );
+                fault.fork = Some(f.undone.len());
+            }
+            None => say!("  no fork: the chain could not read redis"),
+        }
+    }
+
     fn fault_kill(&mut self, target: usize, w: usize, draw: &Draw) -> Result<Fault, String> {
         let on_watcher = target == w;
         let run = self.current(target);
@@ -670,6 +710,7 @@ impl Chaos<'_> {
         self.kill(target);
         if on_watcher {
             let expiry = self.lock_expiry();
+            self.fork_while_away(&mut fault, draw.fork);
             let bound = self.opts.ttl + Duration::from_millis(100);
             let t = self.await_takeover(t0, run, expiry, bound, self.opts.patience());
             self.say_takeover(&t);
@@ -701,6 +742,7 @@ impl Chaos<'_> {
         }
         let t_stop = mono_ns();
         let expiry = self.lock_expiry();
+        self.fork_while_away(&mut fault, draw.fork.max(1));
         // At least `hold`, and until another node took over (within the patience), so that the
         // resumed node always meets a successor.
         let hold_until = t_stop + ns(draw.hold);
@@ -760,6 +802,9 @@ impl Chaos<'_> {
         self.nodes[target].proxy.blackhole();
         let t0 = mono_ns();
         let expiry = if on_watcher { self.lock_expiry() } else { None };
+        if on_watcher {
+            self.fork_while_away(&mut fault, draw.fork);
+        }
         let hold_until = t0 + ns(draw.hold);
         let mut found = None;
         support::wait_until(self.opts.patience(), || {
@@ -801,7 +846,9 @@ impl Chaos<'_> {
             return Err("redis did not come back (see the panic above)".into());
         }
         fault.lasted_ms = Some(ms_between(t0, t_back));
-        // Counters only grow: one that went back means the AOF lost acknowledged writes.
+        // Counters that only grow: one that went back means the AOF lost acknowledged writes.
+        // (Not the chain's height: an undo lowers it. A lost confirm would show in the final
+        // check that the applied chain is the chain.)
         let mut after = None;
         support::wait_until(self.opts.patience(), || {
             after = self.observer.stats().ok();
@@ -809,17 +856,11 @@ impl Chaos<'_> {
         });
         match after {
             Some(a)
-                if a.applied_blocks >= before.applied_blocks
-                    && a.watcher.epoch >= before.watcher.epoch
+                if a.watcher.epoch >= before.watcher.epoch
                     && a.finalized_log >= before.finalized_log => {}
             Some(a) => self.problems.push(format!(
-                "redis came back with less than it had: applied blocks {} -> {}, epoch {} -> {},                  log {} -> {}",
-                before.applied_blocks,
-                a.applied_blocks,
-                before.watcher.epoch,
-                a.watcher.epoch,
-                before.finalized_log,
-                a.finalized_log
+                "redis came back with less than it had: epoch {} -> {}, log {} -> {}",
+                before.watcher.epoch, a.watcher.epoch, before.finalized_log, a.finalized_log
             )),
             None => self
                 .problems
@@ -1051,8 +1092,8 @@ impl Chaos<'_> {
     }
 
     /// Why the cluster is not in a steady state yet, if it is not: every node running and
-    /// reaching Redis, one watcher (the lock's holder, flag up, nobody else's flag up) that has
-    /// applied every block, and every node's lease connection open.
+    /// reaching Redis, one watcher (the lock's holder, flag up, nobody else's flag up) whose
+    /// applied chain ends with the chain's tip, and every node's lease connection open.
     fn unsettled(&mut self) -> Option<String> {
         for node in self.nodes.iter_mut() {
             if !node.alive() {
@@ -1084,10 +1125,15 @@ impl Chaos<'_> {
                 return Some(format!("{} cannot reach redis", self.label(run)));
             }
         }
-        if info.applied_slot.unwrap_or(0) < tip {
+        let applied_tip = match self.observer.applied_points(1) {
+            Ok(points) => points.first().copied(),
+            Err(e) => return Some(format!("applied_points: {e}")),
+        };
+        if applied_tip != tip {
             return Some(format!(
-                "the watcher applied up to slot {:?}, the chain is at {tip}",
-                info.applied_slot
+                "the applied chain ends at slot {:?}, the chain at slot {:?}",
+                applied_tip.map(|p| p.slot()),
+                tip.map(|p| p.slot())
             ));
         }
         let list: String = match self.raw.query(redis::cmd("CLIENT").arg("LIST")) {
@@ -1130,6 +1176,10 @@ impl Chaos<'_> {
             gap: self
                 .schedule
                 .between(Duration::from_millis(500), Duration::from_millis(1500)),
+            fork: match self.schedule.below(3) {
+                0 => 0,
+                _ => 1 + self.schedule.below(MAX_FORK_DEPTH),
+            },
         }
     }
 
@@ -1161,10 +1211,11 @@ impl Chaos<'_> {
         }
     }
 
-    /// Stops faults and submissions, lets the chain finalize everything, stops the chain.
-    /// Returns the last slot.
-    fn final_phase(&mut self) -> u64 {
-        say!("== faults stopped: healing, stopping submissions, finalizing everything ==");
+    /// Stops faults, forks and submissions, lets the chain finalize everything, stops the
+    /// chain.
+    fn final_phase(&mut self) {
+        say!("== faults stopped: healing, no more forks, stopping submissions, finalizing everything ==");
+        self.chain.calm();
         for node in &self.nodes {
             node.proxy.heal();
         }
@@ -1190,20 +1241,22 @@ impl Chaos<'_> {
                 "not every accepted tx was finalized within {deadline:?}"
             ));
         }
-        let last_slot = self.chain.stop();
+        let height = self.chain.stop();
+        let tip = self.chain.progress().tip();
         let applied = support::wait_until(self.opts.patience(), || {
-            self.ledger.state().blocks.len() as u64 >= last_slot
-                && self
-                    .observer
-                    .watcher_info()
-                    .is_ok_and(|w| w.applied_slot == Some(last_slot))
+            self.ledger.state().applied.last().copied() == tip
+                && self.observer.applied_points(1).ok() == tip.map(|t| vec![t])
         });
         if !applied {
-            self.problems
-                .push(format!("block {last_slot} was not applied in time"));
+            self.problems.push(format!(
+                "the chain's last block (slot {:?}) was not applied in time",
+                tip.map(|t| t.slot())
+            ));
         }
-        say!("chain stopped at slot {last_slot}");
-        last_slot
+        say!(
+            "chain stopped at slot {} ({height} blocks)",
+            tip.map_or(0, |t| t.slot())
+        );
     }
 
     /// Every node must be alive, answer a ping with a Redis round trip, and exit cleanly.
@@ -1309,7 +1362,16 @@ fn run(opts: &Options) -> Result<bool, String> {
         node.echo = !opts.quiet;
         nodes.push(node);
     }
-    let chain = Chain::start_between(observer.clone(), BLOCK_MIN, BLOCK_MAX, nodes.len());
+    let chain = Chain::start(
+        observer.clone(),
+        Pace {
+            min: BLOCK_MIN,
+            max: BLOCK_MAX,
+            fork_percent: FORK_PERCENT,
+            seed: opts.seed,
+        },
+        nodes.len(),
+    );
     let mut chaos = Chaos {
         opts,
         server,
@@ -1335,8 +1397,8 @@ fn run(opts: &Options) -> Result<bool, String> {
     }
     chaos.settle("start-up")?;
     chaos.fault_phase();
-    let last_slot = chaos.final_phase();
+    chaos.final_phase();
     chaos.stop_nodes();
-    let passed = chaos.report(last_slot);
+    let passed = chaos.report();
     Ok(passed)
 }

@@ -2,7 +2,7 @@
 //! one machine with one command, no Docker:
 //!
 //! ```text
-//! cargo run --example demo              # about 30 s
+//! cargo run --example demo              # about 10 s
 //! RUST_LOG=dolos_redis=debug cargo run --example demo   # + lease/confirm logs
 //! REDIS_URL=redis://127.0.0.1:6379 cargo run --example demo
 //! cargo run --example demo -- --quick   # shorter TTL and blocks (the CI test)
@@ -16,16 +16,22 @@
 //!   `demo node <config.toml>`; the node is the one of `examples/node.rs`), each configured by a
 //!   generated TOML file with the reference `[storage.mempool]` table pointing at its proxy;
 //! * runs a simulated chain: every block interval, a block of the inflight transactions not yet
-//!   in a block, sent to both nodes, which call `confirm` (F = 4 confirmations to finalize,
-//!   D = 8 misses to drop: a failover gap is at most about TTL / block interval + 1 = 3 blocks);
-//! * then, printing a timeline: (1) shows the watcher; (2) kills it with SIGKILL, measures the
-//!   takeover, restarts it and shows it rejoins as a non-watcher; (3) cuts the new watcher off
-//!   from Redis at its proxy, measures the takeover, heals it and shows it rejoins as a
-//!   non-watcher; (4) resets the lock the way an operator would (`reset_watcher_lock`), which
-//!   hands over at once and shows the old watcher's next `confirm` refused by Redis; (5) stops
-//!   submitting, lets the chain finalize everything and checks that every transaction that
-//!   entered the mempool was Finalized exactly once with F confirmations, after confirmations
-//!   1, 2, …, F-1 each seen once, nothing Dropped or left behind, every block applied once.
+//!   in a block, sent to both nodes (F = 4 confirmations to finalize, D = 8 misses to drop: a
+//!   failover gap is at most about TTL / block interval + 1 = 3 blocks). Each node keeps its
+//!   own chain; the watcher applies it with `confirm` and `rollback_to`, and every node that
+//!   becomes the watcher first **reconciles** the applied chain in Redis with its own;
+//! * then, printing a timeline: (1) shows the watcher; (2) kills it with SIGKILL and, while
+//!   nobody is watcher, forks the chain (2 blocks the dead watcher applied are replaced by 3,
+//!   the first at a lower slot), measures the takeover, shows the new watcher's reconcile undo
+//!   the abandoned blocks and apply the fork, restarts the killed node and shows it rejoins as
+//!   a non-watcher; (3) cuts the new watcher off from Redis at its proxy, measures the
+//!   takeover, heals it and shows it rejoins as a non-watcher; (4) resets the lock the way an
+//!   operator would (`reset_watcher_lock`), which hands over at once and shows the old
+//!   watcher's next `confirm` refused by Redis; (5) stops submitting, lets the chain finalize
+//!   everything and checks that every transaction that entered the mempool was Finalized
+//!   exactly once with F confirmations, nothing Dropped or left behind, and that the applied
+//!   chain in Redis — and the one the `BlockApplied` events build — is the chain, block for
+//!   block.
 //!
 //! Exits non-zero if any step or check fails.
 
@@ -38,7 +44,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
-use dolos_redis::{Config, MempoolStats, MempoolTxStage, RedisMempool, TxHash};
+use dolos_redis::{ChainPoint, Config, MempoolStats, MempoolTxStage, RedisMempool, TxHash};
 
 static START: OnceLock<Instant> = OnceLock::new();
 
@@ -64,7 +70,7 @@ mod node_loop;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use chain::{Chain, Progress};
+use chain::{Chain, Pace, Progress};
 use cluster::Node;
 use ledger::Ledger;
 
@@ -365,13 +371,13 @@ fn stats_line(stats: &MempoolStats, names: &Names, chain: &Progress) -> String {
     };
     format!(
         "stats | {watcher} | pending {}, propagated {}, acknowledged {}, confirmed {}, finalized {} \
-         | blocks produced {}, applied {}",
+         | chain height {}, applied {}",
         stats.pending,
         stats.propagated,
         stats.acknowledged,
         stats.confirmed,
         stats.finalized_log,
-        chain.tip(),
+        chain.height(),
         stats.applied_blocks,
     )
 }
@@ -454,19 +460,22 @@ impl Demo<'_> {
         Ok(())
     }
 
-    /// Waits until the watcher has applied every block produced so far.
+    /// Waits until the applied chain in Redis ends with the chain's tip.
     fn caught_up(&self) -> Result<(), String> {
-        let tip = self.chain.progress().tip();
+        let progress = self.chain.progress();
+        let mut tip = None;
         wait_for(
             "the watcher to apply the chain's blocks",
             self.plan.patience(),
             || {
-                self.observer
-                    .watcher_info()
-                    .is_ok_and(|w| w.applied_slot >= Some(tip))
+                tip = progress.tip();
+                tip.is_some() && self.observer.applied_points(1).ok() == tip.map(|t| vec![t])
             },
         )?;
-        say!("the watcher has applied every block up to slot {tip}: none was skipped");
+        say!(
+            "the watcher has applied every block up to slot {}: none was skipped",
+            tip.map_or(0, |t| t.slot())
+        );
         Ok(())
     }
 
@@ -511,10 +520,14 @@ impl Demo<'_> {
     }
 
     fn step_2_kill(&mut self) -> Result<(), String> {
-        say!("== 2. The watcher dies (SIGKILL: its lock is not released) ==");
+        say!("== 2. The watcher dies (SIGKILL: its lock is not released) and the chain forks ==");
         let (w, _) = self.watcher()?;
         let other = 1 - w;
         let other_id = self.nodes[other].id().ok_or("other node not running")?;
+        let other_report = self.nodes[other].report().ok_or("other node not running")?;
+        let reconciles_before = other_report.state().reconciles.len();
+        // The blocks the fork abandons must be ones the dead watcher applied.
+        self.caught_up()?;
         let pid = self.nodes[w].pid().unwrap_or(0);
         let since = Instant::now();
         self.nodes[w].kill(&self.chain);
@@ -523,25 +536,73 @@ impl Demo<'_> {
             self.nodes[w].name,
             self.nodes[other].name
         );
+        // Dead, it applies nothing more: what it left applied is what its successor finds.
+        let left = self
+            .observer
+            .applied_points(usize::MAX)
+            .map_err(|e| format!("applied_points: {e}"))?;
+        let fork = self.chain.fork(2).ok_or("the chain could not fork")?;
+        let abandoned = fork
+            .undone
+            .iter()
+            .filter(|b| left.contains(&b.point))
+            .count();
+        let slots = |points: &mut dyn Iterator<Item = &ChainPoint>| -> String {
+            points
+                .map(|p| p.slot().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        say!(
+            "FORK while nobody is watcher: the chain rolled back to slot {} and replaced its blocks \
+             at slots {} (applied by the dead watcher) with blocks at slots {}; the first is \
+             below the ones it replaces",
+            fork.to.slot(),
+            slots(&mut fork.undone.iter().map(|b| &b.point)),
+            slots(&mut fork.added.iter())
+        );
         self.takeover(&other_id, since, "watcher killed")?;
+        let (undone, replayed) =
+            wait_for_value("the new watcher to reconcile", self.plan.patience(), || {
+                other_report
+                    .state()
+                    .reconciles
+                    .get(reconciles_before)
+                    .copied()
+            })?;
+        if undone != abandoned {
+            return Err(format!(
+                "the new watcher's reconcile undid {undone} blocks; the dead watcher had applied \
+                 {abandoned} of the abandoned ones"
+            ));
+        }
+        say!(
+            "RECONCILE on takeover: {} rolled back to slot {} ({undone} abandoned blocks undone, \
+             their txs back to pending) and replayed the {replayed} blocks of its chain after it",
+            self.names.label(&other_id),
+            fork.to.slot()
+        );
         self.caught_up()?;
 
         let id = self.spawn(w)?;
         say!(
-            "restarted {} as {} (pid {}); it replays the chain's blocks",
+            "restarted {} as {} (pid {}); it reads the chain so far, as a node reads its own from \
+             disk",
             self.nodes[w].name,
             short(&id),
             self.nodes[w].pid().unwrap_or(0)
         );
         let report = self.nodes[w].report().ok_or("node not running")?;
+        let height = self.chain.progress().height();
         wait_for(
-            "the restarted node to offer a block",
+            "the restarted node to read the chain",
             self.plan.patience(),
-            || report.state().outcomes.iter().any(|o| o == "NotWatcher"),
+            || report.state().chain_len >= height,
         )?;
         self.rejoined_as_follower(w, &other_id)?;
         say!(
-            "{} rejoined as a non-watcher: confirm returns NotWatcher (\"not watcher, skipping confirm\"); {} keeps the lock",
+            "{} rejoined as a non-watcher: it follows the chain ({height} blocks) and leaves \
+             confirm to the watcher; {} keeps the lock",
             self.names.label(&id),
             self.names.label(&other_id)
         );
@@ -712,16 +773,19 @@ impl Demo<'_> {
                 && s.finalized + s.dropped == stats.finalized_log
                 && s.finalized + s.dropped == s.txs.len() as u64
         })?;
-        let last_slot = self.chain.stop();
+        let height = self.chain.stop();
+        let blocks = self.chain.blocks();
+        let tip = blocks.last().map(|b| b.point);
         wait_for("the last block to be applied", self.plan.patience(), || {
             // Its BlockApplied event too: the audit-trail check below reads the ledger.
-            self.ledger.state().blocks.len() as u64 >= last_slot
-                && self
-                    .observer
-                    .watcher_info()
-                    .is_ok_and(|w| w.applied_slot == Some(last_slot))
+            self.ledger.state().applied.last().copied() == tip
+                && self.observer.applied_points(1).ok() == tip.map(|t| vec![t])
         })?;
-        say!("chain stopped at slot {last_slot}; every transaction has left the mempool");
+        let last_slot = tip.map_or(0, |t| t.slot());
+        say!(
+            "chain stopped at slot {last_slot} ({height} blocks); every transaction has left the \
+             mempool"
+        );
 
         let f = self.plan.finalize;
         let mut problems = Vec::new();
@@ -803,20 +867,39 @@ impl Demo<'_> {
         if live > 0 {
             problems.push(format!("{live} transactions left pending or inflight"));
         }
-        if stats.applied_blocks != last_slot {
+        // The applied chain is the chain, block for block: as Redis holds it, and as the
+        // BlockApplied events build it (each block applied while off the chain, each undo
+        // of the tip).
+        let points: Vec<ChainPoint> = blocks.iter().map(|b| b.point).collect();
+        let mut in_redis = self
+            .observer
+            .applied_points(usize::MAX)
+            .map_err(|e| e.to_string())?;
+        in_redis.reverse();
+        if stats.applied_blocks != height as u64 || in_redis != points {
             problems.push(format!(
-                "{} blocks produced but {} confirm calls applied",
-                last_slot, stats.applied_blocks
+                "the applied chain in redis (height {}, {} points) is not the chain ({height} \
+                 blocks)",
+                stats.applied_blocks,
+                in_redis.len()
             ));
         }
-        // The audit trail: slots 1, 2, …, last, each applied once, in order, never undone.
-        let slots: Vec<u64> = s.blocks.iter().map(|(slot, _, _)| *slot).collect();
-        if slots != (1..=last_slot).collect::<Vec<u64>>() || s.blocks.iter().any(|b| b.1) {
-            problems.push(format!("blocks applied out of order or twice: {slots:?}"));
+        if s.applied != points {
+            problems.push(format!(
+                "the BlockApplied events build a chain of {} blocks that is not the chain",
+                s.applied.len()
+            ));
         }
+        problems.extend(s.audit.iter().cloned());
+        let undone = s.blocks.iter().filter(|b| b.undo).count();
+        let rolled_back = s
+            .txs
+            .values()
+            .filter(|life| life.iter().any(|(st, _)| *st == MempoolTxStage::RolledBack))
+            .count();
         let mut by_node: Vec<(String, usize)> = Vec::new();
-        for (_, _, node_id) in &s.blocks {
-            let label = self.names.label(node_id);
+        for b in s.blocks.iter().filter(|b| !b.undo) {
+            let label = self.names.label(&b.node_id);
             match by_node.last_mut() {
                 Some((last, n)) if *last == label => *n += 1,
                 _ => by_node.push((label, 1)),
@@ -837,14 +920,18 @@ impl Demo<'_> {
             accepted.join(", ")
         );
         say!(
-            "check: {} Finalized exactly once with {f} confirmations (Confirmed 1..{} each seen once), {} Dropped, {live} left pending or inflight",
+            "check: {} Finalized exactly once with {f} confirmations (Confirmed 1..{} once per \
+             applied block; {rolled_back} were rolled back by the fork first), {} Dropped, {live} \
+             left pending or inflight",
             s.finalized,
             f - 1,
             s.dropped
         );
         say!(
-            "check: {last_slot} blocks, {} applied, each exactly once and in order; applied by {}",
-            stats.applied_blocks,
+            "check: the applied chain is the chain, block for block: {height} blocks, {} forks; \
+             the events show {} blocks applied and {undone} undone; applied by {}",
+            self.chain.forks().len(),
+            s.blocks.len() - undone,
             by_node.join(", then ")
         );
         say!("check: watchers in turn: {}", terms.join(" -> "));
@@ -909,7 +996,11 @@ fn run(plan: &Plan) -> Result<(), String> {
         }
     }
 
-    let chain = Chain::start(observer.clone(), plan.block_interval, nodes.len());
+    let chain = Chain::start(
+        observer.clone(),
+        Pace::steady(plan.block_interval),
+        nodes.len(),
+    );
     let names = Names::default();
     let stats = StatsPrinter::start(
         observer.clone(),

@@ -12,11 +12,13 @@
 //! expires (`watcher_lock_ttl = 10`, as in the reference). Add `RUST_LOG=dolos_redis=debug` to see
 //! renewals and `not watcher, skipping confirm`.
 //!
-//! Each node submits and propagates transactions on its own. Blocks come from stdin, one line
-//! each, when stdin is not a terminal:
+//! Each node submits and propagates transactions on its own. Its chain comes from stdin, one
+//! line each, when stdin is not a terminal; the watcher applies it, and a node that becomes the
+//! watcher first reconciles what Redis applied with its own chain (see `node/node_loop.rs`):
 //!
 //! ```text
 //! block <slot> <block hash, 64 hex> [<tx hash, 64 hex> ...]
+//! rollback <slot> <block hash, 64 hex> | rollback origin
 //! submit off | submit on
 //! quit
 //! ```

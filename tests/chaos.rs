@@ -1,7 +1,7 @@
-//! The chaos run (`examples/chaos.rs`) in CI: three node processes, a simulated chain and a
-//! fault proxy per node on a persistent Redis, with kill -9, SIGSTOP, partitions, Redis restarts,
-//! a hand-made `DEL` of the lock and a full Redis injected at random for a short while (every
-//! kind at least once), then every invariant checked. About 30 s.
+//! The chaos run (`examples/chaos.rs`) in CI: three node processes, a simulated chain that
+//! forks now and then and a fault proxy per node on a persistent Redis, with kill -9, SIGSTOP,
+//! partitions, Redis restarts, a hand-made `DEL` of the lock and a full Redis injected at random
+//! for a short while (every kind at least once), then every invariant checked. About 30 s.
 //!
 //! `DOLOS_REDIS_SOAK_SECS=<n>` runs a soak of `n` seconds of faults instead (quiet, only the
 //! summary is printed); `DOLOS_REDIS_CHAOS_SEED=<n>` replays a seed.
@@ -82,5 +82,9 @@ fn chaos_run_keeps_every_invariant() {
     );
     for row in ["SIGSTOP watcher", "redis restart", "DEL lock", "redis full"] {
         assert!(fault_count(&out, row) >= 1, "no {row} injected:\n{out}");
+    }
+    // Every SIGSTOP forks the chain behind the stopped watcher, and its successor reconciles.
+    for row in ["chain forks", "reconciles"] {
+        assert!(fault_count(&out, row) >= 1, "no {row} in:\n{out}");
     }
 }

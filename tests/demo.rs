@@ -1,6 +1,7 @@
 //! The demo's scenarios, shortened (`demo --quick`: 1 s lock TTL, a block every 500 ms), so CI
-//! proves they keep working: watcher killed, watcher partitioned, operator reset, and the final
-//! exactly-once check of every transaction.
+//! proves they keep working: watcher killed while the chain forks (the new watcher reconciles),
+//! watcher partitioned, operator reset, and the final check: every transaction Finalized exactly
+//! once, the applied chain equal to the chain.
 //!
 //! The demo runs its nodes as child processes of its own executable, so this test runs the
 //! built example rather than calling into it. `cargo test` builds examples into
@@ -14,7 +15,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-/// The quick demo takes about 10 s; this leaves room for a loaded 2-core machine.
+/// The quick demo takes about 7 s; this leaves room for a loaded 2-core machine.
 const TIMEOUT: Duration = Duration::from_secs(90);
 
 /// `--quick` uses a 1 s lock TTL: a takeover after a crash or a partition takes at most about
@@ -54,8 +55,11 @@ fn quick_demo_passes_every_scenario() {
 
     for expected in [
         "TAKEOVER (watcher killed)",
+        "FORK while nobody is watcher",
+        "RECONCILE on takeover",
         "TAKEOVER (watcher partitioned)",
         "LOCK RESET: ",
+        "check: the applied chain is the chain, block for block",
         "check: every transaction reached Finalized exactly once",
         "DEMO PASSED",
     ] {

@@ -3,11 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use dolos_redis::{MempoolTx, MempoolTxStage, TxHash};
+use dolos_redis::{ChainPoint, MempoolTx, MempoolTxStage, TxHash};
 
 use crate::clock::{mono_ns, ns};
 use crate::faults::{median, Fault, Kind};
-use crate::node_loop::{parse_line, Input};
 use crate::{ledger, Chaos, RunId, FINALIZE};
 
 /// Pending, inflight and the finalized log, as Redis holds them now.
@@ -69,12 +68,12 @@ const ROWS: [&str; 8] = [
 
 impl Chaos<'_> {
     /// Checks everything, prints the tables; true if every invariant holds.
-    pub fn report(&mut self, last_slot: u64) -> bool {
+    pub fn report(&mut self) -> bool {
         let rows = vec![
-            self.check_blocks(last_slot),
+            self.check_chain(),
             self.check_events(),
             self.check_places(),
-            self.check_finalized(),
+            self.check_model(),
             self.check_overlap(),
             self.check_takeovers(),
             self.check_full(),
@@ -86,12 +85,17 @@ impl Chaos<'_> {
         println!(
             "================================ chaos run summary ================================"
         );
+        let blocks = self.chain.blocks();
         println!(
-            "seed {} | {:.1} s | lock TTL {} ms | {} faults | blocks 1..={last_slot} | F = {FINALIZE}",
+            "seed {} | {:.1} s | lock TTL {} ms | {} faults | final chain {} blocks (tip slot {}) \
+             | {} forks | F = {FINALIZE}",
             self.opts.seed,
             crate::elapsed(),
             self.opts.ttl.as_millis(),
-            self.faults.len()
+            self.faults.len(),
+            blocks.len(),
+            blocks.last().map_or(0, |b| b.point.slot()),
+            self.chain.forks().len()
         );
         self.print_faults();
         self.print_takeovers();
@@ -137,6 +141,43 @@ impl Chaos<'_> {
             "total",
             self.faults.len(),
             kinds.join(", ")
+        );
+        let forks = self.chain.forks();
+        let undone: usize = forks.iter().map(|f| f.undone.len()).sum();
+        let mut depths = [0; crate::MAX_FORK_DEPTH];
+        for f in &forks {
+            if let Some(n) = f
+                .undone
+                .len()
+                .checked_sub(1)
+                .and_then(|i| depths.get_mut(i))
+            {
+                *n += 1;
+            }
+        }
+        let depths: Vec<String> = depths.iter().map(|n| n.to_string()).collect();
+        let away = self.faults.iter().filter(|f| f.fork.is_some()).count();
+        println!(
+            "  {:<26} {:>5}   ({undone} blocks undone; by depth 1/2/3 {}; {away} right after a \
+             fault took the watcher away)",
+            "chain forks",
+            forks.len(),
+            depths.join("/")
+        );
+        let reconciles: Vec<(usize, usize)> = self
+            .runs()
+            .iter()
+            .flat_map(|&(i, r)| self.nodes[i].runs[r].state().reconciles.clone())
+            .collect();
+        let undoing: Vec<usize> = reconciles.iter().map(|r| r.0).filter(|n| *n > 0).collect();
+        println!(
+            "  {:<26} {:>5}   (on a takeover or after a failed call; {} undid abandoned blocks, {} \
+             in all; {} blocks replayed)",
+            "reconciles",
+            reconciles.len(),
+            undoing.len(),
+            undoing.iter().sum::<usize>(),
+            reconciles.iter().map(|r| r.1).sum::<usize>()
         );
     }
 
@@ -221,36 +262,71 @@ impl Chaos<'_> {
         );
     }
 
-    /// Exactly once per block, from two independent sources: the `BlockApplied` events the
-    /// observer received (slots 1..=N, each once, in order, none a rollback), and the server's
-    /// own counters (`applied_blocks` == N, applied slot == N, so none skipped at the end).
-    fn check_blocks(&self, last_slot: u64) -> Row {
+    /// The applied chain is the final chain, from two independent sources: Redis (its applied
+    /// chain, the newest `applied_history` blocks, is the final chain's tail, and its height H
+    /// is the final chain's height) and the observer's `BlockApplied` events, which replay —
+    /// an applied block pushed, an undone one popped — to the whole final chain, each event
+    /// fitting the replay (no block applied while on the applied chain, no undo below the tip,
+    /// heights that follow). Reported, not failed: blocks of the final chain that were undone
+    /// and applied again (a watcher rolling back good blocks), which the other rows judge by
+    /// their effect.
+    fn check_chain(&self) -> Row {
+        let points: Vec<ChainPoint> = self.chain.blocks().iter().map(|b| b.point).collect();
+        let on_chain: HashSet<ChainPoint> = points.iter().copied().collect();
         let s = self.ledger.state();
-        let slots: Vec<u64> = s.blocks.iter().map(|b| b.0).collect();
-        let mut seen: HashMap<u64, usize> = HashMap::new();
-        for slot in &slots {
-            *seen.entry(*slot).or_default() += 1;
+        let mut problems: Vec<String> = s.audit.clone();
+        if s.applied != points {
+            let same = s
+                .applied
+                .iter()
+                .zip(&points)
+                .take_while(|(a, b)| a == b)
+                .count();
+            problems.push(format!(
+                "the events build {} blocks, the final chain has {}; they part after block {same}",
+                s.applied.len(),
+                points.len()
+            ));
         }
-        let twice: Vec<String> = seen
-            .iter()
-            .filter(|(_, n)| **n > 1)
-            .map(|(slot, n)| format!("slot {slot} applied {n} times"))
-            .collect();
-        let missing: Vec<String> = (1..=last_slot)
-            .filter(|slot| !seen.contains_key(slot))
-            .map(|slot| format!("slot {slot} never applied"))
-            .collect();
-        let in_order = slots.windows(2).all(|w| w[0] < w[1]);
-        let rollbacks = s.blocks.iter().filter(|b| b.1).count();
-        let server = self.observer.stats();
-        let (applied_blocks, applied_slot) = match &server {
-            Ok(st) => (st.applied_blocks, st.watcher.applied_slot),
-            Err(_) => (0, None),
+        let server = self
+            .observer
+            .applied_points(usize::MAX)
+            .and_then(|p| Ok((p, self.observer.stats()?.applied_blocks)));
+        let retained = match server {
+            Ok((mut in_redis, height)) => {
+                in_redis.reverse();
+                let tail = &points[points.len().saturating_sub(in_redis.len())..];
+                if in_redis.as_slice() != tail || in_redis.is_empty() != points.is_empty() {
+                    problems.push(format!(
+                        "redis's applied chain ({} blocks, ending at slot {:?}) is not the final \
+                         chain's tail",
+                        in_redis.len(),
+                        in_redis.last().map(|p| p.slot())
+                    ));
+                }
+                if height != points.len() as u64 {
+                    problems.push(format!(
+                        "redis's applied height is {height}, the final chain has {} blocks",
+                        points.len()
+                    ));
+                }
+                in_redis.len()
+            }
+            Err(e) => {
+                problems.push(format!("applied_points/stats: {e}"));
+                0
+            }
         };
+        let applied = s.blocks.iter().filter(|b| !b.undo).count();
+        let undone: Vec<_> = s.blocks.iter().filter(|b| b.undo).collect();
+        let good_undone = undone
+            .iter()
+            .filter(|b| on_chain.contains(&b.point))
+            .count();
         let mut by: Vec<(String, usize)> = Vec::new();
-        for (_, _, node_id) in s.blocks.iter() {
+        for b in s.blocks.iter().filter(|b| !b.undo) {
             let label = self
-                .run_of_id(node_id)
+                .run_of_id(&b.node_id)
                 .map(|r| self.label(r))
                 .unwrap_or_else(|| "?".into());
             match by.last_mut() {
@@ -258,41 +334,24 @@ impl Chaos<'_> {
                 _ => by.push((label, 1)),
             }
         }
-        let pass = twice.is_empty()
-            && missing.is_empty()
-            && in_order
-            && rollbacks == 0
-            && slots.len() as u64 == last_slot
-            && applied_blocks == last_slot
-            && applied_slot == Some(last_slot);
-        let detail = if pass {
-            format!(
-                "{last_slot} blocks: BlockApplied for slots 1..={last_slot} each once, in order; \
-                 server: {applied_blocks} applied, applied slot {last_slot}; {} watcher terms",
-                by.len()
-            )
-        } else {
-            let mut items = twice;
-            items.extend(missing);
-            if !in_order {
-                items.push("applied out of order".into());
+        let detail = format!(
+            "{} blocks; redis holds the final chain's last {retained} and height {}; the events \
+             replay to it: {applied} applied, {} undone ({} abandoned, {good_undone} of the \
+             final chain), {} watcher terms{}",
+            points.len(),
+            points.len(),
+            undone.len(),
+            undone.len() - good_undone,
+            by.len(),
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", examples(&problems, 6))
             }
-            if rollbacks > 0 {
-                items.push(format!("{rollbacks} rollbacks"));
-            }
-            if let Err(e) = &server {
-                items.push(format!("stats: {e}"));
-            }
-            format!(
-                "{} BlockApplied for {last_slot} blocks; server applied_blocks {applied_blocks}, \
-                 applied slot {applied_slot:?}; {}",
-                slots.len(),
-                examples(&items, 6)
-            )
-        };
+        );
         Row {
-            name: "every block applied exactly once",
-            pass,
+            name: "applied chain = the final chain",
+            pass: problems.is_empty(),
             detail,
         }
     }
@@ -423,18 +482,25 @@ impl Chaos<'_> {
         }
     }
 
-    /// Every tx ended Finalized with F confirmations, and they are the ones its blocks imply:
-    /// the chain put it in exactly one block j; its log entry says confirmed at slot j with F
-    /// confirmations; the event trail shows Confirmed 1, 2, …, F-1 once each, then Finalized by
-    /// the `confirm` of block j + F - 1. Nothing Dropped (D is far above any gap), nothing
-    /// left pending or inflight.
-    fn check_finalized(&self) -> Row {
-        let name = "finalized with the F confirmations blocks imply";
-        let mut included: HashMap<TxHash, Vec<u64>> = HashMap::new();
-        for line in self.chain.history() {
-            if let Ok(Some(Input::Block { slot, txs, .. })) = parse_line(&line) {
-                for tx in txs {
-                    included.entry(tx).or_default().push(slot);
+    /// The shared state is what one node fed the final chain would hold. With N the final
+    /// chain's height and j the height of the block that holds a tx: a tx at depth
+    /// N - j + 1 >= F is Finalized exactly once with F confirmations, confirmed at its block and
+    /// finalized by the block at height j + F - 1 (which may since have been abandoned: depth
+    /// counts, not the block), its life as `ledger::life_problem` wants it; a shallower one is
+    /// Confirmed with N - j + 1 confirmations at its block. A tx on no block of the final chain
+    /// is neither Finalized nor Confirmed, only pending or inflight. Nothing is Dropped (D is
+    /// far above any gap), and no tx is in two blocks of the final chain.
+    fn check_model(&self) -> Row {
+        let name = "state = one node fed the final chain";
+        let blocks = self.chain.blocks();
+        let n = blocks.len() as u64;
+        let mut problems = Vec::new();
+        // tx -> (height, point) on the final chain.
+        let mut at: HashMap<TxHash, (u64, ChainPoint)> = HashMap::new();
+        for (i, b) in blocks.iter().enumerate() {
+            for tx in &b.txs {
+                if at.insert(*tx, (i as u64 + 1, b.point)).is_some() {
+                    problems.push(format!("{tx} is in two blocks of the final chain"));
                 }
             }
         }
@@ -449,40 +515,64 @@ impl Chaos<'_> {
             }
         };
         let s = self.ledger.state();
-        let mut problems = Vec::new();
-        let mut finalized = 0;
-        let mut dropped = 0;
-        for tx in &log {
+        let f = u64::from(FINALIZE);
+        let (mut finalized, mut confirmed, mut off_chain, mut rolled_back) = (0, 0, 0, 0);
+        let mut seen: HashSet<TxHash> = HashSet::new();
+        for tx in log.iter().chain(&inflight).chain(&pending) {
             let h = tx.hash;
-            if tx.stage != MempoolTxStage::Finalized {
-                dropped += 1;
-                problems.push(format!("{h} ended {:?}", tx.stage));
+            seen.insert(h);
+            let Some(&(j, point)) = at.get(&h) else {
+                off_chain += 1;
+                if !matches!(
+                    tx.stage,
+                    MempoolTxStage::Pending
+                        | MempoolTxStage::Propagated
+                        | MempoolTxStage::Acknowledged
+                ) {
+                    problems.push(format!(
+                        "{h} is on no block of the final chain but {:?}",
+                        tx.stage
+                    ));
+                }
+                continue;
+            };
+            let depth = n - j + 1;
+            let (stage, count) = if depth >= f {
+                (MempoolTxStage::Finalized, f)
+            } else {
+                (MempoolTxStage::Confirmed, depth)
+            };
+            if tx.stage != stage
+                || u64::from(tx.confirmations) != count
+                || tx.confirmed_at != Some(point)
+            {
+                problems.push(format!(
+                    "{h} in block {j} (depth {depth}): {:?} with {} confirmations at {:?}, \
+                     expected {stage:?} with {count} at slot {}",
+                    tx.stage,
+                    tx.confirmations,
+                    tx.confirmed_at.map(|p| p.slot()),
+                    point.slot()
+                ));
+                continue;
+            }
+            if stage == MempoolTxStage::Confirmed {
+                confirmed += 1;
                 continue;
             }
             finalized += 1;
-            if tx.confirmations != FINALIZE {
-                problems.push(format!("{h} has {} confirmations", tx.confirmations));
-            }
-            let slots = included.get(&h).cloned().unwrap_or_default();
-            let [j] = slots.as_slice() else {
-                problems.push(format!("{h} is in blocks {slots:?}"));
-                continue;
-            };
-            if tx.confirmed_at.as_ref().map(|p| p.slot()) != Some(*j) {
-                problems.push(format!(
-                    "{h} was in block {j} but confirmed at {:?}",
-                    tx.confirmed_at
-                ));
-            }
-            let expected = j + u64::from(FINALIZE) - 1;
             match s.finalized_in.get(&h) {
-                Some(at) if *at == expected => {}
+                Some(height) if *height == j + f - 1 => {}
                 other => problems.push(format!(
-                    "{h} was in block {j}: finalized by block {other:?}, expected {expected}"
+                    "{h} in block {j}: finalized at height {other:?}, expected {}",
+                    j + f - 1
                 )),
             }
             match s.txs.get(&h) {
                 Some(life) => {
+                    if life.iter().any(|(st, _)| *st == MempoolTxStage::RolledBack) {
+                        rolled_back += 1;
+                    }
                     if let Some(p) = ledger::life_problem(life, FINALIZE) {
                         problems.push(format!("{h}: {p}"));
                     }
@@ -490,19 +580,17 @@ impl Chaos<'_> {
                 None => problems.push(format!("{h} is in the log but never entered")),
             }
         }
-        if !pending.is_empty() || !inflight.is_empty() {
+        for h in at.keys().filter(|h| !seen.contains(*h)) {
             problems.push(format!(
-                "{} pending and {} inflight at the end",
-                pending.len(),
-                inflight.len()
+                "{h} is on the final chain but nowhere in the mempool"
             ));
         }
         let detail = format!(
-            "{finalized} Finalized with {FINALIZE} confirmations (in one block j, confirmed at j, \
-             finalized by block j+{}, Confirmed 1..{} each once); {dropped} dropped, {} left{}",
-            FINALIZE - 1,
-            FINALIZE - 1,
-            pending.len() + inflight.len(),
+            "{} txs on the final chain: {finalized} Finalized with {FINALIZE} confirmations at \
+             their block, by the block F-1 above it ({rolled_back} rolled back by a fork or a \
+             reconcile first), {confirmed} Confirmed less deep; {off_chain} off it, none \
+             Confirmed or Finalized{}",
+            at.len(),
             if problems.is_empty() {
                 String::new()
             } else {

@@ -161,6 +161,9 @@ pub struct Fault {
     /// Redis full: the calls the nodes reported refused for memory meanwhile, and whether the
     /// watcher kept its lock (same holder, same epoch) throughout.
     pub full: Option<FullRedis>,
+    /// How many blocks a fork made right after the fault rolled back (blocks the lost watcher
+    /// had applied, which its successor must undo when it reconciles).
+    pub fork: Option<usize>,
     pub note: String,
 }
 

@@ -24,8 +24,12 @@ pub struct ReportState {
     pub watcher: bool,
     pub link_downs: u32,
     pub link_ups: u32,
-    /// `confirm` outcomes, in order (`Applied`, `NotWatcher`, ...).
+    /// `confirm` outcomes, in order (`Applied`, `AlreadyApplied`, `LostLock`, ...).
     pub outcomes: Vec<String>,
+    /// How many blocks the node's own chain holds, as it last said.
+    pub chain_len: usize,
+    /// Each reconcile it made as the watcher: applied blocks undone, blocks replayed.
+    pub reconciles: Vec<(usize, usize)>,
     /// Changes of the watcher flag, as a chaos node's probe saw them.
     pub flags: Vec<Flag>,
     /// Answers to `ping <token>`: the token, and whether the node reached Redis.
@@ -94,6 +98,17 @@ impl Report {
             ("confirm", rest) => {
                 if let Some((_, outcome)) = rest.split_once(' ') {
                     s.outcomes.push(outcome.to_string());
+                }
+            }
+            ("chain", len) => match len.parse() {
+                Ok(len) => s.chain_len = len,
+                Err(_) => say!("bad chain report {fact:?}"),
+            },
+            ("reconciled", rest) => {
+                let mut n = rest.split(' ').map(str::parse::<usize>);
+                match (n.next(), n.next()) {
+                    (Some(Ok(undone)), Some(Ok(replayed))) => s.reconciles.push((undone, replayed)),
+                    _ => say!("bad reconcile report {fact:?}"),
                 }
             }
             ("flag", rest) => match Flag::parse(rest) {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use dolos_redis::{MempoolEvent, MempoolTxStage, RedisMempool, TxHash};
+use dolos_redis::{ChainPoint, MempoolEvent, MempoolTxStage, RedisMempool, TxHash};
 
 /// A node acquired the lock.
 #[derive(Clone, Debug)]
@@ -18,6 +18,16 @@ pub struct Acquired {
     pub at: Instant,
     pub node_id: String,
     pub epoch: u64,
+}
+
+/// One `BlockApplied` event: a block applied, or undone (`undo`).
+#[derive(Clone, Debug)]
+pub struct BlockEvent {
+    pub point: ChainPoint,
+    /// The applied chain's height once the block was applied (its own height) or undone.
+    pub height: u64,
+    pub undo: bool,
+    pub node_id: String,
 }
 
 #[derive(Default)]
@@ -28,14 +38,20 @@ pub struct State {
     /// Transitions seen for a hash before its `Pending` event (must stay empty).
     pub orphans: u64,
     pub acquired: Vec<Acquired>,
-    /// Every applied `confirm` call: (slot, rollback, applying node).
-    pub blocks: Vec<(u64, bool, String)>,
+    /// Every block event, in order.
+    pub blocks: Vec<BlockEvent>,
+    /// The applied chain as the block events build it, oldest first: an applied block is
+    /// pushed, an undone one popped.
+    pub applied: Vec<ChainPoint>,
+    /// Block events that do not fit that replay: a block applied while on the chain, an undo
+    /// of a block that is not the tip, a height that does not follow (must stay empty).
+    pub audit: Vec<String>,
     pub lagged: u64,
     /// Events whose sequence did not increase (must stay 0).
     pub out_of_order: u64,
     pub finalized: u64,
     pub dropped: u64,
-    /// The slot of the applied block whose `confirm` finalized each tx (its `BlockApplied`
+    /// The height of the applied block whose `confirm` finalized each tx (its `BlockApplied`
     /// event comes just before the transitions it made).
     pub finalized_in: HashMap<TxHash, u64>,
 }
@@ -73,8 +89,8 @@ impl Ledger {
                         match tx.stage {
                             MempoolTxStage::Finalized => {
                                 s.finalized += 1;
-                                if let Some(slot) = applying {
-                                    s.finalized_in.insert(tx.hash, slot);
+                                if let Some(height) = applying {
+                                    s.finalized_in.insert(tx.hash, height);
                                 }
                             }
                             MempoolTxStage::Dropped => s.dropped += 1,
@@ -104,13 +120,20 @@ impl Ledger {
                     MempoolEvent::BlockApplied {
                         seq,
                         point,
+                        height,
                         rollback,
                         node_id,
                         ..
                     } => {
                         check_seq(seq, &mut s);
-                        applying = Some(point.slot());
-                        s.blocks.push((point.slot(), rollback, node_id));
+                        applying = (!rollback).then_some(height);
+                        replay(&mut s, &point, height, rollback);
+                        s.blocks.push(BlockEvent {
+                            point,
+                            height,
+                            undo: rollback,
+                            node_id,
+                        });
                     }
                     MempoolEvent::Lagged { missed } => s.lagged += missed,
                     _ => {}
@@ -138,6 +161,37 @@ impl Ledger {
     }
 }
 
+/// Follows one block event on the replayed applied chain; notes what does not fit.
+fn replay(s: &mut State, point: &ChainPoint, height: u64, undo: bool) {
+    if undo {
+        if s.applied.last() == Some(point) {
+            s.applied.pop();
+        } else {
+            s.audit
+                .push(format!("undid {point:?}, which is not the applied tip"));
+        }
+        if height != s.applied.len() as u64 {
+            s.audit.push(format!(
+                "undid {point:?} leaving height {height}, but {} blocks",
+                s.applied.len()
+            ));
+        }
+    } else {
+        if s.applied.contains(point) {
+            s.audit.push(format!(
+                "applied {point:?} while it was on the applied chain"
+            ));
+        }
+        s.applied.push(*point);
+        if height != s.applied.len() as u64 {
+            s.audit.push(format!(
+                "applied {point:?} at height {height}, but the chain has {} blocks",
+                s.applied.len()
+            ));
+        }
+    }
+}
+
 impl Drop for Ledger {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -147,9 +201,12 @@ impl Drop for Ledger {
     }
 }
 
-/// What is wrong with one transaction's life, given the finalize threshold `f`: it must be
-/// Pending → (Propagated → Acknowledged, in part) → Confirmed 1, 2, …, f-1 → Finalized f, each
-/// confirmation exactly once — proof that each block was applied exactly once.
+/// What is wrong with one transaction's life, given the finalize threshold `f`: it must start
+/// Pending and end Finalized exactly once with `f` confirmations, never Dropped. Since it last
+/// entered the mempool's inflight set (its start, or its last RolledBack when a fork undid its
+/// block), its confirmation counts go 1, 2, …, f-1: each at least once (once per applied
+/// block), up by at most one per block (an undo lowers the count; it emits nothing, and the
+/// next block repeats a count), never f or more.
 pub fn life_problem(life: &[(MempoolTxStage, u32)], f: u32) -> Option<String> {
     use MempoolTxStage::*;
     let stages: Vec<MempoolTxStage> = life.iter().map(|(s, _)| *s).collect();
@@ -168,21 +225,33 @@ pub fn life_problem(life: &[(MempoolTxStage, u32)], f: u32) -> Option<String> {
             ))
         }
     }
-    let confirmations: Vec<u32> = life
+    if life.iter().any(|(s, _)| matches!(s, Unknown | Dropped)) {
+        return Some(format!("unexpected stage in {stages:?}"));
+    }
+    let since = life
+        .iter()
+        .rposition(|(s, _)| *s == RolledBack)
+        .map_or(0, |i| i + 1);
+    let confirmations: Vec<u32> = life[since..]
         .iter()
         .filter(|(s, _)| *s == Confirmed)
         .map(|(_, c)| *c)
         .collect();
-    if confirmations != (1..f).collect::<Vec<u32>>() {
-        return Some(format!(
-            "confirmation counts {confirmations:?}, expected 1..{f} each once"
-        ));
+    let mut previous = 0;
+    for &c in &confirmations {
+        if c == 0 || c >= f || c > previous + 1 {
+            return Some(format!(
+                "confirmation counts {confirmations:?}: expected 1, 2, …, {} with no jump",
+                f - 1
+            ));
+        }
+        previous = c;
     }
-    if life
-        .iter()
-        .any(|(s, _)| matches!(s, RolledBack | Unknown | Dropped))
-    {
-        return Some(format!("unexpected stage in {stages:?}"));
+    if previous != f - 1 && f > 1 {
+        return Some(format!(
+            "confirmation counts {confirmations:?} do not reach {} before Finalized",
+            f - 1
+        ));
     }
     None
 }

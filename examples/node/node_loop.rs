@@ -1,23 +1,30 @@
-//! The node that `examples/node.rs` runs on its own and `examples/demo.rs` runs as child
-//! processes: what a Dolos node does with the shared mempool, minus the Cardano parts.
+//! The node that `examples/node.rs` runs on its own and `examples/demo.rs` and
+//! `examples/chaos.rs` run as child processes: what a Dolos node does with the shared mempool,
+//! minus the Cardano parts.
 //!
 //! * It opens the mempool from the `[storage.mempool]` table of its TOML file, exactly as Dolos
 //!   would, plus a small `[demo]` table of its own (name, pace, thresholds).
 //! * Every tick it submits one transaction (random hash, ~300-byte body), acknowledges what it
 //!   propagated on the previous tick, and propagates the head of the pending queue
 //!   (`peek_pending` → `mark_inflight`).
-//! * For every block read on stdin it calls `confirm`. It keeps the blocks it knows and offers
-//!   them in slot order from the last one it knows to be applied, so a node that becomes watcher
-//!   applies the blocks its predecessor missed, and never one out of order (the server answers
-//!   `AlreadyApplied` for the rest).
+//! * It keeps **its own chain**: the blocks read on stdin, less those rolled back. As the
+//!   watcher it applies each new block with `confirm(point, txs, [])` and each rollback with
+//!   `rollback_to(point)`; a follower only keeps its chain.
+//! * **The reconcile step.** When it becomes the watcher, and after any call that failed or was
+//!   refused (it then cannot know what Redis holds), it first makes the applied chain in Redis
+//!   agree with its own chain ([`Node::reconcile`]) and then applies its blocks after the common
+//!   point. Until that has worked it applies nothing: an error never skips a block, the next
+//!   tick starts over from the reconcile.
 //! * A call Redis refuses for memory (`Error::OutOfMemory`: nothing was stored) is made again
-//!   on the next tick: the same transaction, the same acknowledgements, and above all the same
-//!   block before any later one, so no block is skipped.
+//!   on the next tick: the same transaction, the same acknowledgements; a refused block is
+//!   offered again after the reconcile, before any later one.
 //!
 //! Input lines (stdin):
 //!
 //! ```text
 //! block <slot> <block hash, 64 hex> [<tx hash, 64 hex> ...]   a block and the txs it contains
+//! rollback <slot> <block hash> | rollback origin              the chain rolls back to that
+//!                                                             block, which stays
 //! submit off | submit on                                      stop / resume submitting
 //! ping <token>                                                one Redis round trip, reported
 //! quit                                                        release the lock and exit
@@ -25,7 +32,7 @@
 //!
 //! Blank lines and lines starting with `#` are ignored.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::error::Error;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
@@ -99,10 +106,11 @@ pub fn load(path: &Path) -> Result<(Config, Settings), String> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
     Block {
-        slot: u64,
-        hash: BlockHash,
+        point: ChainPoint,
         txs: Vec<TxHash>,
     },
+    /// The chain rolls back to this point, which stays (`Origin`: every block goes).
+    Rollback(ChainPoint),
     Submit(bool),
     /// Proves the node is not stuck: its input loop answers and it reaches Redis.
     Ping(String),
@@ -111,13 +119,27 @@ pub enum Input {
 
 /// The `block` line for a block; the demo's chain writes these to every node.
 #[allow(dead_code)] // `examples/node.rs` only reads them
-pub fn block_line(slot: u64, hash: &BlockHash, txs: &[TxHash]) -> String {
-    let mut line = format!("block {slot} {hash}");
+pub fn block_line(point: &ChainPoint, txs: &[TxHash]) -> String {
+    let mut line = format!("block {}", point_words(point));
     for tx in txs {
         line.push(' ');
         line.push_str(&tx.to_hex());
     }
     line
+}
+
+/// The `rollback` line for a rollback to `to`.
+#[allow(dead_code)] // `examples/node.rs` only reads them
+pub fn rollback_line(to: &ChainPoint) -> String {
+    format!("rollback {}", point_words(to))
+}
+
+fn point_words(point: &ChainPoint) -> String {
+    match point {
+        ChainPoint::Origin => "origin".into(),
+        ChainPoint::Slot(slot) => slot.to_string(),
+        ChainPoint::Specific(slot, hash) => format!("{slot} {hash}"),
+    }
 }
 
 /// `Ok(None)` for blank and comment lines.
@@ -129,25 +151,46 @@ pub fn parse_line(line: &str) -> Result<Option<Input>, String> {
     if first.starts_with('#') {
         return Ok(None);
     }
-    match (first, words.next()) {
-        ("block", Some(slot)) => {
-            let slot = slot
-                .parse()
-                .map_err(|_| format!("bad slot {slot:?} in {line:?}"))?;
-            let hash = words
-                .next()
-                .ok_or_else(|| format!("block line without a block hash: {line:?}"))?
-                .parse()
-                .map_err(|e| format!("{e} in {line:?}"))?;
+    // `<slot> <hash>`, or `origin` where `allow_origin`.
+    let mut point = |allow_origin: bool| -> Result<ChainPoint, String> {
+        match words.next() {
+            Some("origin") if allow_origin => Ok(ChainPoint::Origin),
+            Some(slot) => {
+                let slot = slot
+                    .parse()
+                    .map_err(|_| format!("bad slot {slot:?} in {line:?}"))?;
+                let hash: BlockHash = words
+                    .next()
+                    .ok_or_else(|| format!("no block hash in {line:?}"))?
+                    .parse()
+                    .map_err(|e| format!("{e} in {line:?}"))?;
+                Ok(ChainPoint::Specific(slot, hash))
+            }
+            None => Err(format!("no point in {line:?}")),
+        }
+    };
+    match first {
+        "block" => {
+            let point = point(false)?;
             let txs = words
                 .map(|w| w.parse().map_err(|e| format!("{e} in {line:?}")))
                 .collect::<Result<_, _>>()?;
-            Ok(Some(Input::Block { slot, hash, txs }))
+            return Ok(Some(Input::Block { point, txs }));
         }
-        ("submit", Some("on")) => Ok(Some(Input::Submit(true))),
-        ("submit", Some("off")) => Ok(Some(Input::Submit(false))),
-        ("ping", Some(token)) => Ok(Some(Input::Ping(token.to_string()))),
-        ("quit", None) => Ok(Some(Input::Quit)),
+        "rollback" => {
+            let to = point(true)?;
+            if words.next().is_some() {
+                return Err(format!("unexpected words after the point in {line:?}"));
+            }
+            return Ok(Some(Input::Rollback(to)));
+        }
+        _ => {}
+    }
+    match (first, words.next(), words.next()) {
+        ("submit", Some("on"), None) => Ok(Some(Input::Submit(true))),
+        ("submit", Some("off"), None) => Ok(Some(Input::Submit(false))),
+        ("ping", Some(token), None) => Ok(Some(Input::Ping(token.to_string()))),
+        ("quit", None, None) => Ok(Some(Input::Quit)),
         _ => Err(format!("unknown input line {line:?}")),
     }
 }
@@ -239,8 +282,23 @@ struct Counts {
     acknowledged: u64,
     applied: u64,
     already: u64,
-    not_watcher: u64,
+    rollbacks: u64,
+    reconciles: u64,
     lost: u64,
+}
+
+/// A block of this node's chain.
+struct Block {
+    point: ChainPoint,
+    txs: Vec<TxHash>,
+}
+
+/// What a reconcile did: where the applied chain now ends on our chain, and how many applied
+/// blocks it undid to get there.
+struct Reconciled {
+    /// How many of our blocks, from the first, the applied chain now ends with.
+    keep: usize,
+    undone: usize,
 }
 
 struct Node {
@@ -248,12 +306,17 @@ struct Node {
     settings: Settings,
     out: Out,
     rng: Rng,
-    /// Blocks not known to be applied yet, by slot.
-    blocks: BTreeMap<u64, (ChainPoint, Vec<TxHash>)>,
-    /// The highest slot known to be applied (from `watcher_info` or our own `confirm` calls).
-    /// Only ever a lower bound of the server's value, which is what makes offering blocks from
-    /// here on safe.
-    known_applied: Option<u64>,
+    /// This node's chain, oldest first: every block read and not rolled back. A real node keeps
+    /// it on disk; the demo and the chaos run feed a restarted node the whole chain so far.
+    chain: Vec<Block>,
+    /// `Some(n)`: the applied chain in Redis ends with our first `n` blocks, as our own calls
+    /// left it. `None`: not known (not the watcher, a takeover, a failed or refused call), so
+    /// the next `sync` reconciles first.
+    synced: Option<usize>,
+    /// Why the last reconcile chose to wait, so it is said once, not on every tick.
+    waiting: Option<String>,
+    /// The chain length last reported to the demo.
+    reported_len: Option<usize>,
     submitting: bool,
     /// Propagated on the previous tick; acknowledged on this one, as peers would a moment later.
     awaiting_ack: Vec<TxHash>,
@@ -303,12 +366,42 @@ impl Node {
         }
     }
 
+    /// Notes that a writing call went through: Redis takes writes again.
+    fn wrote(&mut self) {
+        if self.redis_full {
+            self.redis_full = false;
+            self.out.say("redis takes writes again");
+        }
+    }
+
+    /// [`Node::check`] for `confirm` and `rollback_to`, whose `NotWatcher` is answered locally
+    /// and says nothing about the link.
+    fn outcome(
+        &mut self,
+        what: &str,
+        result: Result<ConfirmOutcome, dolos_redis::Error>,
+    ) -> Option<ConfirmOutcome> {
+        let outcome = match result {
+            Ok(ConfirmOutcome::NotWatcher) => return Some(ConfirmOutcome::NotWatcher),
+            result => self.check(what, result)?,
+        };
+        if outcome == ConfirmOutcome::LostLock {
+            self.counts.lost += 1;
+            self.out.say(&format!(
+                "redis refused my {what}: the lock is no longer mine"
+            ));
+        }
+        Some(outcome)
+    }
+
     fn check_role(&mut self) {
         let watcher = self.mempool.is_watcher();
         if watcher != self.watcher {
             self.watcher = watcher;
+            // Whoever held the lock meanwhile may have applied or undone blocks.
+            self.synced = None;
             self.out.say(if watcher {
-                "now the watcher: my confirm calls apply blocks"
+                "now the watcher: reconciling, then applying my blocks"
             } else {
                 "no longer the watcher"
             });
@@ -320,19 +413,7 @@ impl Node {
         }
     }
 
-    /// Notes that a writing call went through: Redis takes writes again.
-    fn wrote(&mut self) {
-        if self.redis_full {
-            self.redis_full = false;
-            self.out.say("redis takes writes again");
-        }
-    }
-
     fn tick(&mut self) {
-        // Blocks a refused confirm left behind, before anything else is written.
-        if self.mempool.is_watcher() && !self.blocks.is_empty() {
-            self.apply_blocks();
-        }
         if self.submitting || self.retry_tx.is_some() {
             let tx = self.retry_tx.take().unwrap_or_else(|| {
                 let hash = TxHash::from(self.rng.bytes32());
@@ -351,6 +432,9 @@ impl Node {
                 self.out.report(&format!("submitted {hash}"));
             } else if full {
                 self.retry_tx = Some(tx);
+            } else if !self.link_up {
+                // Redis is out of reach: one call per tick is enough to notice its return.
+                return;
             }
         }
         let acks = std::mem::take(&mut self.awaiting_ack);
@@ -380,83 +464,185 @@ impl Node {
         }
     }
 
-    fn on_block(&mut self, slot: u64, hash: BlockHash, txs: Vec<TxHash>) {
-        if self.known_applied.is_some_and(|a| slot <= a) {
-            return;
-        }
-        self.blocks
-            .insert(slot, (ChainPoint::Specific(slot, hash), txs));
-        self.apply_blocks();
+    fn on_block(&mut self, point: ChainPoint, txs: Vec<TxHash>) {
+        self.chain.push(Block { point, txs });
     }
 
-    /// Offers every block above the last known applied slot to `confirm`, oldest first. Only the
-    /// watcher's calls change anything; a follower's first call returns `NotWatcher` at once.
-    fn apply_blocks(&mut self) {
-        // The watcher skips what the server already has rather than learning it one
-        // AlreadyApplied round trip at a time; a follower only does so now and then, to keep
-        // its list of blocks short.
-        if self.mempool.is_watcher() || self.blocks.len() > 100 {
-            let result = self.mempool.watcher_info();
-            let Some(info) = self.check("watcher_info", result) else {
-                return;
-            };
-            if info.applied_slot > self.known_applied {
-                self.known_applied = info.applied_slot;
-            }
+    /// The chain rolls back to `to`, which stays. If Redis holds blocks after it that our calls
+    /// applied, the watcher undoes them at once with one `rollback_to(to)`. Not block by block
+    /// with `confirm(point, [], unseen)`: an undone block without txs has an empty `unseen`, and
+    /// `confirm(point, [], [])` cannot be told from a replay of that block, so it undoes nothing.
+    fn on_rollback(&mut self, to: ChainPoint) {
+        let keep = match to {
+            ChainPoint::Origin => 0,
+            _ => match self.chain.iter().rposition(|b| b.point == to) {
+                Some(i) => i + 1,
+                None => {
+                    self.out.say(&format!(
+                        "ignored a rollback to {to:?}, which is not on my chain"
+                    ));
+                    return;
+                }
+            },
+        };
+        self.chain.truncate(keep);
+        self.counts.rollbacks += 1;
+        if self.synced.is_none_or(|n| n <= keep) {
+            // Nothing of ours is applied after `to` (or we do not know: a reconcile comes first).
+            return;
         }
-        if let Some(applied) = self.known_applied {
-            self.blocks = self.blocks.split_off(&(applied + 1));
+        let result = self.mempool.rollback_to(&to);
+        self.synced = match self.outcome("rollback_to", result) {
+            Some(ConfirmOutcome::Applied | ConfirmOutcome::AlreadyApplied) => Some(keep),
+            _ => None,
+        };
+    }
+
+    /// Brings the applied chain in Redis up to this node's chain, if this node is the watcher:
+    /// from where the two agree, or after a reconcile when that is not known. Stops at the first
+    /// call that does not succeed and forgets where it was, so the next tick starts over from
+    /// a reconcile and no block is ever skipped.
+    fn sync(&mut self) {
+        if !self.mempool.is_watcher() {
+            self.synced = None;
+            return;
         }
+        let (from, reconciled) = match self.synced {
+            Some(n) => (n, None),
+            None => match self.reconcile() {
+                Some(r) => {
+                    self.synced = Some(r.keep);
+                    (r.keep, Some(r))
+                }
+                None => return,
+            },
+        };
         let (f, d) = (
             self.settings.finalize_threshold,
             self.settings.drop_threshold,
         );
-        let mut applied_now = Vec::new();
-        let slots: Vec<u64> = self.blocks.keys().copied().collect();
-        for slot in slots {
-            let (point, txs) = &self.blocks[&slot];
-            let outcome = match self.mempool.confirm(point, txs, &[], f, d) {
-                // Answered locally, without Redis: it says nothing about the link.
-                Ok(ConfirmOutcome::NotWatcher) => ConfirmOutcome::NotWatcher,
-                // On any failure the block stays and is offered again, at the next tick or
-                // block, before any later block.
-                result => match self.check("confirm", result) {
-                    Some(outcome) => outcome,
-                    None => break,
-                },
-            };
-            if outcome == ConfirmOutcome::Applied {
-                self.wrote();
+        let mut offered = 0;
+        for i in from..self.chain.len() {
+            let (point, slot) = (self.chain[i].point, self.chain[i].point.slot());
+            let result = self.mempool.confirm(&point, &self.chain[i].txs, &[], f, d);
+            let outcome = self.outcome(&format!("confirm of slot {slot}"), result);
+            if let Some(outcome) = outcome {
+                self.out.report(&format!("confirm {slot} {outcome:?}"));
             }
-            self.out.report(&format!("confirm {slot} {outcome:?}"));
             match outcome {
-                ConfirmOutcome::Applied => {
+                Some(ConfirmOutcome::Applied) => {
+                    self.wrote();
                     self.counts.applied += 1;
-                    applied_now.push(slot);
                 }
-                ConfirmOutcome::AlreadyApplied => self.counts.already += 1,
-                ConfirmOutcome::NotWatcher => {
-                    self.counts.not_watcher += 1;
-                    break;
-                }
-                ConfirmOutcome::LostLock => {
-                    self.counts.lost += 1;
-                    self.out.say(&format!(
-                        "redis refused my confirm of slot {slot}: the lock is no longer mine"
-                    ));
+                Some(ConfirmOutcome::AlreadyApplied) => self.counts.already += 1,
+                // Not the watcher any more, refused, or failed: start over from a reconcile.
+                _ => {
+                    self.synced = None;
                     break;
                 }
             }
-            self.known_applied = Some(slot);
-            self.blocks.remove(&slot);
+            offered += 1;
+            self.synced = Some(i + 1);
         }
-        if applied_now.len() > 1 {
+        if let Some(r) = reconciled {
+            let at = match r.keep {
+                0 => "origin".to_string(),
+                n => format!("slot {}", self.chain[n - 1].point.slot()),
+            };
+            let what = match r.undone {
+                0 if r.keep == 0 => "nothing applied yet".to_string(),
+                0 => format!("the applied chain ends on my chain at {at}, nothing to undo"),
+                n => format!("rolled back to {at} ({n} applied blocks undone)"),
+            };
             self.out.say(&format!(
-                "caught up: applied {} blocks (slots {}..={}) in order",
-                applied_now.len(),
-                applied_now[0],
-                applied_now[applied_now.len() - 1]
+                "reconciled: {what}, replayed {offered} block{}{}",
+                if offered == 1 { "" } else { "s" },
+                if self.synced.is_none() {
+                    " (stopped by a failed call: will reconcile again)"
+                } else {
+                    ""
+                }
             ));
+            self.out
+                .report(&format!("reconciled {} {offered}", r.undone));
+        }
+    }
+
+    /// The reconcile step (README, "Forks and takeovers"). The applied chain in Redis is what
+    /// the previous watcher applied from *its* chain, which may end with blocks our chain has
+    /// rolled back, or lack blocks we have. Find the newest applied block that is on our chain,
+    /// undo every applied block after it with `rollback_to`, and return where to replay from.
+    ///
+    /// It waits instead (returns `None`; the next tick tries again) when it cannot tell an
+    /// abandoned block from one it has not read yet:
+    /// * the applied tip's slot is above our tip's: we may be behind (a node that restarted
+    ///   and is still reading its chain), and undoing blocks we have not seen would undo good
+    ///   ones;
+    /// * no applied block is on our chain but our chain starts after the oldest applied block:
+    ///   only a node that knows its chain back to there may conclude that all of them are
+    ///   abandoned and roll back to Origin.
+    fn reconcile(&mut self) -> Option<Reconciled> {
+        let result = self.mempool.applied_points(usize::MAX);
+        let applied = self.check("applied_points", result)?; // newest first
+        let ours: HashMap<ChainPoint, usize> = self
+            .chain
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.point, i))
+            .collect();
+        let our_tip = self.chain.last().map_or(0, |b| b.point.slot());
+        let our_first = self.chain.first().map_or(0, |b| b.point.slot());
+        let common = applied.iter().position(|p| ours.contains_key(p));
+        let (undone, keep) = match (common, applied.first(), applied.last()) {
+            (None, None, _) => (0, 0), // nothing applied yet
+            (Some(0), Some(tip), _) => (0, ours[tip] + 1),
+            (_, Some(tip), _) if tip.slot() > our_tip => {
+                self.wait(format!(
+                    "the applied tip (slot {}) is ahead of my chain (slot {our_tip}): waiting \
+                     for my chain to get there",
+                    tip.slot()
+                ));
+                return None;
+            }
+            (Some(k), _, _) => (k, ours[&applied[k]] + 1),
+            (None, _, Some(oldest)) if our_first > oldest.slot() => {
+                self.wait(format!(
+                    "no applied block is on my chain, which starts after the oldest applied one \
+                     (slot {}): waiting",
+                    oldest.slot()
+                ));
+                return None;
+            }
+            (None, _, _) => (applied.len(), 0),
+        };
+        self.waiting = None;
+        if undone > 0 {
+            let to = match keep {
+                0 => ChainPoint::Origin,
+                n => self.chain[n - 1].point,
+            };
+            let result = self.mempool.rollback_to(&to);
+            match self.outcome("rollback_to", result)? {
+                ConfirmOutcome::Applied | ConfirmOutcome::AlreadyApplied => {}
+                ConfirmOutcome::NotWatcher | ConfirmOutcome::LostLock => return None,
+            }
+        }
+        self.counts.reconciles += 1;
+        Some(Reconciled { keep, undone })
+    }
+
+    fn wait(&mut self, why: String) {
+        if self.waiting.as_ref() != Some(&why) {
+            self.out.say(&format!("not reconciling yet: {why}"));
+            self.waiting = Some(why);
+        }
+    }
+
+    /// Tells the demo how long our chain is, when that changed.
+    fn report_chain(&mut self) {
+        if self.reported_len != Some(self.chain.len()) {
+            self.reported_len = Some(self.chain.len());
+            self.out.report(&format!("chain {}", self.chain.len()));
         }
     }
 
@@ -471,15 +657,17 @@ impl Node {
     fn summary(&self) -> String {
         let c = &self.counts;
         format!(
-            "{}: submitted {}, propagated {}, acknowledged {}; blocks applied {}, already applied {}, \
-             not watcher {}, refused {}; watcher: {}",
+            "{}: submitted {}, propagated {}, acknowledged {}; chain {} blocks, {} rollbacks; \
+             blocks applied {}, already applied {}, reconciles {}, refused {}; watcher: {}",
             self.settings.name,
             c.submitted,
             c.propagated,
             c.acknowledged,
+            self.chain.len(),
+            c.rollbacks,
             c.applied,
             c.already,
-            c.not_watcher,
+            c.reconciles,
             c.lost,
             if self.watcher { "yes" } else { "no" }
         )
@@ -561,8 +749,10 @@ pub fn run_with(
         out,
         settings,
         mempool,
-        blocks: BTreeMap::new(),
-        known_applied: None,
+        chain: Vec::new(),
+        synced: None,
+        waiting: None,
+        reported_len: None,
         submitting: true,
         awaiting_ack: Vec::new(),
         link_up: true,
@@ -583,7 +773,9 @@ pub fn run_with(
     let mut next_summary = Instant::now() + Duration::from_secs(10);
     loop {
         let wait = next_tick.saturating_duration_since(Instant::now());
-        match input.recv_timeout(wait) {
+        let received = input.recv_timeout(wait);
+        node.check_role();
+        match received {
             Ok(Some(line)) => match parse_line(&line) {
                 Ok(Some(Input::Quit)) => break,
                 Ok(Some(Input::Submit(on))) => {
@@ -594,7 +786,8 @@ pub fn run_with(
                         "stopped submitting transactions"
                     });
                 }
-                Ok(Some(Input::Block { slot, hash, txs })) => node.on_block(slot, hash, txs),
+                Ok(Some(Input::Block { point, txs })) => node.on_block(point, txs),
+                Ok(Some(Input::Rollback(to))) => node.on_rollback(to),
                 Ok(Some(Input::Ping(token))) => node.ping(&token),
                 Ok(None) => {}
                 Err(e) => node.out.say(&e),
@@ -617,6 +810,12 @@ pub fn run_with(
             next_summary = now + Duration::from_secs(10);
         }
         node.check_role();
+        // Once the lines that came together are all read: a restarted node reads its whole
+        // chain before it reconciles, and a burst of blocks costs one pass.
+        if input.is_empty() {
+            node.sync();
+            node.report_chain();
+        }
     }
     node.out.say(&node.summary());
     node.mempool.shutdown()?;
