@@ -206,6 +206,10 @@ enum Call {
     StatusUnknown,
     Confirm,
     DumpFinalized,
+    /// `rollback_to` the point 1 (10) blocks below the tip; each undone block confirmed 50 (5)
+    /// of the inflight txs, which go back to pending. Only in the scaling table.
+    RollbackTo1,
+    RollbackTo10,
 }
 
 /// The API calls of the per-call table, in the order of the issue.
@@ -238,6 +242,8 @@ impl Call {
                 | Call::PeekInflight
                 | Call::Confirm
                 | Call::DumpFinalized
+                | Call::RollbackTo1
+                | Call::RollbackTo10
         )
     }
 
@@ -266,6 +272,8 @@ impl Call {
             Call::StatusUnknown => "`check_status` (unknown)",
             Call::Confirm => "`confirm` (50 seen)",
             Call::DumpFinalized => "`dump_finalized(0, 100)`",
+            Call::RollbackTo1 => "`rollback_to` 1 block (50 txs back)",
+            Call::RollbackTo10 => "`rollback_to` 10 blocks (50 txs back)",
         }
     }
 }
@@ -284,6 +292,8 @@ struct Node {
     /// Names this mempool's tx population (see `util::tx_hash`).
     tag: u64,
     slot: u64,
+    /// The blocks this node applied and did not undo, oldest first: the applied chain.
+    chain: Vec<ChainPoint>,
 }
 
 impl Node {
@@ -303,6 +313,7 @@ impl Node {
             prefix,
             tag,
             slot: 0,
+            chain: Vec::new(),
         }
     }
 
@@ -313,30 +324,44 @@ impl Node {
             .collect()
     }
 
-    /// A fresh block point (slots leave room for the rollback's "slot below").
+    /// A fresh block point.
     fn point(&mut self) -> ChainPoint {
         self.slot += 10;
         ChainPoint::Slot(self.slot)
     }
 
-    fn apply(&mut self, seen: &[TxHash], unseen: &[TxHash], finalize: u32) {
+    /// Applies a new block on top of the chain.
+    fn apply(&mut self, seen: &[TxHash], finalize: u32) {
         let point = self.point();
         let outcome = self
             .mp
-            .confirm(&point, seen, unseen, finalize, NEVER)
+            .confirm(&point, seen, &[], finalize, NEVER)
             .expect("confirm");
         assert_eq!(outcome, ConfirmOutcome::Applied, "helper confirm");
+        self.chain.push(point);
     }
 
-    /// Inflight txs back to the tail of the pending queue.
+    /// Undoes the tip block (which the timed call applied, or `apply`), naming `batch`: they go
+    /// back to the tail of the pending queue.
     fn rollback(&mut self, batch: &[TxHash]) {
-        self.apply(&[], batch, NEVER);
+        let tip = self.chain.pop().expect("a block to undo");
+        let outcome = self
+            .mp
+            .confirm(&tip, &[], batch, NEVER, NEVER)
+            .expect("confirm (undo)");
+        assert_eq!(outcome, ConfirmOutcome::Applied, "helper undo");
+    }
+
+    /// Inflight txs back to the tail of the pending queue: an empty block, undone naming them.
+    fn back_to_pending(&mut self, batch: &[TxHash]) {
+        self.apply(&[], NEVER);
+        self.rollback(batch);
     }
 
     /// Pending txs out of the mempool, into the finalized log.
     fn retire(&mut self, batch: &[TxHash]) {
         self.mp.mark_inflight(batch).expect("mark_inflight");
-        self.apply(batch, &[], 1);
+        self.apply(batch, 1);
     }
 
     /// Receives txs `range` with [`THREADS`] threads sharing the pool; returns how long it took.
@@ -472,7 +497,7 @@ impl Workload {
                     .hashes(Self::rotate(&mut self.pending_cursor, self.pending));
                 let mp = &self.node.mp;
                 measure(&mut || mp.mark_inflight(&batch).expect("mark_inflight"));
-                self.node.rollback(&batch);
+                self.node.back_to_pending(&batch);
             }
             Call::MarkAcknowledged => {
                 let batch = self
@@ -480,7 +505,7 @@ impl Workload {
                     .hashes(Self::rotate(&mut self.inflight_cursor, self.inflight));
                 let mp = &self.node.mp;
                 measure(&mut || mp.mark_acknowledged(&batch).expect("mark_acknowledged"));
-                self.node.rollback(&batch);
+                self.node.back_to_pending(&batch);
                 self.node.mp.mark_inflight(&batch).expect("mark_inflight");
             }
             Call::FindInflight => {
@@ -529,7 +554,33 @@ impl Workload {
                         .expect("confirm");
                     assert_eq!(outcome, ConfirmOutcome::Applied);
                 });
+                self.node.chain.push(point);
                 self.node.rollback(&batch);
+                self.node.mp.mark_inflight(&batch).expect("mark_inflight");
+            }
+            Call::RollbackTo1 | Call::RollbackTo10 => {
+                let blocks = if call == Call::RollbackTo1 { 1 } else { 10 };
+                let batch = self
+                    .node
+                    .hashes(Self::rotate(&mut self.inflight_cursor, self.inflight));
+                // Untimed: the blocks to undo on top of the chain, their txs spread over them.
+                let base = self
+                    .node
+                    .chain
+                    .last()
+                    .copied()
+                    .unwrap_or(ChainPoint::Origin);
+                let per_block = batch.len().div_ceil(blocks);
+                for seen in batch.chunks(per_block) {
+                    self.node.apply(seen, NEVER);
+                }
+                let mp = &self.node.mp;
+                measure(&mut || {
+                    let outcome = mp.rollback_to(&base).expect("rollback_to");
+                    assert_eq!(outcome, ConfirmOutcome::Applied);
+                });
+                let keep = self.node.chain.len() - blocks;
+                self.node.chain.truncate(keep);
                 self.node.mp.mark_inflight(&batch).expect("mark_inflight");
             }
             Call::DumpFinalized => {
@@ -739,7 +790,7 @@ impl Bench {
         let all: Vec<u64> = (0..n).collect();
         for chunk in all.chunks(500) {
             let hashes = node.hashes(chunk.iter().copied());
-            node.apply(&hashes, &[], 1);
+            node.apply(&hashes, 1);
         }
         let finalized = util::used_memory(&mut self.admin);
         let keys_finalized = util::key_sizes(&mut self.admin, &node.prefix);
@@ -1030,12 +1081,13 @@ impl Bench {
             w.pending = Span::default();
         }
         progress(format!(
-            "scaling: confirm(50 seen) at {:?} inflight, {} calls each",
+            "scaling: confirm(50 seen), rollback_to 1 and 10 blocks at {:?} inflight, {} calls each",
             sizes,
             iters.div_ceil(BATCH_SHARE)
         ));
-        interleaved(&mut works, &[Call::Confirm]);
-        self.scaling_server_time(&mut works, &[Call::Confirm], "inflight", &mut server);
+        let inflight_calls = [Call::Confirm, Call::RollbackTo1, Call::RollbackTo10];
+        interleaved(&mut works, &inflight_calls);
+        self.scaling_server_time(&mut works, &inflight_calls, "inflight", &mut server);
         for w in works {
             let prefix = w.node.prefix.clone();
             drop(w);
@@ -1511,6 +1563,8 @@ impl Report {
             (Call::MarkInflight, "pending"),
             (Call::StatusPending, "pending"),
             (Call::Confirm, "inflight"),
+            (Call::RollbackTo1, "inflight"),
+            (Call::RollbackTo10, "inflight"),
         ] {
             let medians: Vec<f64> = scaling
                 .samples
