@@ -48,8 +48,7 @@
 //! first watcher already (depth counts, not which block); the third, never included, is
 //! Dropped. The host then shuts down gracefully, releasing the lock, and the event stream ends.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use dolos_redis_testkit as support;
 
 use std::time::Duration;
 

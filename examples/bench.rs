@@ -34,10 +34,7 @@
 //! back afterwards with untimed calls (a rollback `confirm` returns inflight txs to the pending
 //! queue), so every iteration sees the same mempool size.
 
-#[path = "bench/monitor.rs"]
-mod monitor;
-#[path = "../tests/support/mod.rs"]
-mod support;
+use dolos_redis_testkit as support;
 #[path = "bench/util.rs"]
 mod util;
 
@@ -48,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use dolos_redis::{ChainPoint, Config, ConfirmOutcome, MempoolTxStage, RedisMempool, TxHash};
 
-use monitor::Monitor;
+use support::monitor::Monitor;
 use util::{check, human_count, ms, times, us, Rng, Samples};
 
 /// Transactions per batch call (`mark_inflight`, `mark_acknowledged`, `confirm`'s seen list).

@@ -91,8 +91,7 @@ mod faults;
 mod ledger;
 #[path = "node/node_loop.rs"]
 mod node_loop;
-#[path = "../tests/support/mod.rs"]
-mod support;
+use dolos_redis_testkit as support;
 
 use chain::{Chain, Pace, MAX_FORK_DEPTH};
 use clock::{mono_ns, ms_between, ns, Signal};

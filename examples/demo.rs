@@ -67,8 +67,7 @@ mod cluster;
 mod ledger;
 #[path = "node/node_loop.rs"]
 mod node_loop;
-#[path = "../tests/support/mod.rs"]
-mod support;
+use dolos_redis_testkit as support;
 
 use chain::{Chain, Pace, Progress};
 use cluster::Node;

@@ -9,8 +9,7 @@
 //! Both nodes receive transactions and propagate them; only the watcher's `confirm` applies a
 //! block. Halfway through, the watcher shuts down and the other node takes over at once.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use dolos_redis_testkit as support;
 
 use std::time::{Duration, Instant};
 

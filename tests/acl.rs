@@ -15,7 +15,7 @@
 //! Run with `--nocapture` to see the measured figures.
 
 mod full_run;
-mod support;
+use dolos_redis_testkit as support;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! in a typed error (never a panic, never a quiet `false`/empty/`Unknown`), and the password of a
 //! Redis URL never leaks into Debug output, error messages or logs.
 
-mod support;
+use dolos_redis_testkit as support;
 
 use std::io::ErrorKind;
 use std::net::TcpListener;

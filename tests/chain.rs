@@ -2,7 +2,7 @@
 //! slots, undo calls that lower depth instead of adding to it, `rollback_to`, `applied_points`,
 //! and the reconcile step a new watcher runs on takeover. Real `redis-server`, public API only.
 
-mod support;
+use dolos_redis_testkit as support;
 
 use std::time::Duration;
 

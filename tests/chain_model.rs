@@ -22,7 +22,7 @@
 //! One `redis-server` serves every case of a property; each case uses a fresh key prefix and one
 //! watcher node (two for the takeover property), so a case costs a few ms.
 
-mod support;
+use dolos_redis_testkit as support;
 
 use std::cell::Cell;
 use std::collections::BTreeSet;

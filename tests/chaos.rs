@@ -12,7 +12,7 @@
 
 #![cfg(all(unix, feature = "serde"))]
 
-mod support;
+use dolos_redis_testkit as support;
 
 use std::process::Command;
 use std::time::Duration;

@@ -12,7 +12,7 @@
 #![cfg(feature = "cluster")]
 
 mod full_run;
-mod support;
+use dolos_redis_testkit as support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};

@@ -14,7 +14,7 @@
 //! The run is seeded (`CONCURRENCY_SEED` to replay; the seed is printed), though thread
 //! interleavings are not reproducible.
 
-mod support;
+use dolos_redis_testkit as support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

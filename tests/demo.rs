@@ -10,7 +10,7 @@
 
 #![cfg(feature = "serde")]
 
-mod support;
+use dolos_redis_testkit as support;
 
 use std::process::Command;
 use std::time::Duration;

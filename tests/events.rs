@@ -5,7 +5,7 @@
 //!
 //! Measured figures are printed (`cargo test --test events -- --nocapture`).
 
-mod support;
+use dolos_redis_testkit as support;
 
 use std::time::{Duration, Instant};
 

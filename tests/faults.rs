@@ -7,7 +7,7 @@
 //! fail with a transient error within about the configured timeouts instead of hanging or
 //! panicking, and everything works again once Redis is back.
 
-mod support;
+use dolos_redis_testkit as support;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};

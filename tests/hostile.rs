@@ -10,7 +10,7 @@
 //!
 //! Measured times are printed (`cargo test --test hostile -- --nocapture`).
 
-mod support;
+use dolos_redis_testkit as support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

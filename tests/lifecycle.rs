@@ -4,7 +4,7 @@
 //! Most tests use one node, which is the watcher as soon as `open` returns. Tests about several
 //! nodes say so in their name.
 
-mod support;
+use dolos_redis_testkit as support;
 
 use std::time::Duration;
 

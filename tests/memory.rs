@@ -11,7 +11,7 @@
 //!
 //! Run with `--nocapture` to see the measured figures.
 
-mod support;
+use dolos_redis_testkit as support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -8,7 +8,7 @@
 //! the pool's connections are counted: `CLIENT LIST` tells them apart from the lease thread's
 //! and the wake subscriber's by the names the library gives its connections.
 
-mod support;
+use dolos_redis_testkit as support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};

@@ -11,7 +11,7 @@
 
 #![cfg(feature = "sentinel")]
 
-mod support;
+use dolos_redis_testkit as support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -14,7 +14,7 @@
 //! A frozen lease thread is covered in `tests/watcher.rs`; pausing the whole process (SIGSTOP)
 //! cannot be done to a thread of the test binary itself and belongs to the chaos harness.
 
-mod support;
+use dolos_redis_testkit as support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpStream};

@@ -4,7 +4,7 @@
 //!
 //! Measured figures are printed (`cargo test --test stats -- --nocapture`).
 
-mod support;
+use dolos_redis_testkit as support;
 
 use std::time::{Duration, Instant};
 

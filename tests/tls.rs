@@ -9,7 +9,7 @@
 #![cfg(feature = "tls")]
 
 mod full_run;
-mod support;
+use dolos_redis_testkit as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -6,7 +6,7 @@
 //! 2-core machine; the measured figures are printed (`cargo test -- --nocapture`) so that the
 //! strict targets of the contract (crash: TTL + 100 ms, graceful: 100 ms) can be read off.
 
-mod support;
+use dolos_redis_testkit as support;
 
 use std::time::{Duration, Instant};
 

@@ -16,7 +16,7 @@ use dolos_redis::{
     MempoolTxStage, RedisMempool, TxHash,
 };
 
-use crate::support::wait_until;
+use dolos_redis_testkit::wait_until;
 
 /// Bound for conditions that hold within milliseconds on an idle machine; generous so that a
 /// loaded CI machine never flakes.

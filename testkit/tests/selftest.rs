@@ -1,7 +1,7 @@
 //! Checks the test harness itself, so that a failing library test can be
 //! trusted to point at the library rather than at the harness.
 
-mod support;
+use dolos_redis_testkit as support;
 
 use std::time::{Duration, Instant};
 

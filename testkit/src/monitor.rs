@@ -108,8 +108,8 @@ impl Monitor {
     /// Runs `f` between two markers and returns the commands the server executed in between.
     pub fn window(&mut self, admin: &mut redis::Connection, f: &mut dyn FnMut()) -> Vec<Seen> {
         self.next_mark += 1;
-        let start = format!("bench-mark-{}-start", self.next_mark);
-        let end = format!("bench-mark-{}-end", self.next_mark);
+        let start = format!("monitor-mark-{}-start", self.next_mark);
+        let end = format!("monitor-mark-{}-end", self.next_mark);
         let echo = |admin: &mut redis::Connection, text: &str| {
             let _: String = redis::cmd("ECHO").arg(text).query(admin).expect("ECHO");
         };

@@ -1,31 +1,26 @@
-//! Shared helpers for integration tests and examples.
+//! What the tests, examples and tools of dolos-redis share: real parts to test against, never
+//! mocks. It depends only on std, `redis`, `log` and `env_logger`, never on `dolos_redis`
+//! itself, so a broken library build cannot hide a broken harness (or the other way round).
 //!
-//! Integration tests pull this in with `mod support;`; examples with
-//! `#[path = "../tests/support/mod.rs"] mod support;`. It therefore depends
-//! only on std, the `redis` crate and `env_logger`, never on `dolos_redis`
-//! itself, so a broken library build cannot hide a broken harness (or the
-//! other way round).
-//!
-//! * [`RedisServer`]: a throwaway `redis-server` process on a free port with
-//!   its own temp dir, which can be killed, restarted (keeping its AOF),
-//!   paused and resumed.
-//! * [`FaultProxy`]: a TCP proxy in front of a server that can pass traffic,
-//!   swallow it (a network partition) or refuse connections.
-//! * [`wait_until`] and [`init_logging`].
-
-// Every test binary compiles the whole module but uses only part of it.
-#![allow(dead_code)]
+//! * [`RedisServer`]: a throwaway `redis-server` process on a free port with its own temp dir,
+//!   which can be killed, restarted (keeping its AOF), paused and resumed.
+//! * [`FaultProxy`]: a TCP proxy in front of a server that can pass traffic, swallow it (a
+//!   network partition) or refuse connections.
+//! * [`monitor::Monitor`]: follows the server's `MONITOR` feed to count the commands a call
+//!   sends.
+//! * [`Rng`]: a small seeded generator for reproducible random runs.
+//! * [`wait_until`], [`init_logging`], [`logs::capture_logs`], and [`example`] for running a
+//!   built example or tool as a child process.
 
 pub mod example;
 pub mod logs;
+pub mod monitor;
 pub mod proxy;
+mod rng;
 pub mod server;
 
-// A binary that uses only some of these would otherwise warn about the rest
-// (`dead_code` does not cover re-exports).
-#[allow(unused_imports)]
 pub use proxy::{FaultProxy, ProxyMode};
-#[allow(unused_imports)]
+pub use rng::Rng;
 pub use server::{RedisServer, ServerOptions};
 
 use std::time::{Duration, Instant};
