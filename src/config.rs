@@ -51,6 +51,7 @@ pub struct Config {
     /// `Some` with [`Config::cluster`]: the seed nodes (`host:port`) of a Redis Cluster.
     pub(crate) cluster: Option<Vec<String>>,
     /// [`Config::test_script_headers`]: `false` loads the scripts without their `#!lua` line.
+    #[cfg(feature = "test-hooks")]
     pub(crate) script_headers: bool,
     pub(crate) allow_eviction: bool,
 }
@@ -95,6 +96,7 @@ impl Config {
             sentinel: None,
             wait_replicas: None,
             cluster: None,
+            #[cfg(feature = "test-hooks")]
             script_headers: true,
             allow_eviction: false,
         }
@@ -309,15 +311,25 @@ impl Config {
         self
     }
 
-    /// Test hook: with `false`, the scripts are loaded without their `#!lua` header lines even
-    /// on Redis 7, as they are on Redis 6.2 (which cannot read them), so that the crate's tests
-    /// can run that path on the Redis they have.
+    /// Test hook (feature `test-hooks`): with `false`, the scripts are loaded without their
+    /// `#!lua` header lines even on Redis 7, as they are on Redis 6.2 (which cannot read them),
+    /// so that the crate's tests can run that path on the Redis they have.
     ///
     /// Defaults to `true`: headers whenever the server reads them.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn test_script_headers(mut self, on: bool) -> Config {
         self.script_headers = on;
         self
+    }
+
+    /// Whether the scripts may carry their `#!lua` header (when the server reads it): always,
+    /// unless a test turned it off with [`Config::test_script_headers`].
+    pub(crate) fn script_headers(&self) -> bool {
+        #[cfg(feature = "test-hooks")]
+        return self.script_headers;
+        #[cfg(not(feature = "test-hooks"))]
+        true
     }
 
     /// For `rediss://` URLs (`tls` feature): a PEM file with the certificate(s) of the CA that

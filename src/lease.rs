@@ -120,6 +120,7 @@ pub(crate) struct LeaseShared {
 
 enum Command {
     /// Test hook: block the thread as if it were descheduled.
+    #[cfg(feature = "test-hooks")]
     Freeze(Duration),
     /// Stop without releasing the lock, as a crash would.
     Abandon,
@@ -215,6 +216,8 @@ impl Lease {
         self.stop_inner(release)
     }
 
+    /// Test hook: see [`RedisMempool::test_freeze_lease`](crate::RedisMempool::test_freeze_lease).
+    #[cfg(feature = "test-hooks")]
     pub fn freeze(&self, duration: Duration) {
         if let Some(tx) = &self.commands {
             let _ = tx.send(Command::Freeze(duration));
@@ -311,6 +314,7 @@ impl LeaseLoop {
             let timeout = self.due().saturating_duration_since(Instant::now());
             select! {
                 recv(commands) -> cmd => match cmd {
+                    #[cfg(feature = "test-hooks")]
                     Ok(Command::Freeze(d)) => std::thread::sleep(d),
                     Ok(Command::Abandon) => return Ok(()),
                     Err(_) => break,

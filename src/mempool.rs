@@ -92,7 +92,7 @@ impl RedisMempool {
             .map_err(Error::from_redis)?;
             let facts = memory::ServerFacts::parse(&server_info(&mut conn)?);
             memory::check_policy(&facts.memory, config.allow_eviction)?;
-            let headers = facts.script_headers() && config.script_headers;
+            let headers = facts.script_headers() && config.script_headers();
             let scripts = Arc::new(Scripts::new(headers));
             scripts.load_all(&mut conn)?;
             // Every write of a node with the durability option ends with WAIT: a user that may
@@ -745,8 +745,9 @@ impl RedisMempool {
         scripts::opt_text(&reply, "reset_lock")
     }
 
-    /// Benchmark hook: a plain `SET key value` through the same pool and connection settings as
-    /// every mempool call — the physical limit a call is compared with.
+    /// Benchmark hook (feature `test-hooks`): a plain `SET key value` through the same pool and
+    /// connection settings as every mempool call — the physical limit a call is compared with.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn baseline_set(&self, key: &str, value: &[u8]) -> Result<(), Error> {
         self.conn()?
@@ -754,8 +755,10 @@ impl RedisMempool {
             .map_err(Error::from_redis)
     }
 
-    /// Test hook: blocks the lease thread for `duration`, as if it were descheduled, while its
-    /// flag stays as it was. Used to prove that a stale watcher cannot write.
+    /// Test hook (feature `test-hooks`): blocks the lease thread for `duration`, as if it were
+    /// descheduled, while its flag stays as it was. Used to prove that a stale watcher cannot
+    /// write.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn test_freeze_lease(&self, duration: Duration) {
         if let Some(lease) = self.inner.lease.lock().as_ref() {
