@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::connect::addr::{parse_host_port, redact_url, sentinel_url};
 use crate::Error;
 
 /// The lease cannot work below this TTL: it must fit a renewal period, a safety margin and a
@@ -62,15 +63,6 @@ pub(crate) struct SentinelSettings {
     /// `host:port` or `redis://[user:password@]host:port` (credentials for the sentinels).
     pub sentinels: Vec<String>,
     pub master_name: String,
-}
-
-/// A sentinel's address as a URL: `host:port` becomes `redis://host:port`.
-pub(crate) fn sentinel_url(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("redis://{addr}")
-    }
 }
 
 impl Config {
@@ -456,7 +448,7 @@ impl Config {
         }
         #[cfg(feature = "tls")]
         if tls {
-            self.tls_certificates()?;
+            crate::connect::tls::certificates(self)?;
         }
         if self.key_prefix.is_empty() {
             return bad("key_prefix", "must not be empty".into());
@@ -690,62 +682,6 @@ impl Config {
         Ok(())
     }
 
-    /// The CA and client certificate to connect with, read from their files and checked (the
-    /// error names the field). Certificates the files hold are public, but the key is not: no
-    /// error quotes file contents.
-    #[cfg(feature = "tls")]
-    pub(crate) fn tls_certificates(&self) -> Result<redis::TlsCertificates, Error> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-        let bad = |field: &str, why: String| Error::InvalidConfig(format!("{field}: {why}"));
-        let certs = |field: &str, path: &std::path::Path| -> Result<Vec<u8>, Error> {
-            let pem = read_pem(field, path)?;
-            let n = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| {
-                    bad(
-                        field,
-                        format!("{}: not PEM certificates: {e}", path.display()),
-                    )
-                })?
-                .len();
-            if n == 0 {
-                return Err(bad(
-                    field,
-                    format!("{} holds no PEM certificate", path.display()),
-                ));
-            }
-            Ok(pem)
-        };
-        let root_cert = match &self.tls_ca_file {
-            Some(path) => Some(certs("tls_ca_file", path)?),
-            None => None,
-        };
-        let client_tls = match &self.tls_client_cert {
-            Some((cert_path, key_path)) => {
-                let client_cert = certs("tls_client_cert", cert_path)?;
-                let client_key = read_pem("tls_client_cert", key_path)?;
-                PrivateKeyDer::from_pem_slice(&client_key).map_err(|_| {
-                    bad(
-                        "tls_client_cert",
-                        format!("{} holds no PEM private key", key_path.display()),
-                    )
-                })?;
-                Some(redis::ClientTlsConfig {
-                    client_cert,
-                    client_key,
-                })
-            }
-            None => None,
-        };
-        Ok(redis::TlsCertificates {
-            client_tls,
-            root_cert,
-        })
-    }
-
-    /// Socket timeout of the lease thread: short enough that a hung renewal is noticed well
     /// before the lock could expire on the server.
     pub(crate) fn lease_io_timeout(&self) -> Duration {
         (self.watcher_lock_ttl / 4)
@@ -783,47 +719,6 @@ impl fmt::Debug for Config {
             .field("allow_eviction", &self.allow_eviction)
             .finish()
     }
-}
-
-/// The contents of a PEM file named by `field`.
-#[cfg(feature = "tls")]
-fn read_pem(field: &str, path: &std::path::Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path)
-        .map_err(|e| Error::InvalidConfig(format!("{field}: cannot read {}: {e}", path.display())))
-}
-
-/// `host:port` split in two; `None` for anything else (a URL, no port, a bad port).
-pub(crate) fn parse_host_port(addr: &str) -> Option<(String, u16)> {
-    let (host, port) = addr.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let valid_host = !host.is_empty()
-        && !host.contains("://")
-        && !host.contains('@')
-        && !host
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '/');
-    let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
-    valid_host.then(|| (host.to_string(), port))
-}
-
-/// Replaces the password of a URL's user info (`scheme://user:password@host`) with `***`.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let Some(at) = authority.rfind('@') else {
-        return url.to_string();
-    };
-    let (userinfo, host) = authority.split_at(at);
-    let user = match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{user}:***"),
-        // `redis://secret@host`: redis-rs reads a lone user-info part as a user name, but
-        // operators sometimes put a password there; hide it as well.
-        None => "***".to_string(),
-    };
-    format!("{scheme}://{user}{host}{path}")
 }
 
 #[cfg(feature = "serde")]
@@ -969,13 +864,7 @@ mod tests {
     }
 
     #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact_url("redis://user:hunter2@host:6379/0"),
-            "redis://user:***@host:6379/0"
-        );
-        assert_eq!(redact_url("redis://:hunter2@host"), "redis://:***@host");
-        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+    fn debug_and_errors_hide_the_password() {
         let c = Config::new("redis://u:hunter2@h:1");
         assert!(!format!("{c:?}").contains("hunter2"));
         let c = Config::new("redis://u:hunter2@h:1:2:3").key_prefix("");

@@ -22,7 +22,7 @@ use log::{debug, warn};
 use parking_lot::Mutex;
 use redis::Value;
 
-use crate::pool::RedisConn;
+use crate::connect::RedisConn;
 use crate::scripts;
 use crate::types::{ChainPoint, EraCbor, MempoolTx, MempoolTxStage};
 use crate::{Error, TxHash, LOG_TARGET};
@@ -140,7 +140,7 @@ pub(crate) struct EventHub {
 const BLOCK: Duration = Duration::from_millis(500);
 
 pub(crate) struct ReaderSetup {
-    pub target: crate::pool::Target,
+    pub target: crate::connect::Target,
     pub stream: String,
     pub node_id: String,
     pub connect_timeout: Duration,

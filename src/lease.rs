@@ -32,9 +32,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{never, select, Receiver, Sender};
 use log::{debug, info, warn};
 
+use crate::connect::{RedisConn, Target};
 use crate::keys::Keys;
 use crate::memory::{self, MemoryFacts};
-use crate::pool::{RedisConn, Target};
 use crate::scripts::{self, Scripts};
 use crate::{Config, Error, LOG_TARGET};
 

@@ -44,13 +44,13 @@
 #![deny(missing_docs)]
 
 mod config;
+mod connect;
 mod error;
 mod events;
 mod keys;
 mod lease;
 mod memory;
 mod mempool;
-mod pool;
 mod scripts;
 mod types;
 

@@ -10,11 +10,11 @@ use log::debug;
 use parking_lot::Mutex;
 use redis::Value;
 
+use crate::connect::{self, Pool};
 use crate::events::{EventHub, MempoolEvent, ReaderSetup};
 use crate::keys::Keys;
 use crate::lease::{Lease, LeaseShared};
 use crate::memory;
-use crate::pool::{self, Pool};
 use crate::scripts::{self, Lua, Scripts};
 use crate::types::{
     ChainPoint, ConfirmOutcome, MempoolPage, MempoolStats, MempoolTx, TxHash, TxStatus, WatcherInfo,
@@ -33,7 +33,7 @@ pub struct RedisMempool {
 
 struct Inner {
     config: Config,
-    target: pool::Target,
+    target: connect::Target,
     node_id: String,
     keys: Keys,
     scripts: Arc<Scripts>,
@@ -74,7 +74,7 @@ impl RedisMempool {
     /// [`Config::allow_eviction`] says to run anyway.
     pub fn open(config: Config) -> Result<RedisMempool, Error> {
         config.validate()?;
-        let target = pool::Target::of(&config).map_err(|_| {
+        let target = connect::Target::of(&config).map_err(|_| {
             Error::InvalidConfig(format!("url: {:?} is not valid", config.redacted_url()))
         })?;
         let node_id = uuid::Uuid::new_v4().to_string();
@@ -83,7 +83,7 @@ impl RedisMempool {
         // credentials, unreachable host), where the pool would retry until its timeout. It
         // reads what the server is and loads the scripts.
         let (scripts, policy) = {
-            let mut conn = pool::RedisConn::open(
+            let mut conn = connect::RedisConn::open(
                 &target,
                 config.connect_timeout,
                 config.command_timeout,
@@ -128,7 +128,7 @@ impl RedisMempool {
             }
             (scripts, facts.memory.policy)
         };
-        let pool = pool::build(
+        let pool = connect::build_pool(
             target.clone(),
             &config,
             format!("dolos-redis:{node_id}:pool"),
@@ -186,7 +186,7 @@ impl RedisMempool {
     }
 
     /// A pooled connection; waits up to the connect timeout for one to be free.
-    fn conn(&self) -> Result<r2d2::PooledConnection<pool::Manager>, Error> {
+    fn conn(&self) -> Result<r2d2::PooledConnection<connect::Manager>, Error> {
         self.inner
             .pool
             .get()
@@ -769,7 +769,7 @@ impl RedisMempool {
 
 /// `INFO` (its default sections, which hold `server` and `memory` on every version), once at
 /// `open`. A user the ACL refuses it to gets an [`Error::Auth`] that says what to add.
-fn server_info(conn: &mut pool::RedisConn) -> Result<String, Error> {
+fn server_info(conn: &mut connect::RedisConn) -> Result<String, Error> {
     conn.run(&redis::cmd("INFO"))
         .map_err(|e| match Error::from_redis(e) {
             Error::Auth(m) => Error::Auth(format!(

@@ -9,8 +9,8 @@
 
 use redis::{Script, Value};
 
+use crate::connect::RedisConn;
 use crate::keys::Keys;
-use crate::pool::RedisConn;
 use crate::types::{BlockHash, ChainPoint, EraCbor, MempoolTx, MempoolTxStage, TxHash};
 use crate::Error;
 
