@@ -2,6 +2,7 @@
 //! CA file of [`Config::tls_ca_file`] or else Mozilla's roots built in, with the client
 //! certificate of [`Config::tls_client_cert`] when one is given.
 
+use crate::config::invalid;
 use crate::{Config, Error};
 
 /// A client for a `rediss://` URL whose settings are `info`.
@@ -25,21 +26,19 @@ pub(super) fn client(
 pub(crate) fn certificates(config: &Config) -> Result<redis::TlsCertificates, Error> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-    let bad = |field: &str, why: String| Error::InvalidConfig(format!("{field}: {why}"));
     let certs = |field: &str, path: &std::path::Path| -> Result<Vec<u8>, Error> {
         let pem = read_pem(field, path)?;
         let n = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| {
-                bad(
+                invalid(
                     field,
                     format!("{}: not PEM certificates: {e}", path.display()),
                 )
             })?
             .len();
         if n == 0 {
-            return Err(bad(
+            return Err(invalid(
                 field,
                 format!("{} holds no PEM certificate", path.display()),
             ));
@@ -55,7 +54,7 @@ pub(crate) fn certificates(config: &Config) -> Result<redis::TlsCertificates, Er
             let client_cert = certs("tls_client_cert", cert_path)?;
             let client_key = read_pem("tls_client_cert", key_path)?;
             PrivateKeyDer::from_pem_slice(&client_key).map_err(|_| {
-                bad(
+                invalid(
                     "tls_client_cert",
                     format!("{} holds no PEM private key", key_path.display()),
                 )
@@ -75,6 +74,5 @@ pub(crate) fn certificates(config: &Config) -> Result<redis::TlsCertificates, Er
 
 /// The contents of a PEM file named by `field`.
 fn read_pem(field: &str, path: &std::path::Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path)
-        .map_err(|e| Error::InvalidConfig(format!("{field}: cannot read {}: {e}", path.display())))
+    std::fs::read(path).map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))
 }
