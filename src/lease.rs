@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{never, select, Receiver, Sender};
 use log::{debug, info, warn};
 
+use crate::codec;
 use crate::connect::{RedisConn, Target};
 use crate::keys::Keys;
 use crate::memory::{self, MemoryFacts};
@@ -540,7 +541,7 @@ impl LeaseLoop {
             next_try: Instant::now(),
         };
         let reply = self.call(self.io_timeout, Which::Release, &[&epoch.to_string()])?;
-        if scripts::int(&reply, "release")? == 1 {
+        if codec::int(&reply, "release")? == 1 {
             info!(target: LOG_TARGET, "released watcher lock");
         }
         Ok(())
@@ -631,14 +632,14 @@ enum Acquire {
 }
 
 fn parse_acquire(v: redis::Value) -> Result<Acquire, Error> {
-    let items = scripts::array(v, "acquire")?;
+    let items = codec::array(v, "acquire")?;
     match items.as_slice() {
-        [won, epoch] if scripts::int(won, "acquire")? == 1 => {
-            Ok(Acquire::Won(scripts::uint(epoch, "epoch")?))
+        [won, epoch] if codec::int(won, "acquire")? == 1 => {
+            Ok(Acquire::Won(codec::uint(epoch, "epoch")?))
         }
         [_, pttl, holder] => Ok(Acquire::Held {
-            pttl_ms: scripts::int(pttl, "pttl")?,
-            holder: scripts::text(holder, "holder")?,
+            pttl_ms: codec::int(pttl, "pttl")?,
+            holder: codec::text(holder, "holder")?,
         }),
         _ => Err(Error::UnexpectedReply(format!("acquire: {items:?}"))),
     }
@@ -653,13 +654,13 @@ enum Renew {
 }
 
 fn parse_renew(v: redis::Value) -> Result<Renew, Error> {
-    let items = scripts::array(v, "renew")?;
+    let items = codec::array(v, "renew")?;
     match items.as_slice() {
-        [ok] if scripts::int(ok, "renew")? == 1 => Ok(Renew::Renewed),
-        [code, epoch] if scripts::int(code, "renew")? == 2 => {
-            Ok(Renew::TakenBack(scripts::uint(epoch, "epoch")?))
+        [ok] if codec::int(ok, "renew")? == 1 => Ok(Renew::Renewed),
+        [code, epoch] if codec::int(code, "renew")? == 2 => {
+            Ok(Renew::TakenBack(codec::uint(epoch, "epoch")?))
         }
-        [_, holder] => Ok(Renew::Lost(scripts::text(holder, "holder")?)),
+        [_, holder] => Ok(Renew::Lost(codec::text(holder, "holder")?)),
         _ => Err(Error::UnexpectedReply(format!("renew: {items:?}"))),
     }
 }

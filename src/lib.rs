@@ -43,6 +43,7 @@
 
 #![deny(missing_docs)]
 
+mod codec;
 mod config;
 mod connect;
 mod error;

@@ -10,6 +10,7 @@ use log::debug;
 use parking_lot::Mutex;
 use redis::Value;
 
+use crate::codec;
 use crate::connect::{self, Pool};
 use crate::events::{EventHub, MempoolEvent, ReaderSetup};
 use crate::keys::Keys;
@@ -106,7 +107,7 @@ impl RedisMempool {
                         other => other,
                     })?;
             }
-            let missing = scripts::array(
+            let missing = codec::array(
                 scripts::run(
                     &mut conn,
                     &scripts.check_access,
@@ -118,7 +119,7 @@ impl RedisMempool {
                 "check_access",
             )?
             .iter()
-            .map(|v| scripts::text(v, "check_access"))
+            .map(|v| codec::text(v, "check_access"))
             .collect::<Result<Vec<_>, _>>()?;
             if !missing.is_empty() {
                 return Err(Error::Auth(format!(
@@ -228,10 +229,10 @@ impl RedisMempool {
             &tx.payload.1,
             max_pending.as_bytes(),
         ];
-        let reply = scripts::array(self.exec(&self.inner.scripts.receive, &args)?, "receive")?;
+        let reply = codec::array(self.exec(&self.inner.scripts.receive, &args)?, "receive")?;
         match reply
             .first()
-            .map(|v| scripts::text(v, "receive"))
+            .map(|v| codec::text(v, "receive"))
             .transpose()?
             .as_deref()
         {
@@ -246,7 +247,7 @@ impl RedisMempool {
 
     /// Whether the pending queue holds any transaction.
     pub fn has_pending(&self) -> Result<bool, Error> {
-        let n = scripts::int(
+        let n = codec::int(
             &self.exec(&self.inner.scripts.has_pending, &[])?,
             "has_pending",
         )?;
@@ -269,13 +270,13 @@ impl RedisMempool {
             return Ok(Vec::new());
         }
         let stop = (clamp(limit) - 1).to_string();
-        let reply = scripts::array(
+        let reply = codec::array(
             self.exec(&self.inner.scripts.peek, &[set.as_bytes(), stop.as_bytes()])?,
             "peek",
         )?;
         reply
             .into_iter()
-            .map(|v| scripts::decode_tx(v, &self.inner.keys))
+            .map(|v| codec::decode_tx(v, &self.inner.keys))
             .collect()
     }
 
@@ -296,7 +297,7 @@ impl RedisMempool {
         }
         let hex: Vec<String> = hashes.iter().map(TxHash::to_hex).collect();
         let args: Vec<&[u8]> = hex.iter().map(|h| h.as_bytes()).collect();
-        scripts::int(&self.exec(lua, &args)?, "moved")?;
+        codec::int(&self.exec(lua, &args)?, "moved")?;
         Ok(())
     }
 
@@ -305,7 +306,7 @@ impl RedisMempool {
         let hex = hash.to_hex();
         match self.exec(&self.inner.scripts.find_inflight, &[hex.as_bytes()])? {
             Value::Nil => Ok(None),
-            v => scripts::decode_tx(v, &self.inner.keys).map(Some),
+            v => codec::decode_tx(v, &self.inner.keys).map(Some),
         }
     }
 
@@ -375,7 +376,7 @@ impl RedisMempool {
                 unseen.len()
             )));
         }
-        let Some(member) = scripts::chain_member(point) else {
+        let Some(member) = codec::chain_member(point) else {
             return Err(Error::InvalidInput(
                 "confirm: Origin names no block (to undo every block, call rollback_to(Origin))"
                     .into(),
@@ -390,7 +391,7 @@ impl RedisMempool {
             self.inner.node_id.clone().into_bytes(),
             epoch.to_string().into_bytes(),
             member.into_bytes(),
-            scripts::encode_point(point).into_bytes(),
+            codec::encode_point(point).into_bytes(),
             finalize_threshold.to_string().into_bytes(),
             drop_threshold.to_string().into_bytes(),
             self.inner.config.max_finalized.to_string().into_bytes(),
@@ -400,7 +401,7 @@ impl RedisMempool {
         args.extend(seen.iter().map(|h| h.to_hex().into_bytes()));
         args.extend(unseen.iter().map(|h| h.to_hex().into_bytes()));
         let argv: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-        let reply = scripts::array(self.exec(&self.inner.scripts.confirm, &argv)?, "confirm")?;
+        let reply = codec::array(self.exec(&self.inner.scripts.confirm, &argv)?, "confirm")?;
         let undo = !unseen.is_empty();
         self.chain_outcome(&reply, "confirm", |n| {
             if undo {
@@ -457,20 +458,20 @@ impl RedisMempool {
             return Ok(ConfirmOutcome::NotWatcher);
         }
         let epoch = self.inner.lease_shared.epoch.load(Ordering::SeqCst);
-        let member = scripts::chain_member(point).unwrap_or_default();
+        let member = codec::chain_member(point).unwrap_or_default();
         let epoch = epoch.to_string();
         let args: [&[u8]; 3] = [
             self.inner.node_id.as_bytes(),
             epoch.as_bytes(),
             member.as_bytes(),
         ];
-        let reply = scripts::array(
+        let reply = codec::array(
             self.exec(&self.inner.scripts.rollback_to, &args)?,
             "rollback_to",
         )?;
         if reply
             .first()
-            .map(|v| scripts::text(v, "rollback_to"))
+            .map(|v| codec::text(v, "rollback_to"))
             .transpose()?
             .as_deref()
             == Some("unknown")
@@ -497,11 +498,11 @@ impl RedisMempool {
         what: &str,
         log: impl FnOnce(&dyn Fn(usize) -> Result<i64, Error>) -> Result<(), Error>,
     ) -> Result<ConfirmOutcome, Error> {
-        let status = reply.first().map(|v| scripts::text(v, what)).transpose()?;
+        let status = reply.first().map(|v| codec::text(v, what)).transpose()?;
         match status.as_deref() {
             Some("applied") => {
                 let n = |i: usize| match reply.get(i) {
-                    Some(v) => scripts::int(v, what),
+                    Some(v) => codec::int(v, what),
                     None => Err(Error::UnexpectedReply(format!("{what}: {reply:?}"))),
                 };
                 log(&n)?;
@@ -540,11 +541,11 @@ impl RedisMempool {
         }
         let stop = (clamp(limit) - 1).to_string();
         let reply = self.exec(&self.inner.scripts.applied_points, &[stop.as_bytes()])?;
-        scripts::array(reply, "applied_points")?
+        codec::array(reply, "applied_points")?
             .iter()
             .map(|v| {
-                let member = scripts::text(v, "applied point")?;
-                scripts::decode_point(&member, &self.inner.keys.chain)?.ok_or_else(|| {
+                let member = codec::text(v, "applied point")?;
+                codec::decode_point(&member, &self.inner.keys.chain)?.ok_or_else(|| {
                     Error::Corrupt {
                         key: self.inner.keys.chain.clone(),
                         detail: "empty chain entry".into(),
@@ -562,16 +563,16 @@ impl RedisMempool {
         if reply == Value::Nil {
             return Ok(TxStatus::unknown());
         }
-        let items = scripts::array(reply, "check_status")?;
+        let items = codec::array(reply, "check_status")?;
         let [stage, c, m, at]: [Value; 4] = items
             .try_into()
             .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("check_status: {v:?}")))?;
         let key = format!("{} {hex}", self.inner.keys.txs);
         Ok(TxStatus {
-            stage: scripts::decode_stage(&scripts::text(&stage, "stage")?, &key)?,
-            confirmations: scripts::count(&c, "confirmations")?,
-            non_confirmations: scripts::count(&m, "misses")?,
-            confirmed_at: scripts::decode_point(&scripts::text(&at, "confirmed_at")?, &key)?,
+            stage: codec::decode_stage(&codec::text(&stage, "stage")?, &key)?,
+            confirmations: codec::count(&c, "confirmations")?,
+            non_confirmations: codec::count(&m, "misses")?,
+            confirmed_at: codec::decode_point(&codec::text(&at, "confirmed_at")?, &key)?,
         })
     }
 
@@ -588,8 +589,8 @@ impl RedisMempool {
         )?;
         let mut items = Vec::new();
         let mut next_cursor = None;
-        for entry in scripts::array(reply, "dump_finalized")? {
-            let (seq, tx) = scripts::decode_log_entry(entry, &self.inner.keys)?;
+        for entry in codec::array(reply, "dump_finalized")? {
+            let (seq, tx) = codec::decode_log_entry(entry, &self.inner.keys)?;
             if items.len() == limit {
                 next_cursor = Some(seq);
                 break;
@@ -601,7 +602,7 @@ impl RedisMempool {
 
     /// The watcher lock as Redis sees it now.
     pub fn watcher_info(&self) -> Result<WatcherInfo, Error> {
-        let items = scripts::array(
+        let items = codec::array(
             self.exec(&self.inner.scripts.watcher_info, &[])?,
             "watcher_info",
         )?;
@@ -618,18 +619,18 @@ impl RedisMempool {
         epoch: &Value,
         tip: &Value,
     ) -> Result<WatcherInfo, Error> {
-        let holder = scripts::opt_text(holder, "holder")?;
-        let pttl = scripts::int(pttl, "pttl")?;
-        let epoch = match scripts::opt_text(epoch, "epoch")? {
+        let holder = codec::opt_text(holder, "holder")?;
+        let pttl = codec::int(pttl, "pttl")?;
+        let epoch = match codec::opt_text(epoch, "epoch")? {
             None => 0,
             Some(e) => e.parse().map_err(|_| Error::Corrupt {
                 key: self.inner.keys.epoch.clone(),
                 detail: format!("not a counter: {e:?}"),
             })?,
         };
-        // The tip's entry starts with its slot in 20 digits (see `scripts::chain_member`).
+        // The tip's entry starts with its slot in 20 digits (see `codec::chain_member`).
         let applied_slot =
-            match scripts::opt_text(tip, "tip")? {
+            match codec::opt_text(tip, "tip")? {
                 None => None,
                 Some(t) => Some(t.get(..20).and_then(|s| s.parse().ok()).ok_or_else(|| {
                     Error::Corrupt {
@@ -650,28 +651,28 @@ impl RedisMempool {
     /// Counts per stage, the watcher, this node's lease figures and the server's memory settings
     /// (eviction policy, `maxmemory`, `used_memory`), in one round trip.
     pub fn stats(&self) -> Result<MempoolStats, Error> {
-        let items = scripts::array(self.exec(&self.inner.scripts.stats, &[])?, "stats")?;
+        let items = codec::array(self.exec(&self.inner.scripts.stats, &[])?, "stats")?;
         let [counts, log_len, holder, pttl, epoch, tip, height, info]: [Value; 8] = items
             .try_into()
             .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("stats: {v:?}")))?;
-        let counts = scripts::array(counts, "stage counts")?;
+        let counts = codec::array(counts, "stage counts")?;
         let count = |i: usize| -> Result<u64, Error> {
             match counts.get(i) {
-                Some(v) => Ok(scripts::int(v, "stage count")?.max(0) as u64),
+                Some(v) => Ok(codec::int(v, "stage count")?.max(0) as u64),
                 None => Err(Error::UnexpectedReply(format!("stage counts: {counts:?}"))),
             }
         };
         let lease = &self.inner.lease_shared.counters;
         // [pending, inflight, Acknowledged, Confirmed]; the rest of inflight is Propagated.
         let (inflight, acknowledged, confirmed) = (count(1)?, count(2)?, count(3)?);
-        let memory = memory::MemoryFacts::parse(&scripts::text(&info, "info memory")?);
+        let memory = memory::MemoryFacts::parse(&codec::text(&info, "info memory")?);
         Ok(MempoolStats {
             pending: count(0)?,
             propagated: inflight.saturating_sub(acknowledged + confirmed),
             acknowledged,
             confirmed,
-            finalized_log: scripts::uint(&log_len, "log length")?,
-            applied_blocks: scripts::uint(&height, "height")?,
+            finalized_log: codec::uint(&log_len, "log length")?,
+            applied_blocks: codec::uint(&height, "height")?,
             watcher: self.decode_watcher(&holder, &pttl, &epoch, &tip)?,
             is_watcher: self.is_watcher(),
             renewals: lease.renewals.load(Ordering::Relaxed),
@@ -742,7 +743,7 @@ impl RedisMempool {
     ) -> Result<Option<String>, Error> {
         let expected = expected_holder.unwrap_or("");
         let reply = self.exec(&self.inner.scripts.reset_lock, &[expected.as_bytes()])?;
-        scripts::opt_text(&reply, "reset_lock")
+        codec::opt_text(&reply, "reset_lock")
     }
 
     /// Benchmark hook (feature `test-hooks`): a plain `SET key value` through the same pool and
