@@ -52,6 +52,12 @@ pub(crate) fn text(v: &Value, what: &str) -> Result<String, Error> {
     }
 }
 
+/// The first item of a script's reply, as text: the word that says what the call did (`ok`,
+/// `applied`, …); `None` for an empty reply.
+pub(crate) fn status(reply: &[Value], what: &str) -> Result<Option<String>, Error> {
+    reply.first().map(|v| text(v, what)).transpose()
+}
+
 /// `Nil` (Lua `false`) as `None`.
 pub(crate) fn opt_text(v: &Value, what: &str) -> Result<Option<String>, Error> {
     match v {

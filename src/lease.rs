@@ -415,8 +415,7 @@ impl LeaseLoop {
 
     fn try_acquire(&mut self) {
         let sent = Instant::now();
-        let ttl_ms = self.timing.ttl.as_millis().to_string();
-        let reply = self.call(self.io_timeout, Which::Acquire, &[&ttl_ms]);
+        let reply = self.call(self.io_timeout, Which::Acquire);
         let now = Instant::now();
         match reply.and_then(parse_acquire) {
             Ok(Acquire::Won(epoch)) => {
@@ -465,12 +464,7 @@ impl LeaseLoop {
     fn renew(&mut self, epoch: u64, valid_until: Instant) {
         let sent = Instant::now();
         let left = valid_until.saturating_duration_since(sent);
-        let (epoch_arg, ttl_arg) = (epoch.to_string(), self.timing.ttl.as_millis().to_string());
-        let reply = self.call(
-            self.io_timeout.min(left),
-            Which::Renew,
-            &[&epoch_arg, &ttl_arg],
-        );
+        let reply = self.call(self.io_timeout.min(left), Which::Renew { epoch });
         let now = Instant::now();
         match reply.and_then(parse_renew) {
             Ok(renewed @ (Renew::Renewed | Renew::TakenBack(_))) => {
@@ -540,22 +534,16 @@ impl LeaseLoop {
         self.role = Role::Follower {
             next_try: Instant::now(),
         };
-        let reply = self.call(self.io_timeout, Which::Release, &[&epoch.to_string()])?;
+        let reply = self.call(self.io_timeout, Which::Release { epoch })?;
         if codec::int(&reply, "release")? == 1 {
             info!(target: LOG_TARGET, "released watcher lock");
         }
         Ok(())
     }
 
-    /// Runs one lease script with `[node_id, args...]`, (re)connecting as needed; logs a change
-    /// of link state once.
-    fn call(
-        &mut self,
-        timeout: Duration,
-        which: Which,
-        args: &[&str],
-    ) -> Result<redis::Value, Error> {
-        let result = self.call_inner(timeout, which, args);
+    /// Runs one lease script, (re)connecting as needed; logs a change of link state once.
+    fn call(&mut self, timeout: Duration, which: Which) -> Result<redis::Value, Error> {
+        let result = self.call_inner(timeout, which);
         match &result {
             Ok(_) if self.link_up != Some(true) => {
                 if self.link_up.is_some() {
@@ -576,12 +564,7 @@ impl LeaseLoop {
         result
     }
 
-    fn call_inner(
-        &mut self,
-        timeout: Duration,
-        which: Which,
-        args: &[&str],
-    ) -> Result<redis::Value, Error> {
+    fn call_inner(&mut self, timeout: Duration, which: Which) -> Result<redis::Value, Error> {
         let deadline = Instant::now() + timeout;
         let no_time = || Error::Timeout("no time left before the lease deadline".into());
         if timeout.is_zero() {
@@ -604,26 +587,27 @@ impl LeaseLoop {
             return Err(no_time());
         }
         conn.set_read_timeout(left).map_err(Error::from_redis)?;
-        let script = match which {
-            Which::Acquire => &self.scripts.acquire,
-            Which::Renew => &self.scripts.renew,
-            Which::Release => &self.scripts.release,
+        let (scripts, node_id, ttl) = (&self.scripts, self.node_id.as_str(), self.timing.ttl);
+        let call = match which {
+            Which::Acquire => scripts.acquire(node_id, ttl),
+            Which::Renew { epoch } => scripts.renew(node_id, epoch, ttl),
+            Which::Release { epoch } => scripts.release(node_id, epoch),
         };
-        let mut argv: Vec<&[u8]> = vec![self.node_id.as_bytes()];
-        argv.extend(args.iter().map(|a| a.as_bytes()));
         // WAIT gets half of what is left, so the script and the reply fit in the other half.
         let wait = self
             .wait_replicas
             .map(|(replicas, timeout)| (replicas, timeout.min(left / 2)));
-        scripts::run(conn, script, &self.keys, self.event_history, &argv, wait)
+        scripts::run(conn, &call, &self.keys, self.event_history, wait)
     }
 }
 
+/// Which lease script to run, with what only the caller knows (the node id and TTL are the
+/// loop's own).
 #[derive(Clone, Copy)]
 enum Which {
     Acquire,
-    Renew,
-    Release,
+    Renew { epoch: u64 },
+    Release { epoch: u64 },
 }
 
 enum Acquire {

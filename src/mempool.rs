@@ -16,7 +16,7 @@ use crate::events::{EventHub, MempoolEvent, ReaderSetup};
 use crate::keys::Keys;
 use crate::lease::{Lease, LeaseShared};
 use crate::memory;
-use crate::scripts::{self, Lua, Scripts};
+use crate::scripts::{self, Call, Scripts};
 use crate::types::{
     ChainPoint, ConfirmOutcome, MempoolPage, MempoolStats, MempoolTx, TxHash, TxStatus, WatcherInfo,
 };
@@ -110,10 +110,9 @@ impl RedisMempool {
             let missing = codec::array(
                 scripts::run(
                     &mut conn,
-                    &scripts.check_access,
+                    &scripts.check_access(),
                     &keys,
                     config.event_history,
-                    &[],
                     None,
                 )?,
                 "check_access",
@@ -194,14 +193,14 @@ impl RedisMempool {
             .map_err(|e| Error::Unavailable(e.to_string()))
     }
 
-    fn exec(&self, lua: &Lua, args: &[&[u8]]) -> Result<Value, Error> {
+    /// Makes one script call on a pooled connection.
+    fn exec(&self, call: Call<'_>) -> Result<Value, Error> {
         let mut conn = self.conn()?;
         scripts::run(
             &mut conn,
-            lua,
+            &call,
             &self.inner.keys,
             self.inner.config.event_history,
-            args,
             self.inner.config.wait_replicas,
         )
     }
@@ -220,22 +219,14 @@ impl RedisMempool {
                 max,
             });
         }
-        let hash = tx.hash.to_hex();
-        let era = tx.payload.0.to_string();
-        let max_pending = self.inner.config.max_pending.to_string();
-        let args: [&[u8]; 4] = [
-            hash.as_bytes(),
-            era.as_bytes(),
+        let call = self.inner.scripts.receive(
+            &tx.hash,
+            tx.payload.0,
             &tx.payload.1,
-            max_pending.as_bytes(),
-        ];
-        let reply = codec::array(self.exec(&self.inner.scripts.receive, &args)?, "receive")?;
-        match reply
-            .first()
-            .map(|v| codec::text(v, "receive"))
-            .transpose()?
-            .as_deref()
-        {
+            self.inner.config.max_pending,
+        );
+        let reply = codec::array(self.exec(call)?, "receive")?;
+        match codec::status(&reply, "receive")?.as_deref() {
             Some("ok") => Ok(()),
             Some("dup") => Err(Error::DuplicateTx),
             Some("full") => Err(Error::MempoolFull {
@@ -247,10 +238,7 @@ impl RedisMempool {
 
     /// Whether the pending queue holds any transaction.
     pub fn has_pending(&self) -> Result<bool, Error> {
-        let n = codec::int(
-            &self.exec(&self.inner.scripts.has_pending, &[])?,
-            "has_pending",
-        )?;
+        let n = codec::int(&self.exec(self.inner.scripts.has_pending())?, "has_pending")?;
         Ok(n > 0)
     }
 
@@ -265,15 +253,12 @@ impl RedisMempool {
         self.peek("inflight", limit)
     }
 
-    fn peek(&self, set: &str, limit: usize) -> Result<Vec<MempoolTx>, Error> {
+    fn peek(&self, set: &'static str, limit: usize) -> Result<Vec<MempoolTx>, Error> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let stop = (clamp(limit) - 1).to_string();
-        let reply = codec::array(
-            self.exec(&self.inner.scripts.peek, &[set.as_bytes(), stop.as_bytes()])?,
-            "peek",
-        )?;
+        let call = self.inner.scripts.peek(set, clamp(limit) - 1);
+        let reply = codec::array(self.exec(call)?, "peek")?;
         reply
             .into_iter()
             .map(|v| codec::decode_tx(v, &self.inner.keys))
@@ -283,28 +268,25 @@ impl RedisMempool {
     /// Moves each pending hash to Propagated (out of the pending queue; its miss count starts
     /// now). Hashes that are not pending are ignored.
     pub fn mark_inflight(&self, hashes: &[TxHash]) -> Result<(), Error> {
-        self.move_batch(&self.inner.scripts.mark_inflight, hashes)
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let moved = self.exec(self.inner.scripts.mark_inflight(hashes))?;
+        codec::int(&moved, "moved").map(drop)
     }
 
     /// Moves each Propagated hash to Acknowledged; others are ignored.
     pub fn mark_acknowledged(&self, hashes: &[TxHash]) -> Result<(), Error> {
-        self.move_batch(&self.inner.scripts.mark_acknowledged, hashes)
-    }
-
-    fn move_batch(&self, lua: &Lua, hashes: &[TxHash]) -> Result<(), Error> {
         if hashes.is_empty() {
             return Ok(());
         }
-        let hex: Vec<String> = hashes.iter().map(TxHash::to_hex).collect();
-        let args: Vec<&[u8]> = hex.iter().map(|h| h.as_bytes()).collect();
-        codec::int(&self.exec(lua, &args)?, "moved")?;
-        Ok(())
+        let moved = self.exec(self.inner.scripts.mark_acknowledged(hashes))?;
+        codec::int(&moved, "moved").map(drop)
     }
 
     /// The inflight transaction with this hash, if it is inflight.
     pub fn find_inflight(&self, hash: &TxHash) -> Result<Option<MempoolTx>, Error> {
-        let hex = hash.to_hex();
-        match self.exec(&self.inner.scripts.find_inflight, &[hex.as_bytes()])? {
+        match self.exec(self.inner.scripts.find_inflight(hash))? {
             Value::Nil => Ok(None),
             v => codec::decode_tx(v, &self.inner.keys).map(Some),
         }
@@ -387,21 +369,19 @@ impl RedisMempool {
             return Ok(ConfirmOutcome::NotWatcher);
         }
         let epoch = self.inner.lease_shared.epoch.load(Ordering::SeqCst);
-        let mut args: Vec<Vec<u8>> = vec![
-            self.inner.node_id.clone().into_bytes(),
-            epoch.to_string().into_bytes(),
-            member.into_bytes(),
-            codec::encode_point(point).into_bytes(),
-            finalize_threshold.to_string().into_bytes(),
-            drop_threshold.to_string().into_bytes(),
-            self.inner.config.max_finalized.to_string().into_bytes(),
-            self.inner.config.applied_history.to_string().into_bytes(),
-            seen.len().to_string().into_bytes(),
-        ];
-        args.extend(seen.iter().map(|h| h.to_hex().into_bytes()));
-        args.extend(unseen.iter().map(|h| h.to_hex().into_bytes()));
-        let argv: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-        let reply = codec::array(self.exec(&self.inner.scripts.confirm, &argv)?, "confirm")?;
+        let call = self.inner.scripts.confirm(
+            &self.inner.node_id,
+            epoch,
+            &member,
+            point,
+            finalize_threshold,
+            drop_threshold,
+            self.inner.config.max_finalized,
+            self.inner.config.applied_history,
+            seen,
+            unseen,
+        );
+        let reply = codec::array(self.exec(call)?, "confirm")?;
         let undo = !unseen.is_empty();
         self.chain_outcome(&reply, "confirm", |n| {
             if undo {
@@ -459,23 +439,12 @@ impl RedisMempool {
         }
         let epoch = self.inner.lease_shared.epoch.load(Ordering::SeqCst);
         let member = codec::chain_member(point).unwrap_or_default();
-        let epoch = epoch.to_string();
-        let args: [&[u8]; 3] = [
-            self.inner.node_id.as_bytes(),
-            epoch.as_bytes(),
-            member.as_bytes(),
-        ];
-        let reply = codec::array(
-            self.exec(&self.inner.scripts.rollback_to, &args)?,
-            "rollback_to",
-        )?;
-        if reply
-            .first()
-            .map(|v| codec::text(v, "rollback_to"))
-            .transpose()?
-            .as_deref()
-            == Some("unknown")
-        {
+        let call = self
+            .inner
+            .scripts
+            .rollback_to(&self.inner.node_id, epoch, &member);
+        let reply = codec::array(self.exec(call)?, "rollback_to")?;
+        if codec::status(&reply, "rollback_to")?.as_deref() == Some("unknown") {
             return Err(Error::InvalidInput(format!(
                 "rollback_to: {point:?} is not on the applied chain"
             )));
@@ -498,7 +467,7 @@ impl RedisMempool {
         what: &str,
         log: impl FnOnce(&dyn Fn(usize) -> Result<i64, Error>) -> Result<(), Error>,
     ) -> Result<ConfirmOutcome, Error> {
-        let status = reply.first().map(|v| codec::text(v, what)).transpose()?;
+        let status = codec::status(reply, what)?;
         match status.as_deref() {
             Some("applied") => {
                 let n = |i: usize| match reply.get(i) {
@@ -539,8 +508,7 @@ impl RedisMempool {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let stop = (clamp(limit) - 1).to_string();
-        let reply = self.exec(&self.inner.scripts.applied_points, &[stop.as_bytes()])?;
+        let reply = self.exec(self.inner.scripts.applied_points(clamp(limit) - 1))?;
         codec::array(reply, "applied_points")?
             .iter()
             .map(|v| {
@@ -559,7 +527,7 @@ impl RedisMempool {
     /// the retained finalized log; `Unknown` otherwise.
     pub fn check_status(&self, hash: &TxHash) -> Result<TxStatus, Error> {
         let hex = hash.to_hex();
-        let reply = self.exec(&self.inner.scripts.check_status, &[hex.as_bytes()])?;
+        let reply = self.exec(self.inner.scripts.check_status(hash))?;
         if reply == Value::Nil {
             return Ok(TxStatus::unknown());
         }
@@ -581,12 +549,8 @@ impl RedisMempool {
     /// never reused; pass `next_cursor` back to read on. The log keeps the newest
     /// `max_finalized` entries.
     pub fn dump_finalized(&self, cursor: u64, limit: usize) -> Result<MempoolPage, Error> {
-        let first = format!("{cursor}-0");
-        let count = (clamp(limit) + 1).to_string();
-        let reply = self.exec(
-            &self.inner.scripts.dump_finalized,
-            &[first.as_bytes(), count.as_bytes()],
-        )?;
+        let call = self.inner.scripts.dump_finalized(cursor, clamp(limit) + 1);
+        let reply = self.exec(call)?;
         let mut items = Vec::new();
         let mut next_cursor = None;
         for entry in codec::array(reply, "dump_finalized")? {
@@ -603,7 +567,7 @@ impl RedisMempool {
     /// The watcher lock as Redis sees it now.
     pub fn watcher_info(&self) -> Result<WatcherInfo, Error> {
         let items = codec::array(
-            self.exec(&self.inner.scripts.watcher_info, &[])?,
+            self.exec(self.inner.scripts.watcher_info())?,
             "watcher_info",
         )?;
         let [holder, pttl, epoch, tip]: [Value; 4] = items
@@ -651,7 +615,7 @@ impl RedisMempool {
     /// Counts per stage, the watcher, this node's lease figures and the server's memory settings
     /// (eviction policy, `maxmemory`, `used_memory`), in one round trip.
     pub fn stats(&self) -> Result<MempoolStats, Error> {
-        let items = codec::array(self.exec(&self.inner.scripts.stats, &[])?, "stats")?;
+        let items = codec::array(self.exec(self.inner.scripts.stats())?, "stats")?;
         let [counts, log_len, holder, pttl, epoch, tip, height, info]: [Value; 8] = items
             .try_into()
             .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("stats: {v:?}")))?;
@@ -742,7 +706,7 @@ impl RedisMempool {
         expected_holder: Option<&str>,
     ) -> Result<Option<String>, Error> {
         let expected = expected_holder.unwrap_or("");
-        let reply = self.exec(&self.inner.scripts.reset_lock, &[expected.as_bytes()])?;
+        let reply = self.exec(self.inner.scripts.reset_lock(expected))?;
         codec::opt_text(&reply, "reset_lock")
     }
 

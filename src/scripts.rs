@@ -14,6 +14,10 @@ use crate::connect::RedisConn;
 use crate::keys::Keys;
 use crate::Error;
 
+mod calls;
+
+pub(crate) use calls::Call;
+
 /// What a script tells Redis about itself in its `#!lua` first line (Redis ≥ 7), which decides
 /// what Redis does with it while it is out of memory (`used_memory` above `maxmemory` under
 /// `noeviction`).
@@ -51,6 +55,10 @@ impl Header {
 pub(crate) struct Lua {
     script: Script,
     source: String,
+    /// The first line of the script's own file: `-- name(arg, ...) -> reply`, which its
+    /// function in [`calls`] follows (checked by a test).
+    #[cfg(test)]
+    signature: &'static str,
     /// Whether the script writes: only those wait for replicas ([`Config::wait_replicas`]).
     ///
     /// [`Config::wait_replicas`]: crate::Config::wait_replicas
@@ -58,56 +66,60 @@ pub(crate) struct Lua {
 }
 
 impl Lua {
-    /// `body` is the script's own file; the header line (if `headers`) and `prelude.lua` go in
-    /// front of it. The header must be the very first line Redis sees.
-    fn new(body: &str, header: Header, headers: bool) -> Lua {
+    /// `own` is the script's own file, `shared` the fragments it calls (each followed by a
+    /// newline); the header line (if `headers`) and `prelude.lua` go in front of them. The
+    /// header must be the very first line Redis sees.
+    fn new(own: &'static str, shared: &str, header: Header, headers: bool) -> Lua {
         let prelude = include_str!("scripts/prelude.lua");
         let source = if headers {
-            format!("{}\n{prelude}\n{body}", header.line())
+            format!("{}\n{prelude}\n{shared}{own}\n", header.line())
         } else {
-            format!("{prelude}\n{body}")
+            format!("{prelude}\n{shared}{own}\n")
         };
         Lua {
             script: Script::new(&source),
             source,
+            #[cfg(test)]
+            signature: own.lines().next().unwrap_or(""),
             writes: header != Header::Reads,
         }
     }
 }
 
-/// A script of the given [`Header`] kind: its header line, `prelude.lua`, then the named files in
-/// order (a shared fragment such as `undo.lua` before the script that calls it).
+/// A script of the given [`Header`] kind: its header line, `prelude.lua`, the shared fragments
+/// it uses (such as `undo.lua`), then its own file.
 macro_rules! lua {
-    ($header:ident, $headers:expr, $($file:literal),+) => {
+    ($header:ident, $headers:expr, $file:literal $(, with $shared:literal)*) => {
         Lua::new(
-            concat!($(include_str!(concat!("scripts/", $file)), "\n"),+),
+            include_str!(concat!("scripts/", $file)),
+            concat!($(include_str!(concat!("scripts/", $shared)), "\n",)* ""),
             Header::$header,
             $headers,
         )
     };
 }
 
-/// All scripts, hashed once.
+/// All scripts, hashed once. Each is called through its typed function in [`calls`].
 pub(crate) struct Scripts {
-    pub receive: Lua,
-    pub has_pending: Lua,
-    pub peek: Lua,
-    pub mark_inflight: Lua,
-    pub mark_acknowledged: Lua,
-    pub find_inflight: Lua,
-    pub confirm: Lua,
-    pub rollback_to: Lua,
-    pub applied_points: Lua,
-    pub check_status: Lua,
-    pub dump_finalized: Lua,
-    pub watcher_info: Lua,
-    pub acquire: Lua,
-    pub renew: Lua,
-    pub release: Lua,
-    pub stats: Lua,
-    pub reset_lock: Lua,
+    receive: Lua,
+    has_pending: Lua,
+    peek: Lua,
+    mark_inflight: Lua,
+    mark_acknowledged: Lua,
+    find_inflight: Lua,
+    confirm: Lua,
+    rollback_to: Lua,
+    applied_points: Lua,
+    check_status: Lua,
+    dump_finalized: Lua,
+    watcher_info: Lua,
+    acquire: Lua,
+    renew: Lua,
+    release: Lua,
+    stats: Lua,
+    reset_lock: Lua,
     /// Run once at open, not preloaded.
-    pub check_access: Lua,
+    check_access: Lua,
 }
 
 impl Scripts {
@@ -125,8 +137,8 @@ impl Scripts {
             mark_inflight: lua!(Writes, headers, "mark_inflight.lua"),
             mark_acknowledged: lua!(Writes, headers, "mark_acknowledged.lua"),
             find_inflight: lua!(Reads, headers, "find_inflight.lua"),
-            confirm: lua!(Writes, headers, "undo.lua", "confirm.lua"),
-            rollback_to: lua!(Writes, headers, "undo.lua", "rollback_to.lua"),
+            confirm: lua!(Writes, headers, "confirm.lua", with "undo.lua"),
+            rollback_to: lua!(Writes, headers, "rollback_to.lua", with "undo.lua"),
             applied_points: lua!(Reads, headers, "applied_points.lua"),
             check_status: lua!(Reads, headers, "check_status.lua"),
             dump_finalized: lua!(Reads, headers, "dump_finalized.lua"),
@@ -176,18 +188,18 @@ impl Scripts {
 /// `WAIT` after writing scripts: how many replicas, and how long at most.
 pub(crate) type Wait = Option<(usize, std::time::Duration)>;
 
-/// Runs `lua` with every key of the mempool, the arguments every script takes (`event_history`:
-/// how many events the event stream keeps) and `args`; one `EVALSHA`. With `wait` and a script
-/// that writes, `WAIT` goes in the same round trip and too few replicas is
-/// [`Error::NotReplicated`].
+/// Makes `call` with every key of the mempool, the argument every script takes first
+/// (`event_history`: how many events the event stream keeps) and the call's own arguments; one
+/// `EVALSHA`. With `wait` and a script that writes, `WAIT` goes in the same round trip and too
+/// few replicas is [`Error::NotReplicated`].
 pub(crate) fn run(
     conn: &mut RedisConn,
-    lua: &Lua,
+    call: &Call<'_>,
     keys: &Keys,
     event_history: usize,
-    args: &[&[u8]],
     wait: Wait,
 ) -> Result<Value, Error> {
+    let (lua, args) = (call.lua, call.args());
     if let Some((replicas, timeout)) = wait.filter(|_| lua.writes) {
         return run_and_wait(conn, lua, keys, event_history, args, replicas, timeout);
     }
@@ -197,7 +209,7 @@ pub(crate) fn run(
     }
     inv.arg(event_history);
     for arg in args {
-        inv.arg(*arg);
+        inv.arg(arg);
     }
     match conn.invoke(&inv) {
         Ok(value) => Ok(value),
@@ -212,12 +224,12 @@ pub(crate) fn run(
 /// invocation, so this does it here: a `NOSCRIPT` means the script did not run, and the pair is
 /// sent again once the script is loaded (after a restart or a failover to a node that never
 /// saw it).
-fn run_and_wait(
+fn run_and_wait<'a>(
     conn: &mut RedisConn,
     lua: &Lua,
     keys: &Keys,
     event_history: usize,
-    args: &[&[u8]],
+    args: impl Iterator<Item = &'a [u8]>,
     replicas: usize,
     timeout: std::time::Duration,
 ) -> Result<Value, Error> {
@@ -231,7 +243,7 @@ fn run_and_wait(
         .arg(&all[..])
         .arg(event_history);
     for arg in args {
-        cmd.arg(*arg);
+        cmd.arg(arg);
     }
     // WAIT reads 0 as "forever".
     let ms = (timeout.as_millis() as u64).max(1);
@@ -329,32 +341,37 @@ mod tests {
             assert!(first_line(lua).starts_with("#!lua"), "{}", first_line(lua));
         }
         // Only the lease's scripts may run while Redis is out of memory.
-        for lua in [&with.acquire, &with.renew, &with.release, &with.reset_lock] {
-            assert_eq!(first_line(lua), "#!lua flags=allow-oom");
-            assert!(lua.writes);
-        }
-        for lua in [
+        let keeps_lock = [&with.acquire, &with.renew, &with.release, &with.reset_lock];
+        let writes = [
             &with.receive,
             &with.mark_inflight,
             &with.mark_acknowledged,
             &with.confirm,
-        ] {
-            assert_eq!(first_line(lua), "#!lua");
-            assert!(lua.writes);
-        }
-        for lua in [
+            &with.rollback_to,
+        ];
+        let reads = [
             &with.has_pending,
             &with.peek,
             &with.find_inflight,
+            &with.applied_points,
             &with.check_status,
             &with.dump_finalized,
             &with.watcher_info,
             &with.stats,
             &with.check_access,
-        ] {
-            assert_eq!(first_line(lua), "#!lua flags=no-writes");
-            assert!(!lua.writes);
+        ];
+        let kinds: [(&[&Lua], &str, bool); 3] = [
+            (&keeps_lock, "#!lua flags=allow-oom", true),
+            (&writes, "#!lua", true),
+            (&reads, "#!lua flags=no-writes", false),
+        ];
+        for (scripts, line, may_write) in kinds {
+            for lua in scripts {
+                assert_eq!(first_line(lua), line);
+                assert_eq!(lua.writes, may_write, "{line}");
+            }
         }
+        assert_eq!(keeps_lock.len() + writes.len() + reads.len(), 18);
         // Redis 6.2 cannot compile the header: none at all, the prelude first.
         let without = Scripts::new(false);
         for lua in without.all() {

@@ -89,13 +89,7 @@ end
 -- score falls in this range, because removing one member among thousands with the same score
 -- is what made confirm slow down with the mempool's size. Such stale members are skipped here
 -- and removed with the whole range below.
-local drop = {}
-for _, hash in ipairs(redis.call('ZRANGEBYSCORE', K.unconfirmed, '-inf', int(H - D))) do
-  if not seen_set[hash] then
-    local t = load(hash)
-    if t and (t.st == 'R' or t.st == 'A') then drop[#drop + 1] = {hash = hash, t = t} end
-  end
-end
+local drop = unconfirmed_between('-inf', int(H - D), seen_set)
 
 -- Phase 2: write. The block event comes first: it is the audit trail of applied blocks.
 redis.call('SET', K.height, H)

@@ -108,6 +108,21 @@ local function load(hash)
   return decode(hash, rec)
 end
 
+-- The txs of P:unconfirmed scored from `min` to `max` (ZRANGEBYSCORE bounds) that are still
+-- unconfirmed inflight txs (R or A) and not in the set `skip`, as {hash, t}. The set is cleaned
+-- lazily (see confirm.lua), so it may hold txs confirmed or gone since: only live R/A records
+-- count.
+local function unconfirmed_between(min, max, skip)
+  local found = {}
+  for _, hash in ipairs(redis.call('ZRANGEBYSCORE', K.unconfirmed, min, max)) do
+    if not skip[hash] then
+      local t = load(hash)
+      if t and (t.st == 'R' or t.st == 'A') then found[#found + 1] = {hash = hash, t = t} end
+    end
+  end
+  return found
+end
+
 -- Appends one event to the event stream and returns its number `n`. The id is `<n>-0` from a
 -- counter, so a reader sees a gap in `n` when entries it had not read were trimmed. `n` also
 -- orders the pending queue and the inflight set: every move into them makes an event.
