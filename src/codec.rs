@@ -12,7 +12,7 @@ use crate::types::{BlockHash, ChainPoint, EraCbor, MempoolTx, MempoolTxStage, Tx
 use crate::Error;
 
 fn unexpected(what: &str, v: &Value) -> Error {
-    Error::UnexpectedReply(format!("{what}: {v:?}"))
+    Error::UnexpectedReply(format!("{what}: {v:?}").into())
 }
 
 pub(crate) fn array(v: Value, what: &str) -> Result<Vec<Value>, Error> {
@@ -50,6 +50,13 @@ pub(crate) fn text(v: &Value, what: &str) -> Result<String, Error> {
         Value::Okay => Ok("OK".to_string()),
         other => Err(unexpected(what, other)),
     }
+}
+
+/// A reply that must be an array of exactly `N` items.
+pub(crate) fn tuple<const N: usize>(v: Value, what: &str) -> Result<[Value; N], Error> {
+    array(v, what)?
+        .try_into()
+        .map_err(|items: Vec<Value>| Error::UnexpectedReply(format!("{what}: {items:?}").into()))
 }
 
 /// The first item of a script's reply, as text: the word that says what the call did (`ok`,
@@ -136,10 +143,7 @@ pub(crate) fn decode_stage(code: &str, key: &str) -> Result<MempoolTxStage, Erro
 /// Decodes `{hash, stage, confirmations, misses, confirmed_at, era, body}` (see `tx_reply` in
 /// `prelude.lua`).
 pub(crate) fn decode_tx(v: Value, keys: &Keys) -> Result<MempoolTx, Error> {
-    let items = array(v, "tx")?;
-    let [hash, stage, c, m, at, era, body]: [Value; 7] = items
-        .try_into()
-        .map_err(|items: Vec<Value>| Error::UnexpectedReply(format!("tx: {items:?}")))?;
+    let [hash, stage, c, m, at, era, body] = tuple(v, "tx")?;
     let hash_text = text(&hash, "tx hash")?;
     let key = format!("{} {}", keys.txs, hash_text);
     let hash: TxHash = hash_text.parse().map_err(|_| Error::Corrupt {
@@ -173,10 +177,7 @@ pub(crate) struct StreamEntry {
 
 /// Splits a raw `XRANGE`/`XREAD` entry `[id, [field, value, ...]]` of `stream`.
 pub(crate) fn stream_entry(v: Value, stream: &str) -> Result<StreamEntry, Error> {
-    let items = array(v, "stream entry")?;
-    let [id, fields]: [Value; 2] = items
-        .try_into()
-        .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("stream entry: {v:?}")))?;
+    let [id, fields] = tuple(v, "stream entry")?;
     let id = text(&id, "stream entry id")?;
     let key = format!("{stream} {id}");
     let seq = id

@@ -368,7 +368,7 @@ impl Reader {
                 Some((_, entries)) => codec::array(entries, "xread entries")?,
                 None => return Ok(last),
             },
-            other => return Err(Error::UnexpectedReply(format!("xread: {other:?}"))),
+            other => return Err(Error::UnexpectedReply(format!("xread: {other:?}").into())),
         };
         for entry in entries {
             if self.recent.len() == RECENT {

@@ -171,7 +171,10 @@ impl Lease {
         std::thread::Builder::new()
             .name(format!("dolos-redis-wake-{short}"))
             .spawn(move || waker.run())
-            .map_err(|e| Error::Unavailable(format!("cannot spawn the wake thread: {e}")))?;
+            .map_err(|e| {
+                Error::Unavailable(format!("cannot spawn the wake thread: {e}").into())
+                    .with_source(e)
+            })?;
         // A node must hear releases from the moment it competes, or a release right after
         // `open` would leave it waiting for its next poll. Bounded: without Redis, the lease
         // starts anyway and keeps retrying.
@@ -202,7 +205,10 @@ impl Lease {
         let thread = std::thread::Builder::new()
             .name(format!("dolos-redis-lease-{short}"))
             .spawn(move || lease_loop.run(commands_rx, wake_rx))
-            .map_err(|e| Error::Unavailable(format!("cannot spawn the lease thread: {e}")))?;
+            .map_err(|e| {
+                Error::Unavailable(format!("cannot spawn the lease thread: {e}").into())
+                    .with_source(e)
+            })?;
 
         Ok(Lease {
             commands: Some(commands_tx),
@@ -625,7 +631,7 @@ fn parse_acquire(v: redis::Value) -> Result<Acquire, Error> {
             pttl_ms: codec::int(pttl, "pttl")?,
             holder: codec::text(holder, "holder")?,
         }),
-        _ => Err(Error::UnexpectedReply(format!("acquire: {items:?}"))),
+        _ => Err(Error::UnexpectedReply(format!("acquire: {items:?}").into())),
     }
 }
 
@@ -645,7 +651,7 @@ fn parse_renew(v: redis::Value) -> Result<Renew, Error> {
             Ok(Renew::TakenBack(codec::uint(epoch, "epoch")?))
         }
         [_, holder] => Ok(Renew::Lost(codec::text(holder, "holder")?)),
-        _ => Err(Error::UnexpectedReply(format!("renew: {items:?}"))),
+        _ => Err(Error::UnexpectedReply(format!("renew: {items:?}").into())),
     }
 }
 

@@ -56,7 +56,7 @@ mod scripts;
 mod types;
 
 pub use config::Config;
-pub use error::Error;
+pub use error::{Error, ErrorMessage};
 pub use events::MempoolEvent;
 pub use mempool::RedisMempool;
 pub use types::{

@@ -76,7 +76,7 @@ impl RedisMempool {
     pub fn open(config: Config) -> Result<RedisMempool, Error> {
         config.validate()?;
         let target = connect::Target::of(&config).map_err(|_| {
-            Error::InvalidConfig(format!("url: {:?} is not valid", config.redacted_url()))
+            Error::InvalidConfig(format!("url: {:?} is not valid", config.redacted_url()).into())
         })?;
         let node_id = uuid::Uuid::new_v4().to_string();
         let keys = Keys::new(&config.key_prefix);
@@ -101,8 +101,8 @@ impl RedisMempool {
             if config.wait_replicas.is_some() {
                 conn.run::<redis::Value>(redis::cmd("WAIT").arg(0).arg(1))
                     .map_err(|e| match Error::from_redis(e) {
-                        Error::Auth(m) => Error::Auth(format!(
-                            "wait_replicas needs the WAIT command, which the redis user may not run: {m}"
+                        Error::Auth(m) => Error::Auth(m.prefixed(
+                            "wait_replicas needs the WAIT command, which the redis user may not run",
                         )),
                         other => other,
                     })?;
@@ -121,10 +121,13 @@ impl RedisMempool {
             .map(|v| codec::text(v, "check_access"))
             .collect::<Result<Vec<_>, _>>()?;
             if !missing.is_empty() {
-                return Err(Error::Auth(format!(
+                return Err(Error::Auth(
+                    format!(
                     "the redis user may not run what a node needs (see the README's ACL rule): {}",
                     missing.join(", ")
-                )));
+                )
+                    .into(),
+                ));
             }
             (scripts, facts.memory.policy)
         };
@@ -190,7 +193,7 @@ impl RedisMempool {
         self.inner
             .pool
             .get()
-            .map_err(|e| Error::Unavailable(e.to_string()))
+            .map_err(|e| Error::Unavailable(e.to_string().into()).with_source(e))
     }
 
     /// Makes one script call on a pooled connection.
@@ -232,7 +235,7 @@ impl RedisMempool {
             Some("full") => Err(Error::MempoolFull {
                 max: self.inner.config.max_pending,
             }),
-            _ => Err(Error::UnexpectedReply(format!("receive: {reply:?}"))),
+            _ => Err(Error::UnexpectedReply(format!("receive: {reply:?}").into())),
         }
     }
 
@@ -351,12 +354,15 @@ impl RedisMempool {
         drop_threshold: u32,
     ) -> Result<ConfirmOutcome, Error> {
         if !seen.is_empty() && !unseen.is_empty() {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::InvalidInput(
+                format!(
                 "confirm at {point:?}: a block is either applied (seen) or undone (unseen), not \
                  both; got {} seen and {} unseen",
                 seen.len(),
                 unseen.len()
-            )));
+            )
+                .into(),
+            ));
         }
         let Some(member) = codec::chain_member(point) else {
             return Err(Error::InvalidInput(
@@ -445,9 +451,9 @@ impl RedisMempool {
             .rollback_to(&self.inner.node_id, epoch, &member);
         let reply = codec::array(self.exec(call)?, "rollback_to")?;
         if codec::status(&reply, "rollback_to")?.as_deref() == Some("unknown") {
-            return Err(Error::InvalidInput(format!(
-                "rollback_to: {point:?} is not on the applied chain"
-            )));
+            return Err(Error::InvalidInput(
+                format!("rollback_to: {point:?} is not on the applied chain").into(),
+            ));
         }
         self.chain_outcome(&reply, "rollback_to", |n| {
             debug!(
@@ -472,7 +478,7 @@ impl RedisMempool {
             Some("applied") => {
                 let n = |i: usize| match reply.get(i) {
                     Some(v) => codec::int(v, what),
-                    None => Err(Error::UnexpectedReply(format!("{what}: {reply:?}"))),
+                    None => Err(Error::UnexpectedReply(format!("{what}: {reply:?}").into())),
                 };
                 log(&n)?;
                 Ok(ConfirmOutcome::Applied)
@@ -485,7 +491,7 @@ impl RedisMempool {
                 debug!(target: LOG_TARGET, "{what}: already applied, nothing to do");
                 Ok(ConfirmOutcome::AlreadyApplied)
             }
-            _ => Err(Error::UnexpectedReply(format!("{what}: {reply:?}"))),
+            _ => Err(Error::UnexpectedReply(format!("{what}: {reply:?}").into())),
         }
     }
 
@@ -531,10 +537,7 @@ impl RedisMempool {
         if reply == Value::Nil {
             return Ok(TxStatus::unknown());
         }
-        let items = codec::array(reply, "check_status")?;
-        let [stage, c, m, at]: [Value; 4] = items
-            .try_into()
-            .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("check_status: {v:?}")))?;
+        let [stage, c, m, at] = codec::tuple(reply, "check_status")?;
         let key = format!("{} {hex}", self.inner.keys.txs);
         Ok(TxStatus {
             stage: codec::decode_stage(&codec::text(&stage, "stage")?, &key)?,
@@ -566,13 +569,10 @@ impl RedisMempool {
 
     /// The watcher lock as Redis sees it now.
     pub fn watcher_info(&self) -> Result<WatcherInfo, Error> {
-        let items = codec::array(
+        let [holder, pttl, epoch, tip] = codec::tuple(
             self.exec(self.inner.scripts.watcher_info())?,
             "watcher_info",
         )?;
-        let [holder, pttl, epoch, tip]: [Value; 4] = items
-            .try_into()
-            .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("watcher_info: {v:?}")))?;
         self.decode_watcher(&holder, &pttl, &epoch, &tip)
     }
 
@@ -615,15 +615,15 @@ impl RedisMempool {
     /// Counts per stage, the watcher, this node's lease figures and the server's memory settings
     /// (eviction policy, `maxmemory`, `used_memory`), in one round trip.
     pub fn stats(&self) -> Result<MempoolStats, Error> {
-        let items = codec::array(self.exec(self.inner.scripts.stats())?, "stats")?;
-        let [counts, log_len, holder, pttl, epoch, tip, height, info]: [Value; 8] = items
-            .try_into()
-            .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("stats: {v:?}")))?;
+        let [counts, log_len, holder, pttl, epoch, tip, height, info] =
+            codec::tuple(self.exec(self.inner.scripts.stats())?, "stats")?;
         let counts = codec::array(counts, "stage counts")?;
         let count = |i: usize| -> Result<u64, Error> {
             match counts.get(i) {
                 Some(v) => Ok(codec::int(v, "stage count")?.max(0) as u64),
-                None => Err(Error::UnexpectedReply(format!("stage counts: {counts:?}"))),
+                None => Err(Error::UnexpectedReply(
+                    format!("stage counts: {counts:?}").into(),
+                )),
             }
         };
         let lease = &self.inner.lease_shared.counters;
@@ -737,9 +737,9 @@ impl RedisMempool {
 fn server_info(conn: &mut connect::RedisConn) -> Result<String, Error> {
     conn.run(&redis::cmd("INFO"))
         .map_err(|e| match Error::from_redis(e) {
-            Error::Auth(m) => Error::Auth(format!(
+            Error::Auth(m) => Error::Auth(m.prefixed(
                 "open reads the server's version and memory settings with INFO, which the redis \
-                 user may not run; add +info to its ACL rule (see the README): {m}"
+                 user may not run; add +info to its ACL rule (see the README)",
             )),
             other => other,
         })

@@ -251,9 +251,7 @@ fn run_and_wait<'a>(
     let mut loaded = false;
     loop {
         let replies: Vec<Value> = conn.run_pipeline(&pipe).map_err(Error::from_redis)?;
-        let [reply, acked]: [Value; 2] = replies
-            .try_into()
-            .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("evalsha+wait: {v:?}")))?;
+        let [reply, acked] = codec::tuple(Value::Array(replies), "evalsha+wait")?;
         let reply = match reply {
             Value::ServerError(e) => {
                 let e = redis::RedisError::from(e);

@@ -16,7 +16,7 @@ mod validate;
 /// The refusal of a setting: `<field>: <why>`, the one form of every [`Error::InvalidConfig`]
 /// (callers and tests read the field from it).
 pub(crate) fn invalid(field: &str, why: impl fmt::Display) -> Error {
-    Error::InvalidConfig(format!("{field}: {why}"))
+    Error::InvalidConfig(format!("{field}: {why}").into())
 }
 
 /// How a node connects to Redis and shares its mempool.

@@ -70,5 +70,7 @@ pub(crate) fn build_pool(
         .connection_timeout(config.connect_timeout)
         .error_handler(Box::new(QuietErrors))
         .build(manager)
-        .map_err(|e| Error::Unavailable(format!("{} ({})", e, config.redacted_url())))
+        .map_err(|e| {
+            Error::Unavailable(format!("{} ({})", e, config.redacted_url()).into()).with_source(e)
+        })
 }

@@ -74,5 +74,6 @@ pub(crate) fn certificates(config: &Config) -> Result<redis::TlsCertificates, Er
 
 /// The contents of a PEM file named by `field`.
 fn read_pem(field: &str, path: &std::path::Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())).with_source(e))
 }
