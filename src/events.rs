@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use redis::Value;
 
 use crate::codec;
-use crate::connect::RedisConn;
+use crate::connect::{ConnRole, RedisConn};
 use crate::types::{ChainPoint, EraCbor, MempoolTx, MempoolTxStage};
 use crate::{Error, TxHash, LOG_TARGET};
 
@@ -261,7 +261,7 @@ impl Reader {
             &s.target,
             s.connect_timeout,
             BLOCK + s.io_timeout,
-            &format!("dolos-redis:{}:events", s.node_id),
+            &ConnRole::Events.name(&s.node_id),
         )
         .map_err(Error::from_redis)?;
         if !self.link_up {

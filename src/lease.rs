@@ -33,7 +33,7 @@ use crossbeam_channel::{never, select, Receiver, Sender};
 use log::{debug, info, warn};
 
 use crate::codec;
-use crate::connect::{RedisConn, Target};
+use crate::connect::{ConnRole, RedisConn, Target};
 use crate::keys::Keys;
 use crate::memory::{self, MemoryFacts};
 use crate::scripts::{self, Scripts};
@@ -163,7 +163,7 @@ impl Lease {
             channel: keys.wake_channel.clone(),
             connect_timeout: config.lease_io_timeout(),
             retry: LeaseTiming::new(config.watcher_lock_ttl).renew_every,
-            name: format!("dolos-redis:{node_id}:wake"),
+            name: ConnRole::Wake.name(&node_id),
             stop: waker_stop_rx,
             wake: wake_tx,
             subscribed: Some(subscribed_tx),
@@ -188,7 +188,7 @@ impl Lease {
             target,
             keys,
             scripts,
-            name: format!("dolos-redis:{node_id}:lease"),
+            name: ConnRole::Lease.name(&node_id),
             node_id,
             shared,
             conn: None,

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use redis::Value;
 
 use crate::codec;
-use crate::connect::{self, Pool};
+use crate::connect::{self, ConnRole, Pool};
 use crate::events::{EventHub, MempoolEvent, ReaderSetup};
 use crate::keys::Keys;
 use crate::lease::{Lease, LeaseShared};
@@ -88,7 +88,7 @@ impl RedisMempool {
                 &target,
                 config.connect_timeout,
                 config.command_timeout,
-                &format!("dolos-redis:{node_id}:open"),
+                &ConnRole::Open.name(&node_id),
             )
             .map_err(Error::from_redis)?;
             let facts = memory::ServerFacts::parse(&server_info(&mut conn)?);
@@ -131,11 +131,7 @@ impl RedisMempool {
             }
             (scripts, facts.memory.policy)
         };
-        let pool = connect::build_pool(
-            target.clone(),
-            &config,
-            format!("dolos-redis:{node_id}:pool"),
-        )?;
+        let pool = connect::build_pool(target.clone(), &config, ConnRole::Pool.name(&node_id))?;
         let lease_shared = Arc::new(LeaseShared::default());
         let lease = if config.watcher_candidate {
             let (first_tx, first_rx) = crossbeam_channel::bounded(1);

@@ -155,6 +155,37 @@ fn refused_access(err: &redis::RedisError) -> bool {
     matches!(Error::from_redis(err.clone()), Error::Auth(_))
 }
 
+/// What a connection is for. Each connection is named after it, as `dolos-redis:<node>:<role>`
+/// (`CLIENT SETNAME`), so `CLIENT LIST` tells every node's connections apart; this is the one
+/// place that name is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConnRole {
+    /// The direct connection `open` checks the server with.
+    Open,
+    /// A pooled connection for mempool calls.
+    Pool,
+    /// The lease thread's.
+    Lease,
+    /// The wake thread's subscription to the lock's channel.
+    Wake,
+    /// The event reader's.
+    Events,
+}
+
+impl ConnRole {
+    /// The connection name of this role for node `node_id`.
+    pub fn name(self, node_id: &str) -> String {
+        let role = match self {
+            ConnRole::Open => "open",
+            ConnRole::Pool => "pool",
+            ConnRole::Lease => "lease",
+            ConnRole::Wake => "wake",
+            ConnRole::Events => "events",
+        };
+        format!("dolos-redis:{node_id}:{role}")
+    }
+}
+
 /// Sets the read and write timeouts of a raw connection.
 fn set_io_timeouts(conn: &redis::Connection, timeout: Duration) -> redis::RedisResult<()> {
     conn.set_read_timeout(Some(timeout))?;
@@ -237,4 +268,24 @@ fn connect_at(
     let conn = redis::Client::open(info)?.get_connection_with_timeout(left(deadline)? / 3)?;
     set_io_timeouts(&conn, left(deadline)?)?;
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_named_after_node_and_role() {
+        // Operators grep `CLIENT LIST` for these, and the tests match them.
+        let roles = [
+            (ConnRole::Open, "open"),
+            (ConnRole::Pool, "pool"),
+            (ConnRole::Lease, "lease"),
+            (ConnRole::Wake, "wake"),
+            (ConnRole::Events, "events"),
+        ];
+        for (role, word) in roles {
+            assert_eq!(role.name("n1"), format!("dolos-redis:n1:{word}"));
+        }
+    }
 }
