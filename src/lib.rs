@@ -64,5 +64,11 @@ pub use types::{
     MempoolTxStage, TxHash, TxStatus, WatcherInfo,
 };
 
+/// The README's Rust examples, compiled and run by the doc tests like the examples here (its
+/// TOML tables are checked by a unit test in `config/toml.rs`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// The `log` target of lease and confirm messages, as in the reference deployment.
 pub const LOG_TARGET: &str = "dolos_redis::mempool";

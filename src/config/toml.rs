@@ -173,4 +173,63 @@ mod tests {
             if cfg!(feature = "cluster") { "key_prefix:" } else { "cluster_nodes:" }))
         );
     }
+
+    /// The ```toml blocks of a markdown text.
+    fn toml_blocks(markdown: &str) -> Vec<String> {
+        let mut blocks = Vec::new();
+        let mut block: Option<String> = None;
+        for line in markdown.lines() {
+            let fence = line.trim_start().starts_with("```");
+            match &mut block {
+                Some(text) if fence => blocks.push(std::mem::take(text)),
+                Some(text) => text.push_str(&format!("{line}\n")),
+                None => {}
+            }
+            if fence {
+                block = match block {
+                    Some(_) => None,
+                    None => line.trim_start().starts_with("```toml").then(String::new),
+                };
+            }
+        }
+        blocks
+    }
+
+    /// The README's TOML tables are what an operator copies: each must be a Dolos table this
+    /// crate reads as it stands. Unknown keys are ignored when reading (other tools may share
+    /// the table), so a misspelt key would read just as well: every key is also given a value
+    /// of the wrong type, which the table must then refuse.
+    #[test]
+    fn every_toml_block_of_the_readme_is_a_table_this_crate_reads() {
+        let blocks = toml_blocks(include_str!("../../README.md"));
+        assert!(blocks.len() >= 4, "{blocks:?}");
+        for block in &blocks {
+            let document: ::toml::Table =
+                ::toml::from_str(block).unwrap_or_else(|e| panic!("not TOML: {e}\n{block}"));
+            let table = document
+                .get("storage")
+                .and_then(|s| s.get("mempool"))
+                .and_then(|m| m.as_table())
+                .unwrap_or_else(|| panic!("no [storage.mempool] table:\n{block}"));
+            let read =
+                |table: &::toml::Table| ::toml::Value::Table(table.clone()).try_into::<Config>();
+            let config = read(table).unwrap_or_else(|e| panic!("{e}\n{block}"));
+            for key in table.keys() {
+                let mut wrong = table.clone();
+                wrong.insert(key.clone(), ::toml::Value::Table(::toml::Table::new()));
+                assert!(
+                    read(&wrong).is_err(),
+                    "the table does not know {key:?}:\n{block}"
+                );
+            }
+            // The files named by a TLS example do not exist here, and Sentinel and Cluster
+            // need their features; everything else must pass the checks `open` makes first.
+            let names_files = table.keys().any(|k| k.ends_with("_file"));
+            let lacks_feature = (table.contains_key("sentinels") && !cfg!(feature = "sentinel"))
+                || (table.contains_key("cluster_nodes") && !cfg!(feature = "cluster"));
+            if !names_files && !lacks_feature {
+                assert_eq!(config.validate(), Ok(()), "{block}");
+            }
+        }
+    }
 }
