@@ -108,6 +108,21 @@ local function load(hash)
   return decode(hash, rec)
 end
 
+-- The inflight txs among list[first..last] (pending and untracked hashes are left out), each
+-- once and in list order, as {hash, t}; and the set of every hash in that range.
+local function inflight_in(list, first, last)
+  local found, set = {}, {}
+  for i = first, last do
+    local hash = list[i]
+    if not set[hash] then
+      set[hash] = true
+      local t = load(hash)
+      if t and t.st ~= 'P' then found[#found + 1] = {hash = hash, t = t} end
+    end
+  end
+  return found, set
+end
+
 -- The txs of P:unconfirmed scored from `min` to `max` (ZRANGEBYSCORE bounds) that are still
 -- unconfirmed inflight txs (R or A) and not in the set `skip`, as {hash, t}. The set is cleaned
 -- lazily (see confirm.lua), so it may hold txs confirmed or gone since: only live R/A records

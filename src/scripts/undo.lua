@@ -17,14 +17,7 @@ local function undo_from(h, unseen, node_id, epoch)
   local undone = redis.call('ZRANGEBYSCORE', K.chain, h, '+inf')
   -- The host's `unseen` first, in its order, then the other txs the undone blocks confirmed, in
   -- the order they were confirmed.
-  local back, back_set = {}, {}
-  for _, hash in ipairs(unseen) do
-    if not back_set[hash] then
-      back_set[hash] = true
-      local t = load(hash)
-      if t and t.st ~= 'P' then back[#back + 1] = {hash = hash, t = t} end
-    end
-  end
+  local back, back_set = inflight_in(unseen, 1, #unseen)
   for _, hash in ipairs(redis.call('ZRANGEBYSCORE', K.confirmed, h, '+inf')) do
     if not back_set[hash] then
       back_set[hash] = true
