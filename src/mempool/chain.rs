@@ -14,7 +14,7 @@ use crate::{Error, LOG_TARGET};
 impl RedisMempool {
     /// Applies one block to the inflight transactions, or undoes one when `unseen` is not
     /// empty. Only the watcher changes anything, and Redis keeps the **applied chain** (the
-    /// newest [`applied_history`](Config::applied_history) applied blocks) to apply each block
+    /// newest [`applied_history`](crate::Config::applied_history) applied blocks) to apply each block
     /// once and to let depth follow the chain. With `H` the chain's height:
     ///
     /// * **Forward** (`unseen` empty): [`AlreadyApplied`](ConfirmOutcome::AlreadyApplied) if
@@ -214,7 +214,7 @@ impl RedisMempool {
 
     /// The applied chain as Redis keeps it: the points of the newest applied blocks, **newest
     /// first**, at most `limit` of them (and at most
-    /// [`applied_history`](Config::applied_history)). Empty before the first block, or once
+    /// [`applied_history`](crate::Config::applied_history)). Empty before the first block, or once
     /// every retained block was undone.
     ///
     /// ```no_run
