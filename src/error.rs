@@ -1,18 +1,50 @@
-//! The one error type of the crate.
+//! The one error type of the crate, and the message type its variants carry.
 
 use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+/// The message of an [`Error`] (by reference or mutable reference, as `$err` is), for the
+/// variants that carry one: the one list of them.
+macro_rules! message_of {
+    ($err:expr) => {
+        match $err {
+            Error::InvalidConfig(m)
+            | Error::InvalidInput(m)
+            | Error::Unavailable(m)
+            | Error::Timeout(m)
+            | Error::Server(m)
+            | Error::Auth(m)
+            | Error::UnexpectedReply(m)
+            | Error::OutOfMemory(m) => Some(m),
+            _ => None,
+        }
+    };
+}
 
 /// Everything that can go wrong in a mempool call.
 ///
 /// Every failure is reported: the crate never turns an error into `false`, an empty list or
 /// `Unknown`. Messages are lowercase and never contain credentials.
+///
+/// Where the failure comes from a lower-level error (redis-rs's, an I/O error reading a TLS
+/// file, the pool's), [`source()`](std::error::Error::source) returns it, for programs that
+/// look into it (`downcast_ref::<redis::RedisError>()`, for instance). The message already
+/// quotes it, so logging `{err}` alone loses nothing.
+///
+/// ```
+/// use std::error::Error as _;
+/// let err = dolos_redis::Config::new("http://nowhere").validate().unwrap_err();
+/// assert!(matches!(&err, dolos_redis::Error::InvalidConfig(m) if m.starts_with("url:")));
+/// assert!(err.source().is_none()); // a refused setting has no cause below it
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
     /// A configuration value is not acceptable; the message names the field.
-    InvalidConfig(String),
+    InvalidConfig(ErrorMessage),
     /// An argument is not acceptable (for example a malformed hash string).
-    InvalidInput(String),
+    InvalidInput(ErrorMessage),
     /// The transaction is already pending, inflight, or finalized in the retained log.
     DuplicateTx,
     /// The payload is larger than `max_tx_size`; nothing was stored.
@@ -29,15 +61,15 @@ pub enum Error {
     },
     /// Redis could not be reached: connecting failed, the link broke, or no pooled connection
     /// became free within the connect timeout.
-    Unavailable(String),
+    Unavailable(ErrorMessage),
     /// Redis did not answer within the command timeout. The call may or may not have taken
     /// effect on the server (like any timed-out write); the connection is discarded.
-    Timeout(String),
+    Timeout(ErrorMessage),
     /// Redis answered with an error this crate has no variant for.
-    Server(String),
+    Server(ErrorMessage),
     /// Redis refused the credentials, wants some, or the user lacks a permission (ACL). Not
     /// transient: retrying will not help until the configuration changes.
-    Auth(String),
+    Auth(ErrorMessage),
     /// A key under the mempool's prefix holds a value of the wrong Redis type.
     WrongType {
         /// The full key name.
@@ -52,7 +84,7 @@ pub enum Error {
     },
     /// Redis sent a reply of a shape the crate does not expect (a different script version, or a
     /// bug).
-    UnexpectedReply(String),
+    UnexpectedReply(ErrorMessage),
     /// The lease thread panicked; reported by `shutdown`.
     LeaseThreadPanicked,
     /// With [`Config::wait_replicas`](crate::Config::wait_replicas): the call's write **was
@@ -72,7 +104,7 @@ pub enum Error {
     /// meanwhile. Not [transient](Error::is_transient): it lasts until memory is freed or
     /// `maxmemory` raised, which takes an operator (lowering `max_pending`, `max_finalized` or
     /// `event_history` keeps it from coming back). Holds Redis's own message.
-    OutOfMemory(String),
+    OutOfMemory(ErrorMessage),
     /// `open` found Redis configured to evict keys when it runs out of memory
     /// (`maxmemory-policy` other than `noeviction`): `allkeys-*` would delete accepted
     /// transactions, `volatile-*` the watcher lock. The message says what the policy would do
@@ -124,7 +156,98 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let source = self.message()?.source.as_deref()?;
+        Some(source)
+    }
+}
+
+/// The message of an [`Error`] variant, and the lower-level error it comes from, if any (what
+/// [`Error`]'s `source()` returns).
+///
+/// It reads as a `&str` (it dereferences to one, and compares with strings); two messages are
+/// equal when their texts are. Cloning it shares the source.
+#[derive(Clone)]
+pub struct ErrorMessage {
+    text: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ErrorMessage {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The same source, with `prefix: ` in front of the text.
+    pub(crate) fn prefixed(self, prefix: impl fmt::Display) -> ErrorMessage {
+        ErrorMessage {
+            text: format!("{prefix}: {}", self.text),
+            source: self.source,
+        }
+    }
+}
+
+impl Deref for ErrorMessage {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl AsRef<str> for ErrorMessage {
+    fn as_ref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for ErrorMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// As the text alone (quoted, like a `String`): the source is `source()`'s business, and its
+/// `Debug` form might show what the text leaves out.
+impl fmt::Debug for ErrorMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.text, f)
+    }
+}
+
+impl PartialEq for ErrorMessage {
+    fn eq(&self, other: &ErrorMessage) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for ErrorMessage {}
+
+impl PartialEq<str> for ErrorMessage {
+    fn eq(&self, other: &str) -> bool {
+        self.text == other
+    }
+}
+
+impl PartialEq<&str> for ErrorMessage {
+    fn eq(&self, other: &&str) -> bool {
+        self.text == *other
+    }
+}
+
+impl From<String> for ErrorMessage {
+    fn from(text: String) -> ErrorMessage {
+        ErrorMessage { text, source: None }
+    }
+}
+
+impl From<&str> for ErrorMessage {
+    fn from(text: &str) -> ErrorMessage {
+        ErrorMessage::from(text.to_string())
+    }
+}
 
 impl Error {
     /// Whether the error comes from the link to Redis (unreachable, broken, timed out) rather
@@ -135,34 +258,62 @@ impl Error {
         matches!(self, Error::Unavailable(_) | Error::Timeout(_))
     }
 
-    /// Sorts a redis-rs error into our variants. `Corrupt` comes from our own scripts, which
-    /// raise `CORRUPT <key> <detail>`; `WrongType` is refined by the caller, which knows the keys.
+    /// The message of the variants that carry one.
+    fn message(&self) -> Option<&ErrorMessage> {
+        message_of!(self)
+    }
+
+    /// Records `source` as what this error comes from (see `source()`); variants without a
+    /// message keep none.
+    pub(crate) fn with_source(
+        mut self,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        if let Some(m) = message_of!(&mut self) {
+            m.source = Some(Arc::new(source));
+        }
+        self
+    }
+
+    /// Sorts a redis-rs error into our variants, keeping it as the source. `Corrupt` comes from
+    /// our own scripts, which raise `CORRUPT <key> <detail>`; `WrongType` is refined by the
+    /// caller, which knows the keys.
     pub(crate) fn from_redis(err: redis::RedisError) -> Error {
+        Error::sort_redis(&err).with_source(err)
+    }
+
+    fn sort_redis(err: &redis::RedisError) -> Error {
         if err.is_timeout() {
-            return Error::Timeout(err.to_string());
+            return Error::Timeout(err.to_string().into());
         }
         if err.kind() == redis::ErrorKind::AuthenticationFailed
             || matches!(err.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
             // A command, key or channel of a script refused by the ACL: a plain ERR.
             || err.to_string().contains("The user executing the script can't")
         {
-            return Error::Auth(err.to_string());
+            return Error::Auth(err.to_string().into());
         }
-        if is_read_only(&err) {
-            return Error::Unavailable(format!(
+        if is_read_only(err) {
+            return Error::Unavailable(
+                format!(
                 "READONLY: the server is a replica now (demoted by a failover?), reconnecting: \
                  {err}"
-            ));
+            )
+                .into(),
+            );
         }
-        if is_cluster_redirect(&err) {
-            return Error::Unavailable(format!(
-                "{}: the mempool's hash slot is served by another node now, or the cluster is \
+        if is_cluster_redirect(err) {
+            return Error::Unavailable(
+                format!(
+                    "{}: the mempool's hash slot is served by another node now, or the cluster is \
                  not ready; reconnecting: {err}",
-                err.code().unwrap_or("cluster")
-            ));
+                    err.code().unwrap_or("cluster")
+                )
+                .into(),
+            );
         }
         if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
-            return Error::Unavailable(err.to_string());
+            return Error::Unavailable(err.to_string().into());
         }
         match err.code() {
             Some("CORRUPT") => {
@@ -182,9 +333,9 @@ impl Error {
             },
             // Refused for memory, as a command or from inside a script (Redis keeps the code of
             // an error raised by `redis.call`); either way before anything was written.
-            Some("OOM") => Error::OutOfMemory(err.to_string()),
-            Some(_) => Error::Server(err.to_string()),
-            None => Error::UnexpectedReply(err.to_string()),
+            Some("OOM") => Error::OutOfMemory(err.to_string().into()),
+            Some(_) => Error::Server(err.to_string().into()),
+            None => Error::UnexpectedReply(err.to_string().into()),
         }
     }
 
@@ -223,4 +374,51 @@ fn is_read_only(err: &redis::RedisError) -> bool {
         || err
             .to_string()
             .contains("You can't write against a read only replica")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_redis_error_stays_the_source() {
+        let redis_err = redis::RedisError::from((redis::ErrorKind::Io, "connection reset"));
+        let err = Error::from_redis(redis_err);
+        assert!(err.is_transient(), "{err:?}");
+        let source = err.source().expect("the redis error is the source");
+        assert!(source.downcast_ref::<redis::RedisError>().is_some());
+        // Clones share it; equality and Debug look at the text alone.
+        let copy = err.clone();
+        assert!(copy.source().is_some());
+        assert_eq!(copy, err);
+        let Error::Unavailable(m) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(
+            *m,
+            Error::Unavailable(m.as_str().into())
+                .message()
+                .unwrap()
+                .clone()
+        );
+        assert_eq!(format!("{m:?}"), format!("{:?}", m.as_str()));
+        assert!(m.contains("connection reset"));
+    }
+
+    #[test]
+    fn an_error_is_a_plain_value() {
+        fn plain<T: Clone + Eq + Send + Sync + 'static>() {}
+        plain::<Error>();
+        let err = Error::Auth("refused".into());
+        assert_eq!(err.source().map(|e| e.to_string()), None);
+        assert_eq!(err, Error::Auth("refused".into()));
+        let err = err.with_source(std::io::Error::other("below"));
+        assert_eq!(
+            err.source().map(|e| e.to_string()).as_deref(),
+            Some("below")
+        );
+        let no_message = Error::DuplicateTx.with_source(std::io::Error::other("x"));
+        assert!(no_message.source().is_none());
+    }
 }

@@ -22,8 +22,8 @@ use log::{debug, warn};
 use parking_lot::Mutex;
 use redis::Value;
 
-use crate::pool::RedisConn;
-use crate::scripts;
+use crate::codec;
+use crate::connect::{ConnRole, RedisConn};
 use crate::types::{ChainPoint, EraCbor, MempoolTx, MempoolTxStage};
 use crate::{Error, TxHash, LOG_TARGET};
 
@@ -140,7 +140,7 @@ pub(crate) struct EventHub {
 const BLOCK: Duration = Duration::from_millis(500);
 
 pub(crate) struct ReaderSetup {
-    pub target: crate::pool::Target,
+    pub target: crate::connect::Target,
     pub stream: String,
     pub node_id: String,
     pub connect_timeout: Duration,
@@ -261,7 +261,7 @@ impl Reader {
             &s.target,
             s.connect_timeout,
             BLOCK + s.io_timeout,
-            &format!("dolos-redis:{}:events", s.node_id),
+            &ConnRole::Events.name(&s.node_id),
         )
         .map_err(Error::from_redis)?;
         if !self.link_up {
@@ -336,7 +336,7 @@ impl Reader {
             .map_err(Error::from_redis)?;
         let oldest = self.recent.front().map(|(m, _)| *m);
         let mut delivered = start - 1;
-        for entry in scripts::array(reply, "xrange")? {
+        for entry in codec::array(reply, "xrange")? {
             let n = entry_number(&entry, &self.setup.stream)?;
             match self.recent.iter().find(|(m, _)| *m == n) {
                 Some((_, value)) if value == &entry => delivered = n,
@@ -358,17 +358,17 @@ impl Reader {
         let entries = match reply {
             Value::Nil => return Ok(last),
             Value::Array(streams) => match streams.into_iter().next() {
-                Some(stream) => match scripts::array(stream, "xread stream")?.pop() {
-                    Some(entries) => scripts::array(entries, "xread entries")?,
+                Some(stream) => match codec::array(stream, "xread stream")?.pop() {
+                    Some(entries) => codec::array(entries, "xread entries")?,
                     None => return Ok(last),
                 },
                 None => return Ok(last),
             },
             Value::Map(streams) => match streams.into_iter().next() {
-                Some((_, entries)) => scripts::array(entries, "xread entries")?,
+                Some((_, entries)) => codec::array(entries, "xread entries")?,
                 None => return Ok(last),
             },
-            other => return Err(Error::UnexpectedReply(format!("xread: {other:?}"))),
+            other => return Err(Error::UnexpectedReply(format!("xread: {other:?}").into())),
         };
         for entry in entries {
             if self.recent.len() == RECENT {
@@ -397,7 +397,7 @@ fn entry_number(entry: &Value, stream: &str) -> Result<u64, Error> {
         Value::Array(items) => items.first(),
         _ => None,
     };
-    let id = scripts::text(id.unwrap_or(&Value::Nil), "event id")?;
+    let id = codec::text(id.unwrap_or(&Value::Nil), "event id")?;
     id.split_once('-')
         .and_then(|(n, _)| n.parse().ok())
         .ok_or_else(|| Error::Corrupt {
@@ -409,7 +409,7 @@ fn entry_number(entry: &Value, stream: &str) -> Result<u64, Error> {
 /// Decodes one stream entry; `None` for kinds this version does not know (skipped, so a newer
 /// writer does not break an older reader).
 fn decode_event(entry: Value, stream: &str) -> Result<(u64, Option<MempoolEvent>), Error> {
-    let scripts::StreamEntry { seq, key, fields } = scripts::stream_entry(entry, stream)?;
+    let codec::StreamEntry { seq, key, fields } = codec::stream_entry(entry, stream)?;
     let corrupt = |detail: String| Error::Corrupt {
         key: key.clone(),
         detail,
@@ -418,8 +418,8 @@ fn decode_event(entry: Value, stream: &str) -> Result<(u64, Option<MempoolEvent>
     let mut fields = fields.into_iter();
     while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
         map.insert(
-            scripts::text(&name, "event field")?,
-            scripts::text(&value, "event value")?,
+            codec::text(&name, "event field")?,
+            codec::text(&value, "event value")?,
         );
     }
     let get = |f: &str| {
@@ -439,7 +439,7 @@ fn decode_event(entry: Value, stream: &str) -> Result<(u64, Option<MempoolEvent>
                 .map_err(|_| corrupt("bad tx hash".into()))?;
             let stage = match get("st")?.as_str() {
                 "B" => MempoolTxStage::RolledBack,
-                code => scripts::decode_stage(code, &key)?,
+                code => codec::decode_stage(code, &key)?,
             };
             let small = |f: &str| {
                 number(f).and_then(|n| {
@@ -454,13 +454,13 @@ fn decode_event(entry: Value, stream: &str) -> Result<(u64, Option<MempoolEvent>
                     stage,
                     confirmations: small("c")?,
                     non_confirmations: small("m")?,
-                    confirmed_at: scripts::decode_point(&get("at")?, &key)?,
+                    confirmed_at: codec::decode_point(&get("at")?, &key)?,
                 },
             }
         }
         "block" => MempoolEvent::BlockApplied {
             seq,
-            point: scripts::decode_point(&get("at")?, &key)?
+            point: codec::decode_point(&get("at")?, &key)?
                 .ok_or_else(|| corrupt("block event without a point".into()))?,
             height: number("h")?,
             rollback: get("undo")? == "1",

@@ -1,4 +1,6 @@
-//! The watcher lease: all of its logic lives in this file.
+//! The watcher lease: all of its logic lives in this file, on purpose and past the size of the
+//! others (about 800 lines, a sixth of them tests): the invariant below is checked by reading the
+//! state machine, its timing and the commands it sends together, and a split would scatter them.
 //!
 //! One named thread per [`RedisMempool`](crate::RedisMempool) (shared by its clones) holds its
 //! own Redis connection and runs a small state machine:
@@ -32,9 +34,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{never, select, Receiver, Sender};
 use log::{debug, info, warn};
 
+use crate::codec;
+use crate::connect::{ConnRole, RedisConn, Target};
 use crate::keys::Keys;
 use crate::memory::{self, MemoryFacts};
-use crate::pool::{RedisConn, Target};
 use crate::scripts::{self, Scripts};
 use crate::{Config, Error, LOG_TARGET};
 
@@ -120,6 +123,7 @@ pub(crate) struct LeaseShared {
 
 enum Command {
     /// Test hook: block the thread as if it were descheduled.
+    #[cfg(feature = "test-hooks")]
     Freeze(Duration),
     /// Stop without releasing the lock, as a crash would.
     Abandon,
@@ -161,7 +165,7 @@ impl Lease {
             channel: keys.wake_channel.clone(),
             connect_timeout: config.lease_io_timeout(),
             retry: LeaseTiming::new(config.watcher_lock_ttl).renew_every,
-            name: format!("dolos-redis:{node_id}:wake"),
+            name: ConnRole::Wake.name(&node_id),
             stop: waker_stop_rx,
             wake: wake_tx,
             subscribed: Some(subscribed_tx),
@@ -169,7 +173,10 @@ impl Lease {
         std::thread::Builder::new()
             .name(format!("dolos-redis-wake-{short}"))
             .spawn(move || waker.run())
-            .map_err(|e| Error::Unavailable(format!("cannot spawn the wake thread: {e}")))?;
+            .map_err(|e| {
+                Error::Unavailable(format!("cannot spawn the wake thread: {e}").into())
+                    .with_source(e)
+            })?;
         // A node must hear releases from the moment it competes, or a release right after
         // `open` would leave it waiting for its next poll. Bounded: without Redis, the lease
         // starts anyway and keeps retrying.
@@ -183,7 +190,7 @@ impl Lease {
             target,
             keys,
             scripts,
-            name: format!("dolos-redis:{node_id}:lease"),
+            name: ConnRole::Lease.name(&node_id),
             node_id,
             shared,
             conn: None,
@@ -200,7 +207,10 @@ impl Lease {
         let thread = std::thread::Builder::new()
             .name(format!("dolos-redis-lease-{short}"))
             .spawn(move || lease_loop.run(commands_rx, wake_rx))
-            .map_err(|e| Error::Unavailable(format!("cannot spawn the lease thread: {e}")))?;
+            .map_err(|e| {
+                Error::Unavailable(format!("cannot spawn the lease thread: {e}").into())
+                    .with_source(e)
+            })?;
 
         Ok(Lease {
             commands: Some(commands_tx),
@@ -215,6 +225,8 @@ impl Lease {
         self.stop_inner(release)
     }
 
+    /// Test hook: see [`RedisMempool::test_freeze_lease`](crate::RedisMempool::test_freeze_lease).
+    #[cfg(feature = "test-hooks")]
     pub fn freeze(&self, duration: Duration) {
         if let Some(tx) = &self.commands {
             let _ = tx.send(Command::Freeze(duration));
@@ -311,6 +323,7 @@ impl LeaseLoop {
             let timeout = self.due().saturating_duration_since(Instant::now());
             select! {
                 recv(commands) -> cmd => match cmd {
+                    #[cfg(feature = "test-hooks")]
                     Ok(Command::Freeze(d)) => std::thread::sleep(d),
                     Ok(Command::Abandon) => return Ok(()),
                     Err(_) => break,
@@ -410,8 +423,7 @@ impl LeaseLoop {
 
     fn try_acquire(&mut self) {
         let sent = Instant::now();
-        let ttl_ms = self.timing.ttl.as_millis().to_string();
-        let reply = self.call(self.io_timeout, Which::Acquire, &[&ttl_ms]);
+        let reply = self.call(self.io_timeout, Which::Acquire);
         let now = Instant::now();
         match reply.and_then(parse_acquire) {
             Ok(Acquire::Won(epoch)) => {
@@ -460,12 +472,7 @@ impl LeaseLoop {
     fn renew(&mut self, epoch: u64, valid_until: Instant) {
         let sent = Instant::now();
         let left = valid_until.saturating_duration_since(sent);
-        let (epoch_arg, ttl_arg) = (epoch.to_string(), self.timing.ttl.as_millis().to_string());
-        let reply = self.call(
-            self.io_timeout.min(left),
-            Which::Renew,
-            &[&epoch_arg, &ttl_arg],
-        );
+        let reply = self.call(self.io_timeout.min(left), Which::Renew { epoch });
         let now = Instant::now();
         match reply.and_then(parse_renew) {
             Ok(renewed @ (Renew::Renewed | Renew::TakenBack(_))) => {
@@ -535,22 +542,16 @@ impl LeaseLoop {
         self.role = Role::Follower {
             next_try: Instant::now(),
         };
-        let reply = self.call(self.io_timeout, Which::Release, &[&epoch.to_string()])?;
-        if scripts::int(&reply, "release")? == 1 {
+        let reply = self.call(self.io_timeout, Which::Release { epoch })?;
+        if codec::int(&reply, "release")? == 1 {
             info!(target: LOG_TARGET, "released watcher lock");
         }
         Ok(())
     }
 
-    /// Runs one lease script with `[node_id, args...]`, (re)connecting as needed; logs a change
-    /// of link state once.
-    fn call(
-        &mut self,
-        timeout: Duration,
-        which: Which,
-        args: &[&str],
-    ) -> Result<redis::Value, Error> {
-        let result = self.call_inner(timeout, which, args);
+    /// Runs one lease script, (re)connecting as needed; logs a change of link state once.
+    fn call(&mut self, timeout: Duration, which: Which) -> Result<redis::Value, Error> {
+        let result = self.call_inner(timeout, which);
         match &result {
             Ok(_) if self.link_up != Some(true) => {
                 if self.link_up.is_some() {
@@ -571,12 +572,7 @@ impl LeaseLoop {
         result
     }
 
-    fn call_inner(
-        &mut self,
-        timeout: Duration,
-        which: Which,
-        args: &[&str],
-    ) -> Result<redis::Value, Error> {
+    fn call_inner(&mut self, timeout: Duration, which: Which) -> Result<redis::Value, Error> {
         let deadline = Instant::now() + timeout;
         let no_time = || Error::Timeout("no time left before the lease deadline".into());
         if timeout.is_zero() {
@@ -599,26 +595,27 @@ impl LeaseLoop {
             return Err(no_time());
         }
         conn.set_read_timeout(left).map_err(Error::from_redis)?;
-        let script = match which {
-            Which::Acquire => &self.scripts.acquire,
-            Which::Renew => &self.scripts.renew,
-            Which::Release => &self.scripts.release,
+        let (scripts, node_id, ttl) = (&self.scripts, self.node_id.as_str(), self.timing.ttl);
+        let call = match which {
+            Which::Acquire => scripts.acquire(node_id, ttl),
+            Which::Renew { epoch } => scripts.renew(node_id, epoch, ttl),
+            Which::Release { epoch } => scripts.release(node_id, epoch),
         };
-        let mut argv: Vec<&[u8]> = vec![self.node_id.as_bytes()];
-        argv.extend(args.iter().map(|a| a.as_bytes()));
         // WAIT gets half of what is left, so the script and the reply fit in the other half.
         let wait = self
             .wait_replicas
             .map(|(replicas, timeout)| (replicas, timeout.min(left / 2)));
-        scripts::run(conn, script, &self.keys, self.event_history, &argv, wait)
+        scripts::run(conn, &call, &self.keys, self.event_history, wait)
     }
 }
 
+/// Which lease script to run, with what only the caller knows (the node id and TTL are the
+/// loop's own).
 #[derive(Clone, Copy)]
 enum Which {
     Acquire,
-    Renew,
-    Release,
+    Renew { epoch: u64 },
+    Release { epoch: u64 },
 }
 
 enum Acquire {
@@ -627,16 +624,16 @@ enum Acquire {
 }
 
 fn parse_acquire(v: redis::Value) -> Result<Acquire, Error> {
-    let items = scripts::array(v, "acquire")?;
+    let items = codec::array(v, "acquire")?;
     match items.as_slice() {
-        [won, epoch] if scripts::int(won, "acquire")? == 1 => {
-            Ok(Acquire::Won(scripts::uint(epoch, "epoch")?))
+        [won, epoch] if codec::int(won, "acquire")? == 1 => {
+            Ok(Acquire::Won(codec::uint(epoch, "epoch")?))
         }
         [_, pttl, holder] => Ok(Acquire::Held {
-            pttl_ms: scripts::int(pttl, "pttl")?,
-            holder: scripts::text(holder, "holder")?,
+            pttl_ms: codec::int(pttl, "pttl")?,
+            holder: codec::text(holder, "holder")?,
         }),
-        _ => Err(Error::UnexpectedReply(format!("acquire: {items:?}"))),
+        _ => Err(Error::UnexpectedReply(format!("acquire: {items:?}").into())),
     }
 }
 
@@ -649,14 +646,14 @@ enum Renew {
 }
 
 fn parse_renew(v: redis::Value) -> Result<Renew, Error> {
-    let items = scripts::array(v, "renew")?;
+    let items = codec::array(v, "renew")?;
     match items.as_slice() {
-        [ok] if scripts::int(ok, "renew")? == 1 => Ok(Renew::Renewed),
-        [code, epoch] if scripts::int(code, "renew")? == 2 => {
-            Ok(Renew::TakenBack(scripts::uint(epoch, "epoch")?))
+        [ok] if codec::int(ok, "renew")? == 1 => Ok(Renew::Renewed),
+        [code, epoch] if codec::int(code, "renew")? == 2 => {
+            Ok(Renew::TakenBack(codec::uint(epoch, "epoch")?))
         }
-        [_, holder] => Ok(Renew::Lost(scripts::text(holder, "holder")?)),
-        _ => Err(Error::UnexpectedReply(format!("renew: {items:?}"))),
+        [_, holder] => Ok(Renew::Lost(codec::text(holder, "holder")?)),
+        _ => Err(Error::UnexpectedReply(format!("renew: {items:?}").into())),
     }
 }
 
@@ -773,22 +770,15 @@ mod tests {
 
     #[test]
     fn the_policy_is_read_again_every_three_ttls_within_bounds() {
-        assert_eq!(
-            policy_check_every(Duration::from_secs(10)),
-            Duration::from_secs(30)
-        );
-        assert_eq!(
-            policy_check_every(Duration::from_secs(1)),
-            Duration::from_secs(3)
-        );
-        assert_eq!(
-            policy_check_every(Duration::from_millis(100)),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            policy_check_every(Duration::from_secs(60)),
-            Duration::from_secs(30)
-        );
+        let (ms, s) = (Duration::from_millis, Duration::from_secs);
+        for (ttl, every) in [
+            (s(10), s(30)),
+            (s(1), s(3)),
+            (ms(100), s(1)),
+            (s(60), s(30)),
+        ] {
+            assert_eq!(policy_check_every(ttl), every, "ttl {ttl:?}");
+        }
     }
 
     #[test]

@@ -43,25 +43,32 @@
 
 #![deny(missing_docs)]
 
+mod codec;
 mod config;
+mod connect;
 mod error;
 mod events;
 mod keys;
 mod lease;
 mod memory;
 mod mempool;
-mod pool;
 mod scripts;
 mod types;
 
 pub use config::Config;
-pub use error::Error;
+pub use error::{Error, ErrorMessage};
 pub use events::MempoolEvent;
 pub use mempool::RedisMempool;
 pub use types::{
     BlockHash, ChainPoint, ConfirmOutcome, EraCbor, MempoolPage, MempoolStats, MempoolTx,
     MempoolTxStage, TxHash, TxStatus, WatcherInfo,
 };
+
+/// The README's Rust examples, compiled and run by the doc tests like the examples here (its
+/// TOML tables are checked by a unit test in `config/toml.rs`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// The `log` target of lease and confirm messages, as in the reference deployment.
 pub const LOG_TARGET: &str = "dolos_redis::mempool";

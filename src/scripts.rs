@@ -1,5 +1,5 @@
-//! The server-side scripts, one `.lua` file per operation in `src/scripts/`, and the decoding of
-//! their replies.
+//! The server-side scripts, one `.lua` file per operation in `src/scripts/`, and how they run
+//! (their replies are read in `codec.rs`).
 //!
 //! Each script is a `#!lua` header line (Redis ≥ 7, see [`Header`]), `prelude.lua` and its own
 //! file, in that order. Every script receives all keys of the
@@ -9,10 +9,14 @@
 
 use redis::{Script, Value};
 
+use crate::codec;
+use crate::connect::RedisConn;
 use crate::keys::Keys;
-use crate::pool::RedisConn;
-use crate::types::{BlockHash, ChainPoint, EraCbor, MempoolTx, MempoolTxStage, TxHash};
 use crate::Error;
+
+mod calls;
+
+pub(crate) use calls::Call;
 
 /// What a script tells Redis about itself in its `#!lua` first line (Redis ≥ 7), which decides
 /// what Redis does with it while it is out of memory (`used_memory` above `maxmemory` under
@@ -51,6 +55,10 @@ impl Header {
 pub(crate) struct Lua {
     script: Script,
     source: String,
+    /// The first line of the script's own file: `-- name(arg, ...) -> reply`, which its
+    /// function in [`calls`] follows (checked by a test).
+    #[cfg(test)]
+    signature: &'static str,
     /// Whether the script writes: only those wait for replicas ([`Config::wait_replicas`]).
     ///
     /// [`Config::wait_replicas`]: crate::Config::wait_replicas
@@ -58,56 +66,60 @@ pub(crate) struct Lua {
 }
 
 impl Lua {
-    /// `body` is the script's own file; the header line (if `headers`) and `prelude.lua` go in
-    /// front of it. The header must be the very first line Redis sees.
-    fn new(body: &str, header: Header, headers: bool) -> Lua {
+    /// `own` is the script's own file, `shared` the fragments it calls (each followed by a
+    /// newline); the header line (if `headers`) and `prelude.lua` go in front of them. The
+    /// header must be the very first line Redis sees.
+    fn new(own: &'static str, shared: &str, header: Header, headers: bool) -> Lua {
         let prelude = include_str!("scripts/prelude.lua");
         let source = if headers {
-            format!("{}\n{prelude}\n{body}", header.line())
+            format!("{}\n{prelude}\n{shared}{own}\n", header.line())
         } else {
-            format!("{prelude}\n{body}")
+            format!("{prelude}\n{shared}{own}\n")
         };
         Lua {
             script: Script::new(&source),
             source,
+            #[cfg(test)]
+            signature: own.lines().next().unwrap_or(""),
             writes: header != Header::Reads,
         }
     }
 }
 
-/// A script of the given [`Header`] kind: its header line, `prelude.lua`, then the named files in
-/// order (a shared fragment such as `undo.lua` before the script that calls it).
+/// A script of the given [`Header`] kind: its header line, `prelude.lua`, the shared fragments
+/// it uses (such as `undo.lua`), then its own file.
 macro_rules! lua {
-    ($header:ident, $headers:expr, $($file:literal),+) => {
+    ($header:ident, $headers:expr, $file:literal $(, with $shared:literal)*) => {
         Lua::new(
-            concat!($(include_str!(concat!("scripts/", $file)), "\n"),+),
+            include_str!(concat!("scripts/", $file)),
+            concat!($(include_str!(concat!("scripts/", $shared)), "\n",)* ""),
             Header::$header,
             $headers,
         )
     };
 }
 
-/// All scripts, hashed once.
+/// All scripts, hashed once. Each is called through its typed function in [`calls`].
 pub(crate) struct Scripts {
-    pub receive: Lua,
-    pub has_pending: Lua,
-    pub peek: Lua,
-    pub mark_inflight: Lua,
-    pub mark_acknowledged: Lua,
-    pub find_inflight: Lua,
-    pub confirm: Lua,
-    pub rollback_to: Lua,
-    pub applied_points: Lua,
-    pub check_status: Lua,
-    pub dump_finalized: Lua,
-    pub watcher_info: Lua,
-    pub acquire: Lua,
-    pub renew: Lua,
-    pub release: Lua,
-    pub stats: Lua,
-    pub reset_lock: Lua,
+    receive: Lua,
+    has_pending: Lua,
+    peek: Lua,
+    mark_inflight: Lua,
+    mark_acknowledged: Lua,
+    find_inflight: Lua,
+    confirm: Lua,
+    rollback_to: Lua,
+    applied_points: Lua,
+    check_status: Lua,
+    dump_finalized: Lua,
+    watcher_info: Lua,
+    acquire: Lua,
+    renew: Lua,
+    release: Lua,
+    stats: Lua,
+    reset_lock: Lua,
     /// Run once at open, not preloaded.
-    pub check_access: Lua,
+    check_access: Lua,
 }
 
 impl Scripts {
@@ -125,8 +137,8 @@ impl Scripts {
             mark_inflight: lua!(Writes, headers, "mark_inflight.lua"),
             mark_acknowledged: lua!(Writes, headers, "mark_acknowledged.lua"),
             find_inflight: lua!(Reads, headers, "find_inflight.lua"),
-            confirm: lua!(Writes, headers, "undo.lua", "confirm.lua"),
-            rollback_to: lua!(Writes, headers, "undo.lua", "rollback_to.lua"),
+            confirm: lua!(Writes, headers, "confirm.lua", with "undo.lua"),
+            rollback_to: lua!(Writes, headers, "rollback_to.lua", with "undo.lua"),
             applied_points: lua!(Reads, headers, "applied_points.lua"),
             check_status: lua!(Reads, headers, "check_status.lua"),
             dump_finalized: lua!(Reads, headers, "dump_finalized.lua"),
@@ -176,18 +188,18 @@ impl Scripts {
 /// `WAIT` after writing scripts: how many replicas, and how long at most.
 pub(crate) type Wait = Option<(usize, std::time::Duration)>;
 
-/// Runs `lua` with every key of the mempool, the arguments every script takes (`event_history`:
-/// how many events the event stream keeps) and `args`; one `EVALSHA`. With `wait` and a script
-/// that writes, `WAIT` goes in the same round trip and too few replicas is
-/// [`Error::NotReplicated`].
+/// Makes `call` with every key of the mempool, the argument every script takes first
+/// (`event_history`: how many events the event stream keeps) and the call's own arguments; one
+/// `EVALSHA`. With `wait` and a script that writes, `WAIT` goes in the same round trip and too
+/// few replicas is [`Error::NotReplicated`].
 pub(crate) fn run(
     conn: &mut RedisConn,
-    lua: &Lua,
+    call: &Call<'_>,
     keys: &Keys,
     event_history: usize,
-    args: &[&[u8]],
     wait: Wait,
 ) -> Result<Value, Error> {
+    let (lua, args) = (call.lua, call.args());
     if let Some((replicas, timeout)) = wait.filter(|_| lua.writes) {
         return run_and_wait(conn, lua, keys, event_history, args, replicas, timeout);
     }
@@ -197,7 +209,7 @@ pub(crate) fn run(
     }
     inv.arg(event_history);
     for arg in args {
-        inv.arg(*arg);
+        inv.arg(arg);
     }
     match conn.invoke(&inv) {
         Ok(value) => Ok(value),
@@ -212,12 +224,12 @@ pub(crate) fn run(
 /// invocation, so this does it here: a `NOSCRIPT` means the script did not run, and the pair is
 /// sent again once the script is loaded (after a restart or a failover to a node that never
 /// saw it).
-fn run_and_wait(
+fn run_and_wait<'a>(
     conn: &mut RedisConn,
     lua: &Lua,
     keys: &Keys,
     event_history: usize,
-    args: &[&[u8]],
+    args: impl Iterator<Item = &'a [u8]>,
     replicas: usize,
     timeout: std::time::Duration,
 ) -> Result<Value, Error> {
@@ -231,7 +243,7 @@ fn run_and_wait(
         .arg(&all[..])
         .arg(event_history);
     for arg in args {
-        cmd.arg(*arg);
+        cmd.arg(arg);
     }
     // WAIT reads 0 as "forever".
     let ms = (timeout.as_millis() as u64).max(1);
@@ -239,9 +251,7 @@ fn run_and_wait(
     let mut loaded = false;
     loop {
         let replies: Vec<Value> = conn.run_pipeline(&pipe).map_err(Error::from_redis)?;
-        let [reply, acked]: [Value; 2] = replies
-            .try_into()
-            .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("evalsha+wait: {v:?}")))?;
+        let [reply, acked] = codec::tuple(Value::Array(replies), "evalsha+wait")?;
         let reply = match reply {
             Value::ServerError(e) => {
                 let e = redis::RedisError::from(e);
@@ -267,7 +277,7 @@ fn run_and_wait(
                 conn.note_error(&e);
                 return Err(Error::from_redis(e));
             }
-            v => uint(&v, "wait")? as usize,
+            v => codec::uint(&v, "wait")? as usize,
         };
         if acked < replicas {
             return Err(Error::NotReplicated {
@@ -300,228 +310,6 @@ fn name_the_wrong_key(conn: &mut RedisConn, keys: &Keys) -> Option<Error> {
         })
 }
 
-// ---- reply decoding: never panics, every surprise is an `UnexpectedReply` ----
-
-fn unexpected(what: &str, v: &Value) -> Error {
-    Error::UnexpectedReply(format!("{what}: {v:?}"))
-}
-
-pub(crate) fn array(v: Value, what: &str) -> Result<Vec<Value>, Error> {
-    match v {
-        Value::Array(items) => Ok(items),
-        other => Err(unexpected(what, &other)),
-    }
-}
-
-pub(crate) fn int(v: &Value, what: &str) -> Result<i64, Error> {
-    match v {
-        Value::Int(n) => Ok(*n),
-        Value::BulkString(b) => std::str::from_utf8(b)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| unexpected(what, v)),
-        other => Err(unexpected(what, other)),
-    }
-}
-
-pub(crate) fn uint(v: &Value, what: &str) -> Result<u64, Error> {
-    let n = int(v, what)?;
-    u64::try_from(n).map_err(|_| unexpected(what, v))
-}
-
-pub(crate) fn count(v: &Value, what: &str) -> Result<u32, Error> {
-    let n = int(v, what)?;
-    u32::try_from(n).map_err(|_| unexpected(what, v))
-}
-
-pub(crate) fn text(v: &Value, what: &str) -> Result<String, Error> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).map_err(|_| unexpected(what, v)),
-        Value::SimpleString(s) => Ok(s.clone()),
-        Value::Okay => Ok("OK".to_string()),
-        other => Err(unexpected(what, other)),
-    }
-}
-
-/// `Nil` (Lua `false`) as `None`.
-pub(crate) fn opt_text(v: &Value, what: &str) -> Result<Option<String>, Error> {
-    match v {
-        Value::Nil => Ok(None),
-        other => text(other, what).map(Some),
-    }
-}
-
-fn bytes(v: Value, what: &str) -> Result<Vec<u8>, Error> {
-    match v {
-        Value::BulkString(b) => Ok(b),
-        other => Err(unexpected(what, &other)),
-    }
-}
-
-/// Encodes a chain point for storage: `origin`, `<slot>` or `<slot>:<hash hex>`.
-pub(crate) fn encode_point(p: &ChainPoint) -> String {
-    match p {
-        ChainPoint::Origin => "origin".to_string(),
-        ChainPoint::Slot(s) => s.to_string(),
-        ChainPoint::Specific(s, h) => format!("{s}:{h}"),
-    }
-}
-
-/// The entry of a block in the applied chain (`P:chain`): the slot as 20 digits, so that slots
-/// compare exactly as strings inside Lua, then `:<hash>` for a `Specific` point. `None` for
-/// `Origin`, which names no block. [`decode_point`] reads it back.
-pub(crate) fn chain_member(p: &ChainPoint) -> Option<String> {
-    match p {
-        ChainPoint::Origin => None,
-        ChainPoint::Slot(s) => Some(format!("{s:020}")),
-        ChainPoint::Specific(s, h) => Some(format!("{s:020}:{h}")),
-    }
-}
-
-/// Decodes what [`encode_point`] (or [`chain_member`]) wrote; `""` is no point.
-pub(crate) fn decode_point(s: &str, key: &str) -> Result<Option<ChainPoint>, Error> {
-    let bad = || Error::Corrupt {
-        key: key.to_string(),
-        detail: format!("bad chain point {s:?}"),
-    };
-    if s.is_empty() {
-        return Ok(None);
-    }
-    if s == "origin" {
-        return Ok(Some(ChainPoint::Origin));
-    }
-    let (slot, hash) = match s.split_once(':') {
-        Some((slot, hash)) => (slot, Some(hash)),
-        None => (s, None),
-    };
-    let slot: u64 = slot.parse().map_err(|_| bad())?;
-    Ok(Some(match hash {
-        Some(h) => ChainPoint::Specific(slot, h.parse::<BlockHash>().map_err(|_| bad())?),
-        None => ChainPoint::Slot(slot),
-    }))
-}
-
-pub(crate) fn decode_stage(code: &str, key: &str) -> Result<MempoolTxStage, Error> {
-    Ok(match code {
-        "P" => MempoolTxStage::Pending,
-        "R" => MempoolTxStage::Propagated,
-        "A" => MempoolTxStage::Acknowledged,
-        "C" => MempoolTxStage::Confirmed,
-        "F" => MempoolTxStage::Finalized,
-        "D" => MempoolTxStage::Dropped,
-        other => {
-            return Err(Error::Corrupt {
-                key: key.to_string(),
-                detail: format!("unknown stage {other:?}"),
-            })
-        }
-    })
-}
-
-/// Decodes `{hash, stage, confirmations, misses, confirmed_at, era, body}` (see `tx_reply` in
-/// `prelude.lua`).
-pub(crate) fn decode_tx(v: Value, keys: &Keys) -> Result<MempoolTx, Error> {
-    let items = array(v, "tx")?;
-    let [hash, stage, c, m, at, era, body]: [Value; 7] = items
-        .try_into()
-        .map_err(|items: Vec<Value>| Error::UnexpectedReply(format!("tx: {items:?}")))?;
-    let hash_text = text(&hash, "tx hash")?;
-    let key = format!("{} {}", keys.txs, hash_text);
-    let hash: TxHash = hash_text.parse().map_err(|_| Error::Corrupt {
-        key: key.clone(),
-        detail: "bad tx hash".into(),
-    })?;
-    let era = text(&era, "era")?;
-    let era: u16 = era.parse().map_err(|_| Error::Corrupt {
-        key: key.clone(),
-        detail: format!("bad era {era:?}"),
-    })?;
-    Ok(MempoolTx {
-        hash,
-        payload: EraCbor(era, bytes(body, "payload")?),
-        stage: decode_stage(&text(&stage, "stage")?, &key)?,
-        confirmations: count(&c, "confirmations")?,
-        non_confirmations: count(&m, "misses")?,
-        confirmed_at: decode_point(&text(&at, "confirmed_at")?, &key)?,
-    })
-}
-
-/// One entry of one of our streams (the finalized log, the events), whose ids are `<n>-0`.
-pub(crate) struct StreamEntry {
-    /// `n`: the log sequence or the event number.
-    pub seq: u64,
-    /// `<stream> <id>`, to name the entry in a `Corrupt` error.
-    pub key: String,
-    /// Field names and values, alternating.
-    pub fields: Vec<Value>,
-}
-
-/// Splits a raw `XRANGE`/`XREAD` entry `[id, [field, value, ...]]` of `stream`.
-pub(crate) fn stream_entry(v: Value, stream: &str) -> Result<StreamEntry, Error> {
-    let items = array(v, "stream entry")?;
-    let [id, fields]: [Value; 2] = items
-        .try_into()
-        .map_err(|v: Vec<Value>| Error::UnexpectedReply(format!("stream entry: {v:?}")))?;
-    let id = text(&id, "stream entry id")?;
-    let key = format!("{stream} {id}");
-    let seq = id
-        .split_once('-')
-        .and_then(|(n, _)| n.parse().ok())
-        .ok_or_else(|| Error::Corrupt {
-            key: key.clone(),
-            detail: "bad entry id".into(),
-        })?;
-    Ok(StreamEntry {
-        seq,
-        key,
-        fields: array(fields, "stream entry fields")?,
-    })
-}
-
-/// Decodes one raw `XRANGE` entry of the finalized log into its sequence and tx.
-pub(crate) fn decode_log_entry(v: Value, keys: &Keys) -> Result<(u64, MempoolTx), Error> {
-    let StreamEntry { seq, key, fields } = stream_entry(v, &keys.log)?;
-    let corrupt = |detail: String| Error::Corrupt {
-        key: key.clone(),
-        detail,
-    };
-    let mut fields = fields.into_iter();
-    let (mut tx, mut st, mut c, mut m, mut at, mut era, mut body) =
-        (None, None, None, None, None, None, None);
-    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
-        match text(&name, "log field name")?.as_str() {
-            "tx" => tx = Some(text(&value, "tx")?),
-            "st" => st = Some(text(&value, "st")?),
-            "c" => c = Some(count(&value, "c")?),
-            "m" => m = Some(count(&value, "m")?),
-            "at" => at = Some(text(&value, "at")?),
-            "era" => era = Some(text(&value, "era")?),
-            "body" => body = Some(bytes(value, "body")?),
-            _ => {}
-        }
-    }
-    let missing = |f: &str| corrupt(format!("field {f} missing"));
-    let hash: TxHash = tx
-        .ok_or_else(|| missing("tx"))?
-        .parse()
-        .map_err(|_| corrupt("bad tx hash".into()))?;
-    let era = era.ok_or_else(|| missing("era"))?;
-    let era: u16 = era
-        .parse()
-        .map_err(|_| corrupt(format!("bad era {era:?}")))?;
-    Ok((
-        seq,
-        MempoolTx {
-            hash,
-            payload: EraCbor(era, body.ok_or_else(|| missing("body"))?),
-            stage: decode_stage(&st.ok_or_else(|| missing("st"))?, &key)?,
-            confirmations: c.ok_or_else(|| missing("c"))?,
-            non_confirmations: m.ok_or_else(|| missing("m"))?,
-            confirmed_at: decode_point(&at.unwrap_or_default(), &key)?,
-        },
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,32 +339,37 @@ mod tests {
             assert!(first_line(lua).starts_with("#!lua"), "{}", first_line(lua));
         }
         // Only the lease's scripts may run while Redis is out of memory.
-        for lua in [&with.acquire, &with.renew, &with.release, &with.reset_lock] {
-            assert_eq!(first_line(lua), "#!lua flags=allow-oom");
-            assert!(lua.writes);
-        }
-        for lua in [
+        let keeps_lock = [&with.acquire, &with.renew, &with.release, &with.reset_lock];
+        let writes = [
             &with.receive,
             &with.mark_inflight,
             &with.mark_acknowledged,
             &with.confirm,
-        ] {
-            assert_eq!(first_line(lua), "#!lua");
-            assert!(lua.writes);
-        }
-        for lua in [
+            &with.rollback_to,
+        ];
+        let reads = [
             &with.has_pending,
             &with.peek,
             &with.find_inflight,
+            &with.applied_points,
             &with.check_status,
             &with.dump_finalized,
             &with.watcher_info,
             &with.stats,
             &with.check_access,
-        ] {
-            assert_eq!(first_line(lua), "#!lua flags=no-writes");
-            assert!(!lua.writes);
+        ];
+        let kinds: [(&[&Lua], &str, bool); 3] = [
+            (&keeps_lock, "#!lua flags=allow-oom", true),
+            (&writes, "#!lua", true),
+            (&reads, "#!lua flags=no-writes", false),
+        ];
+        for (scripts, line, may_write) in kinds {
+            for lua in scripts {
+                assert_eq!(first_line(lua), line);
+                assert_eq!(lua.writes, may_write, "{line}");
+            }
         }
+        assert_eq!(keeps_lock.len() + writes.len() + reads.len(), 18);
         // Redis 6.2 cannot compile the header: none at all, the prelude first.
         let without = Scripts::new(false);
         for lua in without.all() {
@@ -587,23 +380,5 @@ mod tests {
             with.receive.script.get_hash(),
             without.receive.script.get_hash()
         );
-    }
-
-    #[test]
-    fn points_round_trip() {
-        let h = BlockHash::from([7; 32]);
-        for p in [
-            ChainPoint::Origin,
-            ChainPoint::Slot(42),
-            ChainPoint::Specific(u64::MAX, h),
-        ] {
-            assert_eq!(decode_point(&encode_point(&p), "k").unwrap(), Some(p));
-            if let Some(member) = chain_member(&p) {
-                assert_eq!(decode_point(&member, "k").unwrap(), Some(p));
-                assert_eq!(member.find(':').unwrap_or(member.len()), 20);
-            }
-        }
-        assert_eq!(chain_member(&ChainPoint::Origin), None);
-        assert!(decode_point("x:y", "k").is_err());
     }
 }

@@ -62,7 +62,7 @@ macro_rules! hash32 {
                         "{} must be 64 hex digits, got {:?}",
                         stringify!($name),
                         s
-                    ))
+                    ).into())
                 })
             }
         }
@@ -237,7 +237,11 @@ pub struct MempoolPage {
 }
 
 /// What a call to [`RedisMempool::confirm`](crate::RedisMempool::confirm) did.
+///
+/// Non-exhaustive: a later version may tell more outcomes apart, so a `match` needs a `_` arm
+/// (or use [`ConfirmOutcome::is_applied`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ConfirmOutcome {
     /// The block was applied.
     Applied,
@@ -259,8 +263,9 @@ impl ConfirmOutcome {
     }
 }
 
-/// The watcher lock as Redis sees it now.
+/// The watcher lock as Redis sees it now. Non-exhaustive: a later version may report more.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WatcherInfo {
     /// The node id stored in the lock, if any node holds it.
     pub holder: Option<String>,
@@ -277,6 +282,7 @@ pub struct WatcherInfo {
 }
 
 /// What a host exports as metrics: the shared mempool's counts and this node's lease figures.
+/// Non-exhaustive: a later version may report more.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MempoolStats {

@@ -185,6 +185,7 @@ fn confirm(node: &RedisMempool, rng: &mut Rng, slots: &AtomicU64, tally: &Tally)
         ConfirmOutcome::AlreadyApplied => tally.count("confirm already applied"),
         ConfirmOutcome::LostLock => tally.count("confirm lost lock"),
         ConfirmOutcome::NotWatcher => tally.count("confirm not watcher"),
+        other => panic!("an outcome this test does not know: {other:?}"),
     }
 }
 

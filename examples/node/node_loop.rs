@@ -624,7 +624,7 @@ impl Node {
             let result = self.mempool.rollback_to(&to);
             match self.outcome("rollback_to", result)? {
                 ConfirmOutcome::Applied | ConfirmOutcome::AlreadyApplied => {}
-                ConfirmOutcome::NotWatcher | ConfirmOutcome::LostLock => return None,
+                _ => return None, // NotWatcher, LostLock (the enum is non_exhaustive)
             }
         }
         self.counts.reconciles += 1;

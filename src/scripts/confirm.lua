@@ -47,15 +47,7 @@ local H = height() + 1
 
 -- Phase 1: read and decode everything this call will touch, so that corrupt data aborts the
 -- call before the first write.
-local seen, seen_set = {}, {}
-for i = 10, 9 + nseen do
-  local hash = A[i]
-  if not seen_set[hash] then
-    seen_set[hash] = true
-    local t = load(hash)
-    if t and t.st ~= 'P' then seen[#seen + 1] = {hash = hash, t = t} end
-  end
-end
+local seen, seen_set = inflight_in(A, 10, 9 + nseen)
 
 -- Confirmed txs gain a confirmation: those reaching F finalize, the others get a Confirmed event
 -- with their new count. Walking them all is the one part of confirm that grows with the mempool,
@@ -89,13 +81,7 @@ end
 -- score falls in this range, because removing one member among thousands with the same score
 -- is what made confirm slow down with the mempool's size. Such stale members are skipped here
 -- and removed with the whole range below.
-local drop = {}
-for _, hash in ipairs(redis.call('ZRANGEBYSCORE', K.unconfirmed, '-inf', int(H - D))) do
-  if not seen_set[hash] then
-    local t = load(hash)
-    if t and (t.st == 'R' or t.st == 'A') then drop[#drop + 1] = {hash = hash, t = t} end
-  end
-end
+local drop = unconfirmed_between('-inf', int(H - D), seen_set)
 
 -- Phase 2: write. The block event comes first: it is the audit trail of applied blocks.
 redis.call('SET', K.height, H)

@@ -108,6 +108,36 @@ local function load(hash)
   return decode(hash, rec)
 end
 
+-- The inflight txs among list[first..last] (pending and untracked hashes are left out), each
+-- once and in list order, as {hash, t}; and the set of every hash in that range.
+local function inflight_in(list, first, last)
+  local found, set = {}, {}
+  for i = first, last do
+    local hash = list[i]
+    if not set[hash] then
+      set[hash] = true
+      local t = load(hash)
+      if t and t.st ~= 'P' then found[#found + 1] = {hash = hash, t = t} end
+    end
+  end
+  return found, set
+end
+
+-- The txs of P:unconfirmed scored from `min` to `max` (ZRANGEBYSCORE bounds) that are still
+-- unconfirmed inflight txs (R or A) and not in the set `skip`, as {hash, t}. The set is cleaned
+-- lazily (see confirm.lua), so it may hold txs confirmed or gone since: only live R/A records
+-- count.
+local function unconfirmed_between(min, max, skip)
+  local found = {}
+  for _, hash in ipairs(redis.call('ZRANGEBYSCORE', K.unconfirmed, min, max)) do
+    if not skip[hash] then
+      local t = load(hash)
+      if t and (t.st == 'R' or t.st == 'A') then found[#found + 1] = {hash = hash, t = t} end
+    end
+  end
+  return found
+end
+
 -- Appends one event to the event stream and returns its number `n`. The id is `<n>-0` from a
 -- counter, so a reader sees a gap in `n` when entries it had not read were trimmed. `n` also
 -- orders the pending queue and the inflight set: every move into them makes an event.

@@ -17,14 +17,7 @@ local function undo_from(h, unseen, node_id, epoch)
   local undone = redis.call('ZRANGEBYSCORE', K.chain, h, '+inf')
   -- The host's `unseen` first, in its order, then the other txs the undone blocks confirmed, in
   -- the order they were confirmed.
-  local back, back_set = {}, {}
-  for _, hash in ipairs(unseen) do
-    if not back_set[hash] then
-      back_set[hash] = true
-      local t = load(hash)
-      if t and t.st ~= 'P' then back[#back + 1] = {hash = hash, t = t} end
-    end
-  end
+  local back, back_set = inflight_in(unseen, 1, #unseen)
   for _, hash in ipairs(redis.call('ZRANGEBYSCORE', K.confirmed, h, '+inf')) do
     if not back_set[hash] then
       back_set[hash] = true
@@ -33,14 +26,7 @@ local function undo_from(h, unseen, node_id, epoch)
       back[#back + 1] = {hash = hash, t = t}
     end
   end
-  -- P:unconfirmed may hold stale members (see confirm.lua): only live R/A records count.
-  local rebase = {}
-  for _, hash in ipairs(redis.call('ZRANGEBYSCORE', K.unconfirmed, '(' .. int(new_h), '+inf')) do
-    if not back_set[hash] then
-      local t = load(hash)
-      if t and (t.st == 'R' or t.st == 'A') then rebase[#rebase + 1] = {hash = hash, t = t} end
-    end
-  end
+  local rebase = unconfirmed_between('(' .. int(new_h), '+inf', back_set)
 
   -- Phase 2: write. One block event per undone block, newest first, as Dolos undoes them; each
   -- carries the height the chain has once that block is gone.
