@@ -6,8 +6,8 @@
 //!   which can be killed, restarted (keeping its AOF), paused and resumed.
 //! * [`FaultProxy`]: a TCP proxy in front of a server that can pass traffic, swallow it (a
 //!   network partition) or refuse connections.
-//! * [`monitor::Monitor`]: follows the server's `MONITOR` feed to count the commands a call
-//!   sends.
+//! * [`monitor::Monitor`]: follows the server's `MONITOR` feed, to count the commands a call
+//!   sends or to see that a request reached the server.
 //! * [`Rng`]: a small seeded generator for reproducible random runs.
 //! * [`wait_until`], [`init_logging`], [`logs::capture_logs`], and [`example`] for running a
 //!   built example or tool as a child process.
