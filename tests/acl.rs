@@ -14,13 +14,14 @@
 //!
 //! Run with `--nocapture` to see the measured figures.
 
-mod full_run;
+mod common;
 use dolos_redis_testkit as support;
 
 use std::time::{Duration, Instant};
 
+use common::full_run::{full_run, TTL};
+use common::{cmd, hash, tx, SETTLE};
 use dolos_redis::{Config, Error, RedisMempool};
-use full_run::{full_run, hash, tx, SETTLE, TTL};
 use support::RedisServer;
 
 /// Every command a node sends, as `ACL SETUSER` rules.
@@ -408,14 +409,6 @@ fn the_users_password_never_shows_in_debug_errors_or_logs() {
     drop(m);
 
     assert_never_shown(&shown, &[SECRET, WRONG]);
-}
-
-fn cmd(args: &[&str]) -> redis::Cmd {
-    let mut c = redis::cmd(args[0]);
-    for a in &args[1..] {
-        c.arg(*a);
-    }
-    c
 }
 
 /// Whether Redis refused `e` for lack of permission: `NOPERM` for a command, key or channel

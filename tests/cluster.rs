@@ -11,17 +11,16 @@
 
 #![cfg(feature = "cluster")]
 
-mod full_run;
+mod common;
 use dolos_redis_testkit as support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use dolos_redis::{
-    ChainPoint, Config, ConfirmOutcome, Error, MempoolTxStage, RedisMempool, TxHash,
-};
-use full_run::{full_run, hash, tx, SETTLE};
+use common::full_run::{self, full_run};
+use common::{closed_port, hash, pending, tx, SETTLE};
+use dolos_redis::{ChainPoint, Config, ConfirmOutcome, Error, MempoolTxStage, RedisMempool};
 use support::{wait_until, FaultProxy, RedisServer};
 
 /// `cluster-node-timeout`: how long a node may be silent before the others suspect it.
@@ -252,13 +251,6 @@ fn two_mempools_on_different_primaries_work_side_by_side() {
     ma.receive(tx(1)).expect("receive into a");
     mb.receive(tx(2)).expect("receive into b");
     mb.receive(tx(3)).expect("receive into b");
-    let pending = |m: &RedisMempool| -> Vec<TxHash> {
-        m.peek_pending(10)
-            .expect("peek_pending")
-            .iter()
-            .map(|t| t.hash)
-            .collect()
-    };
     assert_eq!(pending(&ma), vec![hash(1)]);
     assert_eq!(pending(&mb), vec![hash(2), hash(3)]);
     ma.mark_inflight(&[hash(1)]).expect("mark_inflight a");
@@ -318,10 +310,7 @@ fn dead_and_hung_seed_nodes_are_skipped() {
     let cluster = shared_cluster();
     // A port nobody listens on (refused at once) and a node that accepts connections but never
     // answers (each connection spends that seed's share of the connect timeout on it).
-    let refused = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr").to_string()
-    };
+    let refused = format!("127.0.0.1:{}", closed_port());
     let hung = FaultProxy::start(cluster.nodes[0].addr());
     hung.blackhole();
     let mut seeds = vec![refused.clone(), hung.addr().to_string()];
