@@ -11,21 +11,18 @@
 //!
 //! Run with `--nocapture` to see the measured figures.
 
+mod common;
 use dolos_redis_testkit as support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::{cmd, hash, lock_holder, lone_watcher, point, SETTLE};
 use dolos_redis::{
-    BlockHash, ChainPoint, Config, ConfirmOutcome, EraCbor, Error, MempoolTx, MempoolTxStage,
-    RedisMempool, TxHash,
+    Config, ConfirmOutcome, EraCbor, Error, MempoolTx, MempoolTxStage, RedisMempool, TxHash,
 };
 use support::logs::{capture_logs, logs_containing};
 use support::{wait_until, RedisServer, ServerOptions};
-
-/// Bound for things that take milliseconds on an idle machine; generous so that a loaded
-/// 2-core CI machine never flakes.
-const SETTLE: Duration = Duration::from_secs(10);
 
 const TTL: Duration = Duration::from_secs(1);
 
@@ -63,29 +60,11 @@ fn config(server: &RedisServer, prefix: &str, headers: Headers) -> Config {
         .test_script_headers(headers == Headers::Redis7)
 }
 
-fn lone_watcher(config: Config) -> RedisMempool {
-    let m = RedisMempool::open(config).expect("open");
-    assert!(
-        wait_until(SETTLE, || m.is_watcher()),
-        "a lone node must become watcher"
-    );
-    m
-}
-
-fn hash(i: u32) -> TxHash {
-    let mut bytes = [0xee; 32];
-    bytes[..4].copy_from_slice(&i.to_be_bytes());
-    TxHash::from(bytes)
-}
-
-fn tx(i: u32) -> MempoolTx {
+/// A tx of [`BODY`] bytes.
+fn body_tx(i: u32) -> MempoolTx {
     let mut body = vec![(i % 251) as u8; BODY];
     body[0] = 0x84;
     MempoolTx::new(hash(i), EraCbor(6, body))
-}
-
-fn point(slot: u64) -> ChainPoint {
-    ChainPoint::Specific(slot, BlockHash::from([slot as u8; 32]))
 }
 
 fn is_oom(result: &Result<impl std::fmt::Debug, Error>) -> bool {
@@ -109,7 +88,7 @@ fn memory(con: &mut redis::Connection) -> (u64, u64) {
 fn fill_with_receives(m: &RedisMempool, from: u32) -> (Vec<TxHash>, Error) {
     let mut accepted = Vec::new();
     for i in from..from + 100_000 {
-        match m.receive(tx(i)) {
+        match m.receive(body_tx(i)) {
             Ok(()) => accepted.push(hash(i)),
             Err(e @ Error::OutOfMemory(_)) => return (accepted, e),
             Err(e) => panic!("receive {i}: {e:?}"),
@@ -235,12 +214,10 @@ fn changed_keys(
         .collect()
 }
 
-fn int(con: &mut redis::Connection, cmd: &[&str]) -> u64 {
-    let mut c = redis::cmd(cmd[0]);
-    for arg in &cmd[1..] {
-        c.arg(*arg);
-    }
-    let v: Option<u64> = c.query(con).unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+fn int(con: &mut redis::Connection, words: &[&str]) -> u64 {
+    let v: Option<u64> = cmd(words)
+        .query(con)
+        .unwrap_or_else(|e| panic!("{words:?}: {e}"));
     v.unwrap_or(0)
 }
 
@@ -281,7 +258,7 @@ fn refused_unless_allowed(policy: &str, consequence: &str) {
     let warning = format!("maxmemory-policy is {policy}");
     assert!(logs_containing(&warning).is_empty());
     let m = lone_watcher(config(&server, &prefix, Headers::Redis7).allow_eviction(true));
-    m.receive(tx(1)).expect("receive");
+    m.receive(body_tx(1)).expect("receive");
     let warnings = logs_containing(&warning);
     println!("{warnings:?}");
     assert_eq!(warnings.len(), 1, "{warnings:?}");
@@ -412,7 +389,7 @@ fn refuses_receive_and_keeps_what_it_accepted(headers: Headers) {
     // headers a call with nothing to write runs: acknowledging pending txs moves none.)
     let before = snapshot(&mut con, prefix);
     let next = accepted.len() as u32;
-    assert!(is_oom(&m.receive(tx(next))));
+    assert!(is_oom(&m.receive(body_tx(next))));
     assert!(is_oom(&m.mark_inflight(&accepted[..10])));
     let acked = m.mark_acknowledged(&accepted[..10]);
     match headers {
@@ -484,7 +461,7 @@ fn keeps_the_lock_while_full(headers: Headers) {
     // within one TTL.
     let mut holders = BTreeMap::new();
     wait_until(TTL * 3 + TTL / 2, || {
-        *holders.entry(a_lock_holder(&mut con, prefix)).or_insert(0) += 1;
+        *holders.entry(lock_holder(&mut con, prefix)).or_insert(0) += 1;
         false
     });
     let held = full_at.elapsed();
@@ -509,7 +486,10 @@ fn keeps_the_lock_while_full(headers: Headers) {
         "the lock changed hands while redis was full"
     );
     assert!(info.is_self);
-    assert!(is_oom(&a.receive(tx(1_000_000))), "redis is no longer full");
+    assert!(
+        is_oom(&a.receive(body_tx(1_000_000))),
+        "redis is no longer full"
+    );
 
     // A crash while full: the follower acquires once the lock expires.
     let crashed = Instant::now();
@@ -520,22 +500,18 @@ fn keeps_the_lock_while_full(headers: Headers) {
             !wait_until(TTL * 2, || b.is_watcher()),
             "acquired while full"
         );
-        assert_eq!(a_lock_holder(&mut con, prefix), None);
+        assert_eq!(lock_holder(&mut con, prefix), None);
         memory_back(&mut con);
     }
     assert!(wait_until(TTL + SETTLE, || b.is_watcher()), "no takeover");
     println!("takeover after {:?} ({headers:?})", crashed.elapsed());
     assert_eq!(b.watcher_info().expect("watcher_info").epoch, epoch + 1);
     if headers == Headers::Redis7 {
-        assert!(is_oom(&b.receive(tx(1_000_001))), "redis is no longer full");
+        assert!(
+            is_oom(&b.receive(body_tx(1_000_001))),
+            "redis is no longer full"
+        );
     }
-}
-
-fn a_lock_holder(con: &mut redis::Connection, prefix: &str) -> Option<String> {
-    redis::cmd("GET")
-        .arg(format!("{prefix}:watcher:lock"))
-        .query(con)
-        .expect("GET")
 }
 
 /// A `confirm` refused for memory applies nothing; made again once memory is freed, it applies
@@ -559,7 +535,7 @@ fn confirm_applies_once_when_memory_is_back(headers: Headers) {
     let m = lone_watcher(config(&server, prefix, headers));
     let events = m.subscribe();
     for i in 0..3 {
-        m.receive(tx(i)).expect("receive");
+        m.receive(body_tx(i)).expect("receive");
     }
     let inflight = [hash(0), hash(1), hash(2)];
     m.mark_inflight(&inflight).expect("mark_inflight");
