@@ -1,6 +1,7 @@
 //! Faults between the nodes and Redis: the watcher's link cut (swallowed or refused) through a
-//! [`FaultProxy`], the server killed and restarted, the server frozen (SIGSTOP), and `open`
-//! against an address that does not answer.
+//! [`FaultProxy`], the server killed and restarted, the server frozen (SIGSTOP), `open` against
+//! an address that does not answer, every call made while Redis is away, and calls to a stalled
+//! server whose late replies must not reach later calls.
 //!
 //! The lease must keep its invariant through all of them: a watcher's flag goes down before its
 //! lock can expire on the server, so no two nodes ever believe they are watcher at once; calls
@@ -13,8 +14,9 @@ use dolos_redis_testkit as support;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_never_two_watchers, closed_port, config_with, expect_transient, lock_holder,
-    settle_single_watcher, tx, wait_for_renewal, Endpoint, SAMPLE_EVERY, SETTLE,
+    assert_never_two_watchers, closed_port, config_with, expect_transient, hash, lock_holder,
+    lone_watcher, settle_single_watcher, tx, wait_for_renewal, Endpoint, LONG_TTL, SAMPLE_EVERY,
+    SETTLE,
 };
 use dolos_redis::{
     ChainPoint, Config, ConfirmOutcome, Error, MempoolTxStage, RedisMempool, TxHash,
@@ -324,14 +326,18 @@ fn redis_paused_and_resumed() {
     );
 }
 
-/// `open` must give up within about its connect timeout, with an error rather than a panic.
-fn open_fails_fast(label: &str, url: String) {
-    let connect_timeout = Duration::from_millis(300);
+/// Connect and command timeout of the nodes that `open` against an address that does not
+/// answer.
+const OPEN_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// `open` must give up within about its timeouts, with an error rather than a panic; returns the
+/// error and how long it took.
+fn open_fails_fast(label: &str, url: String) -> (Error, Duration) {
     let config = Config::new(url)
         .key_prefix("faults-test:unreachable")
         .watcher_lock_ttl(TTL)
-        .connect_timeout(connect_timeout)
-        .command_timeout(connect_timeout);
+        .connect_timeout(OPEN_TIMEOUT)
+        .command_timeout(OPEN_TIMEOUT);
     let t0 = Instant::now();
     let result = RedisMempool::open(config);
     let took = t0.elapsed();
@@ -339,15 +345,19 @@ fn open_fails_fast(label: &str, url: String) {
     let err = result.expect_err("open against an unreachable redis");
     assert!(err.is_transient(), "{label}: {err:?}");
     assert!(took < Duration::from_secs(3), "{label}: open took {took:?}");
+    (err, took)
 }
 
 #[test]
 fn open_against_a_closed_port_fails_fast() {
     support::init_logging();
-    open_fails_fast(
+    let (err, took) = open_fails_fast(
         "closed port",
         format!("redis://127.0.0.1:{}", closed_port()),
     );
+    // Refused, not timed out: within the connect timeout.
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    assert!(took < OPEN_TIMEOUT + CALL_BOUND, "took {took:?}");
 }
 
 #[test]
@@ -360,4 +370,149 @@ fn open_against_a_silent_server_fails_fast() {
     open_fails_fast("blackholed proxy", proxy.url());
     proxy.refuse();
     open_fails_fast("refusing proxy", proxy.url());
+    // SIGSTOP: the kernel still completes TCP handshakes, but nothing answers. A connect and
+    // a command timeout at the most.
+    server.pause();
+    let (_, took) = open_fails_fast("paused server", server.url());
+    server.resume();
+    assert!(took < OPEN_TIMEOUT * 2 + CALL_BOUND, "took {took:?}");
+}
+
+// ---- calls while Redis is away ----
+
+#[test]
+fn every_call_fails_while_redis_is_unreachable_then_recovers() {
+    support::init_logging();
+    let mut server = RedisServer::start();
+    let m = lone_watcher(config_with(&server, "down", LONG_TTL, IO_TIMEOUT));
+    let a = hash(0);
+    m.receive(tx(0)).unwrap();
+    m.mark_inflight(&[a]).unwrap();
+    m.receive(tx(1)).unwrap();
+
+    server.kill();
+
+    let h = hash(2);
+    type Call<'a> = (&'a str, Box<dyn Fn() -> Result<String, Error> + 'a>);
+    let calls: Vec<Call> = vec![
+        // First, while the flag is surely still up (the TTL is long): the watcher's confirm
+        // must reach Redis and fail, not report success.
+        (
+            "confirm",
+            Box::new(|| {
+                m.confirm(&ChainPoint::Slot(5), &[a], &[], 6, 2)
+                    .map(|o| format!("{o:?}"))
+            }),
+        ),
+        (
+            "has_pending",
+            Box::new(|| m.has_pending().map(|v| format!("{v:?}"))),
+        ),
+        (
+            "peek_pending",
+            Box::new(|| m.peek_pending(10).map(|v| format!("{v:?}"))),
+        ),
+        (
+            "check_status",
+            Box::new(|| m.check_status(&a).map(|v| format!("{v:?}"))),
+        ),
+        (
+            "check_status (unknown)",
+            Box::new(|| m.check_status(&h).map(|v| format!("{v:?}"))),
+        ),
+        (
+            "dump_finalized",
+            Box::new(|| m.dump_finalized(0, 10).map(|v| format!("{v:?}"))),
+        ),
+        (
+            "receive",
+            Box::new(|| m.receive(tx(2)).map(|v| format!("{v:?}"))),
+        ),
+        (
+            "mark_inflight",
+            Box::new(|| m.mark_inflight(&[h]).map(|v| format!("{v:?}"))),
+        ),
+        (
+            "mark_acknowledged",
+            Box::new(|| m.mark_acknowledged(&[a]).map(|v| format!("{v:?}"))),
+        ),
+        (
+            "find_inflight",
+            Box::new(|| m.find_inflight(&a).map(|v| format!("{v:?}"))),
+        ),
+        (
+            "peek_inflight",
+            Box::new(|| m.peek_inflight(10).map(|v| format!("{v:?}"))),
+        ),
+        (
+            "watcher_info",
+            Box::new(|| m.watcher_info().map(|v| format!("{v:?}"))),
+        ),
+    ];
+    let mut failures = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for (name, call) in &calls {
+        let started = Instant::now();
+        let result = call();
+        let took = started.elapsed();
+        slowest = slowest.max(took);
+        match result {
+            Ok(v) => failures.push(format!("{name}: Ok({v}) while redis is down")),
+            Err(e) if !e.is_transient() => {
+                failures.push(format!("{name}: {e:?} is not a connection error"))
+            }
+            Err(_) => {}
+        }
+        if took > CALL_BOUND {
+            failures.push(format!("{name}: took {took:?}"));
+        }
+    }
+    println!("slowest failing call: {slowest:?}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Same port, empty data set, empty script cache: the pool reconnects and scripts reload.
+    server.restart();
+    assert!(
+        wait_until(SETTLE, || m.has_pending().is_ok()),
+        "calls keep failing after redis came back"
+    );
+    assert!(!m.has_pending().unwrap());
+    m.receive(tx(2)).unwrap();
+    assert_eq!(m.check_status(&h).unwrap().stage, MempoolTxStage::Pending);
+    assert_eq!(m.peek_pending(10).unwrap().len(), 1);
+}
+
+#[test]
+fn a_call_to_a_stalled_server_times_out_and_later_calls_get_their_own_replies() {
+    support::init_logging();
+    let server = RedisServer::start();
+    let m = RedisMempool::open(config_with(&server, "stalled", LONG_TTL, IO_TIMEOUT).pool_size(2))
+        .unwrap();
+    let a = hash(0);
+    m.receive(tx(0)).unwrap();
+
+    server.pause();
+    let started = Instant::now();
+    let err = m.peek_pending(10).unwrap_err();
+    let took = started.elapsed();
+    let err2 = m.has_pending().unwrap_err();
+    server.resume();
+    println!("call to a stopped server failed after {took:?}: {err}");
+    assert!(err.is_transient(), "{err:?}");
+    assert!(err2.is_transient(), "{err2:?}");
+    assert!(took < CALL_BOUND, "took {took:?}");
+
+    // The late replies to the timed-out calls are on connections that must have been thrown
+    // away; if one were reused, a call below would read a reply meant for another.
+    for _ in 0..5 {
+        assert_eq!(
+            m.check_status(&hash(9)).unwrap().stage,
+            MempoolTxStage::Unknown
+        );
+        assert!(m.has_pending().unwrap());
+        let pending = m.peek_pending(10).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].hash, a);
+        assert!(m.watcher_info().unwrap().epoch >= 1);
+    }
 }

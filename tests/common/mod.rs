@@ -26,6 +26,10 @@ use dolos_redis_testkit::{wait_until, FaultProxy, RedisServer};
 /// ticks); generous so that a loaded 2-core CI machine never flakes. Only failures wait this long.
 pub const SETTLE: Duration = Duration::from_secs(10);
 
+/// Lock TTL for tests that do not exercise the lease: long, so that the watcher flag cannot drop
+/// halfway through a test on a loaded machine.
+pub const LONG_TTL: Duration = Duration::from_secs(30);
+
 /// Between two samples of the watcher flags: fine enough to catch a short overlap of two flags,
 /// coarse enough not to starve the lease threads of a 2-core machine.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(1);
