@@ -11,7 +11,7 @@ use std::io::ErrorKind;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::{config, hash, lone_watcher, tx, LONG_TTL};
+use common::{config, hash, lone_watcher, stage_of, tx, LONG_TTL};
 use dolos_redis::{
     BlockHash, ChainPoint, Config, ConfirmOutcome, EraCbor, Error, MempoolTx, MempoolTxStage,
     RedisMempool, TxHash,
@@ -122,10 +122,7 @@ fn odd_arguments_give_typed_errors_or_harmless_results() {
             max: 100
         })
     );
-    assert_eq!(
-        m.check_status(&hash(0)).unwrap().stage,
-        MempoolTxStage::Unknown
-    );
+    assert_eq!(stage_of(&m, 0), MempoolTxStage::Unknown);
     assert!(!m.has_pending().unwrap());
     m.receive(MempoolTx::new(hash(0), EraCbor(6, vec![0xff; 100])))
         .unwrap();
@@ -138,10 +135,7 @@ fn odd_arguments_give_typed_errors_or_harmless_results() {
     // Full queue.
     m.receive(tx(2)).unwrap();
     assert_eq!(m.receive(tx(3)), Err(Error::MempoolFull { max: 3 }));
-    assert_eq!(
-        m.check_status(&hash(3)).unwrap().stage,
-        MempoolTxStage::Unknown
-    );
+    assert_eq!(stage_of(&m, 3), MempoolTxStage::Unknown);
     assert_eq!(m.peek_pending(usize::MAX).unwrap().len(), 3);
 
     // Duplicates inside one batch count once.
@@ -155,10 +149,7 @@ fn odd_arguments_give_typed_errors_or_harmless_results() {
         .collect();
     assert_eq!(inflight, vec![hash(0), hash(1)]);
     m.mark_acknowledged(&[hash(0), hash(0)]).unwrap();
-    assert_eq!(
-        m.check_status(&hash(0)).unwrap().stage,
-        MempoolTxStage::Acknowledged
-    );
+    assert_eq!(stage_of(&m, 0), MempoolTxStage::Acknowledged);
     assert!(m
         .confirm(
             &ChainPoint::Slot(1),
@@ -211,19 +202,13 @@ fn odd_arguments_give_typed_errors_or_harmless_results() {
         .confirm(&ChainPoint::Slot(4), &[hash(0)], &[], u32::MAX, u32::MAX)
         .unwrap()
         .is_applied());
-    assert_eq!(
-        m.check_status(&hash(0)).unwrap().stage,
-        MempoolTxStage::Confirmed
-    );
+    assert_eq!(stage_of(&m, 0), MempoolTxStage::Confirmed);
     // Finalize at F = 1 so the log has one entry; then page through it with odd limits.
     assert!(m
         .confirm(&ChainPoint::Slot(5), &[], &[], 1, u32::MAX)
         .unwrap()
         .is_applied());
-    assert_eq!(
-        m.check_status(&hash(0)).unwrap().stage,
-        MempoolTxStage::Finalized
-    );
+    assert_eq!(stage_of(&m, 0), MempoolTxStage::Finalized);
     let page = m.dump_finalized(0, 0).unwrap();
     assert!(page.items.is_empty());
     assert_eq!(page.next_cursor, Some(1));
@@ -263,10 +248,7 @@ fn odd_arguments_give_typed_errors_or_harmless_results() {
         m.check_status(&unknown).unwrap().stage,
         MempoolTxStage::Unknown
     );
-    assert_eq!(
-        m.check_status(&hash(98)).unwrap().stage,
-        MempoolTxStage::Unknown
-    );
+    assert_eq!(stage_of(&m, 98), MempoolTxStage::Unknown);
     assert_eq!(m.find_inflight(&unknown).unwrap(), None);
 }
 

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use common::full_run::{self, full_run};
-use common::{closed_port, hash, pending, tx, SETTLE};
+use common::{closed_port, hash, pending, stage_of, tx, SETTLE};
 use dolos_redis::{ChainPoint, Config, ConfirmOutcome, Error, MempoolTxStage, RedisMempool};
 use support::{wait_until, FaultProxy, RedisServer};
 
@@ -264,18 +264,9 @@ fn two_mempools_on_different_primaries_work_side_by_side() {
         mb.confirm(&at, &[hash(2)], &[], 3, 3).expect("confirm b"),
         ConfirmOutcome::Applied
     );
-    assert_eq!(
-        ma.check_status(&hash(1)).expect("status a").stage,
-        MempoolTxStage::Confirmed
-    );
-    assert_eq!(
-        mb.check_status(&hash(2)).expect("status b").stage,
-        MempoolTxStage::Confirmed
-    );
-    assert_eq!(
-        mb.check_status(&hash(1)).expect("status b").stage,
-        MempoolTxStage::Unknown
-    );
+    assert_eq!(stage_of(&ma, 1), MempoolTxStage::Confirmed);
+    assert_eq!(stage_of(&mb, 2), MempoolTxStage::Confirmed);
+    assert_eq!(stage_of(&mb, 1), MempoolTxStage::Unknown);
     assert_eq!(mb.stats().expect("stats b").pending, 1);
 
     // Each mempool's keys live on its own primary.

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::{
     assert_never_two_watchers, closed_port, config_with, expect_transient, hash, lock_holder,
-    lone_watcher, settle_single_watcher, tx, wait_for_renewal, Endpoint, LONG_TTL, SAMPLE_EVERY,
-    SETTLE,
+    lone_watcher, settle_single_watcher, stage_of, tx, wait_for_renewal, Endpoint, LONG_TTL,
+    SAMPLE_EVERY, SETTLE,
 };
 use dolos_redis::{
     ChainPoint, Config, ConfirmOutcome, Error, MempoolTxStage, RedisMempool, TxHash,
@@ -505,10 +505,7 @@ fn a_call_to_a_stalled_server_times_out_and_later_calls_get_their_own_replies() 
     // The late replies to the timed-out calls are on connections that must have been thrown
     // away; if one were reused, a call below would read a reply meant for another.
     for _ in 0..5 {
-        assert_eq!(
-            m.check_status(&hash(9)).unwrap().stage,
-            MempoolTxStage::Unknown
-        );
+        assert_eq!(stage_of(&m, 9), MempoolTxStage::Unknown);
         assert!(m.has_pending().unwrap());
         let pending = m.peek_pending(10).unwrap();
         assert_eq!(pending.len(), 1);

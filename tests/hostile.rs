@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{config_with, expect_transient, hash, lock_key, open, tx, Endpoint, SETTLE};
+use common::{config_with, expect_transient, hash, lock_key, open, stage_of, tx, Endpoint, SETTLE};
 use dolos_redis::{MempoolTxStage, RedisMempool};
 use support::{wait_until, FaultProxy, RedisServer, ServerOptions};
 
@@ -196,10 +196,7 @@ fn assert_recovered(a: &RedisMempool, b: &RedisMempool, fault_end: Instant, n: u
     );
     // A pooled connection that timed out is thrown away; the next call gets a fresh one.
     a.receive(tx(n)).unwrap();
-    assert_eq!(
-        b.check_status(&hash(n)).unwrap().stage,
-        MempoolTxStage::Pending
-    );
+    assert_eq!(stage_of(b, n), MempoolTxStage::Pending);
 }
 
 /// The lease half of every scenario: A's flag went down before the lock could expire, and the

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{
     config, hash, hashes, inflight, lone_watcher, open, pending, propagate, receive, single,
-    status, status_of, tx, SETTLE,
+    stage_of, status, status_of, tx, SETTLE,
 };
 use dolos_redis::{
     BlockHash, ChainPoint, ConfirmOutcome, EraCbor, Error, MempoolTx, MempoolTxStage, RedisMempool,
@@ -27,10 +27,6 @@ const D: u32 = 2;
 
 fn block(i: u8) -> BlockHash {
     BlockHash::from([0xb0 ^ i; 32])
-}
-
-fn stage_of(m: &RedisMempool, i: u32) -> MempoolTxStage {
-    status_of(m, i).stage
 }
 
 fn confirm_with(

@@ -17,7 +17,7 @@ use dolos_redis_testkit as support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{cmd, hash, lock_holder, lone_watcher, point, SETTLE};
+use common::{cmd, hash, lock_holder, lone_watcher, point, stage_of, SETTLE};
 use dolos_redis::{
     Config, ConfirmOutcome, EraCbor, Error, MempoolTx, MempoolTxStage, RedisMempool, TxHash,
 };
@@ -551,10 +551,7 @@ fn confirm_applies_once_when_memory_is_back(headers: Headers) {
     let changed = changed_keys(&before, &snapshot(&mut admin, prefix));
     assert!(changed.is_empty(), "a refused confirm changed {changed:?}");
     assert_eq!(m.watcher_info().expect("watcher_info").applied_slot, None);
-    assert_eq!(
-        m.check_status(&hash(0)).expect("status").stage,
-        MempoolTxStage::Propagated
-    );
+    assert_eq!(stage_of(&m, 0), MempoolTxStage::Propagated);
 
     // Memory back: the same call applies, once.
     let mut deleted = 0;

@@ -13,7 +13,7 @@ use dolos_redis::{
 
 use dolos_redis_testkit::wait_until;
 
-use super::{hash, tx, SETTLE};
+use super::{hash, stage_of, tx, SETTLE};
 
 /// Lock TTL of the run: long enough that the watcher never loses its lock by accident on a
 /// loaded machine, and that a follower's poll (every third of it) is far slower than the wake
@@ -108,10 +108,7 @@ pub fn full_run(config: &dyn Fn() -> Config) -> Report {
             .expect("rollback"),
         ConfirmOutcome::Applied
     );
-    assert_eq!(
-        b.check_status(&hash(3)).expect("check_status").stage,
-        MempoolTxStage::Pending
-    );
+    assert_eq!(stage_of(&b, 3), MempoolTxStage::Pending);
     assert_eq!(
         a.rollback_to(&at).expect("rollback_to"),
         ConfirmOutcome::AlreadyApplied
@@ -124,14 +121,8 @@ pub fn full_run(config: &dyn Fn() -> Config) -> Report {
             ConfirmOutcome::Applied
         );
     }
-    assert_eq!(
-        b.check_status(&hash(1)).expect("check_status").stage,
-        MempoolTxStage::Finalized
-    );
-    assert_eq!(
-        b.check_status(&hash(2)).expect("check_status").stage,
-        MempoolTxStage::Dropped
-    );
+    assert_eq!(stage_of(&b, 1), MempoolTxStage::Finalized);
+    assert_eq!(stage_of(&b, 2), MempoolTxStage::Dropped);
     let page = b.dump_finalized(0, 10).expect("dump_finalized");
     let logged: Vec<(TxHash, MempoolTxStage)> =
         page.items.iter().map(|t| (t.hash, t.stage)).collect();

@@ -156,6 +156,10 @@ pub fn status_of(m: &RedisMempool, i: u32) -> TxStatus {
     m.check_status(&hash(i)).expect("check_status")
 }
 
+pub fn stage_of(m: &RedisMempool, i: u32) -> MempoolTxStage {
+    status_of(m, i).stage
+}
+
 /// The pending queue, head first.
 pub fn pending(m: &RedisMempool) -> Vec<TxHash> {
     let txs = m.peek_pending(usize::MAX).expect("peek_pending");
