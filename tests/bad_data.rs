@@ -11,7 +11,7 @@ use dolos_redis::{ChainPoint, ConfirmOutcome, Error, MempoolTxStage, RedisMempoo
 use support::RedisServer;
 
 /// A watcher node of `prefix`, which keeps its lock for the whole test.
-fn open(server: &RedisServer, prefix: &str) -> RedisMempool {
+fn open_watcher(server: &RedisServer, prefix: &str) -> RedisMempool {
     lone_watcher(config(server, prefix).watcher_lock_ttl(LONG_TTL))
 }
 
@@ -55,7 +55,7 @@ fn a_key_of_the_wrong_type_is_named_and_other_calls_keep_working() {
 
     // `pending` as a string, while the queue is empty so nothing is lost.
     let prefix = "wrong-pending";
-    let m = open(&server, prefix);
+    let m = open_watcher(&server, prefix);
     let (b, c) = (hash(0), hash(1));
     m.receive(tx(0)).unwrap();
     m.mark_inflight(&[b]).unwrap();
@@ -92,7 +92,7 @@ fn a_key_of_the_wrong_type_is_named_and_other_calls_keep_working() {
     let prefix = "wrong-txs";
     let key = format!("{prefix}:txs");
     raw_set(&server, &key, "x");
-    let m = open(&server, prefix);
+    let m = open_watcher(&server, prefix);
     let d = hash(2);
     assert_wrong_type(m.receive(tx(2)), &key);
     // Empty queues: these calls never reach `txs`, so they may answer truly (nothing there).
@@ -113,7 +113,7 @@ fn a_key_of_the_wrong_type_is_named_and_other_calls_keep_working() {
     // The finalized log as a string.
     let prefix = "wrong-log";
     let key = format!("{prefix}:log");
-    let m = open(&server, prefix);
+    let m = open_watcher(&server, prefix);
     raw_set(&server, &key, "x");
     assert_wrong_type(m.dump_finalized(0, 10), &key);
     m.receive(tx(2)).unwrap();
@@ -152,7 +152,7 @@ fn any_key_of_the_wrong_type_is_named_by_every_call_that_fails() {
     for (n, &(suffix, is_string)) in LAYOUT.iter().enumerate() {
         let prefix = format!("sweep{n}");
         let key = format!("{prefix}:{suffix}");
-        let m = open(&server, &prefix);
+        let m = open_watcher(&server, &prefix);
         let (p, i1, i2, f) = (hash(0), hash(1), hash(2), hash(3));
         for i in 0..4 {
             m.receive(tx(i)).unwrap();
@@ -271,7 +271,7 @@ fn a_corrupt_record_is_named_and_isolated() {
     support::init_logging();
     let server = RedisServer::start();
     let prefix = "corrupt";
-    let m = open(&server, prefix);
+    let m = open_watcher(&server, prefix);
     let (a, b, c) = (hash(0), hash(1), hash(2));
     for i in 0..3 {
         m.receive(tx(i)).unwrap();
@@ -337,7 +337,7 @@ fn corrupt_values_are_reported_not_acted_on() {
     support::init_logging();
     let server = RedisServer::start();
     let setup = |prefix: &str| {
-        let m = open(&server, prefix);
+        let m = open_watcher(&server, prefix);
         let (p, i1, f) = (hash(0), hash(1), hash(2));
         for i in 0..3 {
             m.receive(tx(i)).unwrap();

@@ -143,7 +143,7 @@ fn unique_tag(what: &str) -> String {
     )
 }
 
-fn config(cluster: &Cluster, prefix: &str) -> Config {
+fn cluster_config(cluster: &Cluster, prefix: &str) -> Config {
     Config::cluster(cluster.seeds()).key_prefix(prefix)
 }
 
@@ -152,7 +152,7 @@ fn a_full_run_against_a_cluster() {
     support::init_logging();
     let cluster = shared_cluster();
     let prefix = format!("{{{}}}:mempool", unique_tag("full"));
-    let report = full_run(&|| config(&cluster, &prefix).watcher_lock_ttl(full_run::TTL));
+    let report = full_run(&|| cluster_config(&cluster, &prefix).watcher_lock_ttl(full_run::TTL));
     println!("cluster: {report:?}");
     // Every key of the mempool is on the primary that owns the tag's slot.
     let owner = &cluster.nodes[cluster.owner(&prefix)];
@@ -170,7 +170,10 @@ fn the_watcher_hands_over_and_is_taken_over_on_a_cluster() {
     let cluster = shared_cluster();
     let prefix = format!("{{{}}}:mempool", unique_tag("watch"));
     let mut nodes: Vec<RedisMempool> = (0..3)
-        .map(|_| RedisMempool::open(config(&cluster, &prefix).watcher_lock_ttl(TTL)).expect("open"))
+        .map(|_| {
+            RedisMempool::open(cluster_config(&cluster, &prefix).watcher_lock_ttl(TTL))
+                .expect("open")
+        })
         .collect();
     let one_watcher = |nodes: &[RedisMempool]| nodes.iter().filter(|n| n.is_watcher()).count() == 1;
     assert!(
@@ -244,8 +247,8 @@ fn two_mempools_on_different_primaries_work_side_by_side() {
     let b = std::iter::repeat_with(|| format!("{{{}}}:mempool", unique_tag("b")))
         .find(|b| cluster.owner(b) != cluster.owner(&a))
         .expect("an endless iterator");
-    let ma = RedisMempool::open(config(&cluster, &a)).expect("open a");
-    let mb = RedisMempool::open(config(&cluster, &b)).expect("open b");
+    let ma = RedisMempool::open(cluster_config(&cluster, &a)).expect("open a");
+    let mb = RedisMempool::open(cluster_config(&cluster, &b)).expect("open b");
     assert!(wait_until(SETTLE, || ma.is_watcher() && mb.is_watcher()));
 
     ma.receive(tx(1)).expect("receive into a");
@@ -339,7 +342,8 @@ fn a_slot_moved_to_another_primary_is_followed() {
     let to = (from + 1) % 3;
     // An observer writes nothing by itself, so the slot stays empty and can move without
     // migrating keys.
-    let m = RedisMempool::open(config(&cluster, &prefix).watcher_candidate(false)).expect("open");
+    let m = RedisMempool::open(cluster_config(&cluster, &prefix).watcher_candidate(false))
+        .expect("open");
     assert!(!m.has_pending().expect("has_pending"));
 
     // The documented way to move a slot, minus MIGRATE (no keys): importing on the target,

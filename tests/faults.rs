@@ -33,7 +33,7 @@ const IO_TIMEOUT: Duration = Duration::from_millis(250);
 /// for up to the connect timeout on top of a command timeout).
 const CALL_BOUND: Duration = Duration::from_secs(2);
 
-fn config(at: &impl Endpoint, prefix: &str) -> Config {
+fn node_config(at: &impl Endpoint, prefix: &str) -> Config {
     config_with(at, prefix, TTL, IO_TIMEOUT)
 }
 
@@ -41,10 +41,10 @@ fn config(at: &impl Endpoint, prefix: &str) -> Config {
 /// longer than the short timeouts the faults are measured with.
 const OPEN_ATTEMPTS: usize = 5;
 
-fn open(at: &impl Endpoint, prefix: &str) -> RedisMempool {
+fn open_node(at: &impl Endpoint, prefix: &str) -> RedisMempool {
     let mut last = None;
     for _ in 0..OPEN_ATTEMPTS {
-        match RedisMempool::open(config(at, prefix)) {
+        match RedisMempool::open(node_config(at, prefix)) {
             Ok(m) => return m,
             Err(e) if e.is_transient() => last = Some(e),
             Err(e) => panic!("open: {e:?}"),
@@ -77,9 +77,9 @@ fn watcher_link_cut(label: &str, cut: impl FnOnce(&FaultProxy)) {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.addr());
     let prefix = format!("faults-test:cut-{label}");
-    let a = open(&proxy, &prefix);
+    let a = open_node(&proxy, &prefix);
     assert!(a.is_watcher(), "a lone node is watcher once open returns");
-    let b = open(&server, &prefix);
+    let b = open_node(&server, &prefix);
     assert!(!b.is_watcher());
     let t = tx(1);
     a.receive(t.clone()).expect("receive");
@@ -206,9 +206,9 @@ fn server_outage(
     mend: impl FnOnce(&mut RedisServer),
 ) {
     let prefix = format!("faults-test:{label}");
-    let a = open(&*server, &prefix);
+    let a = open_node(&*server, &prefix);
     assert!(a.is_watcher());
-    let b = open(&*server, &prefix);
+    let b = open_node(&*server, &prefix);
     let t = tx(1);
     a.receive(t.clone()).expect("receive");
 

@@ -53,7 +53,7 @@ enum Headers {
     AsOnRedis62,
 }
 
-fn config(server: &RedisServer, prefix: &str, headers: Headers) -> Config {
+fn node_config(server: &RedisServer, prefix: &str, headers: Headers) -> Config {
     Config::new(server.url())
         .key_prefix(prefix)
         .watcher_lock_ttl(TTL)
@@ -238,7 +238,7 @@ fn refused_unless_allowed(policy: &str, consequence: &str) {
     capture_logs();
     let server = server_with_policy(policy);
     let prefix = format!("mem-{policy}");
-    let err = RedisMempool::open(config(&server, &prefix, Headers::Redis7))
+    let err = RedisMempool::open(node_config(&server, &prefix, Headers::Redis7))
         .expect_err("open must refuse an evicting redis");
     println!("{policy}: {err}");
     assert_eq!(
@@ -257,7 +257,7 @@ fn refused_unless_allowed(policy: &str, consequence: &str) {
 
     let warning = format!("maxmemory-policy is {policy}");
     assert!(logs_containing(&warning).is_empty());
-    let m = lone_watcher(config(&server, &prefix, Headers::Redis7).allow_eviction(true));
+    let m = lone_watcher(node_config(&server, &prefix, Headers::Redis7).allow_eviction(true));
     m.receive(body_tx(1)).expect("receive");
     let warnings = logs_containing(&warning);
     println!("{warnings:?}");
@@ -274,7 +274,7 @@ fn a_change_of_policy_at_run_time_is_shown_and_warned_about_once() {
     capture_logs();
     let server = full_able_server();
     let prefix = "mem-policy-change";
-    let m = lone_watcher(config(&server, prefix, Headers::Redis7));
+    let m = lone_watcher(node_config(&server, prefix, Headers::Redis7));
     let stats = m.stats().expect("stats");
     assert_eq!(stats.maxmemory_policy, "noeviction");
     assert_eq!(stats.maxmemory, 3 * 1024 * 1024);
@@ -356,7 +356,7 @@ fn refuses_receive_and_keeps_what_it_accepted(headers: Headers) {
     capture_logs();
     let server = full_able_server();
     let prefix = "mem-receive";
-    let m = lone_watcher(config(&server, prefix, headers));
+    let m = lone_watcher(node_config(&server, prefix, headers));
     let mut con = server.connection();
     let t0 = Instant::now();
     let (accepted, err) = fill_with_receives(&m, 0);
@@ -449,8 +449,8 @@ fn keeps_the_lock_while_full(headers: Headers) {
     capture_logs();
     let server = full_able_server();
     let prefix = "mem-lease";
-    let a = lone_watcher(config(&server, prefix, headers));
-    let b = RedisMempool::open(config(&server, prefix, headers)).expect("open b");
+    let a = lone_watcher(node_config(&server, prefix, headers));
+    let b = RedisMempool::open(node_config(&server, prefix, headers)).expect("open b");
     let epoch = a.watcher_info().expect("watcher_info").epoch;
     let (accepted, _) = fill_with_receives(&a, 0);
     let mut con = server.connection();
@@ -532,7 +532,7 @@ fn confirm_applies_once_when_memory_is_back(headers: Headers) {
     capture_logs();
     let server = full_able_server();
     let prefix = "mem-confirm";
-    let m = lone_watcher(config(&server, prefix, headers));
+    let m = lone_watcher(node_config(&server, prefix, headers));
     let events = m.subscribe();
     for i in 0..3 {
         m.receive(body_tx(i)).expect("receive");
