@@ -22,7 +22,7 @@ use dolos_redis::{
     Config, ConfirmOutcome, EraCbor, Error, MempoolTx, MempoolTxStage, RedisMempool, TxHash,
 };
 use support::logs::{capture_logs, logs_containing};
-use support::{wait_until, RedisServer, ServerOptions};
+use support::{keys_matching, wait_until, RedisServer, ServerOptions};
 
 const TTL: Duration = Duration::from_secs(1);
 
@@ -146,24 +146,8 @@ fn memory_back(con: &mut redis::Connection) {
 /// snapshots mean nothing under the prefix changed. Expiry times are not part of it, so the
 /// lease renewing its lock does not count as a change.
 fn snapshot(con: &mut redis::Connection, prefix: &str) -> BTreeMap<String, String> {
-    let mut keys: Vec<String> = Vec::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}:*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query(con)
-            .expect("SCAN");
-        keys.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    keys.into_iter()
+    keys_matching(con, &format!("{prefix}:*"))
+        .into_iter()
         .map(|k| {
             let kind: String = redis::cmd("TYPE").arg(&k).query(con).expect("TYPE");
             fn read(con: &mut redis::Connection, c: &mut redis::Cmd) -> redis::Value {

@@ -9,8 +9,8 @@
 //! * [`monitor::Monitor`]: follows the server's `MONITOR` feed, to count the commands a call
 //!   sends or to see that a request reached the server.
 //! * [`Rng`]: a small seeded generator for reproducible random runs.
-//! * [`wait_until`], [`init_logging`], [`logs::capture_logs`], and [`example`] for running a
-//!   built example or tool as a child process.
+//! * [`wait_until`], [`keys_matching`], [`init_logging`], [`logs::capture_logs`], and
+//!   [`example`] for running a built example or tool as a child process.
 
 pub mod example;
 pub mod logs;
@@ -47,6 +47,28 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(POLL_INTERVAL.min(deadline - now));
+    }
+}
+
+/// Every key matching `pattern` (a `SCAN MATCH` glob, e.g. `prefix:*`), without blocking the
+/// server as `KEYS` would. Panics if a `SCAN` fails.
+pub fn keys_matching(con: &mut redis::Connection, pattern: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query(con)
+            .unwrap_or_else(|e| panic!("SCAN MATCH {pattern}: {e}"));
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
     }
 }
 
