@@ -132,17 +132,8 @@ impl RedisServer {
     ///
     /// Panics with the tail of the server's log if it does not come up.
     pub fn start_with(opts: ServerOptions) -> RedisServer {
-        Self::launch(opts, None, None)
-    }
-
-    /// What every way of starting shares: a fresh dir, a free port, and a wait until the
-    /// process answers. The value is built before anything can fail, so that a panic drops it
-    /// and so removes the temp dir.
-    fn launch(
-        opts: ServerOptions,
-        sentinel_conf: Option<String>,
-        cluster_port: Option<u16>,
-    ) -> RedisServer {
+        // Built before anything can fail, so that a panic below drops it and
+        // so removes the temp dir.
         let mut server = RedisServer {
             child: None,
             pid: 0,
@@ -150,8 +141,8 @@ impl RedisServer {
             tls_port: 0,
             dir: make_temp_dir(),
             opts,
-            sentinel_conf,
-            cluster_port,
+            sentinel_conf: None,
+            cluster_port: None,
         };
         server.start_on_free_port();
         server
@@ -165,19 +156,28 @@ impl RedisServer {
     ///
     /// Panics with the tail of its log if it does not come up.
     pub fn start_cluster_node(node_timeout: Duration) -> RedisServer {
-        let opts = ServerOptions {
-            extra_args: vec![
-                "--cluster-enabled".into(),
-                "yes".into(),
-                "--cluster-config-file".into(),
-                "nodes.conf".into(),
-                "--cluster-node-timeout".into(),
-                node_timeout.as_millis().to_string(),
-            ],
-            ..Default::default()
+        let mut server = RedisServer {
+            child: None,
+            pid: 0,
+            port: 0,
+            tls_port: 0,
+            dir: make_temp_dir(),
+            opts: ServerOptions {
+                extra_args: vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    "nodes.conf".into(),
+                    "--cluster-node-timeout".into(),
+                    node_timeout.as_millis().to_string(),
+                ],
+                ..Default::default()
+            },
+            sentinel_conf: None,
+            cluster_port: Some(0),
         };
-        // The bus port is picked with the port, on every attempt.
-        Self::launch(opts, None, Some(0))
+        server.start_on_free_port();
+        server
     }
 
     /// The cluster bus port of a node started by [`Self::start_cluster_node`].
@@ -206,7 +206,18 @@ impl RedisServer {
             opts.down_after.as_millis(),
             opts.failover_timeout.as_millis(),
         );
-        Self::launch(ServerOptions::default(), Some(conf), None)
+        let mut server = RedisServer {
+            child: None,
+            pid: 0,
+            port: 0,
+            tls_port: 0,
+            dir: make_temp_dir(),
+            opts: ServerOptions::default(),
+            sentinel_conf: Some(conf),
+            cluster_port: None,
+        };
+        server.start_on_free_port();
+        server
     }
 
     /// The part of starting shared by servers and sentinels: pick a port, spawn, wait, and try
