@@ -22,7 +22,7 @@ use dolos_redis::{
     Config, ConfirmOutcome, EraCbor, Error, MempoolTx, MempoolTxStage, RedisMempool, TxHash,
 };
 use support::logs::{capture_logs, logs_containing};
-use support::{keys_matching, wait_until, RedisServer, ServerOptions};
+use support::{scan_keys, wait_until, RedisServer, ServerOptions};
 
 const TTL: Duration = Duration::from_secs(1);
 
@@ -146,7 +146,8 @@ fn memory_back(con: &mut redis::Connection) {
 /// snapshots mean nothing under the prefix changed. Expiry times are not part of it, so the
 /// lease renewing its lock does not count as a change.
 fn snapshot(con: &mut redis::Connection, prefix: &str) -> BTreeMap<String, String> {
-    keys_matching(con, &format!("{prefix}:*"))
+    scan_keys(con, &format!("{prefix}:*"))
+        .expect("SCAN")
         .into_iter()
         .map(|k| {
             let kind: String = redis::cmd("TYPE").arg(&k).query(con).expect("TYPE");

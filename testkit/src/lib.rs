@@ -6,11 +6,11 @@
 //!   which can be killed, restarted (keeping its AOF), paused and resumed.
 //! * [`FaultProxy`]: a TCP proxy in front of a server that can pass traffic, swallow it (a
 //!   network partition) or refuse connections.
-//! * [`monitor::Monitor`]: follows the server's `MONITOR` feed, to count the commands a call
-//!   sends or to see that a request reached the server.
+//! * [`monitor::Monitor`]: follows the server's `MONITOR` feed to count the commands a call
+//!   sends.
 //! * [`Rng`]: a small seeded generator for reproducible random runs.
-//! * [`wait_until`], [`keys_matching`], [`init_logging`], [`logs::capture_logs`], and
-//!   [`example`] for running a built example or tool as a child process.
+//! * [`wait_until`], [`init_logging`], [`logs::capture_logs`], and [`example`] for running a
+//!   built example or tool as a child process.
 
 pub mod example;
 pub mod logs;
@@ -50,9 +50,9 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Every key matching `pattern` (a `SCAN MATCH` glob, e.g. `prefix:*`), without blocking the
-/// server as `KEYS` would. Panics if a `SCAN` fails.
-pub fn keys_matching(con: &mut redis::Connection, pattern: &str) -> Vec<String> {
+/// Every key matching `pattern` (a `SCAN MATCH` glob such as `prefix:*`), with `SCAN`: never
+/// `KEYS`, which blocks a shared server.
+pub fn scan_keys(con: &mut redis::Connection, pattern: &str) -> redis::RedisResult<Vec<String>> {
     let mut keys = Vec::new();
     let mut cursor = 0u64;
     loop {
@@ -62,11 +62,10 @@ pub fn keys_matching(con: &mut redis::Connection, pattern: &str) -> Vec<String> 
             .arg(pattern)
             .arg("COUNT")
             .arg(1000)
-            .query(con)
-            .unwrap_or_else(|e| panic!("SCAN MATCH {pattern}: {e}"));
+            .query(con)?;
         keys.extend(batch);
         if next == 0 {
-            return keys;
+            return Ok(keys);
         }
         cursor = next;
     }
