@@ -14,13 +14,14 @@
 //!
 //! Run with `--nocapture` to see the measured figures.
 
-mod full_run;
+mod common;
 use dolos_redis_testkit as support;
 
 use std::time::{Duration, Instant};
 
+use common::full_run::{full_run, TTL};
+use common::{cmd, hash, tx, SETTLE};
 use dolos_redis::{Config, Error, RedisMempool};
-use full_run::{full_run, hash, tx, SETTLE, TTL};
 use support::RedisServer;
 
 /// Every command a node sends, as `ACL SETUSER` rules.
@@ -99,7 +100,7 @@ fn url(server: &RedisServer, user: &str, password: &str) -> String {
     format!("redis://{user}:{password}@127.0.0.1:{}", server.port())
 }
 
-fn config(url: &str, prefix: &str) -> Config {
+fn node_config(url: &str, prefix: &str) -> Config {
     Config::new(url)
         .key_prefix(prefix)
         .watcher_lock_ttl(TTL)
@@ -135,7 +136,7 @@ fn a_node_runs_fully_as_a_user_restricted_to_its_prefix() {
     set_user(&server, &rule);
     let url = url(&server, "dolos-node", "node-pass-3b9e");
 
-    let report = full_run(&|| config(&url, prefix));
+    let report = full_run(&|| node_config(&url, prefix));
     println!(
         "as the restricted user: takeover {} ms after the operator's reset, graceful handover \
          {} ms (followers poll every {} ms)",
@@ -159,7 +160,7 @@ fn the_restricted_user_cannot_touch_anything_outside_its_prefix() {
     let prefix = "acl-fence";
     set_user(&server, &node_rule("fenced", "fenced-pass", prefix));
     // The mempool itself, and a neighbour's keys, written by the admin.
-    let node = RedisMempool::open(config(&url(&server, "fenced", "fenced-pass"), prefix))
+    let node = RedisMempool::open(node_config(&url(&server, "fenced", "fenced-pass"), prefix))
         .expect("open as the restricted user");
     node.receive(tx(1)).expect("receive");
     let mut admin = server.connection();
@@ -244,7 +245,7 @@ fn the_restricted_user_cannot_touch_anything_outside_its_prefix() {
     assert_eq!(theirs, "theirs");
     // A node of another mempool cannot run as this user: every call is refused, as a typed
     // permanent error.
-    let stray = RedisMempool::open(config(&url(&server, "fenced", "fenced-pass"), "other"));
+    let stray = RedisMempool::open(node_config(&url(&server, "fenced", "fenced-pass"), "other"));
     match stray {
         Err(e) => assert!(matches!(e, Error::Auth(_)), "{e:?}"),
         Ok(stray) => {
@@ -280,8 +281,8 @@ fn a_missing_permission_is_a_fast_permanent_auth_error() {
         set_user(&server, &rule);
         let url = url(&server, &user, "p");
         let started = Instant::now();
-        let result =
-            RedisMempool::open(config(&url, &prefix)).and_then(|m| m.receive(tx(1)).map(|()| m));
+        let result = RedisMempool::open(node_config(&url, &prefix))
+            .and_then(|m| m.receive(tx(1)).map(|()| m));
         let took = started.elapsed();
         println!("{what}: {:?} after {took:?}", result.as_ref().err());
         match &result {
@@ -335,10 +336,10 @@ fn a_user_without_the_wake_channel_is_refused_at_open_and_blocks_nobody() {
     set_user(&server, &rule);
     set_user(&server, &node_rule("hearing", "hearing-pass", prefix));
     let deaf = RedisMempool::open(
-        config(&url(&server, "deaf", "deaf-pass"), prefix).watcher_lock_ttl(ttl),
+        node_config(&url(&server, "deaf", "deaf-pass"), prefix).watcher_lock_ttl(ttl),
     );
     let good = RedisMempool::open(
-        config(&url(&server, "hearing", "hearing-pass"), prefix).watcher_lock_ttl(ttl),
+        node_config(&url(&server, "hearing", "hearing-pass"), prefix).watcher_lock_ttl(ttl),
     )
     .expect("open with the full rule");
     let started = Instant::now();
@@ -374,7 +375,7 @@ fn the_users_password_never_shows_in_debug_errors_or_logs() {
     set_user(&server, &node_rule("dolos-secret", SECRET, prefix));
     let mut shown: Vec<String> = Vec::new();
 
-    let good = config(&url(&server, "dolos-secret", SECRET), prefix);
+    let good = node_config(&url(&server, "dolos-secret", SECRET), prefix);
     shown.push(format!("{good:?}"));
     shown.push(good.redacted_url());
     let m = RedisMempool::open(good).expect("open");
@@ -392,11 +393,14 @@ fn the_users_password_never_shows_in_debug_errors_or_logs() {
         url(&server, "nobody", SECRET),
         url(&server, "disabled", SECRET),
     ] {
-        let err = RedisMempool::open(config(&url, prefix)).unwrap_err();
+        let err = RedisMempool::open(node_config(&url, prefix)).unwrap_err();
         assert!(matches!(err, Error::Auth(_)), "{err:?}");
         shown.push(format!("{err} / {err:?}"));
     }
-    let stray = RedisMempool::open(config(&url(&server, "dolos-secret", SECRET), "elsewhere"));
+    let stray = RedisMempool::open(node_config(
+        &url(&server, "dolos-secret", SECRET),
+        "elsewhere",
+    ));
     match stray {
         Err(e) => shown.push(format!("{e} / {e:?}")),
         Ok(stray) => {
@@ -408,14 +412,6 @@ fn the_users_password_never_shows_in_debug_errors_or_logs() {
     drop(m);
 
     assert_never_shown(&shown, &[SECRET, WRONG]);
-}
-
-fn cmd(args: &[&str]) -> redis::Cmd {
-    let mut c = redis::cmd(args[0]);
-    for a in &args[1..] {
-        c.arg(*a);
-    }
-    c
 }
 
 /// Whether Redis refused `e` for lack of permission: `NOPERM` for a command, key or channel

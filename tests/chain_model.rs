@@ -22,6 +22,7 @@
 //! One `redis-server` serves every case of a property; each case uses a fresh key prefix and one
 //! watcher node (two for the takeover property), so a case costs a few ms.
 
+mod common;
 use dolos_redis_testkit as support;
 
 use std::cell::Cell;
@@ -30,9 +31,10 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
+use common::{config, counts};
 use dolos_redis::{
-    BlockHash, ChainPoint, Config, ConfirmOutcome, EraCbor, Error, MempoolTx, MempoolTxStage,
-    RedisMempool, TxHash, TxStatus,
+    BlockHash, ChainPoint, ConfirmOutcome, EraCbor, Error, MempoolTx, MempoolTxStage, RedisMempool,
+    TxHash, TxStatus,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -514,14 +516,7 @@ fn read(m: &RedisMempool) -> Result<View, Error> {
         statuses: (0..IDS)
             .map(|i| m.check_status(&tx_hash(i)))
             .collect::<Result<_, _>>()?,
-        counts: [
-            s.pending,
-            s.propagated,
-            s.acknowledged,
-            s.confirmed,
-            s.finalized_log,
-            s.applied_blocks,
-        ],
+        counts: counts(&s),
     })
 }
 
@@ -1174,8 +1169,7 @@ fn fail_report<T>(name: &str, result: Result<(), TestError<T>>, describe: impl F
 
 fn open_node(server: &RedisServer, prefix: &str, setup: &Setup) -> RedisMempool {
     RedisMempool::open(
-        Config::new(server.url())
-            .key_prefix(prefix)
+        config(server, prefix)
             .watcher_lock_ttl(LOCK_TTL)
             .applied_history(setup.history)
             .max_finalized(setup.max_log)

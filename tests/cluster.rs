@@ -11,17 +11,16 @@
 
 #![cfg(feature = "cluster")]
 
-mod full_run;
+mod common;
 use dolos_redis_testkit as support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use dolos_redis::{
-    ChainPoint, Config, ConfirmOutcome, Error, MempoolTxStage, RedisMempool, TxHash,
-};
-use full_run::{full_run, hash, tx, SETTLE};
+use common::full_run::{self, full_run};
+use common::{closed_port, hash, pending, stage_of, tx, SETTLE};
+use dolos_redis::{ChainPoint, Config, ConfirmOutcome, Error, MempoolTxStage, RedisMempool};
 use support::{wait_until, FaultProxy, RedisServer};
 
 /// `cluster-node-timeout`: how long a node may be silent before the others suspect it.
@@ -144,7 +143,7 @@ fn unique_tag(what: &str) -> String {
     )
 }
 
-fn config(cluster: &Cluster, prefix: &str) -> Config {
+fn cluster_config(cluster: &Cluster, prefix: &str) -> Config {
     Config::cluster(cluster.seeds()).key_prefix(prefix)
 }
 
@@ -153,7 +152,7 @@ fn a_full_run_against_a_cluster() {
     support::init_logging();
     let cluster = shared_cluster();
     let prefix = format!("{{{}}}:mempool", unique_tag("full"));
-    let report = full_run(&|| config(&cluster, &prefix).watcher_lock_ttl(full_run::TTL));
+    let report = full_run(&|| cluster_config(&cluster, &prefix).watcher_lock_ttl(full_run::TTL));
     println!("cluster: {report:?}");
     // Every key of the mempool is on the primary that owns the tag's slot.
     let owner = &cluster.nodes[cluster.owner(&prefix)];
@@ -171,7 +170,10 @@ fn the_watcher_hands_over_and_is_taken_over_on_a_cluster() {
     let cluster = shared_cluster();
     let prefix = format!("{{{}}}:mempool", unique_tag("watch"));
     let mut nodes: Vec<RedisMempool> = (0..3)
-        .map(|_| RedisMempool::open(config(&cluster, &prefix).watcher_lock_ttl(TTL)).expect("open"))
+        .map(|_| {
+            RedisMempool::open(cluster_config(&cluster, &prefix).watcher_lock_ttl(TTL))
+                .expect("open")
+        })
         .collect();
     let one_watcher = |nodes: &[RedisMempool]| nodes.iter().filter(|n| n.is_watcher()).count() == 1;
     assert!(
@@ -245,20 +247,13 @@ fn two_mempools_on_different_primaries_work_side_by_side() {
     let b = std::iter::repeat_with(|| format!("{{{}}}:mempool", unique_tag("b")))
         .find(|b| cluster.owner(b) != cluster.owner(&a))
         .expect("an endless iterator");
-    let ma = RedisMempool::open(config(&cluster, &a)).expect("open a");
-    let mb = RedisMempool::open(config(&cluster, &b)).expect("open b");
+    let ma = RedisMempool::open(cluster_config(&cluster, &a)).expect("open a");
+    let mb = RedisMempool::open(cluster_config(&cluster, &b)).expect("open b");
     assert!(wait_until(SETTLE, || ma.is_watcher() && mb.is_watcher()));
 
     ma.receive(tx(1)).expect("receive into a");
     mb.receive(tx(2)).expect("receive into b");
     mb.receive(tx(3)).expect("receive into b");
-    let pending = |m: &RedisMempool| -> Vec<TxHash> {
-        m.peek_pending(10)
-            .expect("peek_pending")
-            .iter()
-            .map(|t| t.hash)
-            .collect()
-    };
     assert_eq!(pending(&ma), vec![hash(1)]);
     assert_eq!(pending(&mb), vec![hash(2), hash(3)]);
     ma.mark_inflight(&[hash(1)]).expect("mark_inflight a");
@@ -272,18 +267,9 @@ fn two_mempools_on_different_primaries_work_side_by_side() {
         mb.confirm(&at, &[hash(2)], &[], 3, 3).expect("confirm b"),
         ConfirmOutcome::Applied
     );
-    assert_eq!(
-        ma.check_status(&hash(1)).expect("status a").stage,
-        MempoolTxStage::Confirmed
-    );
-    assert_eq!(
-        mb.check_status(&hash(2)).expect("status b").stage,
-        MempoolTxStage::Confirmed
-    );
-    assert_eq!(
-        mb.check_status(&hash(1)).expect("status b").stage,
-        MempoolTxStage::Unknown
-    );
+    assert_eq!(stage_of(&ma, 1), MempoolTxStage::Confirmed);
+    assert_eq!(stage_of(&mb, 2), MempoolTxStage::Confirmed);
+    assert_eq!(stage_of(&mb, 1), MempoolTxStage::Unknown);
     assert_eq!(mb.stats().expect("stats b").pending, 1);
 
     // Each mempool's keys live on its own primary.
@@ -318,10 +304,7 @@ fn dead_and_hung_seed_nodes_are_skipped() {
     let cluster = shared_cluster();
     // A port nobody listens on (refused at once) and a node that accepts connections but never
     // answers (each connection spends that seed's share of the connect timeout on it).
-    let refused = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr").to_string()
-    };
+    let refused = format!("127.0.0.1:{}", closed_port());
     let hung = FaultProxy::start(cluster.nodes[0].addr());
     hung.blackhole();
     let mut seeds = vec![refused.clone(), hung.addr().to_string()];
@@ -359,7 +342,8 @@ fn a_slot_moved_to_another_primary_is_followed() {
     let to = (from + 1) % 3;
     // An observer writes nothing by itself, so the slot stays empty and can move without
     // migrating keys.
-    let m = RedisMempool::open(config(&cluster, &prefix).watcher_candidate(false)).expect("open");
+    let m = RedisMempool::open(cluster_config(&cluster, &prefix).watcher_candidate(false))
+        .expect("open");
     assert!(!m.has_pending().expect("has_pending"));
 
     // The documented way to move a slot, minus MIGRATE (no keys): importing on the target,

@@ -14,6 +14,7 @@
 //! The run is seeded (`CONCURRENCY_SEED` to replay; the seed is printed), though thread
 //! interleavings are not reproducible.
 
+mod common;
 use dolos_redis_testkit as support;
 
 use std::collections::{HashMap, HashSet};
@@ -21,53 +22,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{config, hash, open, tx, SETTLE};
 use dolos_redis::{
-    ChainPoint, Config, ConfirmOutcome, EraCbor, Error, MempoolEvent, MempoolTx, MempoolTxStage,
-    RedisMempool, TxHash,
+    ChainPoint, ConfirmOutcome, Error, MempoolEvent, MempoolTx, MempoolTxStage, RedisMempool,
+    TxHash,
 };
-use support::{wait_until, RedisServer};
+use support::{wait_until, RedisServer, Rng};
 
 const F: u32 = 3;
 const D: u32 = 3;
-const HASHES: u16 = 200;
+/// Tx ids are 0..IDS: few, so that the workers' calls overlap.
+const IDS: u64 = 200;
 const THREADS_PER_NODE: usize = 4;
 const RUN_FOR: Duration = Duration::from_secs(3);
-const SETTLE: Duration = Duration::from_secs(10);
 
-/// A small, fast, seedable generator; tests need no cryptographic quality.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
-fn hash(i: u16) -> TxHash {
-    let mut bytes = [0u8; 32];
-    bytes[..2].copy_from_slice(&i.to_be_bytes());
-    bytes[31] = 0xcc;
-    TxHash::from(bytes)
-}
-
-fn tx(h: TxHash) -> MempoolTx {
-    MempoolTx::new(h, EraCbor(6, h.as_bytes()[..4].to_vec()))
+/// A random tx id.
+fn any_id(rng: &mut Rng) -> u32 {
+    rng.below(IDS) as u32
 }
 
 /// What the workers did, as the client saw it.
@@ -88,9 +59,7 @@ impl Tally {
 }
 
 fn random_hashes(rng: &mut Rng, max: u64) -> Vec<TxHash> {
-    (0..1 + rng.below(max))
-        .map(|_| hash(rng.below(u64::from(HASHES)) as u16))
-        .collect()
+    (0..1 + rng.below(max)).map(|_| hash(any_id(rng))).collect()
 }
 
 fn expect_ok<T>(what: &str, r: Result<T, Error>) -> T {
@@ -103,10 +72,10 @@ fn work(node: RedisMempool, mut rng: Rng, slots: &AtomicU64, stop: &AtomicBool, 
         tally.calls.fetch_add(1, Ordering::Relaxed);
         match rng.below(100) {
             0..=34 => {
-                let h = hash(rng.below(u64::from(HASHES)) as u16);
-                match node.receive(tx(h)) {
+                let id = any_id(&mut rng);
+                match node.receive(tx(id)) {
                     Ok(()) => {
-                        *tally.accepted.lock().unwrap().entry(h).or_default() += 1;
+                        *tally.accepted.lock().unwrap().entry(hash(id)).or_default() += 1;
                         tally.count("receive ok");
                     }
                     Err(Error::DuplicateTx) => tally.count("receive duplicate"),
@@ -117,7 +86,7 @@ fn work(node: RedisMempool, mut rng: Rng, slots: &AtomicU64, stop: &AtomicBool, 
                 // Mostly hashes that are pending right now, plus a few random ones.
                 let mut hashes: Vec<TxHash> = expect_ok("peek_pending", node.peek_pending(8))
                     .into_iter()
-                    .filter(|_| rng.chance(60))
+                    .filter(|_| rng.chance(0.6))
                     .map(|t| t.hash)
                     .collect();
                 hashes.extend(random_hashes(&mut rng, 3));
@@ -132,14 +101,14 @@ fn work(node: RedisMempool, mut rng: Rng, slots: &AtomicU64, stop: &AtomicBool, 
                 expect_ok("peek_pending", node.peek_pending(rng.below(20) as usize));
             }
             82..=91 => {
-                let h = hash(rng.below(u64::from(HASHES)) as u16);
+                let h = hash(any_id(&mut rng));
                 expect_ok("check_status", node.check_status(&h));
             }
             92..=96 => {
                 expect_ok("peek_inflight", node.peek_inflight(10));
             }
             _ => {
-                let h = hash(rng.below(u64::from(HASHES)) as u16);
+                let h = hash(any_id(&mut rng));
                 expect_ok("find_inflight", node.find_inflight(&h));
             }
         }
@@ -156,16 +125,16 @@ fn confirm(node: &RedisMempool, rng: &mut Rng, slots: &AtomicU64, tally: &Tally)
     let mut seen: Vec<TxHash> = if node.is_watcher() {
         expect_ok("peek_inflight", node.peek_inflight(30))
             .into_iter()
-            .filter(|_| rng.chance(1))
+            .filter(|_| rng.chance(0.01))
             .map(|t| t.hash)
             .collect()
     } else {
         Vec::new()
     };
-    if rng.chance(2) {
+    if rng.chance(0.02) {
         seen.extend(random_hashes(rng, 2));
     }
-    let slot = if rng.chance(10) {
+    let slot = if rng.chance(0.1) {
         // Taken by another call already (applied or about to be).
         slots
             .load(Ordering::SeqCst)
@@ -222,22 +191,19 @@ fn eight_threads_on_two_nodes_keep_every_invariant() {
 
     let server = RedisServer::start();
     let config = || {
-        Config::new(server.url())
-            .key_prefix("concurrency")
+        config(&server, "concurrency")
             .watcher_lock_ttl(Duration::from_secs(1))
             // Nothing may leave the retained log: the accounting needs all of it.
             .max_finalized(1_000_000)
     };
-    let nodes = [
-        RedisMempool::open(config()).unwrap(),
-        RedisMempool::open(config()).unwrap(),
-    ];
+    let nodes = [open(config()), open(config())];
     assert!(wait_until(SETTLE, || nodes
         .iter()
         .any(RedisMempool::is_watcher)));
 
     // The audit trail, drained as it comes so the subscriber never lags.
-    let marker = TxHash::from([0xff; 32]);
+    // An id the workers never use.
+    let marker = hash(u32::MAX);
     let events = nodes[0].subscribe();
     let drain = std::thread::spawn(move || {
         let mut blocks = Vec::new();
@@ -292,7 +258,7 @@ fn eight_threads_on_two_nodes_keep_every_invariant() {
     let ran = started.elapsed();
 
     // Everything committed before the marker is delivered before it.
-    nodes[1].receive(tx(marker)).unwrap();
+    nodes[1].receive(tx(u32::MAX)).unwrap();
     *tally.accepted.lock().unwrap().entry(marker).or_default() += 1;
     let block_events = drain.join().expect("the event drain panicked");
 

@@ -5,14 +5,16 @@
 //!
 //! Measured figures are printed (`cargo test --test events -- --nocapture`).
 
+mod common;
 use dolos_redis_testkit as support;
 
 use std::time::{Duration, Instant};
 
+use common::{config, hash, lone_watcher, open, point, tx, SETTLE};
 use crossbeam_channel::Receiver;
 use dolos_redis::{
-    BlockHash, ChainPoint, Config, ConfirmOutcome, EraCbor, MempoolEvent, MempoolTx,
-    MempoolTxStage, RedisMempool, TxHash,
+    ChainPoint, ConfirmOutcome, EraCbor, MempoolEvent, MempoolTx, MempoolTxStage, RedisMempool,
+    TxHash,
 };
 use support::{wait_until, FaultProxy, RedisServer};
 
@@ -20,44 +22,8 @@ use MempoolTxStage::{
     Acknowledged, Confirmed, Dropped, Finalized, Pending, Propagated, RolledBack,
 };
 
-/// Bound for things that take milliseconds on an idle machine; generous so that a loaded
-/// 2-core CI machine never flakes.
-const SETTLE: Duration = Duration::from_secs(10);
-
 /// The capacity of a subscriber's channel, as documented on `RedisMempool::subscribe`.
 const SUBSCRIBER_CAPACITY: usize = 16_384;
-
-fn config(url: String, prefix: &str) -> Config {
-    Config::new(url).key_prefix(prefix)
-}
-
-fn open(config: Config) -> RedisMempool {
-    RedisMempool::open(config).expect("open mempool")
-}
-
-fn lone_watcher(config: Config) -> RedisMempool {
-    let m = open(config);
-    assert!(
-        wait_until(SETTLE, || m.is_watcher()),
-        "a lone node must become watcher"
-    );
-    m
-}
-
-fn hash(i: u32) -> TxHash {
-    let mut bytes = [0u8; 32];
-    bytes[..4].copy_from_slice(&i.to_be_bytes());
-    bytes[31] = 0x5a;
-    TxHash::from(bytes)
-}
-
-fn tx(i: u32) -> MempoolTx {
-    MempoolTx::new(hash(i), EraCbor(6, vec![0x84, 0xa0, i as u8]))
-}
-
-fn point(slot: u64) -> ChainPoint {
-    ChainPoint::Specific(slot, BlockHash::from([slot as u8; 32]))
-}
 
 /// What a `Tx` event carries: the payload is omitted (documented), so it is always empty.
 fn ev_tx(
@@ -136,8 +102,8 @@ fn a_lifecycle_driven_from_two_nodes_reaches_both_subscribers_in_the_same_order(
     const F: u32 = 3;
     const D: u32 = 2;
     let server = RedisServer::start();
-    let a = lone_watcher(config(server.url(), "events"));
-    let b = open(config(server.url(), "events"));
+    let a = lone_watcher(config(&server, "events"));
+    let b = open(config(&server, "events"));
     assert!(!b.is_watcher());
     let rx_a = a.subscribe();
     let rx_b = b.subscribe();
@@ -258,7 +224,7 @@ fn a_lifecycle_driven_from_two_nodes_reaches_both_subscribers_in_the_same_order(
 #[test]
 fn a_graceful_handover_is_a_release_then_an_acquisition_at_the_next_epoch() {
     let server = RedisServer::start();
-    let cfg = config(server.url(), "leader").watcher_lock_ttl(Duration::from_secs(1));
+    let cfg = config(&server, "leader").watcher_lock_ttl(Duration::from_secs(1));
     let a = lone_watcher(cfg.clone());
     let b = open(cfg.clone());
     let observer = open(cfg.watcher_candidate(false));
@@ -311,7 +277,7 @@ fn a_graceful_handover_is_a_release_then_an_acquisition_at_the_next_epoch() {
 /// cut-off link is noticed quickly. An observer: its link is cut, and it must not compete.
 fn reader_behind(proxy: &FaultProxy, prefix: &str) -> RedisMempool {
     open(
-        config(proxy.url(), prefix)
+        config(proxy, prefix)
             .watcher_candidate(false)
             .connect_timeout(Duration::from_millis(500))
             .command_timeout(Duration::from_millis(500)),
@@ -322,7 +288,7 @@ fn reader_behind(proxy: &FaultProxy, prefix: &str) -> RedisMempool {
 fn a_reader_cut_off_from_redis_resumes_without_a_gap() {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.addr());
-    let writer = lone_watcher(config(server.url(), "resume"));
+    let writer = lone_watcher(config(&server, "resume"));
     let reader = reader_behind(&proxy, "resume");
     let rx = reader.subscribe();
     let before = sentinel(&writer, &rx, 1000);
@@ -382,7 +348,7 @@ fn a_reader_cut_off_longer_than_the_history_is_told_what_it_missed() {
     let proxy = FaultProxy::start(server.addr());
     // The writer trims the stream on every append; Redis trims `MAXLEN ~` only by whole
     // internal nodes (100 entries by default), so many more events than 5 are needed for a gap.
-    let writer = lone_watcher(config(server.url(), "lagged").event_history(5));
+    let writer = lone_watcher(config(&server, "lagged").event_history(5));
     let reader = reader_behind(&proxy, "lagged");
     let rx = reader.subscribe();
     let before = sentinel(&writer, &rx, 100_000);
@@ -428,8 +394,8 @@ fn a_reader_cut_off_longer_than_the_history_is_told_what_it_missed() {
 #[test]
 fn a_dropped_receiver_costs_nothing() {
     let server = RedisServer::start();
-    let a = lone_watcher(config(server.url(), "dropped"));
-    let b = open(config(server.url(), "dropped"));
+    let a = lone_watcher(config(&server, "dropped"));
+    let b = open(config(&server, "dropped"));
     let dropped = a.subscribe();
     let kept = a.subscribe();
     let other = b.subscribe();
@@ -461,7 +427,7 @@ fn a_dropped_receiver_costs_nothing() {
 fn a_subscriber_that_never_reads_blocks_nobody() {
     const F: u32 = 1_000;
     let server = RedisServer::start();
-    let a = lone_watcher(config(server.url(), "slow"));
+    let a = lone_watcher(config(&server, "slow"));
     let slow = a.subscribe();
     let fast = a.subscribe();
 

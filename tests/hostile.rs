@@ -10,6 +10,7 @@
 //!
 //! Measured times are printed (`cargo test --test hostile -- --nocapture`).
 
+mod common;
 use dolos_redis_testkit as support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +18,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use dolos_redis::{Config, EraCbor, Error, MempoolTx, MempoolTxStage, RedisMempool, TxHash};
+use common::{config_with, expect_transient, hash, lock_key, open, stage_of, tx, Endpoint, SETTLE};
+use dolos_redis::{MempoolTxStage, RedisMempool};
 use support::{wait_until, FaultProxy, RedisServer, ServerOptions};
 
 const TTL: Duration = Duration::from_secs(1);
@@ -31,25 +33,6 @@ const PAUSE: Duration = Duration::from_secs(2);
 /// connection, bounded by the same timeout).
 const CALL_BOUND: Duration = Duration::from_millis(1500);
 
-/// CI bound for things that normally take milliseconds (or one TTL).
-const SETTLE: Duration = Duration::from_secs(5);
-
-fn config(url: String, prefix: &str) -> Config {
-    Config::new(url)
-        .key_prefix(prefix)
-        .watcher_lock_ttl(TTL)
-        .command_timeout(COMMAND_TIMEOUT)
-        .connect_timeout(COMMAND_TIMEOUT)
-}
-
-fn tx(n: u8) -> MempoolTx {
-    MempoolTx::new(TxHash::from([n; 32]), EraCbor(6, vec![0x84, n]))
-}
-
-fn lock_key(prefix: &str) -> String {
-    format!("{prefix}:watcher:lock")
-}
-
 fn debug_server() -> RedisServer {
     RedisServer::start_with(ServerOptions {
         extra_args: vec!["--enable-debug-command".into(), "yes".into()],
@@ -57,14 +40,18 @@ fn debug_server() -> RedisServer {
     })
 }
 
-/// A (watcher) and B (follower), both straight to `server`.
-fn two_nodes(server: &RedisServer, prefix: &str) -> (RedisMempool, RedisMempool) {
-    let a = RedisMempool::open(config(server.url(), prefix)).unwrap();
+/// A (watcher) reaching Redis at `a_at` and B (follower) at `b_at`.
+fn two_nodes(
+    a_at: &impl Endpoint,
+    b_at: &impl Endpoint,
+    prefix: &str,
+) -> (RedisMempool, RedisMempool) {
+    let a = open(config_with(a_at, prefix, TTL, COMMAND_TIMEOUT));
     assert!(
         wait_until(SETTLE, || a.is_watcher()),
         "A never became watcher"
     );
-    let b = RedisMempool::open(config(server.url(), prefix)).unwrap();
+    let b = open(config_with(b_at, prefix, TTL, COMMAND_TIMEOUT));
     assert!(!b.is_watcher());
     (a, b)
 }
@@ -162,26 +149,23 @@ fn writes_hang(server: &RedisServer) -> bool {
     probe().is_err()
 }
 
-/// Runs `call`, checks that it fails with a transient error within [`CALL_BOUND`], and returns
-/// how long it took.
+/// Runs `call`, checks that it fails with a transient error within [`CALL_BOUND`].
 fn assert_times_out<T: std::fmt::Debug>(
     what: &str,
-    call: impl FnOnce() -> Result<T, Error>,
-) -> Duration {
-    let started = Instant::now();
-    let result = call();
-    let took = started.elapsed();
-    println!("  {what}: {result:?} after {took:?}");
-    match result {
-        Err(e) => assert!(e.is_transient(), "{what}: expected a timeout, got {e:?}"),
-        Ok(v) => panic!("{what}: answered during the fault: {v:?}"),
-    }
-    assert!(took < CALL_BOUND, "{what} took {took:?}");
-    took
+    call: impl FnOnce() -> Result<T, dolos_redis::Error>,
+) {
+    expect_transient(what, CALL_BOUND, call);
+}
+
+/// While the server answers nobody: reads and writes from either node time out.
+fn every_call_times_out(a: &RedisMempool, b: &RedisMempool) {
+    assert_times_out("has_pending", || a.has_pending());
+    assert_times_out("receive", || a.receive(tx(2)));
+    assert_times_out("check_status", || b.check_status(&hash(1)));
 }
 
 /// After the fault: calls work and exactly one of A and B is the watcher, as Redis sees it.
-fn assert_recovered(a: &RedisMempool, b: &RedisMempool, fault_end: Instant, n: u8) {
+fn assert_recovered(a: &RedisMempool, b: &RedisMempool, fault_end: Instant, n: u32) {
     let mut holder = None;
     let elected = wait_until(SETTLE, || {
         let Ok(info) = b.watcher_info() else {
@@ -212,10 +196,7 @@ fn assert_recovered(a: &RedisMempool, b: &RedisMempool, fault_end: Instant, n: u
     );
     // A pooled connection that timed out is thrown away; the next call gets a fresh one.
     a.receive(tx(n)).unwrap();
-    assert_eq!(
-        b.check_status(&TxHash::from([n; 32])).unwrap().stage,
-        MempoolTxStage::Pending
-    );
+    assert_eq!(stage_of(b, n), MempoolTxStage::Pending);
 }
 
 /// The lease half of every scenario: A's flag went down before the lock could expire, and the
@@ -251,7 +232,7 @@ fn debug_sleep_times_out_calls_and_the_lease_steps_down_in_time() {
     support::init_logging();
     let server = debug_server();
     let prefix = "hostile:debug-sleep";
-    let (a, b) = two_nodes(&server, prefix);
+    let (a, b) = two_nodes(&server, &server, prefix);
     a.receive(tx(1)).unwrap();
     let sampler = FlagSampler::start(&a, &b);
 
@@ -260,9 +241,7 @@ fn debug_sleep_times_out_calls_and_the_lease_steps_down_in_time() {
     sleep.arg("SLEEP").arg(PAUSE.as_secs_f64());
     let fault = start_fault(&server, prefix, sleep);
     assert!(wait_until(SETTLE, || writes_hang(&server)));
-    assert_times_out("has_pending", || a.has_pending());
-    assert_times_out("receive", || a.receive(tx(2)));
-    assert_times_out("check_status", || b.check_status(&TxHash::from([1; 32])));
+    every_call_times_out(&a, &b);
 
     let start = fault.join().unwrap();
     println!("  the server slept {:?}", start.replied - start.sent);
@@ -270,25 +249,24 @@ fn debug_sleep_times_out_calls_and_the_lease_steps_down_in_time() {
     assert_stepped_down_in_time(&sampler.finish(), &start);
 }
 
-#[test]
-fn client_pause_all_times_out_calls_and_the_lease_steps_down_in_time() {
+/// `CLIENT PAUSE` for [`PAUSE`] in `mode` (`ALL` or `WRITE`), with `calls` made while it lasts.
+/// The pause ends on the server's clock: once writes pass again, a single watcher must be
+/// elected, and A's flag must have gone down in time.
+fn client_pause(mode: &str, calls: impl FnOnce(&RedisMempool, &RedisMempool)) {
     support::init_logging();
     let server = RedisServer::start();
-    let prefix = "hostile:pause-all";
-    let (a, b) = two_nodes(&server, prefix);
+    let prefix = format!("hostile:pause-{}", mode.to_lowercase());
+    let (a, b) = two_nodes(&server, &server, &prefix);
     a.receive(tx(1)).unwrap();
     let sampler = FlagSampler::start(&a, &b);
 
-    println!("CLIENT PAUSE {PAUSE:?} ALL:");
+    println!("CLIENT PAUSE {PAUSE:?} {mode}:");
     let mut pause = redis::cmd("CLIENT");
-    pause.arg("PAUSE").arg(PAUSE.as_millis() as u64).arg("ALL");
-    let start = start_fault(&server, prefix, pause).join().unwrap();
+    pause.arg("PAUSE").arg(PAUSE.as_millis() as u64).arg(mode);
+    let start = start_fault(&server, &prefix, pause).join().unwrap();
     assert!(wait_until(SETTLE, || writes_hang(&server)));
-    assert_times_out("has_pending", || a.has_pending());
-    assert_times_out("receive", || a.receive(tx(2)));
-    assert_times_out("check_status", || b.check_status(&TxHash::from([1; 32])));
+    calls(&a, &b);
 
-    // The pause ends on the server's clock; wait for writes to pass again.
     assert!(wait_until(SETTLE, || !writes_hang(&server)));
     let ended = Instant::now();
     println!(
@@ -300,46 +278,27 @@ fn client_pause_all_times_out_calls_and_the_lease_steps_down_in_time() {
 }
 
 #[test]
+fn client_pause_all_times_out_calls_and_the_lease_steps_down_in_time() {
+    client_pause("ALL", every_call_times_out);
+}
+
+#[test]
 fn client_pause_write_times_out_writes_and_the_lease_steps_down_in_time() {
-    support::init_logging();
-    let server = RedisServer::start();
-    let prefix = "hostile:pause-write";
-    let (a, b) = two_nodes(&server, prefix);
-    a.receive(tx(1)).unwrap();
-    let sampler = FlagSampler::start(&a, &b);
-
-    println!("CLIENT PAUSE {PAUSE:?} WRITE:");
-    let mut pause = redis::cmd("CLIENT");
-    pause
-        .arg("PAUSE")
-        .arg(PAUSE.as_millis() as u64)
-        .arg("WRITE");
-    let start = start_fault(&server, prefix, pause).join().unwrap();
-    assert!(wait_until(SETTLE, || writes_hang(&server)));
-    assert_times_out("receive", || a.receive(tx(2)));
-    assert_times_out("mark_inflight", || {
-        a.mark_inflight(&[TxHash::from([1; 32])])
+    client_pause("WRITE", |a, b| {
+        assert_times_out("receive", || a.receive(tx(2)));
+        assert_times_out("mark_inflight", || a.mark_inflight(&[hash(1)]));
+        // Reads may pass or wait, depending on whether the server can tell the script is
+        // read-only; either way they answer correctly or fail with a typed timeout in time.
+        let started = Instant::now();
+        let read = b.check_status(&hash(1));
+        let took = started.elapsed();
+        println!("  check_status: {read:?} after {took:?}");
+        match read {
+            Ok(status) => assert_eq!(status.stage, MempoolTxStage::Pending),
+            Err(e) => assert!(e.is_transient(), "{e:?}"),
+        }
+        assert!(took < CALL_BOUND, "check_status took {took:?}");
     });
-    // Reads may pass or wait, depending on whether the server can tell the script is
-    // read-only; either way they answer correctly or fail with a typed timeout in time.
-    let started = Instant::now();
-    let read = b.check_status(&TxHash::from([1; 32]));
-    let took = started.elapsed();
-    println!("  check_status: {read:?} after {took:?}");
-    match read {
-        Ok(status) => assert_eq!(status.stage, MempoolTxStage::Pending),
-        Err(e) => assert!(e.is_transient(), "{e:?}"),
-    }
-    assert!(took < CALL_BOUND, "check_status took {took:?}");
-
-    assert!(wait_until(SETTLE, || !writes_hang(&server)));
-    let ended = Instant::now();
-    println!(
-        "  writes passed again {:?} after the pause began",
-        ended - start.sent
-    );
-    assert_recovered(&a, &b, ended, 3);
-    assert_stepped_down_in_time(&sampler.finish(), &start);
 }
 
 /// The watcher's link (not the server) hangs: its packets are held in the network while the
@@ -350,12 +309,7 @@ fn hung_link_lease_steps_down_before_another_node_can_take_over() {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.addr());
     let prefix = "hostile:hung-link";
-    let a = RedisMempool::open(config(proxy.url(), prefix)).unwrap();
-    assert!(
-        wait_until(SETTLE, || a.is_watcher()),
-        "A never became watcher"
-    );
-    let b = RedisMempool::open(config(server.url(), prefix)).unwrap();
+    let (a, b) = two_nodes(&proxy, &server, prefix);
     let sampler = FlagSampler::start(&a, &b);
 
     println!("watcher link held by the proxy:");

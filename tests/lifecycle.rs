@@ -4,13 +4,18 @@
 //! Most tests use one node, which is the watcher as soon as `open` returns. Tests about several
 //! nodes say so in their name.
 
+mod common;
 use dolos_redis_testkit as support;
 
 use std::time::Duration;
 
+use common::{
+    config, hash, hashes, inflight, lone_watcher, open, pending, propagate, receive, single,
+    stage_of, status, status_of, tx, SETTLE,
+};
 use dolos_redis::{
-    BlockHash, ChainPoint, Config, ConfirmOutcome, EraCbor, Error, MempoolTx, MempoolTxStage,
-    RedisMempool, TxHash, TxStatus,
+    BlockHash, ChainPoint, ConfirmOutcome, EraCbor, Error, MempoolTx, MempoolTxStage, RedisMempool,
+    TxHash, TxStatus,
 };
 use support::{wait_until, RedisServer};
 
@@ -20,102 +25,15 @@ use MempoolTxStage::{Acknowledged, Confirmed, Dropped, Finalized, Pending, Propa
 const F: u32 = 6;
 const D: u32 = 2;
 
-/// Bound for conditions that hold within milliseconds on an idle machine; generous so that a
-/// loaded CI machine never flakes.
-const SETTLE: Duration = Duration::from_secs(10);
-
-fn hash(i: u8) -> TxHash {
-    TxHash::from([i; 32])
-}
-
-fn hashes(ids: &[u8]) -> Vec<TxHash> {
-    ids.iter().copied().map(hash).collect()
-}
-
-/// A small tx whose body names it, so mixed-up payloads show in assertion messages.
-fn tx(i: u8) -> MempoolTx {
-    MempoolTx::new(hash(i), EraCbor(6, vec![0x84, 0xa0, i]))
-}
-
 fn block(i: u8) -> BlockHash {
     BlockHash::from([0xb0 ^ i; 32])
-}
-
-fn config(server: &RedisServer, prefix: &str) -> Config {
-    Config::new(server.url()).key_prefix(prefix)
-}
-
-fn open(config: Config) -> RedisMempool {
-    RedisMempool::open(config).expect("open mempool")
-}
-
-/// Opens `config` as the only node of its prefix and waits until it is the watcher.
-fn lone_watcher(config: Config) -> RedisMempool {
-    let m = open(config);
-    assert!(
-        wait_until(SETTLE, || m.is_watcher()),
-        "a lone node must become watcher"
-    );
-    m
-}
-
-/// A fresh server with one watcher node on it. Bind the server first (`let (_server, m) = ..`)
-/// so the node shuts down before the server goes away.
-fn single() -> (RedisServer, RedisMempool) {
-    let server = RedisServer::start();
-    let m = lone_watcher(config(&server, "lifecycle"));
-    (server, m)
-}
-
-fn status(
-    stage: MempoolTxStage,
-    confirmations: u32,
-    non_confirmations: u32,
-    confirmed_at: Option<ChainPoint>,
-) -> TxStatus {
-    TxStatus {
-        stage,
-        confirmations,
-        non_confirmations,
-        confirmed_at,
-    }
-}
-
-fn status_of(m: &RedisMempool, i: u8) -> TxStatus {
-    m.check_status(&hash(i)).expect("check_status")
-}
-
-fn stage_of(m: &RedisMempool, i: u8) -> MempoolTxStage {
-    status_of(m, i).stage
-}
-
-fn receive(m: &RedisMempool, ids: &[u8]) {
-    for &i in ids {
-        m.receive(tx(i)).expect("receive");
-    }
-}
-
-/// Receives the txs and marks them inflight (Propagated).
-fn propagate(m: &RedisMempool, ids: &[u8]) {
-    receive(m, ids);
-    m.mark_inflight(&hashes(ids)).expect("mark_inflight");
-}
-
-fn pending(m: &RedisMempool) -> Vec<TxHash> {
-    let txs = m.peek_pending(usize::MAX).expect("peek_pending");
-    txs.iter().map(|t| t.hash).collect()
-}
-
-fn inflight(m: &RedisMempool) -> Vec<TxHash> {
-    let txs = m.peek_inflight(usize::MAX).expect("peek_inflight");
-    txs.iter().map(|t| t.hash).collect()
 }
 
 fn confirm_with(
     m: &RedisMempool,
     point: ChainPoint,
-    seen: &[u8],
-    unseen: &[u8],
+    seen: &[u32],
+    unseen: &[u32],
     finalize_threshold: u32,
     drop_threshold: u32,
 ) -> ConfirmOutcome {
@@ -130,12 +48,12 @@ fn confirm_with(
 }
 
 /// Applies a block with the scenario thresholds (F=6, D=2) and insists it was applied.
-fn apply_at(m: &RedisMempool, point: ChainPoint, seen: &[u8], unseen: &[u8]) {
+fn apply_at(m: &RedisMempool, point: ChainPoint, seen: &[u32], unseen: &[u32]) {
     let outcome = confirm_with(m, point, seen, unseen, F, D);
     assert_eq!(outcome, ConfirmOutcome::Applied, "block at {point:?}");
 }
 
-fn apply(m: &RedisMempool, slot: u64, seen: &[u8], unseen: &[u8]) {
+fn apply(m: &RedisMempool, slot: u64, seen: &[u32], unseen: &[u32]) {
     apply_at(m, ChainPoint::Slot(slot), seen, unseen);
 }
 
@@ -289,7 +207,7 @@ fn payload_bytes_and_era_round_trip_exactly() {
     let txs: Vec<MempoolTx> = payloads
         .iter()
         .enumerate()
-        .map(|(i, p)| MempoolTx::new(hash(i as u8 + 1), p.clone()))
+        .map(|(i, p)| MempoolTx::new(hash(i as u32 + 1), p.clone()))
         .collect();
     for t in &txs {
         m.receive(t.clone()).unwrap();
@@ -460,7 +378,7 @@ fn find_and_peek_inflight_return_propagated_acknowledged_and_confirmed_txs() {
     let at = ChainPoint::Specific(9, block(9));
     apply_at(&m, at, &[4], &[]);
 
-    let expect = |i: u8, stage, c, miss, confirmed_at| MempoolTx {
+    let expect = |i: u32, stage, c, miss, confirmed_at| MempoolTx {
         stage,
         confirmations: c,
         non_confirmations: miss,
@@ -677,7 +595,7 @@ fn a_call_with_both_seen_and_unseen_txs_is_invalid_and_changes_nothing() {
     apply(&m, 20, &[2], &[]);
     let before: Vec<TxStatus> = (1..=2).map(|i| status_of(&m, i)).collect();
 
-    for (seen, unseen) in [(&[1u8][..], &[2u8][..]), (&[1], &[1])] {
+    for (seen, unseen) in [(&[1u32][..], &[2u32][..]), (&[1], &[1])] {
         let at = ChainPoint::Specific(21, block(21));
         let err = m
             .confirm(&at, &hashes(seen), &hashes(unseen), F, D)
@@ -791,7 +709,7 @@ fn check_status_reports_every_stage() {
 
 /// Finalizes each tx in its own block (F=1), so tx `i` gets the `i`-th log entry when the ids
 /// are 1, 2, 3, ...
-fn finalize_one_by_one(m: &RedisMempool, ids: &[u8], first_slot: u64) {
+fn finalize_one_by_one(m: &RedisMempool, ids: &[u32], first_slot: u64) {
     for (n, &i) in ids.iter().enumerate() {
         propagate(m, &[i]);
         let slot = first_slot + n as u64;
@@ -994,7 +912,7 @@ fn a_replayed_block_is_already_applied_and_changes_nothing() {
 fn origin_names_no_block() {
     let (_server, m) = single();
     propagate(&m, &[1]);
-    for unseen in [&[][..], &[1u8][..]] {
+    for unseen in [&[][..], &[1u32][..]] {
         let err = m
             .confirm(&ChainPoint::Origin, &[], &hashes(unseen), F, D)
             .unwrap_err();

@@ -11,21 +11,18 @@
 //!
 //! Run with `--nocapture` to see the measured figures.
 
+mod common;
 use dolos_redis_testkit as support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::{cmd, hash, lock_holder, lone_watcher, point, stage_of, SETTLE};
 use dolos_redis::{
-    BlockHash, ChainPoint, Config, ConfirmOutcome, EraCbor, Error, MempoolTx, MempoolTxStage,
-    RedisMempool, TxHash,
+    Config, ConfirmOutcome, EraCbor, Error, MempoolTx, MempoolTxStage, RedisMempool, TxHash,
 };
 use support::logs::{capture_logs, logs_containing};
-use support::{wait_until, RedisServer, ServerOptions};
-
-/// Bound for things that take milliseconds on an idle machine; generous so that a loaded
-/// 2-core CI machine never flakes.
-const SETTLE: Duration = Duration::from_secs(10);
+use support::{scan_keys, wait_until, RedisServer, ServerOptions};
 
 const TTL: Duration = Duration::from_secs(1);
 
@@ -56,36 +53,18 @@ enum Headers {
     AsOnRedis62,
 }
 
-fn config(server: &RedisServer, prefix: &str, headers: Headers) -> Config {
+fn node_config(server: &RedisServer, prefix: &str, headers: Headers) -> Config {
     Config::new(server.url())
         .key_prefix(prefix)
         .watcher_lock_ttl(TTL)
         .test_script_headers(headers == Headers::Redis7)
 }
 
-fn lone_watcher(config: Config) -> RedisMempool {
-    let m = RedisMempool::open(config).expect("open");
-    assert!(
-        wait_until(SETTLE, || m.is_watcher()),
-        "a lone node must become watcher"
-    );
-    m
-}
-
-fn hash(i: u32) -> TxHash {
-    let mut bytes = [0xee; 32];
-    bytes[..4].copy_from_slice(&i.to_be_bytes());
-    TxHash::from(bytes)
-}
-
-fn tx(i: u32) -> MempoolTx {
+/// A tx of [`BODY`] bytes.
+fn body_tx(i: u32) -> MempoolTx {
     let mut body = vec![(i % 251) as u8; BODY];
     body[0] = 0x84;
     MempoolTx::new(hash(i), EraCbor(6, body))
-}
-
-fn point(slot: u64) -> ChainPoint {
-    ChainPoint::Specific(slot, BlockHash::from([slot as u8; 32]))
 }
 
 fn is_oom(result: &Result<impl std::fmt::Debug, Error>) -> bool {
@@ -109,7 +88,7 @@ fn memory(con: &mut redis::Connection) -> (u64, u64) {
 fn fill_with_receives(m: &RedisMempool, from: u32) -> (Vec<TxHash>, Error) {
     let mut accepted = Vec::new();
     for i in from..from + 100_000 {
-        match m.receive(tx(i)) {
+        match m.receive(body_tx(i)) {
             Ok(()) => accepted.push(hash(i)),
             Err(e @ Error::OutOfMemory(_)) => return (accepted, e),
             Err(e) => panic!("receive {i}: {e:?}"),
@@ -167,24 +146,9 @@ fn memory_back(con: &mut redis::Connection) {
 /// snapshots mean nothing under the prefix changed. Expiry times are not part of it, so the
 /// lease renewing its lock does not count as a change.
 fn snapshot(con: &mut redis::Connection, prefix: &str) -> BTreeMap<String, String> {
-    let mut keys: Vec<String> = Vec::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}:*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query(con)
-            .expect("SCAN");
-        keys.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    keys.into_iter()
+    scan_keys(con, &format!("{prefix}:*"))
+        .expect("SCAN")
+        .into_iter()
         .map(|k| {
             let kind: String = redis::cmd("TYPE").arg(&k).query(con).expect("TYPE");
             fn read(con: &mut redis::Connection, c: &mut redis::Cmd) -> redis::Value {
@@ -235,12 +199,10 @@ fn changed_keys(
         .collect()
 }
 
-fn int(con: &mut redis::Connection, cmd: &[&str]) -> u64 {
-    let mut c = redis::cmd(cmd[0]);
-    for arg in &cmd[1..] {
-        c.arg(*arg);
-    }
-    let v: Option<u64> = c.query(con).unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+fn int(con: &mut redis::Connection, words: &[&str]) -> u64 {
+    let v: Option<u64> = cmd(words)
+        .query(con)
+        .unwrap_or_else(|e| panic!("{words:?}: {e}"));
     v.unwrap_or(0)
 }
 
@@ -261,7 +223,7 @@ fn refused_unless_allowed(policy: &str, consequence: &str) {
     capture_logs();
     let server = server_with_policy(policy);
     let prefix = format!("mem-{policy}");
-    let err = RedisMempool::open(config(&server, &prefix, Headers::Redis7))
+    let err = RedisMempool::open(node_config(&server, &prefix, Headers::Redis7))
         .expect_err("open must refuse an evicting redis");
     println!("{policy}: {err}");
     assert_eq!(
@@ -280,8 +242,8 @@ fn refused_unless_allowed(policy: &str, consequence: &str) {
 
     let warning = format!("maxmemory-policy is {policy}");
     assert!(logs_containing(&warning).is_empty());
-    let m = lone_watcher(config(&server, &prefix, Headers::Redis7).allow_eviction(true));
-    m.receive(tx(1)).expect("receive");
+    let m = lone_watcher(node_config(&server, &prefix, Headers::Redis7).allow_eviction(true));
+    m.receive(body_tx(1)).expect("receive");
     let warnings = logs_containing(&warning);
     println!("{warnings:?}");
     assert_eq!(warnings.len(), 1, "{warnings:?}");
@@ -297,7 +259,7 @@ fn a_change_of_policy_at_run_time_is_shown_and_warned_about_once() {
     capture_logs();
     let server = full_able_server();
     let prefix = "mem-policy-change";
-    let m = lone_watcher(config(&server, prefix, Headers::Redis7));
+    let m = lone_watcher(node_config(&server, prefix, Headers::Redis7));
     let stats = m.stats().expect("stats");
     assert_eq!(stats.maxmemory_policy, "noeviction");
     assert_eq!(stats.maxmemory, 3 * 1024 * 1024);
@@ -379,7 +341,7 @@ fn refuses_receive_and_keeps_what_it_accepted(headers: Headers) {
     capture_logs();
     let server = full_able_server();
     let prefix = "mem-receive";
-    let m = lone_watcher(config(&server, prefix, headers));
+    let m = lone_watcher(node_config(&server, prefix, headers));
     let mut con = server.connection();
     let t0 = Instant::now();
     let (accepted, err) = fill_with_receives(&m, 0);
@@ -412,7 +374,7 @@ fn refuses_receive_and_keeps_what_it_accepted(headers: Headers) {
     // headers a call with nothing to write runs: acknowledging pending txs moves none.)
     let before = snapshot(&mut con, prefix);
     let next = accepted.len() as u32;
-    assert!(is_oom(&m.receive(tx(next))));
+    assert!(is_oom(&m.receive(body_tx(next))));
     assert!(is_oom(&m.mark_inflight(&accepted[..10])));
     let acked = m.mark_acknowledged(&accepted[..10]);
     match headers {
@@ -472,8 +434,8 @@ fn keeps_the_lock_while_full(headers: Headers) {
     capture_logs();
     let server = full_able_server();
     let prefix = "mem-lease";
-    let a = lone_watcher(config(&server, prefix, headers));
-    let b = RedisMempool::open(config(&server, prefix, headers)).expect("open b");
+    let a = lone_watcher(node_config(&server, prefix, headers));
+    let b = RedisMempool::open(node_config(&server, prefix, headers)).expect("open b");
     let epoch = a.watcher_info().expect("watcher_info").epoch;
     let (accepted, _) = fill_with_receives(&a, 0);
     let mut con = server.connection();
@@ -484,7 +446,7 @@ fn keeps_the_lock_while_full(headers: Headers) {
     // within one TTL.
     let mut holders = BTreeMap::new();
     wait_until(TTL * 3 + TTL / 2, || {
-        *holders.entry(a_lock_holder(&mut con, prefix)).or_insert(0) += 1;
+        *holders.entry(lock_holder(&mut con, prefix)).or_insert(0) += 1;
         false
     });
     let held = full_at.elapsed();
@@ -509,7 +471,10 @@ fn keeps_the_lock_while_full(headers: Headers) {
         "the lock changed hands while redis was full"
     );
     assert!(info.is_self);
-    assert!(is_oom(&a.receive(tx(1_000_000))), "redis is no longer full");
+    assert!(
+        is_oom(&a.receive(body_tx(1_000_000))),
+        "redis is no longer full"
+    );
 
     // A crash while full: the follower acquires once the lock expires.
     let crashed = Instant::now();
@@ -520,22 +485,18 @@ fn keeps_the_lock_while_full(headers: Headers) {
             !wait_until(TTL * 2, || b.is_watcher()),
             "acquired while full"
         );
-        assert_eq!(a_lock_holder(&mut con, prefix), None);
+        assert_eq!(lock_holder(&mut con, prefix), None);
         memory_back(&mut con);
     }
     assert!(wait_until(TTL + SETTLE, || b.is_watcher()), "no takeover");
     println!("takeover after {:?} ({headers:?})", crashed.elapsed());
     assert_eq!(b.watcher_info().expect("watcher_info").epoch, epoch + 1);
     if headers == Headers::Redis7 {
-        assert!(is_oom(&b.receive(tx(1_000_001))), "redis is no longer full");
+        assert!(
+            is_oom(&b.receive(body_tx(1_000_001))),
+            "redis is no longer full"
+        );
     }
-}
-
-fn a_lock_holder(con: &mut redis::Connection, prefix: &str) -> Option<String> {
-    redis::cmd("GET")
-        .arg(format!("{prefix}:watcher:lock"))
-        .query(con)
-        .expect("GET")
 }
 
 /// A `confirm` refused for memory applies nothing; made again once memory is freed, it applies
@@ -556,10 +517,10 @@ fn confirm_applies_once_when_memory_is_back(headers: Headers) {
     capture_logs();
     let server = full_able_server();
     let prefix = "mem-confirm";
-    let m = lone_watcher(config(&server, prefix, headers));
+    let m = lone_watcher(node_config(&server, prefix, headers));
     let events = m.subscribe();
     for i in 0..3 {
-        m.receive(tx(i)).expect("receive");
+        m.receive(body_tx(i)).expect("receive");
     }
     let inflight = [hash(0), hash(1), hash(2)];
     m.mark_inflight(&inflight).expect("mark_inflight");
@@ -575,10 +536,7 @@ fn confirm_applies_once_when_memory_is_back(headers: Headers) {
     let changed = changed_keys(&before, &snapshot(&mut admin, prefix));
     assert!(changed.is_empty(), "a refused confirm changed {changed:?}");
     assert_eq!(m.watcher_info().expect("watcher_info").applied_slot, None);
-    assert_eq!(
-        m.check_status(&hash(0)).expect("status").stage,
-        MempoolTxStage::Propagated
-    );
+    assert_eq!(stage_of(&m, 0), MempoolTxStage::Propagated);
 
     // Memory back: the same call applies, once.
     let mut deleted = 0;

@@ -8,113 +8,22 @@
 //! the pool's connections are counted: `CLIENT LIST` tells them apart from the lease thread's
 //! and the wake subscriber's by the names the library gives its connections.
 
+mod common;
 use dolos_redis_testkit as support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dolos_redis::{
-    ChainPoint, Config, ConfirmOutcome, EraCbor, MempoolTx, MempoolTxStage, RedisMempool, TxHash,
-};
-use support::{wait_until, RedisServer};
+use common::{config, hash, lone_watcher, open};
+use dolos_redis::{ChainPoint, ConfirmOutcome, EraCbor, MempoolTx, MempoolTxStage, TxHash};
+use support::monitor::{client_names, Monitor, Seen};
+use support::RedisServer;
 
 /// Long enough that the lease thread renews (every TTL/3) at most once during the test; its
 /// commands are filtered out anyway, this just keeps the monitor stream small.
 const TTL: Duration = Duration::from_secs(30);
 
-/// Bound for things that normally take milliseconds (a marker reaching the monitor).
-const SETTLE: Duration = Duration::from_secs(10);
-
 const HELPER_NAME: &str = "round-trips-helper";
-
-/// One line of the `MONITOR` stream.
-#[derive(Clone, Debug)]
-struct Seen {
-    /// `ip:port` of the client, or `lua` for commands run inside a script.
-    addr: String,
-    /// The command name, upper-cased.
-    cmd: String,
-    /// The first argument, if any (enough to recognise markers and subcommands).
-    arg: Option<String>,
-}
-
-/// Splits `1700000000.123456 [0 127.0.0.1:54321] "EVALSHA" "ab.." ...`.
-fn parse_monitor_line(line: &str) -> Option<Seen> {
-    let open = line.find('[')?;
-    let close = open + line[open..].find(']')?;
-    let (_db, addr) = line[open + 1..close].split_once(' ')?;
-    let mut tokens = quoted_tokens(&line[close + 1..]);
-    let cmd = tokens.next()?.to_ascii_uppercase();
-    Some(Seen {
-        addr: addr.to_string(),
-        cmd,
-        arg: tokens.next(),
-    })
-}
-
-/// The double-quoted tokens of a monitor line, escapes left as they are (markers, command names
-/// and subcommands contain none).
-fn quoted_tokens(s: &str) -> impl Iterator<Item = String> + '_ {
-    let mut rest = s;
-    std::iter::from_fn(move || {
-        let start = rest.find('"')? + 1;
-        let mut end = start;
-        let bytes = rest.as_bytes();
-        while end < bytes.len() && bytes[end] != b'"' {
-            end += if bytes[end] == b'\\' { 2 } else { 1 };
-        }
-        let token = rest.get(start..end.min(rest.len()))?.to_string();
-        rest = rest.get(end + 1..).unwrap_or("");
-        Some(token)
-    })
-}
-
-/// A `MONITOR` session read by a background thread into a shared list.
-struct Monitor {
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl Monitor {
-    fn start(server: &RedisServer) -> Monitor {
-        let mut stream = TcpStream::connect(server.addr()).expect("connect monitor");
-        stream.write_all(b"*1\r\n$7\r\nMONITOR\r\n").unwrap();
-        let mut reader = BufReader::new(stream);
-        let mut first = String::new();
-        reader.read_line(&mut first).unwrap();
-        assert_eq!(first.trim_end(), "+OK", "MONITOR refused");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        // Ends when the server dies at the end of the test (EOF).
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            loop {
-                line.clear();
-                match reader.read_line(&mut line) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {
-                        // MONITOR escapes binary arguments, so one event is one line.
-                        let text = line.trim_end().trim_start_matches('+');
-                        if let Some(s) = parse_monitor_line(text) {
-                            sink.lock().unwrap().push(s);
-                        }
-                    }
-                }
-            }
-        });
-        Monitor { seen }
-    }
-
-    fn position_of_marker(&self, marker: &str) -> Option<usize> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .position(|s| s.cmd == "ECHO" && s.arg.as_deref() == Some(marker))
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
@@ -129,12 +38,13 @@ struct Meter {
     monitor: Monitor,
     helper: redis::Connection,
     roles: HashMap<String, Role>,
-    markers: usize,
 }
 
 impl Meter {
     fn new(server: &RedisServer) -> Meter {
-        let monitor = Monitor::start(server);
+        let mut monitor = Monitor::on(server);
+        // For the check over the whole run, between the measured windows too.
+        monitor.keep_everything();
         let mut helper = server.connection();
         redis::cmd("CLIENT")
             .arg("SETNAME")
@@ -145,24 +55,12 @@ impl Meter {
             monitor,
             helper,
             roles: HashMap::new(),
-            markers: 0,
         }
     }
 
     /// Reloads the address → role map from `CLIENT LIST`.
     fn refresh_roles(&mut self) {
-        let list: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .query(&mut self.helper)
-            .unwrap();
-        for line in list.lines() {
-            let field = |name: &str| {
-                line.split(' ')
-                    .find_map(|f| f.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
-            };
-            let (Some(addr), Some(name)) = (field("addr"), field("name")) else {
-                continue;
-            };
+        for (addr, name) in client_names(&mut self.helper) {
             let role = if name == HELPER_NAME {
                 Role::Helper
             } else if !name.starts_with("dolos-redis:") {
@@ -176,7 +74,7 @@ impl Meter {
             } else {
                 continue;
             };
-            self.roles.insert(addr.to_string(), role);
+            self.roles.insert(addr, role);
         }
     }
 
@@ -189,39 +87,14 @@ impl Meter {
         })
     }
 
-    fn marker(&mut self, tag: &str) -> String {
-        let marker = format!("round-trip-{}-{tag}", self.markers);
-        let echoed: String = redis::cmd("ECHO")
-            .arg(&marker)
-            .query(&mut self.helper)
-            .unwrap();
-        assert_eq!(echoed, marker);
-        marker
-    }
-
     /// Runs `call` between two markers and returns its result with the top-level commands the
     /// pool sent meanwhile.
     fn measure<T>(&mut self, call: impl FnOnce() -> T) -> (T, Vec<Seen>) {
-        self.markers += 1;
-        let begin = self.marker("begin");
-        let out = call();
-        let end = self.marker("end");
-        assert!(
-            wait_until(SETTLE, || self.monitor.position_of_marker(&end).is_some()),
-            "marker {end} never reached the monitor"
-        );
-        let window: Vec<Seen> = {
-            let seen = self.monitor.seen.lock().unwrap();
-            let from = seen
-                .iter()
-                .position(|s| s.cmd == "ECHO" && s.arg.as_deref() == Some(begin.as_str()))
-                .expect("begin marker seen");
-            let to = seen
-                .iter()
-                .position(|s| s.cmd == "ECHO" && s.arg.as_deref() == Some(end.as_str()))
-                .expect("end marker seen");
-            seen[from + 1..to].to_vec()
-        };
+        let mut call = Some(call);
+        let mut out = None;
+        let window = self.monitor.window(&mut self.helper, &mut || {
+            out = call.take().map(|f| f());
+        });
         let mut pool = Vec::new();
         for s in window {
             // Commands run by a script are part of the script's single round trip.
@@ -232,19 +105,13 @@ impl Meter {
                 pool.push(s);
             }
         }
-        (out, pool)
+        (out.expect("the measured call ran"), pool)
     }
 }
 
-fn hash(i: u32) -> TxHash {
-    let mut b = [0u8; 32];
-    b[..4].copy_from_slice(&i.to_be_bytes());
-    b[31] = 0x5a;
-    TxHash::from(b)
-}
-
-fn tx(i: u32) -> MempoolTx {
-    // Bytes that MONITOR has to escape, to show binary payloads do not confuse the count.
+/// A tx whose body holds bytes that MONITOR has to escape, to show binary payloads do not
+/// confuse the count.
+fn escaped_tx(i: u32) -> MempoolTx {
     MempoolTx::new(
         hash(i),
         EraCbor(6, vec![0x84, b'\r', b'\n', b'"', 0, 0xff, i as u8]),
@@ -265,15 +132,9 @@ fn each_call_is_one_round_trip() {
     // Two pooled connections: r2d2 opens both in `open` and, with min_idle equal to the pool
     // size, never opens more while they stay healthy, so no connection set-up can land inside a
     // measured window.
-    let config = || {
-        Config::new(server.url())
-            .key_prefix(prefix)
-            .pool_size(2)
-            .watcher_lock_ttl(TTL)
-    };
-    let watcher = RedisMempool::open(config()).unwrap();
-    assert!(wait_until(SETTLE, || watcher.is_watcher()));
-    let follower = RedisMempool::open(config()).unwrap();
+    let config = || config(&server, prefix).pool_size(2).watcher_lock_ttl(TTL);
+    let watcher = lone_watcher(config());
+    let follower = open(config());
     assert!(!follower.is_watcher());
 
     // Started after open, so the scripts' SCRIPT LOAD is behind us: the steady state is measured.
@@ -282,7 +143,7 @@ fn each_call_is_one_round_trip() {
 
     // Warm-up, unmeasured: 119 txs in; every pooled connection used at least once.
     for i in 0..119 {
-        watcher.receive(tx(i)).unwrap();
+        watcher.receive(escaped_tx(i)).unwrap();
     }
     follower.has_pending().unwrap();
     follower.has_pending().unwrap();
@@ -297,7 +158,7 @@ fn each_call_is_one_round_trip() {
         })
     };
 
-    let (r, c) = meter.measure(|| watcher.receive(tx(119)));
+    let (r, c) = meter.measure(|| watcher.receive(escaped_tx(119)));
     r.unwrap();
     row("receive", 1, c);
 
@@ -409,8 +270,8 @@ fn each_call_is_one_round_trip() {
         let names: Vec<String> = r
             .commands
             .iter()
-            .map(|s| match &s.arg {
-                Some(a) if s.cmd == "SCRIPT" || s.cmd == "CLIENT" => format!("{} {a}", s.cmd),
+            .map(|s| match s.cmd.as_str() {
+                "SCRIPT" | "CLIENT" => format!("{} {}", s.cmd, s.arg),
                 _ => s.cmd.clone(),
             })
             .collect();
@@ -448,7 +309,7 @@ fn each_call_is_one_round_trip() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
     // Across the whole run (warm-up included), the pool never pinged.
-    let all: Vec<Seen> = meter.monitor.seen.lock().unwrap().clone();
+    let all = meter.monitor.everything(&mut meter.helper);
     for s in all.iter().filter(|s| s.addr != "lua") {
         if s.cmd == "PING" {
             assert_ne!(meter.role(&s.addr), Role::Pool, "the pool sent PING");
@@ -456,17 +317,4 @@ fn each_call_is_one_round_trip() {
     }
     drop(follower);
     drop(watcher);
-}
-
-#[test]
-fn monitor_lines_parse() {
-    let s = parse_monitor_line(r#"1700000000.123456 [0 127.0.0.1:54321] "EVALSHA" "abc\"def" "x""#)
-        .unwrap();
-    assert_eq!(s.addr, "127.0.0.1:54321");
-    assert_eq!(s.cmd, "EVALSHA");
-    assert_eq!(s.arg.as_deref(), Some(r#"abc\"def"#));
-    let s = parse_monitor_line(r#"1700000000.123456 [0 lua] "hget" "k" "f""#).unwrap();
-    assert_eq!(s.addr, "lua");
-    assert_eq!(s.cmd, "HGET");
-    assert_eq!(s.arg.as_deref(), Some("k"));
 }

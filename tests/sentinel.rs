@@ -163,7 +163,7 @@ fn node_config(d: &Deployment, prefix: &str) -> Config {
         .wait_replicas(1, Duration::from_millis(500))
 }
 
-fn hash(node: u8, n: u64) -> TxHash {
+fn node_hash(node: u8, n: u64) -> TxHash {
     let mut bytes = [0; 32];
     bytes[0] = node;
     bytes[24..].copy_from_slice(&n.to_be_bytes());
@@ -197,7 +197,7 @@ fn load(
     let mut next_slot = 1u64;
     while !stop.load(Ordering::SeqCst) {
         n += 1;
-        let h = hash(id, n);
+        let h = node_hash(id, n);
         let killed = *killed_at.lock().unwrap();
         match node.receive(MempoolTx::new(h, EraCbor(6, vec![0x84, id]))) {
             Ok(()) => {
@@ -533,19 +533,19 @@ fn writes_too_few_replicas_confirmed_fail_and_raise_no_watcher_flag() {
     // Not necessarily at once: the lease thread gives WAIT half its socket timeout (ttl/8 here),
     // which a loaded machine may exceed.
     assert!(wait_until(TTL * 5, || node.is_watcher()));
-    node.receive(MempoolTx::new(hash(1, 1), EraCbor(6, vec![1])))
+    node.receive(MempoolTx::new(node_hash(1, 1), EraCbor(6, vec![1])))
         .expect("a replica confirms");
     // The pipelined EVALSHA + WAIT loads a script the server lost (restart, failover).
     redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query::<()>(&mut primary.connection())
         .unwrap();
-    node.receive(MempoolTx::new(hash(1, 2), EraCbor(6, vec![1])))
+    node.receive(MempoolTx::new(node_hash(1, 2), EraCbor(6, vec![1])))
         .expect("after SCRIPT FLUSH");
 
     replica.kill();
     let err = node
-        .receive(MempoolTx::new(hash(1, 3), EraCbor(6, vec![1])))
+        .receive(MempoolTx::new(node_hash(1, 3), EraCbor(6, vec![1])))
         .unwrap_err();
     assert_eq!(
         err,
@@ -556,7 +556,7 @@ fn writes_too_few_replicas_confirmed_fail_and_raise_no_watcher_flag() {
     );
     // The write itself was made on the primary.
     assert_ne!(
-        node.check_status(&hash(1, 3)).unwrap().stage,
+        node.check_status(&node_hash(1, 3)).unwrap().stage,
         dolos_redis::MempoolTxStage::Unknown
     );
     // Renewals no longer reach a replica: the watcher steps down within the TTL...
@@ -617,14 +617,14 @@ fn the_event_reader_follows_a_stream_that_lost_its_last_writes() {
     .expect("open");
     let events = node.subscribe();
     for n in 1..=5 {
-        node.receive(MempoolTx::new(hash(9, n), EraCbor(6, vec![1])))
+        node.receive(MempoolTx::new(node_hash(9, n), EraCbor(6, vec![1])))
             .unwrap();
     }
     for _ in 1..=5 {
         events.recv_timeout(Duration::from_secs(5)).expect("event");
     }
     server.restart();
-    let fresh = hash(9, 100);
+    let fresh = node_hash(9, 100);
     assert!(wait_until(Duration::from_secs(10), || node
         .receive(MempoolTx::new(fresh, EraCbor(6, vec![1])))
         .is_ok()));

@@ -14,17 +14,20 @@
 //! A frozen lease thread is covered in `tests/watcher.rs`; pausing the whole process (SIGSTOP)
 //! cannot be done to a thread of the test binary itself and belongs to the chaos harness.
 
+mod common;
 use dolos_redis_testkit as support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Shutdown, TcpStream};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::{
+    config, delete_lock, hash, lone_watcher, open, status, tx, wait_for_renewal, Endpoint, SETTLE,
+};
 use crossbeam_channel::Receiver;
 use dolos_redis::{
-    ChainPoint, Config, ConfirmOutcome, EraCbor, Error, MempoolEvent, MempoolTx, MempoolTxStage,
-    RedisMempool, TxHash, TxStatus,
+    ChainPoint, Config, ConfirmOutcome, Error, MempoolEvent, MempoolTxStage, RedisMempool, TxHash,
 };
+use support::monitor::Monitor;
 use support::{wait_until, FaultProxy, RedisServer};
 
 const TTL: Duration = Duration::from_secs(1);
@@ -33,88 +36,13 @@ const TTL: Duration = Duration::from_secs(1);
 /// expired and another node has taken over.
 const SLOW_COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// CI bound for things that normally take milliseconds (or one TTL).
-const SETTLE: Duration = Duration::from_secs(5);
-
 const F: u32 = 6;
 const D: u32 = 2;
 
-fn config(url: String, prefix: &str) -> Config {
-    Config::new(url)
-        .key_prefix(prefix)
+fn node_config(at: &impl Endpoint, prefix: &str) -> Config {
+    config(at, prefix)
         .watcher_lock_ttl(TTL)
         .command_timeout(SLOW_COMMAND_TIMEOUT)
-}
-
-fn hash(n: u8) -> TxHash {
-    TxHash::from([n; 32])
-}
-
-fn tx(n: u8) -> MempoolTx {
-    MempoolTx::new(hash(n), EraCbor(6, vec![0x84, n]))
-}
-
-fn status(stage: MempoolTxStage, c: u32, m: u32, at: Option<u64>) -> TxStatus {
-    TxStatus {
-        stage,
-        confirmations: c,
-        non_confirmations: m,
-        confirmed_at: at.map(ChainPoint::Slot),
-    }
-}
-
-/// Follows the server's `MONITOR` stream from a thread, to prove that a late request did reach
-/// Redis and run (rather than being lost on the way, which would make the test pass vacuously).
-struct Monitor {
-    lines: Receiver<String>,
-    stream: TcpStream,
-}
-
-impl Monitor {
-    fn start(server: &RedisServer) -> Monitor {
-        let mut stream = TcpStream::connect(server.addr()).unwrap();
-        stream.write_all(b"MONITOR\r\n").unwrap();
-        let (tx, lines) = crossbeam_channel::unbounded();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        std::thread::spawn(move || {
-            for line in reader.lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let monitor = Monitor { lines, stream };
-        // `+OK` once the server has switched the connection to monitoring.
-        assert!(monitor.saw(|l| l == "+OK"), "MONITOR did not start");
-        monitor
-    }
-
-    /// Waits (up to SETTLE) for a line matching `pred`.
-    fn saw(&self, pred: impl Fn(&str) -> bool) -> bool {
-        let deadline = Instant::now() + SETTLE;
-        while let Ok(line) = self
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            if pred(&line) {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Waits for the `EVALSHA` of a confirm for `slot` (slots travel zero-padded to 20 digits).
-    fn saw_confirm(&self, slot: u64) -> bool {
-        let padded = format!("\"{slot:020}\"");
-        self.saw(|l| l.contains("\"EVALSHA\"") && l.contains(&padded))
-    }
-}
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        let _ = self.stream.shutdown(Shutdown::Both);
-    }
 }
 
 /// One applied block as the audit trail shows it: slot, node, epoch.
@@ -164,11 +92,12 @@ fn prepare(watcher: &RedisMempool, other: &RedisMempool) {
     other.mark_inflight(&[hash(2)]).unwrap();
 }
 
+/// A confirm in flight on its own thread: what it returned, and after how long.
+type LateCall = JoinHandle<(Result<ConfirmOutcome, Error>, Duration)>;
+
 /// Sends `confirm(slot 30, seen = [tx 2])` from `node` in a thread and returns its handle; the
 /// caller has put the node's proxy in Hold, so the call waits until its command timeout.
-fn send_late_confirm(
-    node: &RedisMempool,
-) -> std::thread::JoinHandle<(Result<ConfirmOutcome, Error>, Duration)> {
+fn send_late_confirm(node: &RedisMempool) -> LateCall {
     assert!(
         node.is_watcher(),
         "the flag must still be up, or confirm would not reach the network"
@@ -179,6 +108,49 @@ fn send_late_confirm(
         let outcome = node.confirm(&ChainPoint::Slot(30), &[hash(2)], &[], F, D);
         (outcome, started.elapsed())
     })
+}
+
+/// After [`prepare`], holds A's link and sends the late confirm from A (see
+/// [`send_late_confirm`]); returns once A's flag is down, with the epoch A held, when the hold
+/// began and the late call. Whether the flag drops in time is checked in tests/hostile.rs; here
+/// only the server state matters.
+fn hold_a_late_confirm(
+    proxy: &FaultProxy,
+    a: &RedisMempool,
+    other: &RedisMempool,
+) -> (u64, Instant, LateCall) {
+    prepare(a, other);
+    let epoch = other.watcher_info().unwrap().epoch;
+    // A call right before the fault leaves an idle pooled connection, so the delayed confirm
+    // is really written to the network rather than stuck opening a connection.
+    a.check_status(&hash(2)).unwrap();
+
+    proxy.hold();
+    let held_at = Instant::now();
+    let late = send_late_confirm(a);
+    assert!(wait_until(SETTLE, || !a.is_watcher()), "A kept its flag");
+    println!("A's flag down {:?} after the hold", held_at.elapsed());
+    (epoch, held_at, late)
+}
+
+/// Lets the held requests through with `deliver` and waits until the late confirm has reached
+/// Redis (seen with MONITOR: a request lost on the way would make the test pass vacuously) and
+/// every late request has run and been answered.
+fn deliver_late(server: &RedisServer, proxy: &FaultProxy, deliver: impl FnOnce(&FaultProxy)) {
+    let mut monitor = Monitor::on(server);
+    deliver(proxy);
+    // Slots travel zero-padded to 20 digits.
+    let slot = format!("{:020}", 30);
+    assert!(
+        monitor
+            .wait_for(SETTLE, |s| s.cmd == "EVALSHA" && s.args.contains(&slot))
+            .is_some(),
+        "the delayed confirm never reached Redis"
+    );
+    assert!(
+        wait_until(SETTLE, || proxy.orphans() == 0),
+        "late requests not delivered"
+    );
 }
 
 /// The late call must have been sent and abandoned by the client: a typed, transient error.
@@ -200,7 +172,7 @@ fn assert_only_legitimate_blocks(
 ) {
     assert_eq!(
         reader.check_status(&hash(1)).unwrap(),
-        status(MempoolTxStage::Confirmed, 2, 0, Some(10)),
+        status(MempoolTxStage::Confirmed, 2, 0, Some(ChainPoint::Slot(10))),
         "tx 1 must count exactly the two legitimate blocks"
     );
     assert_eq!(
@@ -226,34 +198,14 @@ fn delayed_confirm_of_a_deposed_watcher_changes_nothing() {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.addr());
     let prefix = "stale:deposed";
-    let a = RedisMempool::open(config(proxy.url(), prefix)).unwrap();
-    assert!(
-        wait_until(SETTLE, || a.is_watcher()),
-        "A never became watcher"
-    );
-    let b = RedisMempool::open(config(server.url(), prefix)).unwrap();
+    let a = lone_watcher(node_config(&proxy, prefix));
+    let b = open(node_config(&server, prefix));
     assert!(!b.is_watcher());
     let events = b.subscribe();
 
-    prepare(&a, &b);
-    let epoch_a = b.watcher_info().unwrap().epoch;
-    // A call right before the fault leaves an idle pooled connection, so the delayed confirm
-    // is really written to the network rather than stuck opening a connection.
-    a.check_status(&hash(2)).unwrap();
-
-    proxy.hold();
-    let held_at = Instant::now();
-    let late = send_late_confirm(&a);
-
-    // Whether A's flag drops in time is checked in tests/hostile.rs; here only the server
-    // state matters.
-    assert!(wait_until(SETTLE, || !a.is_watcher()), "A kept its flag");
-    let a_down = held_at.elapsed();
+    let (epoch_a, held_at, late) = hold_a_late_confirm(&proxy, &a, &b);
     assert!(wait_until(SETTLE, || b.is_watcher()), "B never took over");
-    println!(
-        "A's flag down {a_down:?} after the hold; B watcher after {:?}",
-        held_at.elapsed()
-    );
+    println!("B watcher {:?} after the hold", held_at.elapsed());
 
     let epoch_b = b.watcher_info().unwrap().epoch;
     assert!(epoch_b > epoch_a);
@@ -268,17 +220,7 @@ fn delayed_confirm_of_a_deposed_watcher_changes_nothing() {
     assert!(wait_until(SETTLE, || proxy.orphans() >= 1));
     let held = proxy.held_bytes();
 
-    let monitor = Monitor::start(&server);
-    proxy.heal();
-    assert!(
-        monitor.saw_confirm(30),
-        "the delayed confirm never reached Redis"
-    );
-    // Every late request has reached Redis, run, and been answered.
-    assert!(
-        wait_until(SETTLE, || proxy.orphans() == 0),
-        "late requests not delivered"
-    );
+    deliver_late(&server, &proxy, FaultProxy::heal);
     println!("delivered {held} held bytes after {:?}", held_at.elapsed());
 
     assert_only_legitimate_blocks(
@@ -301,25 +243,12 @@ fn delayed_confirm_from_an_earlier_epoch_of_the_same_node_is_rejected() {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.addr());
     let prefix = "stale:same-node";
-    let a = RedisMempool::open(config(proxy.url(), prefix)).unwrap();
-    assert!(
-        wait_until(SETTLE, || a.is_watcher()),
-        "A never became watcher"
-    );
+    let a = lone_watcher(node_config(&proxy, prefix));
     // Never competes for the lock, so A is the one that re-acquires.
-    let observer =
-        RedisMempool::open(config(server.url(), prefix).watcher_candidate(false)).unwrap();
+    let observer = open(node_config(&server, prefix).watcher_candidate(false));
     let events = observer.subscribe();
 
-    prepare(&a, &observer);
-    let epoch_1 = observer.watcher_info().unwrap().epoch;
-    a.check_status(&hash(2)).unwrap();
-
-    proxy.hold();
-    let held_at = Instant::now();
-    let late = send_late_confirm(&a);
-    assert!(wait_until(SETTLE, || !a.is_watcher()), "A kept its flag");
-    println!("A's flag down {:?} after the hold", held_at.elapsed());
+    let (epoch_1, _, late) = hold_a_late_confirm(&proxy, &a, &observer);
     assert_gave_up(late.join().unwrap());
     assert!(wait_until(SETTLE, || proxy.orphans() >= 1));
 
@@ -348,16 +277,7 @@ fn delayed_confirm_from_an_earlier_epoch_of_the_same_node_is_rejected() {
     );
 
     // Now the epoch-1 confirm arrives, from the node that holds the lock again.
-    let monitor = Monitor::start(&server);
-    proxy.deliver_held();
-    assert!(
-        monitor.saw_confirm(30),
-        "the delayed confirm never reached Redis"
-    );
-    assert!(
-        wait_until(SETTLE, || proxy.orphans() == 0),
-        "late requests not delivered"
-    );
+    deliver_late(&server, &proxy, FaultProxy::deliver_held);
 
     assert_only_legitimate_blocks(
         &observer,
@@ -373,53 +293,14 @@ fn delayed_confirm_from_an_earlier_epoch_of_the_same_node_is_rejected() {
     );
 }
 
-fn lock_key(prefix: &str) -> String {
-    format!("{prefix}:watcher:lock")
-}
-
-/// Deletes the lock and its fence by hand: a full reset that frees the lock for any node. (A
-/// `DEL` of the lock alone is repaired by its holder at its next renewal: the fence keeps others
-/// out meanwhile.)
-fn delete_lock(server: &RedisServer, prefix: &str) {
-    let deleted: i64 = redis::cmd("DEL")
-        .arg(lock_key(prefix))
-        .arg(format!("{prefix}:watcher:fence"))
-        .query(&mut server.connection())
-        .unwrap();
-    assert_eq!(deleted, 2);
-}
-
-/// Waits until the watcher has just renewed its lock (the PTTL jumps back up).
-fn wait_for_renewal(server: &RedisServer, prefix: &str) {
-    let mut con = server.connection();
-    let mut pttl = || -> i64 {
-        redis::cmd("PTTL")
-            .arg(lock_key(prefix))
-            .query(&mut con)
-            .unwrap()
-    };
-    let mut last = pttl();
-    let renewed = wait_until(SETTLE, || {
-        let now = pttl();
-        let jumped = last > 0 && now > last + 100;
-        last = now;
-        jumped
-    });
-    assert!(renewed, "the watcher never renewed its lock");
-}
-
 /// Opens A (watcher) then B (follower), both direct, with tx 1 inflight.
 fn two_direct_nodes(server: &RedisServer, prefix: &str) -> (RedisMempool, RedisMempool) {
-    let a = RedisMempool::open(config(server.url(), prefix)).unwrap();
-    assert!(
-        wait_until(SETTLE, || a.is_watcher()),
-        "A never became watcher"
-    );
+    let a = lone_watcher(node_config(server, prefix));
     // Not synchronisation: it puts B's lease ticks half-way between A's renewals, as nodes
     // started at different moments have them. Opened back to back, B would poll just after
     // each renewal of A and A would always be first to see a deleted lock.
     std::thread::sleep(TTL / 6);
-    let b = RedisMempool::open(config(server.url(), prefix)).unwrap();
+    let b = open(node_config(server, prefix));
     assert!(!b.is_watcher());
     a.receive(tx(1)).unwrap();
     a.mark_inflight(&[hash(1)]).unwrap();
@@ -436,7 +317,7 @@ fn delete_until_b_takes_over(
 ) {
     for round in 1..=5 {
         let epoch = b.watcher_info().unwrap().epoch;
-        wait_for_renewal(server, prefix);
+        wait_for_renewal(&mut server.connection(), prefix);
         delete_lock(server, prefix);
         let deleted_at = Instant::now();
         let mut holder = None;
@@ -509,7 +390,7 @@ fn watcher_with_a_stale_flag_gets_lost_lock_after_the_lock_was_deleted_and_taken
 
     // Keep A's flag up while another node takes the lock, so confirm reaches the server. A's
     // frozen lease cannot retake the lock first.
-    wait_for_renewal(&server, prefix);
+    wait_for_renewal(&mut server.connection(), prefix);
     a.test_freeze_lease(Duration::from_secs(2));
     delete_lock(&server, prefix);
     let deleted_at = Instant::now();

@@ -4,70 +4,24 @@
 //!
 //! Measured figures are printed (`cargo test --test stats -- --nocapture`).
 
+mod common;
 use dolos_redis_testkit as support;
 
 use std::time::{Duration, Instant};
 
-use dolos_redis::{
-    BlockHash, ChainPoint, Config, ConfirmOutcome, EraCbor, MempoolStats, MempoolTx, RedisMempool,
-    TxHash,
-};
+use common::{config, counts, hash, lone_watcher, open, point, tx, SETTLE};
+use dolos_redis::{ConfirmOutcome, MempoolStats, RedisMempool, TxHash};
 use support::{wait_until, FaultProxy, RedisServer};
 
-/// Bound for things that take milliseconds on an idle machine; generous so that a loaded
-/// 2-core CI machine never flakes.
-const SETTLE: Duration = Duration::from_secs(10);
-
 const TTL: Duration = Duration::from_secs(1);
-
-fn config(url: String, prefix: &str) -> Config {
-    Config::new(url).key_prefix(prefix)
-}
-
-fn open(config: Config) -> RedisMempool {
-    RedisMempool::open(config).expect("open mempool")
-}
-
-fn lone_watcher(config: Config) -> RedisMempool {
-    let m = open(config);
-    assert!(
-        wait_until(SETTLE, || m.is_watcher()),
-        "a lone node must become watcher"
-    );
-    m
-}
-
-fn hash(i: u8) -> TxHash {
-    TxHash::from([i; 32])
-}
-
-fn tx(i: u8) -> MempoolTx {
-    MempoolTx::new(hash(i), EraCbor(6, vec![0x84, 0xa0, i]))
-}
-
-fn point(slot: u64) -> ChainPoint {
-    ChainPoint::Specific(slot, BlockHash::from([slot as u8; 32]))
-}
-
-/// The counts of `stats`: pending, propagated, acknowledged, confirmed, log, applied blocks.
-fn counts(s: &MempoolStats) -> [u64; 6] {
-    [
-        s.pending,
-        s.propagated,
-        s.acknowledged,
-        s.confirmed,
-        s.finalized_log,
-        s.applied_blocks,
-    ]
-}
 
 #[test]
 fn counts_per_stage_follow_a_lifecycle() {
     const F: u32 = 3;
     const D: u32 = 2;
     let server = RedisServer::start();
-    let m = lone_watcher(config(server.url(), "counts"));
-    let follower = open(config(server.url(), "counts"));
+    let m = lone_watcher(config(&server, "counts"));
+    let follower = open(config(&server, "counts"));
     // Both nodes read the same shared counts.
     let check = |want: [u64; 6], step: &str| {
         for node in [&m, &follower] {
@@ -125,7 +79,7 @@ fn counts_per_stage_follow_a_lifecycle() {
 #[test]
 fn watcher_fields_name_the_holder_and_its_epoch() {
     let server = RedisServer::start();
-    let cfg = config(server.url(), "fields").watcher_lock_ttl(TTL);
+    let cfg = config(&server, "fields").watcher_lock_ttl(TTL);
     let a = lone_watcher(cfg.clone());
     let b = open(cfg);
 
@@ -165,8 +119,8 @@ fn lease_figures_count_renewals_acquisitions_and_losses() {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.addr());
     // The watcher reaches Redis through the proxy, so its link can be cut.
-    let w = lone_watcher(config(proxy.url(), "lease").watcher_lock_ttl(TTL));
-    let f = open(config(server.url(), "lease").watcher_lock_ttl(TTL));
+    let w = lone_watcher(config(&proxy, "lease").watcher_lock_ttl(TTL));
+    let f = open(config(&server, "lease").watcher_lock_ttl(TTL));
 
     let s = w.stats().unwrap();
     assert_eq!(s.times_acquired, 1);
@@ -237,7 +191,7 @@ fn wait_for_stats(m: &RedisMempool) -> MempoolStats {
 fn an_observer_never_becomes_watcher_even_alone() {
     let server = RedisServer::start();
     let observer = open(
-        config(server.url(), "observer")
+        config(&server, "observer")
             .watcher_lock_ttl(TTL)
             .watcher_candidate(false),
     );
@@ -266,7 +220,7 @@ fn an_observer_never_becomes_watcher_even_alone() {
     assert_eq!(s.watcher.epoch, 0);
 
     // A candidate on the same prefix takes the free lock at once.
-    let candidate = lone_watcher(config(server.url(), "observer").watcher_lock_ttl(TTL));
+    let candidate = lone_watcher(config(&server, "observer").watcher_lock_ttl(TTL));
     let s = observer.stats().unwrap();
     assert_eq!(s.watcher.holder.as_deref(), Some(candidate.node_id()));
     assert!(!s.watcher.is_self && !s.is_watcher);
@@ -283,7 +237,7 @@ fn an_observer_never_becomes_watcher_even_alone() {
 fn reset_lock_removes_only_the_named_holder_and_a_follower_takes_over_at_once() {
     let server = RedisServer::start();
     // A long TTL: the takeover must come from the reset waking the follower, not from expiry.
-    let cfg = config(server.url(), "reset").watcher_lock_ttl(Duration::from_secs(10));
+    let cfg = config(&server, "reset").watcher_lock_ttl(Duration::from_secs(10));
     let stuck = lone_watcher(cfg.clone());
     let follower = open(cfg.clone());
     let operator = open(cfg.watcher_candidate(false));
@@ -344,8 +298,8 @@ fn reset_lock_removes_only_the_named_holder_and_a_follower_takes_over_at_once() 
 fn a_cut_off_watcher_lowers_its_flag_before_another_node_raises_its_own() {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.addr());
-    let w = lone_watcher(config(proxy.url(), "overlap").watcher_lock_ttl(TTL));
-    let f = open(config(server.url(), "overlap").watcher_lock_ttl(TTL));
+    let w = lone_watcher(config(&proxy, "overlap").watcher_lock_ttl(TTL));
+    let f = open(config(&server, "overlap").watcher_lock_ttl(TTL));
     let r0 = w.stats().unwrap().renewals;
     assert!(wait_until(SETTLE, || w.stats().unwrap().renewals > r0));
     proxy.blackhole();
@@ -387,7 +341,7 @@ fn reset_of_a_running_watcher_hands_over_and_the_old_one_steps_down_at_once() {
     let server = RedisServer::start();
     // TTL 10 s: the old watcher's first renewal is due 3.3 s after it acquired, so a step-down
     // well before that comes from the wake-up, and no renewal races the follower for the lock.
-    let cfg = config(server.url(), "reset-live").watcher_lock_ttl(Duration::from_secs(10));
+    let cfg = config(&server, "reset-live").watcher_lock_ttl(Duration::from_secs(10));
     let old = lone_watcher(cfg.clone());
     let follower = open(cfg.clone());
     let operator = open(cfg.watcher_candidate(false));

@@ -8,7 +8,7 @@
 
 #![cfg(feature = "tls")]
 
-mod full_run;
+mod common;
 use dolos_redis_testkit as support;
 
 use std::path::{Path, PathBuf};
@@ -16,8 +16,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::full_run::{full_run, TTL};
+use common::{tx, SETTLE};
 use dolos_redis::{Config, Error, RedisMempool};
-use full_run::{full_run, tx, TTL};
 use support::server::TlsOptions;
 use support::{RedisServer, ServerOptions};
 
@@ -421,8 +422,8 @@ fn pooled_tls_connections_reconnect_after_the_server_drops_them() {
     // The first call may meet a dead pooled connection; the next ones reconnect.
     let _ = m.has_pending();
     assert!(
-        support::wait_until(full_run::SETTLE, || m.has_pending() == Ok(true)),
+        support::wait_until(SETTLE, || m.has_pending() == Ok(true)),
         "calls never recovered after the server closed the TLS connections"
     );
-    assert!(support::wait_until(full_run::SETTLE, || m.is_watcher()));
+    assert!(support::wait_until(SETTLE, || m.is_watcher()));
 }

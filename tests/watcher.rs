@@ -6,105 +6,27 @@
 //! 2-core machine; the measured figures are printed (`cargo test -- --nocapture`) so that the
 //! strict targets of the contract (crash: TTL + 100 ms, graceful: 100 ms) can be read off.
 
+mod common;
 use dolos_redis_testkit as support;
 
 use std::time::{Duration, Instant};
 
-use dolos_redis::{
-    ChainPoint, Config, ConfirmOutcome, EraCbor, MempoolTx, MempoolTxStage, RedisMempool, TxHash,
+use common::{
+    assert_never_two_watchers, config, lock_key, open, raw_lock, settle_single_watcher, tx,
+    wait_for_renewal, watchers, SETTLE,
 };
+use dolos_redis::{ChainPoint, ConfirmOutcome, MempoolTxStage, RedisMempool};
 use support::{wait_until, RedisServer};
 
 const TTL: Duration = Duration::from_secs(1);
 
-/// CI bound for things that should happen within milliseconds.
-const SETTLE: Duration = Duration::from_secs(5);
-
-/// Between samples of the watcher flags: fine enough to catch a short overlap of two flags,
-/// coarse enough not to starve the lease threads of a 2-core machine.
-const SAMPLE_EVERY: Duration = Duration::from_millis(1);
-
-fn config(server: &RedisServer, prefix: &str) -> Config {
-    Config::new(server.url())
-        .key_prefix(prefix)
-        .watcher_lock_ttl(TTL)
-}
-
-fn open(server: &RedisServer, prefix: &str) -> RedisMempool {
-    RedisMempool::open(config(server, prefix)).expect("open")
+/// A node of `prefix`, with the lock TTL of every test here.
+fn node(server: &RedisServer, prefix: &str) -> RedisMempool {
+    open(config(server, prefix).watcher_lock_ttl(TTL))
 }
 
 fn open_nodes(server: &RedisServer, prefix: &str, n: usize) -> Vec<RedisMempool> {
-    (0..n).map(|_| open(server, prefix)).collect()
-}
-
-/// Indices of the nodes whose flag is up right now.
-fn watchers(nodes: &[RedisMempool]) -> Vec<usize> {
-    nodes
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| n.is_watcher())
-        .map(|(i, _)| i)
-        .collect()
-}
-
-/// Waits until exactly one node is watcher and returns its index.
-fn settle_single_watcher(nodes: &[RedisMempool]) -> usize {
-    let mut found = None;
-    let ok = wait_until(SETTLE, || {
-        let w = watchers(nodes);
-        found = w.first().copied();
-        w.len() == 1
-    });
-    if !ok {
-        let ids: Vec<&str> = nodes.iter().map(|n| n.node_id()).collect();
-        panic!(
-            "no single watcher emerged; flags up: {:?}, nodes {ids:?}, lock as seen by node 0: \
-             {:?}",
-            watchers(nodes),
-            nodes[0].watcher_info()
-        );
-    }
-    found.expect("a watcher")
-}
-
-/// Samples every node's flag for `window` and fails at the first sample with two flags up.
-/// Returns how many samples were taken.
-fn assert_never_two_watchers(nodes: &[RedisMempool], window: Duration) -> usize {
-    let end = Instant::now() + window;
-    let mut samples = 0;
-    while Instant::now() < end {
-        let w = watchers(nodes);
-        assert!(
-            w.len() <= 1,
-            "two watchers at once after {samples} samples: nodes {w:?}"
-        );
-        samples += 1;
-        std::thread::sleep(SAMPLE_EVERY);
-    }
-    samples
-}
-
-fn lock_key(prefix: &str) -> String {
-    format!("{prefix}:watcher:lock")
-}
-
-/// The lock as the server sees it: holder and PTTL, read over a raw connection.
-fn raw_lock(server: &RedisServer, prefix: &str) -> (Option<String>, i64) {
-    let mut con = server.connection();
-    let holder: Option<String> = redis::cmd("GET")
-        .arg(lock_key(prefix))
-        .query(&mut con)
-        .expect("GET lock");
-    let pttl: i64 = redis::cmd("PTTL")
-        .arg(lock_key(prefix))
-        .query(&mut con)
-        .expect("PTTL lock");
-    (holder, pttl)
-}
-
-fn tx(n: u8) -> MempoolTx {
-    MempoolTx::new(TxHash::from([n; 32]), EraCbor(6, vec![0x84, n]))
+    (0..n).map(|_| node(server, prefix)).collect()
 }
 
 #[test]
@@ -234,30 +156,6 @@ fn graceful_shutdown_hands_over_at_once() {
     assert_eq!(holder.as_deref(), Some(nodes[new].node_id()));
 }
 
-/// Waits (polling the key's PTTL over a raw connection) until the watcher has just renewed the
-/// lock: the PTTL jumps back up. Returns the PTTL seen right after the renewal.
-fn wait_for_renewal(con: &mut redis::Connection, prefix: &str) -> i64 {
-    let pttl = |con: &mut redis::Connection| -> i64 {
-        redis::cmd("PTTL")
-            .arg(lock_key(prefix))
-            .query(con)
-            .expect("PTTL")
-    };
-    let mut last = pttl(con);
-    let mut renewed = None;
-    let ok = wait_until(TTL + SETTLE, || {
-        let now = pttl(con);
-        // A renewal resets the PTTL to the full TTL; between renewals it only decreases.
-        if last > 0 && now > last + 100 {
-            renewed = Some(now);
-        }
-        last = now;
-        renewed.is_some()
-    });
-    assert!(ok, "the watcher never renewed its lock");
-    renewed.expect("renewed")
-}
-
 #[test]
 fn lock_deleted_by_hand_yields_a_single_new_watcher() {
     support::init_logging();
@@ -267,10 +165,10 @@ fn lock_deleted_by_hand_yields_a_single_new_watcher() {
     // spread over the renewal period. Opening them a ninth of the TTL apart reproduces that;
     // opened back to back, the followers would always poll just after the watcher renews and
     // never get a chance to see the deleted key first.
-    let mut nodes = vec![open(&server, prefix)];
+    let mut nodes = vec![node(&server, prefix)];
     for _ in 0..2 {
         std::thread::sleep(TTL / 9);
-        nodes.push(open(&server, prefix));
+        nodes.push(node(&server, prefix));
     }
     let old = settle_single_watcher(&nodes);
     let epoch_before = nodes[0].watcher_info().expect("info").epoch;
@@ -308,9 +206,9 @@ fn frozen_watcher_gets_lost_lock_and_changes_nothing() {
     support::init_logging();
     let server = RedisServer::start();
     let prefix = "watcher-test:frozen";
-    let a = open(&server, prefix);
+    let a = node(&server, prefix);
     assert!(a.is_watcher(), "a lone node is watcher once open returns");
-    let b = open(&server, prefix);
+    let b = node(&server, prefix);
     assert!(!b.is_watcher());
 
     // Some state for a stale confirm to corrupt: an inflight tx with one miss, slot 10 applied.
@@ -396,7 +294,7 @@ fn watcher_keeps_its_lease_across_many_renewals() {
     support::init_logging();
     let server = RedisServer::start();
     let prefix = "watcher-test:renewals";
-    let node = open(&server, prefix);
+    let node = node(&server, prefix);
     assert!(wait_until(SETTLE, || node.is_watcher()));
     let before = node.watcher_info().expect("info");
     assert!(before.is_self);
@@ -426,13 +324,13 @@ fn node_opened_after_a_handover_is_a_follower() {
     support::init_logging();
     let server = RedisServer::start();
     let prefix = "watcher-test:reopen";
-    let a = open(&server, prefix);
+    let a = node(&server, prefix);
     assert!(a.is_watcher());
-    let b = open(&server, prefix);
+    let b = node(&server, prefix);
     a.shutdown().expect("shutdown");
     assert!(wait_until(SETTLE, || b.is_watcher()), "b did not take over");
 
-    let c = open(&server, prefix);
+    let c = node(&server, prefix);
     assert!(
         !c.is_watcher(),
         "a new node took the lock from a live watcher"

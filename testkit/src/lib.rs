@@ -50,6 +50,27 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Every key matching `pattern` (a `SCAN MATCH` glob such as `prefix:*`), with `SCAN`: never
+/// `KEYS`, which blocks a shared server.
+pub fn scan_keys(con: &mut redis::Connection, pattern: &str) -> redis::RedisResult<Vec<String>> {
+    let mut keys = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query(con)?;
+        keys.extend(batch);
+        if next == 0 {
+            return Ok(keys);
+        }
+        cursor = next;
+    }
+}
+
 /// Installs env_logger for tests once (`is_test(true)`), honouring `RUST_LOG`.
 ///
 /// Safe to call from every test: only the first call in a process installs

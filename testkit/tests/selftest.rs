@@ -18,6 +18,18 @@ fn ping(con: &mut redis::Connection) -> redis::RedisResult<String> {
     redis::cmd("PING").query(con)
 }
 
+fn set(con: &mut redis::Connection, key: &str, value: impl redis::ToRedisArgs) {
+    redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query::<()>(con)
+        .unwrap();
+}
+
+fn get<T: redis::FromRedisValue>(con: &mut redis::Connection, key: &str) -> T {
+    redis::cmd("GET").arg(key).query(con).unwrap()
+}
+
 /// A connection through `url` whose commands give up after [`SHORT`].
 fn short_connection(url: &str) -> redis::RedisResult<redis::Connection> {
     let client = redis::Client::open(url)?;
@@ -27,11 +39,36 @@ fn short_connection(url: &str) -> redis::RedisResult<redis::Connection> {
     Ok(con)
 }
 
+/// A connection through `url` that waits up to [`SETTLE`], for replies that come late on
+/// purpose.
+fn patient_connection(url: &str) -> redis::Connection {
+    let client = redis::Client::open(url).unwrap();
+    let con = client.get_connection_with_timeout(SETTLE).unwrap();
+    con.set_read_timeout(Some(SETTLE)).unwrap();
+    con
+}
+
 /// Whether a fresh connection through `url` can complete a PING.
 fn fresh_ping_works(url: &str) -> bool {
     short_connection(url)
         .and_then(|mut con| ping(&mut con))
         .is_ok_and(|reply| reply == "PONG")
+}
+
+/// The proxy has closed every link and lets no new one complete a PING.
+fn assert_cut_off(proxy: &FaultProxy) {
+    assert!(wait_until(SETTLE, || proxy.connections() == 0));
+    assert!(!fresh_ping_works(&proxy.url()));
+}
+
+/// A server, a proxy in front of it, and a short connection through the proxy that has just
+/// answered a PING.
+fn proxied() -> (RedisServer, FaultProxy, redis::Connection) {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let mut con = short_connection(&proxy.url()).unwrap();
+    assert_eq!(ping(&mut con).unwrap(), "PONG");
+    (server, proxy, con)
 }
 
 #[test]
@@ -67,13 +104,10 @@ fn parallel_starts_get_distinct_servers() {
     });
     for (i, server) in servers.iter().enumerate() {
         let mut con = server.connection();
-        let _: () = redis::cmd("SET").arg("who").arg(i).query(&mut con).unwrap();
+        set(&mut con, "who", i);
     }
     for (i, server) in servers.iter().enumerate() {
-        let who: usize = redis::cmd("GET")
-            .arg("who")
-            .query(&mut server.connection())
-            .unwrap();
+        let who: usize = get(&mut server.connection(), "who");
         assert_eq!(who, i);
     }
 }
@@ -86,11 +120,7 @@ fn restart_with_appendonly_keeps_data() {
     });
     let port = server.port();
     let old_pid = server.pid();
-    let _: () = redis::cmd("SET")
-        .arg("key")
-        .arg("value")
-        .query(&mut server.connection())
-        .unwrap();
+    set(&mut server.connection(), "key", "value");
 
     server.kill();
     assert!(!server.is_running());
@@ -101,27 +131,17 @@ fn restart_with_appendonly_keeps_data() {
     assert!(server.is_running());
     assert_eq!(server.port(), port);
     assert_ne!(server.pid(), old_pid);
-    let value: Option<String> = redis::cmd("GET")
-        .arg("key")
-        .query(&mut server.connection())
-        .unwrap();
+    let value: Option<String> = get(&mut server.connection(), "key");
     assert_eq!(value.as_deref(), Some("value"));
 }
 
 #[test]
 fn restart_without_appendonly_starts_empty() {
     let mut server = RedisServer::start();
-    let _: () = redis::cmd("SET")
-        .arg("key")
-        .arg("value")
-        .query(&mut server.connection())
-        .unwrap();
+    set(&mut server.connection(), "key", "value");
     // Restarting a running server kills it first.
     server.restart();
-    let value: Option<String> = redis::cmd("GET")
-        .arg("key")
-        .query(&mut server.connection())
-        .unwrap();
+    let value: Option<String> = get(&mut server.connection(), "key");
     assert_eq!(value, None);
 }
 
@@ -154,12 +174,8 @@ fn proxy_passes_traffic() {
     assert_eq!(ping(&mut con).unwrap(), "PONG");
     // A reply larger than one pump buffer must arrive intact.
     let big = "x".repeat(100_000);
-    let _: () = redis::cmd("SET")
-        .arg("big")
-        .arg(&big)
-        .query(&mut con)
-        .unwrap();
-    let back: String = redis::cmd("GET").arg("big").query(&mut con).unwrap();
+    set(&mut con, "big", &big);
+    let back: String = get(&mut con, "big");
     assert_eq!(back, big);
     assert!(wait_until(SETTLE, || proxy.connections() == 1));
 
@@ -169,10 +185,7 @@ fn proxy_passes_traffic() {
 
 #[test]
 fn proxy_blackhole_times_out_and_heal_recovers() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let mut con = short_connection(&proxy.url()).unwrap();
-    assert_eq!(ping(&mut con).unwrap(), "PONG");
+    let (_server, proxy, mut con) = proxied();
 
     proxy.blackhole();
     assert_eq!(proxy.mode(), ProxyMode::Blackhole);
@@ -192,10 +205,7 @@ fn proxy_blackhole_times_out_and_heal_recovers() {
 
 #[test]
 fn proxy_blackhole_spares_idle_connections() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let mut con = short_connection(&proxy.url()).unwrap();
-    assert_eq!(ping(&mut con).unwrap(), "PONG");
+    let (_server, proxy, mut con) = proxied();
 
     // Nothing was sent during the partition, so nothing was lost and the
     // connection is still in sync afterwards.
@@ -206,10 +216,7 @@ fn proxy_blackhole_spares_idle_connections() {
 
 #[test]
 fn proxy_refuse_closes_existing_and_new_connections() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let mut con = short_connection(&proxy.url()).unwrap();
-    assert_eq!(ping(&mut con).unwrap(), "PONG");
+    let (_server, proxy, mut con) = proxied();
 
     proxy.refuse();
     assert_eq!(proxy.mode(), ProxyMode::Refuse);
@@ -219,8 +226,7 @@ fn proxy_refuse_closes_existing_and_new_connections() {
         !err.is_timeout(),
         "expected the connection to be closed, got {err}"
     );
-    assert!(wait_until(SETTLE, || proxy.connections() == 0));
-    assert!(!fresh_ping_works(&proxy.url()));
+    assert_cut_off(&proxy);
 
     proxy.heal();
     assert!(fresh_ping_works(&proxy.url()));
@@ -228,15 +234,11 @@ fn proxy_refuse_closes_existing_and_new_connections() {
 
 #[test]
 fn proxy_follows_upstream_death() {
-    let mut server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let mut con = short_connection(&proxy.url()).unwrap();
-    assert_eq!(ping(&mut con).unwrap(), "PONG");
+    let (mut server, proxy, mut con) = proxied();
 
     server.kill();
     assert!(ping(&mut con).is_err());
-    assert!(wait_until(SETTLE, || proxy.connections() == 0));
-    assert!(!fresh_ping_works(&proxy.url()));
+    assert_cut_off(&proxy);
 
     server.restart();
     assert!(fresh_ping_works(&proxy.url()));
@@ -278,10 +280,7 @@ fn wait_until_reports_outcome() {
 
 #[test]
 fn proxy_hold_delivers_late_requests_after_the_client_gave_up() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let mut con = short_connection(&proxy.url()).unwrap();
-    assert_eq!(ping(&mut con).unwrap(), "PONG");
+    let (server, proxy, mut con) = proxied();
 
     proxy.hold();
     assert_eq!(proxy.mode(), ProxyMode::Hold);
@@ -321,28 +320,11 @@ fn proxy_hold_delivers_late_requests_after_the_client_gave_up() {
 fn proxy_hold_delays_in_order_and_keeps_the_link_in_sync() {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.addr());
-    let client = redis::Client::open(proxy.url()).unwrap();
-    let mut con = client.get_connection_with_timeout(SETTLE).unwrap();
-    con.set_read_timeout(Some(SETTLE)).unwrap();
+    let mut con = patient_connection(&proxy.url());
     assert_eq!(ping(&mut con).unwrap(), "PONG");
 
-    proxy.hold();
-    let waiter = std::thread::spawn(move || {
-        let reply: redis::RedisResult<(String, i64, i64)> = redis::pipe()
-            .cmd("SET")
-            .arg("seq")
-            .arg("a")
-            .cmd("APPEND")
-            .arg("seq")
-            .arg("b")
-            .cmd("APPEND")
-            .arg("seq")
-            .arg("c")
-            .query(&mut con);
-        (reply, con)
-    });
-    // SET + two APPENDs in RESP: wait until all of the request is held.
-    let request_len = redis::pipe()
+    let mut request = redis::pipe();
+    request
         .cmd("SET")
         .arg("seq")
         .arg("a")
@@ -351,29 +333,31 @@ fn proxy_hold_delays_in_order_and_keeps_the_link_in_sync() {
         .arg("b")
         .cmd("APPEND")
         .arg("seq")
-        .arg("c")
-        .get_packed_pipeline()
-        .len();
+        .arg("c");
+    // SET + two APPENDs in RESP.
+    let request_len = request.get_packed_pipeline().len();
+
+    proxy.hold();
+    let waiter = std::thread::spawn(move || {
+        let reply: redis::RedisResult<(String, i64, i64)> = request.query(&mut con);
+        (reply, con)
+    });
+    // Wait until all of the request is held.
     assert!(wait_until(SETTLE, || proxy.held_bytes() == request_len));
     // A connection opened during the hold has its handshake held too.
     let fresh = std::thread::spawn({
         let url = proxy.url();
-        move || {
-            let client = redis::Client::open(url).unwrap();
-            let mut con = client.get_connection_with_timeout(SETTLE).unwrap();
-            con.set_read_timeout(Some(SETTLE)).unwrap();
-            ping(&mut con)
-        }
+        move || ping(&mut patient_connection(&url))
     });
     let mut direct = server.connection();
-    let value: Option<String> = redis::cmd("GET").arg("seq").query(&mut direct).unwrap();
+    let value: Option<String> = get(&mut direct, "seq");
     assert_eq!(value, None);
 
     let healed_at = Instant::now();
     proxy.heal();
     let (reply, mut con) = waiter.join().unwrap();
     assert_eq!(reply.unwrap(), ("OK".to_string(), 2, 3));
-    let value: String = redis::cmd("GET").arg("seq").query(&mut direct).unwrap();
+    let value: String = get(&mut direct, "seq");
     assert_eq!(value, "abc");
     // Nothing was lost, so the delayed connection is still in sync.
     assert_eq!(ping(&mut con).unwrap(), "PONG");
@@ -386,9 +370,7 @@ fn proxy_hold_delays_in_order_and_keeps_the_link_in_sync() {
 fn proxy_heal_except_held_lets_new_traffic_overtake_delayed_requests() {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.addr());
-    let client = redis::Client::open(proxy.url()).unwrap();
-    let mut slow = client.get_connection_with_timeout(SETTLE).unwrap();
-    slow.set_read_timeout(Some(SETTLE)).unwrap();
+    let mut slow = patient_connection(&proxy.url());
     let mut idle = short_connection(&proxy.url()).unwrap();
     assert_eq!(ping(&mut slow).unwrap(), "PONG");
     assert_eq!(ping(&mut idle).unwrap(), "PONG");
@@ -408,18 +390,14 @@ fn proxy_heal_except_held_lets_new_traffic_overtake_delayed_requests() {
     assert_eq!(proxy.mode(), ProxyMode::Pass);
     // New and idle connections pass and overtake the delayed request.
     assert!(fresh_ping_works(&proxy.url()));
-    let _: () = redis::cmd("SET")
-        .arg("order")
-        .arg("new")
-        .query(&mut idle)
-        .unwrap();
+    set(&mut idle, "order", "new");
     assert!(proxy.held_bytes() > 0);
 
     proxy.deliver_held();
     let (reply, mut slow) = waiter.join().unwrap();
     // The late GETSET ran after the SET that overtook it.
     assert_eq!(reply.unwrap(), "new");
-    let value: String = redis::cmd("GET").arg("order").query(&mut idle).unwrap();
+    let value: String = get(&mut idle, "order");
     assert_eq!(value, "old");
     assert_eq!(ping(&mut slow).unwrap(), "PONG");
     assert_eq!(proxy.held_bytes(), 0);

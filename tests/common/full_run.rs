@@ -1,26 +1,19 @@
 //! One complete run of the mempool — every public call a node makes, from two nodes, with a
 //! graceful handover and the operator's lock reset — for the tests that change *how* a node
-//! reaches Redis (a restricted ACL user, TLS) rather than what it does there. If any command a
-//! node sends were refused or mangled on that path, some step here fails.
-//!
-//! Shared by `tests/acl.rs` and `tests/tls.rs` with `mod full_run;`.
-
-// Each binary uses only part of it.
-#![allow(dead_code)]
+//! reaches Redis (a restricted ACL user, TLS, a cluster) rather than what it does there. If any
+//! command a node sends were refused or mangled on that path, some step here fails.
 
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use dolos_redis::{
-    BlockHash, ChainPoint, Config, ConfirmOutcome, EraCbor, Error, MempoolEvent, MempoolTx,
-    MempoolTxStage, RedisMempool, TxHash,
+    BlockHash, ChainPoint, Config, ConfirmOutcome, Error, MempoolEvent, MempoolTxStage,
+    RedisMempool, TxHash,
 };
 
 use dolos_redis_testkit::wait_until;
 
-/// Bound for conditions that hold within milliseconds on an idle machine; generous so that a
-/// loaded CI machine never flakes.
-pub const SETTLE: Duration = Duration::from_secs(10);
+use super::{hash, stage_of, tx, SETTLE};
 
 /// Lock TTL of the run: long enough that the watcher never loses its lock by accident on a
 /// loaded machine, and that a follower's poll (every third of it) is far slower than the wake
@@ -30,14 +23,6 @@ pub const TTL: Duration = Duration::from_secs(6);
 /// Finalize and drop thresholds of the run.
 const F: u32 = 3;
 const D: u32 = 3;
-
-pub fn hash(i: u8) -> TxHash {
-    TxHash::from([i; 32])
-}
-
-pub fn tx(i: u8) -> MempoolTx {
-    MempoolTx::new(hash(i), EraCbor(6, vec![0x84, 0xa0, i]))
-}
 
 /// What the run measured, for the caller to print.
 #[derive(Debug)]
@@ -123,10 +108,7 @@ pub fn full_run(config: &dyn Fn() -> Config) -> Report {
             .expect("rollback"),
         ConfirmOutcome::Applied
     );
-    assert_eq!(
-        b.check_status(&hash(3)).expect("check_status").stage,
-        MempoolTxStage::Pending
-    );
+    assert_eq!(stage_of(&b, 3), MempoolTxStage::Pending);
     assert_eq!(
         a.rollback_to(&at).expect("rollback_to"),
         ConfirmOutcome::AlreadyApplied
@@ -139,14 +121,8 @@ pub fn full_run(config: &dyn Fn() -> Config) -> Report {
             ConfirmOutcome::Applied
         );
     }
-    assert_eq!(
-        b.check_status(&hash(1)).expect("check_status").stage,
-        MempoolTxStage::Finalized
-    );
-    assert_eq!(
-        b.check_status(&hash(2)).expect("check_status").stage,
-        MempoolTxStage::Dropped
-    );
+    assert_eq!(stage_of(&b, 1), MempoolTxStage::Finalized);
+    assert_eq!(stage_of(&b, 2), MempoolTxStage::Dropped);
     let page = b.dump_finalized(0, 10).expect("dump_finalized");
     let logged: Vec<(TxHash, MempoolTxStage)> =
         page.items.iter().map(|t| (t.hash, t.stage)).collect();

@@ -1,0 +1,436 @@
+//! Data in Redis that no script wrote: a key of the wrong type, or a value that does not decode.
+//! Every call that meets it fails with a typed error naming the key (`WrongType`, `Corrupt`),
+//! never with a bare server error, a panic or a quiet `false`/empty/`Unknown`, and never acts on
+//! it; calls that do not touch it keep working.
+
+mod common;
+use dolos_redis_testkit as support;
+
+use common::{cmd, config, hash, lone_watcher, tx, LONG_TTL};
+use dolos_redis::{ChainPoint, ConfirmOutcome, Error, MempoolTxStage, RedisMempool};
+use support::RedisServer;
+
+/// A watcher node of `prefix`, which keeps its lock for the whole test.
+fn open_watcher(server: &RedisServer, prefix: &str) -> RedisMempool {
+    lone_watcher(config(server, prefix).watcher_lock_ttl(LONG_TTL))
+}
+
+fn raw_set(server: &RedisServer, key: &str, value: &str) {
+    redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query::<()>(&mut server.connection())
+        .unwrap();
+}
+
+fn raw_del(server: &RedisServer, key: &str) {
+    redis::cmd("DEL")
+        .arg(key)
+        .query::<()>(&mut server.connection())
+        .unwrap();
+}
+
+#[track_caller]
+fn assert_wrong_type<T: std::fmt::Debug>(result: Result<T, Error>, key: &str) {
+    match result {
+        Err(Error::WrongType { key: k }) => assert_eq!(k, key),
+        other => panic!("expected WrongType {{ key: {key:?} }}, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_corrupt<T: std::fmt::Debug>(result: Result<T, Error>, key: &str) {
+    match result {
+        Err(Error::Corrupt { key: k, detail }) => {
+            assert_eq!(k, key, "detail: {detail}");
+        }
+        other => panic!("expected Corrupt {{ key: {key:?}, .. }}, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_key_of_the_wrong_type_is_named_and_other_calls_keep_working() {
+    support::init_logging();
+    let server = RedisServer::start();
+
+    // `pending` as a string, while the queue is empty so nothing is lost.
+    let prefix = "wrong-pending";
+    let m = open_watcher(&server, prefix);
+    let (b, c) = (hash(0), hash(1));
+    m.receive(tx(0)).unwrap();
+    m.mark_inflight(&[b]).unwrap();
+    let key = format!("{prefix}:pending");
+    raw_set(&server, &key, "x");
+
+    assert_wrong_type(m.has_pending(), &key);
+    assert_wrong_type(m.peek_pending(10), &key);
+    assert_wrong_type(m.receive(tx(1)), &key);
+    assert_wrong_type(m.mark_inflight(&[b]), &key);
+    assert_wrong_type(m.confirm(&ChainPoint::Slot(1), &[b], &[], 6, 2), &key);
+    // Calls that do not use the queue are unaffected, and the failed ones wrote nothing.
+    assert_eq!(m.check_status(&c).unwrap().stage, MempoolTxStage::Unknown);
+    let status = m.check_status(&b).unwrap();
+    assert_eq!(status.stage, MempoolTxStage::Propagated);
+    assert_eq!(status.non_confirmations, 0);
+    assert_eq!(m.find_inflight(&b).unwrap().unwrap().hash, b);
+    assert_eq!(m.peek_inflight(10).unwrap().len(), 1);
+    m.mark_acknowledged(&[b]).unwrap();
+    assert!(m.dump_finalized(0, 10).unwrap().items.is_empty());
+    assert_eq!(m.watcher_info().unwrap().applied_slot, None);
+
+    raw_del(&server, &key);
+    assert!(!m.has_pending().unwrap());
+    m.receive(tx(1)).unwrap();
+    assert_eq!(m.peek_pending(10).unwrap()[0].hash, c);
+    assert_eq!(
+        m.confirm(&ChainPoint::Slot(1), &[b], &[], 6, 2).unwrap(),
+        ConfirmOutcome::Applied
+    );
+    assert_eq!(m.check_status(&b).unwrap().confirmations, 1);
+
+    // `txs` as a string, before anything was stored under this prefix.
+    let prefix = "wrong-txs";
+    let key = format!("{prefix}:txs");
+    raw_set(&server, &key, "x");
+    let m = open_watcher(&server, prefix);
+    let d = hash(2);
+    assert_wrong_type(m.receive(tx(2)), &key);
+    // Empty queues: these calls never reach `txs`, so they may answer truly (nothing there).
+    assert!(matches!(m.peek_pending(10).as_deref(), Ok([])));
+    assert!(matches!(m.peek_inflight(10).as_deref(), Ok([])));
+    assert_wrong_type(m.mark_inflight(&[d]), &key);
+    assert_wrong_type(m.mark_acknowledged(&[d]), &key);
+    assert_wrong_type(m.find_inflight(&d), &key);
+    assert_wrong_type(m.check_status(&d), &key);
+    assert_wrong_type(m.confirm(&ChainPoint::Slot(1), &[d], &[], 6, 2), &key);
+    assert!(!m.has_pending().unwrap());
+    assert!(m.dump_finalized(0, 10).unwrap().items.is_empty());
+    assert_eq!(m.watcher_info().unwrap().applied_slot, None);
+    raw_del(&server, &key);
+    m.receive(tx(2)).unwrap();
+    assert_eq!(m.check_status(&d).unwrap().stage, MempoolTxStage::Pending);
+
+    // The finalized log as a string.
+    let prefix = "wrong-log";
+    let key = format!("{prefix}:log");
+    let m = open_watcher(&server, prefix);
+    raw_set(&server, &key, "x");
+    assert_wrong_type(m.dump_finalized(0, 10), &key);
+    m.receive(tx(2)).unwrap();
+    assert!(m.has_pending().unwrap());
+    raw_del(&server, &key);
+    assert!(m.dump_finalized(0, 10).unwrap().items.is_empty());
+}
+
+/// Every key of the layout, with whether Redis stores it as a string.
+const LAYOUT: &[(&str, bool)] = &[
+    ("watcher:lock", true),
+    ("watcher:epoch", true),
+    ("chain", false),
+    ("height", true),
+    ("txs", false),
+    ("pending", false),
+    ("inflight", false),
+    ("unconfirmed", false),
+    ("confirmed", false),
+    ("log", false),
+    ("log:seq", true),
+    ("done", false),
+    ("acked", true),
+    ("events", false),
+    ("events:seq", true),
+    ("watcher:fence", true),
+];
+
+/// Whichever key holds the wrong type, every call either works or names that key; none fails
+/// with a bare server error (a script that touched the key without checking its type first).
+#[test]
+fn any_key_of_the_wrong_type_is_named_by_every_call_that_fails() {
+    support::init_logging();
+    let server = RedisServer::start();
+    let mut failures = Vec::new();
+    for (n, &(suffix, is_string)) in LAYOUT.iter().enumerate() {
+        let prefix = format!("sweep{n}");
+        let key = format!("{prefix}:{suffix}");
+        let m = open_watcher(&server, &prefix);
+        let (p, i1, i2, f) = (hash(0), hash(1), hash(2), hash(3));
+        for i in 0..4 {
+            m.receive(tx(i)).unwrap();
+        }
+        m.mark_inflight(&[i1, i2, f]).unwrap();
+        m.mark_acknowledged(&[i2]).unwrap();
+        assert!(m
+            .confirm(&ChainPoint::Slot(1), &[f], &[], 1, 5)
+            .unwrap()
+            .is_applied());
+        assert!(m
+            .confirm(&ChainPoint::Slot(2), &[i1], &[], 6, 5)
+            .unwrap()
+            .is_applied());
+
+        let mut con = server.connection();
+        redis::cmd("DEL").arg(&key).query::<()>(&mut con).unwrap();
+        if is_string {
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg("f")
+                .arg("v")
+                .query::<()>(&mut con)
+                .unwrap();
+        } else {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg("x")
+                .query::<()>(&mut con)
+                .unwrap();
+        }
+
+        let calls: Vec<(&str, Result<String, Error>)> = vec![
+            ("receive", m.receive(tx(4)).map(|v| format!("{v:?}"))),
+            ("has_pending", m.has_pending().map(|v| format!("{v:?}"))),
+            ("peek_pending", m.peek_pending(10).map(|v| format!("{v:?}"))),
+            (
+                "find_inflight",
+                m.find_inflight(&i1).map(|v| format!("{v:?}")),
+            ),
+            (
+                "peek_inflight",
+                m.peek_inflight(10).map(|v| format!("{v:?}")),
+            ),
+            (
+                "check_status p",
+                m.check_status(&p).map(|v| format!("{v:?}")),
+            ),
+            (
+                "check_status i1",
+                m.check_status(&i1).map(|v| format!("{v:?}")),
+            ),
+            (
+                "check_status f",
+                m.check_status(&f).map(|v| format!("{v:?}")),
+            ),
+            (
+                "check_status ?",
+                m.check_status(&hash(9)).map(|v| format!("{v:?}")),
+            ),
+            (
+                "dump_finalized",
+                m.dump_finalized(0, 10).map(|v| format!("{v:?}")),
+            ),
+            ("watcher_info", m.watcher_info().map(|v| format!("{v:?}"))),
+            (
+                "mark_inflight",
+                m.mark_inflight(&[p]).map(|v| format!("{v:?}")),
+            ),
+            (
+                "mark_acknowledged",
+                m.mark_acknowledged(&[i1, i2]).map(|v| format!("{v:?}")),
+            ),
+            (
+                "confirm",
+                m.confirm(&ChainPoint::Slot(3), &[i2], &[], 6, 5)
+                    .map(|v| format!("{v:?}")),
+            ),
+            (
+                "confirm (rollback)",
+                m.confirm(&ChainPoint::Slot(3), &[], &[i1], 6, 5)
+                    .map(|v| format!("{v:?}")),
+            ),
+            (
+                "confirm (finalize)",
+                m.confirm(&ChainPoint::Slot(4), &[i2], &[], 1, 1)
+                    .map(|v| format!("{v:?}")),
+            ),
+            (
+                "reset_watcher_lock",
+                m.reset_watcher_lock(Some("nobody"))
+                    .map(|v| format!("{v:?}")),
+            ),
+        ];
+        let mut named = 0;
+        for (call, result) in calls {
+            match result {
+                Ok(_) => {}
+                Err(Error::WrongType { key: k }) if k == key => named += 1,
+                Err(e) => failures.push(format!("{key} broken: {call} -> {e:?}")),
+            }
+        }
+        println!("{key}: {named} calls named it");
+        // Every key is used by some call; none naming it means the layout changed under us.
+        if named == 0 {
+            failures.push(format!("{key} broken: no call noticed"));
+        }
+        // The lease thread may be failing on a broken lock key; do not wait for its release.
+        m.abandon();
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_corrupt_record_is_named_and_isolated() {
+    support::init_logging();
+    let server = RedisServer::start();
+    let prefix = "corrupt";
+    let m = open_watcher(&server, prefix);
+    let (a, b, c) = (hash(0), hash(1), hash(2));
+    for i in 0..3 {
+        m.receive(tx(i)).unwrap();
+    }
+    m.mark_inflight(&[a, b]).unwrap();
+    // D = 5 keeps `a` from being picked for dropping in the blocks below.
+    assert!(m
+        .confirm(&ChainPoint::Slot(10), &[b], &[], 6, 5)
+        .unwrap()
+        .is_applied());
+
+    let txs_key = format!("{prefix}:txs");
+    redis::cmd("HSET")
+        .arg(&txs_key)
+        .arg(a.to_hex())
+        .arg("garbage")
+        .query::<()>(&mut server.connection())
+        .unwrap();
+    let key = format!("{txs_key} {}", a.to_hex());
+    let height = || -> Option<String> {
+        redis::cmd("GET")
+            .arg(format!("{prefix}:height"))
+            .query(&mut server.connection())
+            .unwrap()
+    };
+    let h_before = height();
+    let b_before = m.check_status(&b).unwrap();
+    assert_eq!(b_before.stage, MempoolTxStage::Confirmed);
+    assert_eq!(b_before.confirmations, 1);
+
+    assert_corrupt(m.check_status(&a), &key);
+    assert_corrupt(m.find_inflight(&a), &key);
+    assert_corrupt(m.peek_inflight(10), &key);
+    assert_corrupt(m.mark_acknowledged(&[a]), &key);
+    // A block that touches the corrupt record changes nothing at all.
+    assert_corrupt(m.confirm(&ChainPoint::Slot(11), &[a, b], &[], 6, 5), &key);
+    assert_eq!(height(), h_before);
+    assert_eq!(m.check_status(&b).unwrap(), b_before);
+    assert_eq!(m.watcher_info().unwrap().applied_slot, Some(10));
+    assert!(m.dump_finalized(0, 10).unwrap().items.is_empty());
+
+    // Other txs keep working, and so does a block that does not touch the corrupt record.
+    assert_eq!(m.find_inflight(&b).unwrap().unwrap().confirmations, 1);
+    assert_eq!(m.check_status(&c).unwrap().stage, MempoolTxStage::Pending);
+    assert_eq!(m.peek_pending(10).unwrap()[0].hash, c);
+    m.mark_inflight(&[c]).unwrap();
+    m.mark_acknowledged(&[c]).unwrap();
+    assert_eq!(
+        m.check_status(&c).unwrap().stage,
+        MempoolTxStage::Acknowledged
+    );
+    assert!(m
+        .confirm(&ChainPoint::Slot(11), &[b], &[], 6, 5)
+        .unwrap()
+        .is_applied());
+    assert_eq!(m.check_status(&b).unwrap().confirmations, 2);
+}
+
+/// Values that no script writes: each is reported as `Corrupt` naming where it sits, by the
+/// calls that read it, and never taken for a valid state.
+#[test]
+fn corrupt_values_are_reported_not_acted_on() {
+    support::init_logging();
+    let server = RedisServer::start();
+    let setup = |prefix: &str| {
+        let m = open_watcher(&server, prefix);
+        let (p, i1, f) = (hash(0), hash(1), hash(2));
+        for i in 0..3 {
+            m.receive(tx(i)).unwrap();
+        }
+        m.mark_inflight(&[i1, f]).unwrap();
+        assert!(m
+            .confirm(&ChainPoint::Slot(1), &[f], &[], 1, 5)
+            .unwrap()
+            .is_applied());
+        (m, p, i1, f)
+    };
+    let run = |args: &[&str]| cmd(args).query::<()>(&mut server.connection()).unwrap();
+    let mut failures = Vec::new();
+    let mut expect_corrupt = |what: &str, result: Result<String, Error>, key: &str| match result {
+        Err(Error::Corrupt { key: k, .. }) if k == key => {}
+        other => failures.push(format!(
+            "{what}: expected Corrupt at {key:?}, got {other:?}"
+        )),
+    };
+
+    // The applied-call counter.
+    let (m, _, i1, _) = setup("corrupt-height");
+    let key = "corrupt-height:height";
+    run(&["SET", key, "many"]);
+    expect_corrupt(
+        "height: check_status",
+        m.check_status(&i1).map(|v| format!("{v:?}")),
+        key,
+    );
+    expect_corrupt(
+        "height: find_inflight",
+        m.find_inflight(&i1).map(|v| format!("{v:?}")),
+        key,
+    );
+    expect_corrupt(
+        "height: confirm",
+        m.confirm(&ChainPoint::Slot(2), &[i1], &[], 6, 5)
+            .map(|v| format!("{v:?}")),
+        key,
+    );
+
+    // An entry of the applied chain that no script writes: read back as Corrupt, never as a
+    // point.
+    let (m, ..) = setup("corrupt-chain");
+    let key = "corrupt-chain:chain";
+    run(&["ZADD", key, "5", "garbage"]);
+    expect_corrupt(
+        "chain: watcher_info",
+        m.watcher_info().map(|v| format!("{v:?}")),
+        key,
+    );
+    expect_corrupt("chain: stats", m.stats().map(|v| format!("{v:?}")), key);
+    expect_corrupt(
+        "chain: applied_points",
+        m.applied_points(10).map(|v| format!("{v:?}")),
+        key,
+    );
+
+    // The epoch counter.
+    let (m, ..) = setup("corrupt-epoch");
+    let key = "corrupt-epoch:watcher:epoch";
+    run(&["SET", key, "first"]);
+    expect_corrupt(
+        "epoch: watcher_info",
+        m.watcher_info().map(|v| format!("{v:?}")),
+        key,
+    );
+
+    // A pending tx whose record lost the separator before its body.
+    let (m, p, ..) = setup("corrupt-payload");
+    let key = format!("corrupt-payload:txs {}", p.to_hex());
+    run(&["HSET", "corrupt-payload:txs", &p.to_hex(), "P|||6|"]);
+    expect_corrupt(
+        "payload: peek_pending",
+        m.peek_pending(10).map(|v| format!("{v:?}")),
+        &key,
+    );
+
+    // The index of the finalized log pointing at nonsense, and at an entry that is gone.
+    let (m, _, _, f) = setup("corrupt-done");
+    let key = format!("corrupt-done:done {}", f.to_hex());
+    run(&["HSET", "corrupt-done:done", &f.to_hex(), "Fnot-a-sequence"]);
+    expect_corrupt(
+        "done: check_status (garbage)",
+        m.check_status(&f).map(|v| format!("{v:?}")),
+        &key,
+    );
+    run(&["HSET", "corrupt-done:done", &f.to_hex(), "F999"]);
+    expect_corrupt(
+        "done: check_status (gone)",
+        m.check_status(&f).map(|v| format!("{v:?}")),
+        &key,
+    );
+
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
