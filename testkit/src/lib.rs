@@ -1,6 +1,7 @@
 //! What the tests, examples and tools of dolos-redis share: real parts to test against, never
-//! mocks. It depends only on std, `redis`, `log` and `env_logger`, never on `dolos_redis`
-//! itself, so a broken library build cannot hide a broken harness (or the other way round).
+//! mocks. It depends only on std, `redis`, `log`, `env_logger` and `tempfile`, never on
+//! `dolos_redis` itself, so a broken library build cannot hide a broken harness (or the other
+//! way round).
 //!
 //! * [`RedisServer`]: a throwaway `redis-server` process on a free port with its own temp dir,
 //!   which can be killed, restarted (keeping its AOF), paused and resumed.

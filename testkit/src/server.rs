@@ -6,12 +6,11 @@
 //! the [`RedisServer`] is dropped.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// How long a server may take to answer PING after being spawned. Far more
 /// than it needs when idle (a few ms), because on a loaded 2-core machine
@@ -83,7 +82,7 @@ pub struct RedisServer {
     port: u16,
     /// 0 without [`ServerOptions::tls`].
     tls_port: u16,
-    dir: PathBuf,
+    dir: tempfile::TempDir,
     opts: ServerOptions,
     /// `Some` for a sentinel: the initial contents of its config file.
     sentinel_conf: Option<String>,
@@ -281,7 +280,7 @@ impl RedisServer {
 
     /// The server's private directory (log, AOF).
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     /// A fresh direct connection with 5 s connect, read and write timeouts.
@@ -374,7 +373,7 @@ impl RedisServer {
     pub fn log_tail(&self, lines: usize) -> String {
         let mut out = String::new();
         for name in [REDIS_LOG, STDOUT_LOG] {
-            let text = fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+            let text = fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
             let all: Vec<&str> = text.lines().collect();
             let tail = &all[all.len().saturating_sub(lines)..];
             out.push_str(&format!("--- {name} (last {} lines) ---\n", tail.len()));
@@ -411,7 +410,7 @@ impl RedisServer {
         panic!(
             "redis-server (port {}, dir {}): {msg}\n{}",
             self.port,
-            self.dir.display(),
+            self.dir.path().display(),
             self.log_tail(40)
         )
     }
@@ -419,14 +418,14 @@ impl RedisServer {
     /// Spawns redis on `self.port` and waits until it is ready; on success
     /// `self.child` and `self.pid` describe the new process.
     fn spawn_and_wait(&mut self) -> Result<(), StartError> {
-        let log_path = self.dir.join(REDIS_LOG);
+        let log_path = self.dir.path().join(REDIS_LOG);
         // Redis appends to its log across restarts; only what this attempt
         // writes tells whether this attempt lost the port.
         let log_offset = fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
         let out = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join(STDOUT_LOG))
+            .open(self.dir.path().join(STDOUT_LOG))
             .map_err(|e| StartError::Fatal(format!("cannot open {STDOUT_LOG}: {e}")))?;
         let err = out
             .try_clone()
@@ -435,7 +434,7 @@ impl RedisServer {
         let mut cmd = Command::new("redis-server");
         if let Some(conf) = &self.sentinel_conf {
             // Written once: across restarts Sentinel keeps what it rewrote into it.
-            let path = self.dir.join(SENTINEL_CONF);
+            let path = self.dir.path().join(SENTINEL_CONF);
             if !path.exists() {
                 fs::write(&path, conf).map_err(|e| {
                     StartError::Fatal(format!("cannot write {}: {e}", path.display()))
@@ -447,7 +446,7 @@ impl RedisServer {
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1"])
             .arg("--dir")
-            .arg(&self.dir)
+            .arg(self.dir.path())
             // No RDB snapshots: they would only slow tests down, and the
             // persistence tests care about the AOF.
             .args(["--save", ""])
@@ -535,8 +534,8 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        // The dir goes when the field drops, after this: once the process is gone.
         self.kill();
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -583,30 +582,12 @@ fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("cannot find a free port on 127.0.0.1: {e}"))
 }
 
-/// Creates a new, empty directory under the system temp dir, unique across
-/// processes (pid), threads of one process (counter) and runs that recycle a
-/// pid (nanos).
-fn make_temp_dir() -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    loop {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let name = format!(
-            "dolos-redis-test-{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = std::env::temp_dir().join(name);
-        // `create_dir`, not `create_dir_all`: failing on an existing path is
-        // what guarantees the dir is ours alone.
-        match fs::create_dir(&path) {
-            Ok(()) => return path,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => panic!("cannot create temp dir {}: {e}", path.display()),
-        }
-    }
+/// A new, empty directory under the system temp dir, ours alone, removed when dropped.
+fn make_temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("dolos-redis-test-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("cannot create a temp dir: {e}"))
 }
 
 /// The contents of `path` from byte `offset` on (empty if unreadable).
