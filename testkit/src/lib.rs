@@ -10,10 +10,10 @@
 //! * [`monitor::Monitor`]: follows the server's `MONITOR` feed to count the commands a call
 //!   sends.
 //! * [`Rng`]: a small seeded generator for reproducible random runs.
-//! * [`wait_until`], [`init_logging`], [`logs::capture_logs`], and [`example`] for running a
-//!   built example or tool as a child process.
+//! * [`wait_until`], [`init_logging`], [`logs::capture_logs`], and [`child`] for running a
+//!   built tool as a child process.
 
-pub mod example;
+pub mod child;
 pub mod logs;
 pub mod monitor;
 pub mod proxy;

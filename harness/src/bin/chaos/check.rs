@@ -5,9 +5,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use dolos_redis::{ChainPoint, MempoolTx, MempoolTxStage, TxHash};
 
-use crate::clock::{mono_ns, ns};
+use dolos_redis_harness::chain::MAX_FORK_DEPTH;
+use dolos_redis_harness::clock::{mono_ns, ns};
+use dolos_redis_harness::ledger;
+use dolos_redis_harness::timeline::elapsed;
+
 use crate::faults::{median, Fault, Kind};
-use crate::{ledger, Chaos, RunId, FINALIZE};
+use crate::{Chaos, RunId, FINALIZE};
 
 /// Pending, inflight and the finalized log, as Redis holds them now.
 type Places = (Vec<MempoolTx>, Vec<MempoolTx>, Vec<MempoolTx>);
@@ -90,7 +94,7 @@ impl Chaos<'_> {
             "seed {} | {:.1} s | lock TTL {} ms | {} faults | final chain {} blocks (tip slot {}) \
              | {} forks | F = {FINALIZE}",
             self.opts.seed,
-            crate::elapsed(),
+            elapsed(),
             self.opts.ttl.as_millis(),
             self.faults.len(),
             blocks.len(),
@@ -144,7 +148,7 @@ impl Chaos<'_> {
         );
         let forks = self.chain.forks();
         let undone: usize = forks.iter().map(|f| f.undone.len()).sum();
-        let mut depths = [0; crate::MAX_FORK_DEPTH];
+        let mut depths = [0; MAX_FORK_DEPTH];
         for f in &forks {
             if let Some(n) = f
                 .undone

@@ -2,7 +2,6 @@
 //! transaction and every change of watcher. The final check reads it.
 //!
 //! Shared by the demo and the chaos run; each uses only part of it.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
