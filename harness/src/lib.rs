@@ -1,5 +1,6 @@
-//! The tools of dolos-redis that run whole deployments on one machine: the demo (`cargo demo`)
-//! and the chaos run (`cargo chaos`), as binaries of this crate. What they share lives here:
+//! The tools of dolos-redis, as binaries of this crate: the demo (`cargo demo`) and the chaos run
+//! (`cargo chaos`), which run whole deployments on one machine, and the benchmark (`cargo perf`).
+//! What the demo and the chaos run share lives here:
 //!
 //! * [`node`]: the node process they both start (their own executable run as `<tool> node
 //!   <file>`), configured by a file of [`node_config`] and fed the chain by the lines of
