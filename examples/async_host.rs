@@ -175,14 +175,7 @@ async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt().with_max_level(level).init();
 
     // Keep the private server alive until the end; dropping it kills the process.
-    let (server, url) = match std::env::var("REDIS_URL") {
-        Ok(url) => (None, url),
-        Err(_) => {
-            let server = tokio::task::spawn_blocking(support::RedisServer::start).await?;
-            let url = server.url();
-            (Some(server), url)
-        }
-    };
+    let (server, url) = tokio::task::spawn_blocking(support::server::from_env).await?;
     info!(%url, "using redis");
 
     let config = Config::new(url)

@@ -242,15 +242,17 @@ impl Node {
     /// The chain rolls back to `to`, which stays. What we applied after it is undone at once,
     /// with one `rollback_to` (an undo block by block could not undo an empty block).
     fn rollback(&mut self, to: ChainPoint) {
-        let keep = match to {
-            ChainPoint::Origin => 0,
-            _ => match self.chain.iter().rposition(|b| b.point == to) {
-                Some(i) => i + 1,
-                None => {
-                    println!("ignored a rollback to {to:?}, not on my chain");
-                    return;
-                }
-            },
+        let kept = match to {
+            ChainPoint::Origin => Some(0),
+            _ => self
+                .chain
+                .iter()
+                .rposition(|b| b.point == to)
+                .map(|i| i + 1),
+        };
+        let Some(keep) = kept else {
+            println!("ignored a rollback to {to:?}, not on my chain");
+            return;
         };
         self.chain.truncate(keep);
         if self.applied.is_some_and(|n| n > keep) {

@@ -120,17 +120,17 @@ impl Ledger {
                         seq,
                         point,
                         height,
-                        rollback,
+                        rollback: undo,
                         node_id,
                         ..
                     } => {
                         check_seq(seq, &mut s);
-                        applying = (!rollback).then_some(height);
-                        replay(&mut s, &point, height, rollback);
+                        applying = (!undo).then_some(height);
+                        replay(&mut s, &point, height, undo);
                         s.blocks.push(BlockEvent {
                             point,
                             height,
-                            undo: rollback,
+                            undo,
                             node_id,
                         });
                     }

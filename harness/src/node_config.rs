@@ -74,7 +74,7 @@ impl NodeFile<'_> {
         text
     }
 
-    /// Writes the file as `<dir>/<name>.toml` and returns its path.
+    /// Writes the file as `<dir>/<name>.toml` and returns its path (`dir`: see [`temp_dir`]).
     pub fn write(&self, dir: &Path) -> Result<std::path::PathBuf, String> {
         let path = dir.join(format!("{}.toml", self.name));
         std::fs::write(&path, self.render())
@@ -96,6 +96,14 @@ pub struct Settings {
     /// Whether the node runs a probe of its watcher flag (the chaos run's nodes: see
     /// [`crate::node`]).
     pub flag_probe: bool,
+}
+
+/// A new temp dir for a run's node files, `dolos-redis-<tool>-…`, removed when dropped.
+pub fn temp_dir(tool: &str) -> Result<tempfile::TempDir, String> {
+    tempfile::Builder::new()
+        .prefix(&format!("dolos-redis-{tool}-"))
+        .tempdir()
+        .map_err(|e| format!("cannot create a temp dir: {e}"))
 }
 
 /// Reads a node's TOML file: the `[storage.mempool]` table becomes the `Config` through the

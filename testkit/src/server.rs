@@ -110,6 +110,19 @@ pub struct SentinelOptions {
 /// which is why it must be a file of its own and writable.
 const SENTINEL_CONF: &str = "sentinel.conf";
 
+/// What the examples and tools run against: the server at `REDIS_URL` when it is set, else a
+/// private one. Returns the private server, to keep alive while it is used, and the URL.
+pub fn from_env() -> (Option<RedisServer>, String) {
+    match std::env::var("REDIS_URL") {
+        Ok(url) => (None, url),
+        Err(_) => {
+            let server = RedisServer::start();
+            let url = server.url();
+            (Some(server), url)
+        }
+    }
+}
+
 /// Why one attempt to bring up a server failed.
 enum StartError {
     /// Someone else holds the port: worth retrying.
@@ -131,20 +144,7 @@ impl RedisServer {
     ///
     /// Panics with the tail of the server's log if it does not come up.
     pub fn start_with(opts: ServerOptions) -> RedisServer {
-        // Built before anything can fail, so that a panic below drops it and
-        // so removes the temp dir.
-        let mut server = RedisServer {
-            child: None,
-            pid: 0,
-            port: 0,
-            tls_port: 0,
-            dir: make_temp_dir(),
-            opts,
-            sentinel_conf: None,
-            cluster_port: None,
-        };
-        server.start_on_free_port();
-        server
+        Self::launch(opts, None, None)
     }
 
     /// Starts an empty Redis Cluster node (`--cluster-enabled yes`, `nodes.conf` in its dir,
@@ -155,28 +155,18 @@ impl RedisServer {
     ///
     /// Panics with the tail of its log if it does not come up.
     pub fn start_cluster_node(node_timeout: Duration) -> RedisServer {
-        let mut server = RedisServer {
-            child: None,
-            pid: 0,
-            port: 0,
-            tls_port: 0,
-            dir: make_temp_dir(),
-            opts: ServerOptions {
-                extra_args: vec![
-                    "--cluster-enabled".into(),
-                    "yes".into(),
-                    "--cluster-config-file".into(),
-                    "nodes.conf".into(),
-                    "--cluster-node-timeout".into(),
-                    node_timeout.as_millis().to_string(),
-                ],
-                ..Default::default()
-            },
-            sentinel_conf: None,
-            cluster_port: Some(0),
+        let opts = ServerOptions {
+            extra_args: vec![
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                "nodes.conf".into(),
+                "--cluster-node-timeout".into(),
+                node_timeout.as_millis().to_string(),
+            ],
+            ..Default::default()
         };
-        server.start_on_free_port();
-        server
+        Self::launch(opts, None, Some(0))
     }
 
     /// The cluster bus port of a node started by [`Self::start_cluster_node`].
@@ -205,15 +195,30 @@ impl RedisServer {
             opts.down_after.as_millis(),
             opts.failover_timeout.as_millis(),
         );
+        Self::launch(ServerOptions::default(), Some(conf), None)
+    }
+
+    /// A server (a sentinel with `sentinel_conf`, a cluster node with `cluster_port`) in a new
+    /// temp dir, started on a free port.
+    fn launch(
+        opts: ServerOptions,
+        sentinel_conf: Option<String>,
+        cluster_port: Option<u16>,
+    ) -> RedisServer {
+        // Built before anything can fail, so that a panic below drops it and so removes the
+        // temp dir.
         let mut server = RedisServer {
             child: None,
             pid: 0,
             port: 0,
             tls_port: 0,
-            dir: make_temp_dir(),
-            opts: ServerOptions::default(),
-            sentinel_conf: Some(conf),
-            cluster_port: None,
+            dir: tempfile::Builder::new()
+                .prefix("dolos-redis-test-")
+                .tempdir()
+                .unwrap_or_else(|e| panic!("cannot create a temp dir: {e}")),
+            opts,
+            sentinel_conf,
+            cluster_port,
         };
         server.start_on_free_port();
         server
@@ -580,14 +585,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or_else(|e| panic!("cannot find a free port on 127.0.0.1: {e}"))
-}
-
-/// A new, empty directory under the system temp dir, ours alone, removed when dropped.
-fn make_temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("dolos-redis-test-")
-        .tempdir()
-        .unwrap_or_else(|e| panic!("cannot create a temp dir: {e}"))
 }
 
 /// The contents of `path` from byte `offset` on (empty if unreadable).

@@ -51,7 +51,7 @@ use dolos_redis::{ChainPoint, Config, MempoolStats, MempoolTxStage, RedisMempool
 use dolos_redis_harness::chain::{Chain, Pace, Progress};
 use dolos_redis_harness::cluster::{self, Node};
 use dolos_redis_harness::ledger::{self, Ledger};
-use dolos_redis_harness::node_config::NodeFile;
+use dolos_redis_harness::node_config::{self, NodeFile};
 use dolos_redis_harness::{cli, keys, say, timeline};
 use dolos_redis_testkit as support;
 
@@ -897,11 +897,7 @@ fn run(plan: &Plan) -> Result<(), String> {
     )
     .map_err(|e| format!("cannot open the observer: {e}"))?;
     let ledger = Ledger::start(&observer);
-    // The nodes' config files, removed at the end.
-    let dir = tempfile::Builder::new()
-        .prefix("dolos-redis-demo-")
-        .tempdir()
-        .map_err(|e| format!("cannot create a temp dir: {e}"))?;
+    let dir = node_config::temp_dir("demo")?; // the nodes' files, removed at the end
     let mut nodes = Vec::new();
     for (i, name) in NODE_NAMES.iter().enumerate() {
         let proxy = support::FaultProxy::start(target.upstream);

@@ -1154,14 +1154,7 @@ fn main() -> ExitCode {
         Err(e) => return cli::usage_error(options::USAGE, e),
     };
     let started = *STARTED.get_or_init(Instant::now);
-    let (server, url) = match std::env::var("REDIS_URL") {
-        Ok(url) => (None, url),
-        Err(_) => {
-            let server = support::RedisServer::start();
-            let url = server.url();
-            (Some(server), url)
-        }
-    };
+    let (server, url) = support::server::from_env();
     let private = if server.is_some() {
         " (private server)"
     } else {

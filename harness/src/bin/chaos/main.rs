@@ -71,7 +71,7 @@ use dolos_redis_harness::chain::{Chain, Pace, MAX_FORK_DEPTH};
 use dolos_redis_harness::clock::{self, mono_ns, ms_between, ns, Signal};
 use dolos_redis_harness::cluster::{Flag, Node};
 use dolos_redis_harness::ledger::Ledger;
-use dolos_redis_harness::node_config::NodeFile;
+use dolos_redis_harness::node_config::{self, NodeFile};
 use dolos_redis_harness::timeline::elapsed;
 use dolos_redis_harness::{cli, say, timeline};
 use dolos_redis_testkit as support;
@@ -1205,11 +1205,7 @@ fn run(opts: &Options) -> Result<bool, String> {
     )
     .map_err(|e| format!("cannot open the observer: {e}"))?;
     let ledger = Ledger::start(&observer);
-    // The nodes' config files, removed at the end.
-    let dir = tempfile::Builder::new()
-        .prefix("dolos-redis-chaos-")
-        .tempdir()
-        .map_err(|e| format!("cannot create a temp dir: {e}"))?;
+    let dir = node_config::temp_dir("chaos")?; // the nodes' files, removed at the end
     let mut nodes = Vec::new();
     for (i, name) in NODE_NAMES.iter().enumerate() {
         let proxy = support::FaultProxy::start(server.addr());
