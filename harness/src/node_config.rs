@@ -171,3 +171,48 @@ pub fn load(path: &Path) -> Result<(Config, Settings), String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(chaos: bool) -> NodeFile<'static> {
+        NodeFile {
+            name: "n1",
+            url: "redis://127.0.0.1:7000",
+            prefix: "test:mempool",
+            pool_size: 4,
+            max_finalized: 1000,
+            ttl: Duration::from_millis(1500),
+            io_timeout: Duration::from_millis(300),
+            tx_interval: Duration::from_millis(250),
+            finalize: 4,
+            drop: 10_000,
+            chaos,
+        }
+    }
+
+    #[test]
+    fn a_written_file_loads_back() {
+        let dir = temp_dir("test").unwrap();
+        let (config, settings) = load(&file(false).write(dir.path()).unwrap()).unwrap();
+        assert_eq!(config.get_key_prefix(), "test:mempool");
+        // Whole seconds in the reference table, rounded up.
+        assert_eq!(config.get_watcher_lock_ttl(), Duration::from_secs(2));
+        assert_eq!(settings.name, "n1");
+        assert_eq!(settings.tx_interval, Duration::from_millis(250));
+        assert_eq!(
+            (settings.finalize_threshold, settings.drop_threshold),
+            (4, 10_000)
+        );
+        assert!(!settings.flag_probe);
+    }
+
+    #[test]
+    fn the_chaos_table_sets_the_ttl_to_the_millisecond_and_the_probe() {
+        let dir = temp_dir("test").unwrap();
+        let (config, settings) = load(&file(true).write(dir.path()).unwrap()).unwrap();
+        assert_eq!(config.get_watcher_lock_ttl(), Duration::from_millis(1500));
+        assert!(settings.flag_probe);
+    }
+}

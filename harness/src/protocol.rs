@@ -105,3 +105,34 @@ pub fn parse_line(line: &str) -> Result<Option<Input>, String> {
         _ => Err(format!("unknown input line {line:?}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lines_the_chain_writes_read_back_as_they_were_meant() {
+        let point = ChainPoint::Specific(42, BlockHash::from([7; 32]));
+        let txs = vec![TxHash::from([1; 32]), TxHash::from([2; 32])];
+        assert_eq!(
+            parse_line(&block_line(&point, &txs)),
+            Ok(Some(Input::Block {
+                point,
+                txs: txs.clone()
+            }))
+        );
+        for to in [point, ChainPoint::Origin] {
+            assert_eq!(
+                parse_line(&rollback_line(&to)),
+                Ok(Some(Input::Rollback(to)))
+            );
+        }
+        assert_eq!(parse_line("submit off"), Ok(Some(Input::Submit(false))));
+        assert_eq!(parse_line("ping a1"), Ok(Some(Input::Ping("a1".into()))));
+        assert_eq!(parse_line("quit"), Ok(Some(Input::Quit)));
+        assert_eq!(parse_line("  # a comment"), Ok(None));
+        assert!(parse_line("block origin").is_err());
+        assert!(parse_line("rollback 1").is_err());
+        assert!(parse_line("quit now").is_err());
+    }
+}
