@@ -36,7 +36,7 @@
 //! 4. **The reconcile step on takeover.** A host applies its own chain as the watcher, and
 //!    whenever it *becomes* the watcher it first reconciles the applied chain in Redis with its
 //!    chain: the newest applied point on its chain, `rollback_to` it, then its blocks after it
-//!    (`reconcile` below; the node loop in `examples/node/node_loop.rs` does the same, with the
+//!    (`reconcile` below; `examples/node.rs` does the same, and `harness/src/node.rs` with the
 //!    reasons). A call that fails is not skipped: the next block starts over from a reconcile.
 //!
 //! The story: another node is the watcher first. It applies blocks 1 and 2 and a block 3 that
