@@ -6,6 +6,8 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
+use lexopt::ValueExt;
+
 /// The command line without the program's name and without a leading `--`.
 pub fn args() -> Vec<OsString> {
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
@@ -25,6 +27,16 @@ pub fn node_subcommand(args: &[OsString]) -> Option<ExitCode> {
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     Some(crate::node::main(&rest))
+}
+
+/// The value of the option `--<option>` just read, parsed by `parse`; an error names the option.
+pub fn value<T, E: std::fmt::Display>(
+    parser: &mut lexopt::Parser,
+    option: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, lexopt::Error> {
+    let value = parser.value()?.string()?;
+    parse(&value).map_err(|e| format!("--{option} {value:?}: {e}").into())
 }
 
 /// What `--help` does.

@@ -3,6 +3,8 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
+use dolos_redis_harness::cli;
+
 use crate::BATCH;
 
 pub struct Opts {
@@ -48,7 +50,7 @@ fn positive(v: &str) -> Result<usize, String> {
         .parse::<usize>()
         .ok()
         .filter(|n| *n > 0)
-        .ok_or_else(|| format!("{v:?} is not a positive number"))
+        .ok_or_else(|| "not a positive number".to_string())
 }
 
 impl Opts {
@@ -82,15 +84,14 @@ impl Opts {
                     opts.counted = 100;
                     opts.server_iters = 2000;
                 }
-                Long("iters") => iters = Some(parser.value()?.parse_with(positive)?),
-                Long("trials") => opts.trials = parser.value()?.parse_with(positive)?,
+                Long("iters") => iters = Some(cli::value(&mut parser, "iters", positive)?),
+                Long("trials") => opts.trials = cli::value(&mut parser, "trials", positive)?,
                 Long("sizes") => {
                     let v = parser.value()?.string()?;
                     let mut sizes = v
                         .split(',')
-                        .map(|s| positive(s.trim()))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| format!("--sizes: {e}"))?;
+                        .map(|s| positive(s.trim()).map_err(|e| format!("--sizes {s:?}: {e}")))
+                        .collect::<Result<Vec<_>, _>>()?;
                     sizes.sort_unstable();
                     sizes.dedup();
                     if sizes.iter().any(|&s| s < 2 * BATCH) {

@@ -147,15 +147,16 @@ impl Options {
             sched: Duration::from_millis(50),
         };
         let mut parser = lexopt::Parser::from_args(args);
-        let number = |parser: &mut lexopt::Parser| parser.value()?.parse_with(parse_u64);
-        let ms = |parser: &mut lexopt::Parser| number(parser).map(Duration::from_millis);
+        let number = |parser: &mut lexopt::Parser, option| cli::value(parser, option, parse_u64);
+        let ms =
+            |parser: &mut lexopt::Parser, option| number(parser, option).map(Duration::from_millis);
         while let Some(arg) = parser.next()? {
             match arg {
-                Long("seed") => opts.seed = number(&mut parser)?,
-                Long("secs") => opts.secs = number(&mut parser)?,
-                Long("ttl-ms") => opts.ttl = ms(&mut parser)?,
-                Long("takeover-slack-ms") => opts.slack = ms(&mut parser)?,
-                Long("sched-ms") => opts.sched = ms(&mut parser)?,
+                Long("seed") => opts.seed = number(&mut parser, "seed")?,
+                Long("secs") => opts.secs = number(&mut parser, "secs")?,
+                Long("ttl-ms") => opts.ttl = ms(&mut parser, "ttl-ms")?,
+                Long("takeover-slack-ms") => opts.slack = ms(&mut parser, "takeover-slack-ms")?,
+                Long("sched-ms") => opts.sched = ms(&mut parser, "sched-ms")?,
                 Long("quiet") => opts.quiet = true,
                 Short('h') | Long("help") => return Ok(None),
                 _ => return Err(arg.unexpected()),
