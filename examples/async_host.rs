@@ -36,7 +36,7 @@
 //! 4. **The reconcile step on takeover.** A host applies its own chain as the watcher, and
 //!    whenever it *becomes* the watcher it first reconciles the applied chain in Redis with its
 //!    chain: the newest applied point on its chain, `rollback_to` it, then its blocks after it
-//!    (`reconcile` below; the node loop in `examples/node/node_loop.rs` does the same, with the
+//!    (`reconcile` below; `examples/node.rs` does the same, and `harness/src/node.rs` with the
 //!    reasons). A call that fails is not skipped: the next block starts over from a reconcile.
 //!
 //! The story: another node is the watcher first. It applies blocks 1 and 2 and a block 3 that
@@ -175,14 +175,7 @@ async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt().with_max_level(level).init();
 
     // Keep the private server alive until the end; dropping it kills the process.
-    let (server, url) = match std::env::var("REDIS_URL") {
-        Ok(url) => (None, url),
-        Err(_) => {
-            let server = tokio::task::spawn_blocking(support::RedisServer::start).await?;
-            let url = server.url();
-            (Some(server), url)
-        }
-    };
+    let (server, url) = tokio::task::spawn_blocking(support::server::from_env).await?;
     info!(%url, "using redis");
 
     let config = Config::new(url)

@@ -266,16 +266,15 @@ fn status_line(s: &MempoolStats) -> String {
         0 => format!("redis {:.1} MB, no maxmemory", mb(s.used_memory)),
         max => format!("redis {:.1} of {:.1} MB", mb(s.used_memory), mb(max)),
     };
+    let stages = format!(
+        "pending {} propagated {} acknowledged {} confirmed {}",
+        s.pending, s.propagated, s.acknowledged, s.confirmed
+    );
     format!(
-        "{} | pending {} propagated {} acknowledged {} confirmed {} | log {} | blocks {}{} | {memory}, {}",
+        "{} | {stages} | log {} | blocks {}{slot} | {memory}, {}",
         watcher_part(&s.watcher),
-        s.pending,
-        s.propagated,
-        s.acknowledged,
-        s.confirmed,
         s.finalized_log,
         s.applied_blocks,
-        slot,
         s.maxmemory_policy
     )
 }

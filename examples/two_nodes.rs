@@ -20,15 +20,8 @@ use dolos_redis::{
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
-    // Keep the private server alive for the whole run; it is killed when dropped.
-    let (_server, url) = match std::env::var("REDIS_URL") {
-        Ok(url) => (None, url),
-        Err(_) => {
-            let server = support::RedisServer::start();
-            let url = server.url();
-            (Some(server), url)
-        }
-    };
+    // `REDIS_URL`, else a private server, kept alive for the whole run (killed when dropped).
+    let (_server, url) = support::server::from_env();
     let prefix = format!("example:{}", std::process::id());
     let config = Config::new(url)
         .key_prefix(prefix)

@@ -10,10 +10,10 @@
 
 mod common;
 use dolos_redis_testkit as support;
+use dolos_redis_testkit::tempfile::TempDir;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::full_run::{full_run, TTL};
@@ -35,19 +35,15 @@ const SLACK: Duration = Duration::from_secs(2);
 /// A throwaway PKI in its own temp dir: a CA, a server certificate for `localhost` only (so
 /// that `127.0.0.1` is a name it does not cover), a client certificate, and an unrelated CA.
 struct Pki {
-    dir: PathBuf,
+    dir: TempDir,
 }
 
 impl Pki {
     fn new() -> Pki {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "dolos-redis-tls-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).expect("create the PKI dir");
+        let dir = dolos_redis_testkit::tempfile::Builder::new()
+            .prefix("dolos-redis-tls-")
+            .tempdir()
+            .expect("create the PKI dir");
         let pki = Pki { dir };
         pki.ca("ca");
         pki.ca("other-ca");
@@ -63,13 +59,13 @@ impl Pki {
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+        self.dir.path().join(name)
     }
 
     /// A self-signed CA: `<name>.crt`, `<name>.key`. EC keys: generated in milliseconds.
     fn ca(&self, name: &str) {
         openssl(
-            &self.dir,
+            self.dir.path(),
             &[
                 "req",
                 "-x509",
@@ -97,7 +93,7 @@ impl Pki {
     /// A certificate signed by `ca`: `<name>.crt`, `<name>.key`.
     fn leaf(&self, name: &str, serial: u32, cn: &str, usage: &str, extra: &str) {
         openssl(
-            &self.dir,
+            self.dir.path(),
             &[
                 "req",
                 "-new",
@@ -120,7 +116,7 @@ impl Pki {
         );
         std::fs::write(self.path(&format!("{name}.ext")), ext).expect("write extensions");
         openssl(
-            &self.dir,
+            self.dir.path(),
             &[
                 "x509",
                 "-req",
@@ -160,12 +156,6 @@ impl Pki {
         Config::new(url)
             .tls_ca_file(self.path("ca.crt"))
             .tls_client_cert(self.path("client.crt"), self.path("client.key"))
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

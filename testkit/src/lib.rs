@@ -1,6 +1,7 @@
 //! What the tests, examples and tools of dolos-redis share: real parts to test against, never
-//! mocks. It depends only on std, `redis`, `log` and `env_logger`, never on `dolos_redis`
-//! itself, so a broken library build cannot hide a broken harness (or the other way round).
+//! mocks. It depends only on std, `redis`, `log`, `env_logger` and `tempfile`, never on
+//! `dolos_redis` itself, so a broken library build cannot hide a broken harness (or the other
+//! way round).
 //!
 //! * [`RedisServer`]: a throwaway `redis-server` process on a free port with its own temp dir,
 //!   which can be killed, restarted (keeping its AOF), paused and resumed.
@@ -9,10 +10,10 @@
 //! * [`monitor::Monitor`]: follows the server's `MONITOR` feed to count the commands a call
 //!   sends.
 //! * [`Rng`]: a small seeded generator for reproducible random runs.
-//! * [`wait_until`], [`init_logging`], [`logs::capture_logs`], and [`example`] for running a
-//!   built example or tool as a child process.
+//! * [`wait_until`], [`init_logging`], [`logs::capture_logs`], and [`child`] for running a
+//!   built tool as a child process.
 
-pub mod example;
+pub mod child;
 pub mod logs;
 pub mod monitor;
 pub mod proxy;
@@ -22,6 +23,8 @@ pub mod server;
 pub use proxy::{FaultProxy, ProxyMode};
 pub use rng::Rng;
 pub use server::{RedisServer, ServerOptions};
+/// Temp dirs for tests that need files of their own (the servers' dirs use it too).
+pub use tempfile;
 
 use std::time::{Duration, Instant};
 

@@ -6,12 +6,11 @@
 //! the [`RedisServer`] is dropped.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// How long a server may take to answer PING after being spawned. Far more
 /// than it needs when idle (a few ms), because on a loaded 2-core machine
@@ -83,7 +82,7 @@ pub struct RedisServer {
     port: u16,
     /// 0 without [`ServerOptions::tls`].
     tls_port: u16,
-    dir: PathBuf,
+    dir: tempfile::TempDir,
     opts: ServerOptions,
     /// `Some` for a sentinel: the initial contents of its config file.
     sentinel_conf: Option<String>,
@@ -111,6 +110,19 @@ pub struct SentinelOptions {
 /// which is why it must be a file of its own and writable.
 const SENTINEL_CONF: &str = "sentinel.conf";
 
+/// What the examples and tools run against: the server at `REDIS_URL` when it is set, else a
+/// private one. Returns the private server, to keep alive while it is used, and the URL.
+pub fn from_env() -> (Option<RedisServer>, String) {
+    match std::env::var("REDIS_URL") {
+        Ok(url) => (None, url),
+        Err(_) => {
+            let server = RedisServer::start();
+            let url = server.url();
+            (Some(server), url)
+        }
+    }
+}
+
 /// Why one attempt to bring up a server failed.
 enum StartError {
     /// Someone else holds the port: worth retrying.
@@ -132,20 +144,7 @@ impl RedisServer {
     ///
     /// Panics with the tail of the server's log if it does not come up.
     pub fn start_with(opts: ServerOptions) -> RedisServer {
-        // Built before anything can fail, so that a panic below drops it and
-        // so removes the temp dir.
-        let mut server = RedisServer {
-            child: None,
-            pid: 0,
-            port: 0,
-            tls_port: 0,
-            dir: make_temp_dir(),
-            opts,
-            sentinel_conf: None,
-            cluster_port: None,
-        };
-        server.start_on_free_port();
-        server
+        Self::launch(opts, None, None)
     }
 
     /// Starts an empty Redis Cluster node (`--cluster-enabled yes`, `nodes.conf` in its dir,
@@ -156,28 +155,18 @@ impl RedisServer {
     ///
     /// Panics with the tail of its log if it does not come up.
     pub fn start_cluster_node(node_timeout: Duration) -> RedisServer {
-        let mut server = RedisServer {
-            child: None,
-            pid: 0,
-            port: 0,
-            tls_port: 0,
-            dir: make_temp_dir(),
-            opts: ServerOptions {
-                extra_args: vec![
-                    "--cluster-enabled".into(),
-                    "yes".into(),
-                    "--cluster-config-file".into(),
-                    "nodes.conf".into(),
-                    "--cluster-node-timeout".into(),
-                    node_timeout.as_millis().to_string(),
-                ],
-                ..Default::default()
-            },
-            sentinel_conf: None,
-            cluster_port: Some(0),
+        let opts = ServerOptions {
+            extra_args: vec![
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                "nodes.conf".into(),
+                "--cluster-node-timeout".into(),
+                node_timeout.as_millis().to_string(),
+            ],
+            ..Default::default()
         };
-        server.start_on_free_port();
-        server
+        Self::launch(opts, None, Some(0))
     }
 
     /// The cluster bus port of a node started by [`Self::start_cluster_node`].
@@ -206,15 +195,30 @@ impl RedisServer {
             opts.down_after.as_millis(),
             opts.failover_timeout.as_millis(),
         );
+        Self::launch(ServerOptions::default(), Some(conf), None)
+    }
+
+    /// A server (a sentinel with `sentinel_conf`, a cluster node with `cluster_port`) in a new
+    /// temp dir, started on a free port.
+    fn launch(
+        opts: ServerOptions,
+        sentinel_conf: Option<String>,
+        cluster_port: Option<u16>,
+    ) -> RedisServer {
+        // Built before anything can fail, so that a panic below drops it and so removes the
+        // temp dir.
         let mut server = RedisServer {
             child: None,
             pid: 0,
             port: 0,
             tls_port: 0,
-            dir: make_temp_dir(),
-            opts: ServerOptions::default(),
-            sentinel_conf: Some(conf),
-            cluster_port: None,
+            dir: tempfile::Builder::new()
+                .prefix("dolos-redis-test-")
+                .tempdir()
+                .unwrap_or_else(|e| panic!("cannot create a temp dir: {e}")),
+            opts,
+            sentinel_conf,
+            cluster_port,
         };
         server.start_on_free_port();
         server
@@ -281,7 +285,7 @@ impl RedisServer {
 
     /// The server's private directory (log, AOF).
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     /// A fresh direct connection with 5 s connect, read and write timeouts.
@@ -374,7 +378,7 @@ impl RedisServer {
     pub fn log_tail(&self, lines: usize) -> String {
         let mut out = String::new();
         for name in [REDIS_LOG, STDOUT_LOG] {
-            let text = fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+            let text = fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
             let all: Vec<&str> = text.lines().collect();
             let tail = &all[all.len().saturating_sub(lines)..];
             out.push_str(&format!("--- {name} (last {} lines) ---\n", tail.len()));
@@ -411,7 +415,7 @@ impl RedisServer {
         panic!(
             "redis-server (port {}, dir {}): {msg}\n{}",
             self.port,
-            self.dir.display(),
+            self.dir.path().display(),
             self.log_tail(40)
         )
     }
@@ -419,14 +423,14 @@ impl RedisServer {
     /// Spawns redis on `self.port` and waits until it is ready; on success
     /// `self.child` and `self.pid` describe the new process.
     fn spawn_and_wait(&mut self) -> Result<(), StartError> {
-        let log_path = self.dir.join(REDIS_LOG);
+        let log_path = self.dir.path().join(REDIS_LOG);
         // Redis appends to its log across restarts; only what this attempt
         // writes tells whether this attempt lost the port.
         let log_offset = fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
         let out = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join(STDOUT_LOG))
+            .open(self.dir.path().join(STDOUT_LOG))
             .map_err(|e| StartError::Fatal(format!("cannot open {STDOUT_LOG}: {e}")))?;
         let err = out
             .try_clone()
@@ -435,7 +439,7 @@ impl RedisServer {
         let mut cmd = Command::new("redis-server");
         if let Some(conf) = &self.sentinel_conf {
             // Written once: across restarts Sentinel keeps what it rewrote into it.
-            let path = self.dir.join(SENTINEL_CONF);
+            let path = self.dir.path().join(SENTINEL_CONF);
             if !path.exists() {
                 fs::write(&path, conf).map_err(|e| {
                     StartError::Fatal(format!("cannot write {}: {e}", path.display()))
@@ -447,7 +451,7 @@ impl RedisServer {
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1"])
             .arg("--dir")
-            .arg(&self.dir)
+            .arg(self.dir.path())
             // No RDB snapshots: they would only slow tests down, and the
             // persistence tests care about the AOF.
             .args(["--save", ""])
@@ -535,8 +539,8 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        // The dir goes when the field drops, after this: once the process is gone.
         self.kill();
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -581,32 +585,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or_else(|e| panic!("cannot find a free port on 127.0.0.1: {e}"))
-}
-
-/// Creates a new, empty directory under the system temp dir, unique across
-/// processes (pid), threads of one process (counter) and runs that recycle a
-/// pid (nanos).
-fn make_temp_dir() -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    loop {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let name = format!(
-            "dolos-redis-test-{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = std::env::temp_dir().join(name);
-        // `create_dir`, not `create_dir_all`: failing on an existing path is
-        // what guarantees the dir is ours alone.
-        match fs::create_dir(&path) {
-            Ok(()) => return path,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => panic!("cannot create temp dir {}: {e}", path.display()),
-        }
-    }
 }
 
 /// The contents of `path` from byte `offset` on (empty if unreadable).

@@ -2,12 +2,15 @@
 //! the mempool grows.
 //!
 //! ```text
-//! cargo run --release --example bench                 # quick: about a minute
-//! cargo run --release --example bench -- --full       # more iterations and longer runs
-//! cargo run --release --example bench -- --sizes 1000,10000 --iters 500 --trials 5
-//! cargo run --release --example bench -- --only calls,scaling --profile
-//! REDIS_URL=redis://127.0.0.1:6379 cargo run --release --example bench
+//! cargo perf                                           # quick: about a minute
+//! cargo perf --full                                    # more iterations and longer runs
+//! cargo perf --sizes 1000,10000 --iters 500 --trials 5
+//! cargo perf --only calls,scaling --profile
+//! REDIS_URL=redis://127.0.0.1:6379 cargo perf
 //! ```
+//!
+//! (`cargo perf` is `cargo run --release -p dolos-redis-harness --bin bench --`, an alias of
+//! `.cargo/config.toml`; `cargo bench` is cargo's own.)
 //!
 //! `--help` lists the options. `--profile` adds a table of the commands each script runs and
 //! their server time (from `INFO commandstats` around every measured call): the first place to
@@ -34,19 +37,24 @@
 //! back afterwards with untimed calls (a rollback `confirm` returns inflight txs to the pending
 //! queue), so every iteration sees the same mempool size.
 
-use dolos_redis_testkit as support;
-#[path = "bench/util.rs"]
+mod options;
+mod report;
 mod util;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use dolos_redis::{ChainPoint, Config, ConfirmOutcome, MempoolTxStage, RedisMempool, TxHash};
+use dolos_redis_harness::cli;
+use dolos_redis_testkit::monitor::Monitor;
+use dolos_redis_testkit::{self as support, Rng};
 
-use support::monitor::Monitor;
-use util::{check, human_count, ms, times, us, Rng, Samples};
+use options::Opts;
+use report::{Memory, Results, RoundTrips, Scaling, Takeover, Throughput};
+use util::{human_count, median, Samples};
 
 /// Transactions per batch call (`mark_inflight`, `mark_acknowledged`, `confirm`'s seen list).
 const BATCH: usize = 50;
@@ -61,128 +69,6 @@ const BATCH_SHARE: usize = 4;
 const ROUND: usize = 100;
 /// The watcher lock TTL of the takeover trials (what the targets assume).
 const TAKEOVER_TTL: Duration = Duration::from_secs(1);
-
-// ---------------------------------------------------------------------------------------------
-// Options
-
-struct Opts {
-    mode: &'static str,
-    iters: usize,
-    sizes: Vec<usize>,
-    trials: usize,
-    throughput: Duration,
-    /// Alternating runs the throughput time is split into.
-    tput_rounds: u32,
-    counted: usize,
-    server_iters: usize,
-    memory_txs: usize,
-    sequential_takeover: bool,
-    /// Break the server time of each call down by the commands its script runs.
-    profile: bool,
-    /// Phases to run (`None`: all).
-    only: Option<Vec<String>>,
-}
-
-const PHASES: [&str; 5] = ["memory", "calls", "throughput", "scaling", "takeover"];
-
-const USAGE: &str = "\
-usage: cargo run --release --example bench -- [options]
-
-  --quick             default: sizes 1k,10k,100k, 2000 iterations per call, about a minute
-  --full              10000 iterations per call, 5 s throughput runs, 100 monitored calls
-  --sizes A,B,...     mempool sizes for the scaling table (default 1000,10000,100000)
-  --iters N           timed iterations per call (per size in the scaling table)
-  --trials N          takeover trials of each kind (default 20)
-  --sequential-takeover
-                      run crash trials one after the other (default: staggered in parallel)
-  --only P,...        run only these phases: memory, calls, throughput, scaling, takeover
-  --profile           break each call's server time down by the commands its script runs
-                      (CONFIG RESETSTAT + INFO commandstats around every measured call)
-  -h, --help          this text
-
-Set REDIS_URL to use a running server instead of starting one.";
-
-impl Opts {
-    fn parse() -> Result<Opts, String> {
-        let mut opts = Opts {
-            mode: "quick",
-            iters: 2000,
-            sizes: vec![1_000, 10_000, 100_000],
-            trials: 20,
-            throughput: Duration::from_millis(1500),
-            tput_rounds: 6,
-            counted: 20,
-            server_iters: 300,
-            memory_txs: 10_000,
-            sequential_takeover: false,
-            profile: false,
-            only: None,
-        };
-        let mut iters = None;
-        let mut args = std::env::args().skip(1);
-        let number = |flag: &str, v: Option<String>| -> Result<usize, String> {
-            let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
-            v.replace('_', "")
-                .parse::<usize>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("{flag}: {v:?} is not a positive number"))
-        };
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--quick" => opts.mode = "quick",
-                "--full" => {
-                    opts.mode = "full";
-                    opts.iters = 10_000;
-                    opts.throughput = Duration::from_secs(5);
-                    opts.tput_rounds = 10;
-                    opts.counted = 100;
-                    opts.server_iters = 2000;
-                }
-                "--iters" => iters = Some(number("--iters", args.next())?),
-                "--trials" => opts.trials = number("--trials", args.next())?,
-                "--sizes" => {
-                    let v = args.next().ok_or("--sizes needs a value")?;
-                    let mut sizes = v
-                        .split(',')
-                        .map(|s| number("--sizes", Some(s.trim().to_string())))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    sizes.sort_unstable();
-                    sizes.dedup();
-                    if sizes.iter().any(|&s| s < 2 * BATCH) {
-                        return Err(format!(
-                            "--sizes: every size must be at least {}",
-                            2 * BATCH
-                        ));
-                    }
-                    opts.sizes = sizes;
-                }
-                "--sequential-takeover" => opts.sequential_takeover = true,
-                "--profile" => opts.profile = true,
-                "--only" => {
-                    let v = args.next().ok_or("--only needs a value")?;
-                    let phases: Vec<String> = v.split(',').map(|p| p.trim().to_string()).collect();
-                    if let Some(bad) = phases.iter().find(|p| !PHASES.contains(&p.as_str())) {
-                        return Err(format!("--only: unknown phase {bad:?}"));
-                    }
-                    opts.only = Some(phases);
-                }
-                "-h" | "--help" => return Err(String::new()),
-                other => return Err(format!("unknown option {other:?}")),
-            }
-        }
-        if let Some(n) = iters {
-            opts.iters = n;
-        }
-        Ok(opts)
-    }
-
-    fn runs(&self, phase: &str) -> bool {
-        self.only
-            .as_ref()
-            .is_none_or(|only| only.iter().any(|p| p == phase))
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The calls
@@ -600,73 +486,6 @@ impl Workload {
             });
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Results
-
-struct RoundTrips {
-    /// Top-level commands from the pool per measured call.
-    per_call: Vec<usize>,
-    /// Names of those commands.
-    names: BTreeSet<String>,
-    /// Commands run inside the script (`[0 lua]` lines), per call on average.
-    inner: f64,
-}
-
-impl RoundTrips {
-    fn exactly_one(&self) -> bool {
-        !self.per_call.is_empty() && self.per_call.iter().all(|&n| n == 1)
-    }
-
-    fn cell(&self) -> String {
-        let min = self.per_call.iter().min().copied().unwrap_or(0);
-        let max = self.per_call.iter().max().copied().unwrap_or(0);
-        let names = self.names.iter().cloned().collect::<Vec<_>>().join(", ");
-        if min == max {
-            format!("{min} ({names})")
-        } else {
-            let avg = self.per_call.iter().sum::<usize>() as f64 / self.per_call.len() as f64;
-            format!("{avg:.2} ({min}–{max}; {names})")
-        }
-    }
-}
-
-struct Throughput {
-    set1: f64,
-    recv1: f64,
-    set8: f64,
-    recv8: f64,
-}
-
-struct Memory {
-    pending: f64,
-    inflight: f64,
-    finalized: f64,
-    /// Key (without the prefix) → bytes per tx (`MEMORY USAGE`) when the txs are pending,
-    /// inflight, finalized.
-    by_key: BTreeMap<String, [f64; 3]>,
-}
-
-struct Scaling {
-    sizes: Vec<usize>,
-    fill: Vec<Duration>,
-    /// Per size, per call.
-    samples: Vec<HashMap<Call, Samples>>,
-    /// Per size, per call: the median over rounds of (this size's median in the round / the
-    /// smallest size's median in the same round).
-    ratios: Vec<HashMap<Call, f64>>,
-    /// Server time (SLOWLOG), per size, per call; empty if the server refused.
-    server: Vec<HashMap<Call, Samples>>,
-}
-
-struct Takeover {
-    /// ms after the dead watcher's lock expired (estimated from its PTTL, ±1 ms).
-    crash: Vec<f64>,
-    /// ms after the abandon call returned, for context.
-    crash_since_abandon: Vec<f64>,
-    /// ms after `shutdown` was called.
-    graceful: Vec<f64>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1318,501 +1137,6 @@ fn graceful_trial(url: &str, root: &str, k: usize) -> f64 {
     out
 }
 
-// ---------------------------------------------------------------------------------------------
-// Report
-
-fn sorted(v: &[f64]) -> Vec<f64> {
-    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v
-}
-
-fn median(v: &[f64]) -> f64 {
-    let v = sorted(v);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    // Lower median for even counts, like `Samples::median`.
-    v[(v.len() - 1) / 2]
-}
-
-/// What the phases measured; a phase left out with `--only` leaves its field empty.
-#[derive(Default)]
-struct Results {
-    machine: Vec<(String, String)>,
-    memory: Option<Memory>,
-    round_trips: Option<HashMap<Call, RoundTrips>>,
-    server_time: Option<HashMap<Call, Samples>>,
-    latency: Option<HashMap<Call, Samples>>,
-    throughput: Option<Throughput>,
-    scaling: Option<Scaling>,
-    takeover: Option<Takeover>,
-    profiles: Vec<(String, Call, usize, util::CommandStats)>,
-}
-
-struct Report {
-    lines: Vec<String>,
-    targets: Vec<(String, String, bool)>,
-}
-
-impl Report {
-    fn line(&mut self, s: impl Into<String>) {
-        self.lines.push(s.into());
-    }
-
-    fn target(&mut self, what: impl Into<String>, measured: impl Into<String>, ok: bool) {
-        self.targets.push((what.into(), measured.into(), ok));
-    }
-
-    fn machine(&mut self, res: &Results, opts: &Opts, elapsed: Duration) {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let command = if args.is_empty() {
-            "cargo run --release --example bench".to_string()
-        } else {
-            format!("cargo run --release --example bench -- {}", args.join(" "))
-        };
-        self.line("### Machine");
-        self.line("");
-        self.line("| | |");
-        self.line("|---|---|");
-        for (k, v) in &res.machine {
-            self.line(format!("| {k} | {v} |"));
-        }
-        self.line(format!(
-            "| load average at end | {} |",
-            util::load_average()
-        ));
-        self.line(format!(
-            "| command | `{command}` ({} mode, {:.0} s) |",
-            opts.mode,
-            elapsed.as_secs_f64()
-        ));
-        self.line("");
-    }
-
-    fn per_call(&mut self, res: &Results, opts: &Opts) {
-        let (Some(rt), Some(lat)) = (&res.round_trips, &res.latency) else {
-            return;
-        };
-        let set = lat.get(&Call::Set).cloned().unwrap_or_default();
-        self.line(format!(
-            "### Per call (one thread; 1000 pending, 1000 inflight; {} timed calls each, {} of \
-             the batch calls; {} counted with MONITOR)",
-            set.len(),
-            Call::Confirm.share(set.len()),
-            opts.counted
-        ));
-        self.line("");
-        self.line(
-            "| call | round trips (commands) | commands inside the script | median µs | p99 µs \
-             | server µs (median) | median / SET |",
-        );
-        self.line("|---|---|---:|---:|---:|---:|---:|");
-        for call in std::iter::once(Call::Set).chain(API_CALLS) {
-            let s = lat.get(&call).cloned().unwrap_or_default();
-            let round = rt.get(&call);
-            let server = res
-                .server_time
-                .as_ref()
-                .and_then(|m| m.get(&call))
-                .map(|s| us(s.median()))
-                .unwrap_or_else(|| "–".into());
-            self.line(format!(
-                "| {} | {} | {} | {} | {} | {} | {:.2}× |",
-                call.label(),
-                round.map(RoundTrips::cell).unwrap_or_else(|| "–".into()),
-                round
-                    .map(|x| format!("{:.0}", x.inner))
-                    .unwrap_or_else(|| "–".into()),
-                us(s.median()),
-                us(s.p99()),
-                server,
-                s.median().as_secs_f64() / set.median().as_secs_f64()
-            ));
-        }
-        self.line("");
-        self.line(
-            "Round trips: top-level commands the server received from the pool's connections \
-             during the call (MONITOR; `[0 lua]` lines are the commands the script ran, shown \
-             in the next column; the lease thread has its own connection and is not counted). \
-             Server µs: execution time of the call in SLOWLOG (threshold 0, on only in chunks \
-             between the latency rounds).",
-        );
-        self.line("");
-        let bad: Vec<&str> = API_CALLS
-            .iter()
-            .filter(|c| !rt.get(c).is_some_and(RoundTrips::exactly_one))
-            .map(|c| c.label())
-            .collect();
-        self.target(
-            "exactly 1 round trip per call",
-            if bad.is_empty() {
-                "1 for every call".to_string()
-            } else {
-                format!("not 1: {}", bad.join(", "))
-            },
-            bad.is_empty(),
-        );
-    }
-
-    fn limit(&mut self, res: &Results, opts: &Opts) {
-        let Some(tput) = &res.throughput else {
-            return;
-        };
-        let lat = res.latency.clone().unwrap_or_default();
-        let set = lat.get(&Call::Set).cloned().unwrap_or_default();
-        let recv = lat.get(&Call::Receive).cloned().unwrap_or_default();
-        let server = |call| {
-            res.server_time
-                .as_ref()
-                .and_then(|m: &HashMap<Call, Samples>| m.get(&call))
-                .map(|s| us(s.median()))
-                .unwrap_or_else(|| "–".into())
-        };
-        let lat_ratio = recv.median().as_secs_f64() / set.median().as_secs_f64();
-        let tput_ratio = tput.recv8 / tput.set8;
-        self.line("### Against the limit: a plain `SET` through the same pool");
-        self.line("");
-        self.line(format!(
-            "| | median µs (1 thread) | p99 µs | server µs | calls/s, 1 thread | calls/s, \
-             {THREADS} threads |"
-        ));
-        self.line("|---|---:|---:|---:|---:|---:|");
-        self.line(format!(
-            "| `SET` 300 B | {} | {} | {} | {:.0} | {:.0} |",
-            us(set.median()),
-            us(set.p99()),
-            server(Call::Set),
-            tput.set1,
-            tput.set8
-        ));
-        self.line(format!(
-            "| `receive` 300 B | {} | {} | {} | {:.0} | {:.0} |",
-            us(recv.median()),
-            us(recv.p99()),
-            server(Call::Receive),
-            tput.recv1,
-            tput.recv8
-        ));
-        self.line(format!(
-            "| `receive` / `SET` | **{}** | {} | | {} | **{}** |",
-            times(lat_ratio),
-            times(recv.p99().as_secs_f64() / set.p99().as_secs_f64()),
-            times(tput.recv1 / tput.set1),
-            times(tput_ratio)
-        ));
-        self.line("");
-        self.line(format!(
-            "Latency: `receive` and `SET` alternate call by call. Throughput: {THREADS} threads \
-             share one `RedisMempool` (clones) with `pool_size({POOL})`; each figure is the \
-             total of {} alternating runs of {:.2} s.",
-            opts.tput_rounds,
-            opts.throughput.as_secs_f64() / opts.tput_rounds as f64
-        ));
-        self.line("");
-        if res.latency.is_some() {
-            self.target(
-                "`receive` latency ≤ 1.3× `SET`",
-                format!(
-                    "{:.2}× ({} vs {} µs)",
-                    lat_ratio,
-                    us(recv.median()),
-                    us(set.median())
-                ),
-                lat_ratio <= 1.3,
-            );
-        }
-        self.target(
-            format!("{THREADS}-thread `receive` throughput ≥ 0.7× `SET`"),
-            format!(
-                "{:.2}× ({:.0} vs {:.0} /s)",
-                tput_ratio, tput.recv8, tput.set8
-            ),
-            tput_ratio >= 0.7,
-        );
-    }
-
-    fn scaling(&mut self, res: &Results, opts: &Opts) {
-        let Some(scaling) = &res.scaling else {
-            return;
-        };
-        let sizes = &scaling.sizes;
-        let (first, last) = (human_count(sizes[0]), human_count(sizes[sizes.len() - 1]));
-        self.line(format!(
-            "### Scaling (median µs, one thread; {} calls per size, {} of the batch calls; ratio \
-             to {first}, paired by round)",
-            opts.iters,
-            Call::Confirm.share(opts.iters)
-        ));
-        self.line("");
-        let mut head = "| call |".to_string();
-        let mut rule = "|---|".to_string();
-        for &n in sizes {
-            head.push_str(&format!(" {} |", human_count(n)));
-            rule.push_str("---:|");
-        }
-        head.push_str(" worst ratio | target | server µs at each size |");
-        rule.push_str("---:|---|---:|");
-        self.line(head);
-        self.line(rule);
-        for (call, what) in [
-            (Call::Receive, "pending"),
-            (Call::MarkInflight, "pending"),
-            (Call::StatusPending, "pending"),
-            (Call::Confirm, "inflight"),
-            (Call::RollbackTo1, "inflight"),
-            (Call::RollbackTo10, "inflight"),
-        ] {
-            let medians: Vec<f64> = scaling
-                .samples
-                .iter()
-                .map(|m| {
-                    m.get(&call)
-                        .map(|s| s.median().as_secs_f64())
-                        .unwrap_or(0.0)
-                })
-                .collect();
-            let mut row = format!("| {} at N {what} |", call.label());
-            let mut worst: f64 = 1.0;
-            for (i, m) in medians.iter().enumerate() {
-                let ratio = scaling.ratios[i].get(&call).copied().unwrap_or(f64::NAN);
-                worst = worst.max(ratio);
-                if i == 0 {
-                    row.push_str(&format!(" {:.1} |", m * 1e6));
-                } else {
-                    row.push_str(&format!(" {:.1} ({ratio:.2}×) |", m * 1e6));
-                }
-            }
-            let ok = worst <= 1.3;
-            let server: Vec<String> = scaling
-                .server
-                .iter()
-                .map(|m| m.get(&call).map(|s| us(s.median())).unwrap_or("–".into()))
-                .collect();
-            row.push_str(&format!(
-                " {worst:.2}× | ≤ 1.3× {} | {} |",
-                check(ok),
-                server.join(" / ")
-            ));
-            self.line(row);
-            self.target(
-                format!("{} flat from {first} to {last} {what}", call.label()),
-                format!("{worst:.2}×"),
-                ok,
-            );
-        }
-        self.line("");
-        let fills: Vec<String> = sizes
-            .iter()
-            .zip(&scaling.fill)
-            .map(|(n, d)| {
-                format!(
-                    "{} in {:.1} s ({:.0}/s)",
-                    human_count(*n),
-                    d.as_secs_f64(),
-                    *n as f64 / d.as_secs_f64()
-                )
-            })
-            .collect();
-        self.line(format!(
-            "All sizes are live at once and measured in alternating rounds; a ratio is the \
-             median over rounds of (this size's median / the smallest size's median in the same \
-             round), so load that comes and goes between rounds cancels out. Filled through \
-             `receive` with {THREADS} threads: {}. `receive` and `mark_inflight` keep the size \
-             steady (what they add or move is retired or rolled back, untimed); `confirm` \
-             applies a new block whose 50 txs are inflight, then the block is rolled back \
-             (untimed).",
-            fills.join(", ")
-        ));
-        self.line("");
-    }
-
-    fn memory(&mut self, res: &Results, opts: &Opts) {
-        let Some(memory) = &res.memory else {
-            return;
-        };
-        self.line(format!(
-            "### Redis memory per tracked tx beyond its {} B payload (`INFO memory` delta over \
-             {} txs)",
-            util::PAYLOAD_LEN,
-            human_count(opts.memory_txs)
-        ));
-        self.line("");
-        self.line("| | pending | inflight | in the finalized log |");
-        self.line("|---|---:|---:|---:|");
-        self.line(format!(
-            "| **used_memory delta − payload** | **{:.0} B** | **{:.0} B** | **{:.0} B** |",
-            memory.pending, memory.inflight, memory.finalized
-        ));
-        for (key, [p, i, f]) in &memory.by_key {
-            if p.abs() < 0.5 && i.abs() < 0.5 && f.abs() < 0.5 {
-                continue;
-            }
-            self.line(format!(
-                "| `MEMORY USAGE` of `P:{key}` | {p:.0} B | {i:.0} B | {f:.0} B |"
-            ));
-        }
-        self.line("");
-        self.line(
-            "Per-key figures are `MEMORY USAGE … SAMPLES 0` per tx and include the payload where \
-             the key holds it (`txs`, `log`); the event stream grows with every transition \
-             until it reaches its configured length.",
-        );
-        self.line("");
-    }
-
-    fn takeover(&mut self, res: &Results, opts: &Opts) {
-        let Some(takeover) = &res.takeover else {
-            return;
-        };
-        let stats = |v: &[f64]| -> (f64, f64, f64) {
-            let s = sorted(v);
-            (
-                s.first().copied().unwrap_or(f64::NAN),
-                median(v),
-                s.last().copied().unwrap_or(f64::NAN),
-            )
-        };
-        let (cmin, cmed, cmax) = stats(&takeover.crash);
-        let (amin, amed, amax) = stats(&takeover.crash_since_abandon);
-        let (gmin, gmed, gmax) = stats(&takeover.graceful);
-        self.line(format!(
-            "### Watcher takeover ({} trials each, TTL {} s, 2 nodes, ms)",
-            opts.trials,
-            TAKEOVER_TTL.as_secs()
-        ));
-        self.line("");
-        self.line("| | min | median | max | target |");
-        self.line("|---|---:|---:|---:|---|");
-        let crash_ok = cmed <= 20.0 && cmax <= 100.0;
-        let graceful_ok = gmed <= 20.0 && gmax <= 100.0;
-        self.line(format!(
-            "| crash (`abandon`), after the lock expired | {} | {} | {} | median ≤ 20, max ≤ \
-             100 {} |",
-            ms(cmin),
-            ms(cmed),
-            ms(cmax),
-            check(crash_ok)
-        ));
-        self.line(format!(
-            "| crash, after the watcher died | {} | {} | {} | ≤ TTL + 100 {} |",
-            ms(amin),
-            ms(amed),
-            ms(amax),
-            check(amax <= TAKEOVER_TTL.as_secs_f64() * 1e3 + 100.0)
-        ));
-        self.line(format!(
-            "| graceful (`shutdown`), after the call | {} | {} | {} | median ≤ 20, max ≤ 100 \
-             {} |",
-            ms(gmin),
-            ms(gmed),
-            ms(gmax),
-            check(graceful_ok)
-        ));
-        self.line("");
-        self.line(format!(
-            "Takeover is the moment the follower's `is_watcher()` turns true. The expiry of \
-             the dead watcher's lock is estimated from its PTTL read right after the crash \
-             (±1 ms). Crash trials {}.",
-            if opts.sequential_takeover {
-                "ran one after the other"
-            } else {
-                "ran staggered 130 ms apart, each with its own prefix"
-            }
-        ));
-        self.line("");
-        self.target(
-            "takeover after a crash: median ≤ 20 ms after expiry, max ≤ 100 ms",
-            format!("median {} ms, max {} ms", ms(cmed), ms(cmax)),
-            crash_ok,
-        );
-        self.target(
-            "takeover after `shutdown`: median ≤ 20 ms, max ≤ 100 ms",
-            format!("median {} ms, max {} ms", ms(gmed), ms(gmax)),
-            graceful_ok,
-        );
-    }
-}
-
-impl Report {
-    fn profiles(&mut self, res: &Results) {
-        if res.profiles.is_empty() {
-            return;
-        }
-        self.line("### Where the server time goes (`--profile`)");
-        self.line("");
-        self.line(
-            "Per measured call: the commands its script ran (`INFO commandstats`), as count × \
-             and total µs; the rest of the server time is Lua itself and the call's setup.",
-        );
-        self.line("");
-        self.line(
-            "| call | where | script total µs | inner commands (count, µs), most costly first |",
-        );
-        self.line("|---|---|---:|---|");
-        for (label, call, n, stats) in &res.profiles {
-            let n = (*n).max(1) as f64;
-            let mut inner: Vec<(&String, &(u64, u64))> = stats
-                .iter()
-                .filter(|(name, _)| !matches!(name.as_str(), "evalsha" | "eval" | "set"))
-                // Less than once per call: another node's lease traffic, not this call.
-                .filter(|(_, (calls, _))| *calls as f64 / n >= 0.5)
-                .collect();
-            inner.sort_by_key(|entry| std::cmp::Reverse(entry.1 .1));
-            let top = inner
-                .iter()
-                .map(|(name, (calls, usec))| {
-                    format!(
-                        "{} {:.0}× {:.1}",
-                        name.to_uppercase(),
-                        *calls as f64 / n,
-                        *usec as f64 / n
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            let total = stats
-                .iter()
-                .filter(|(name, _)| matches!(name.as_str(), "evalsha" | "eval" | "set"))
-                .map(|(_, (_, usec))| *usec)
-                .sum::<u64>() as f64
-                / n;
-            let inner_sum = inner.iter().map(|(_, (_, u))| *u).sum::<u64>() as f64 / n;
-            self.line(format!(
-                "| {} | {label} | {total:.1} (inner {inner_sum:.1}) | {top} |",
-                call.label()
-            ));
-        }
-        self.line("");
-    }
-}
-
-fn report(res: &Results, opts: &Opts, elapsed: Duration) -> String {
-    let mut r = Report {
-        lines: Vec::new(),
-        targets: Vec::new(),
-    };
-    r.machine(res, opts, elapsed);
-    r.per_call(res, opts);
-    r.limit(res, opts);
-    r.scaling(res, opts);
-    r.memory(res, opts);
-    r.takeover(res, opts);
-    r.profiles(res);
-    // Targets first, then the details.
-    let mut out = vec!["### Targets".to_string(), String::new()];
-    out.push("| target | measured | |".into());
-    out.push("|---|---|---|".into());
-    for (what, measured, ok) in &r.targets {
-        out.push(format!("| {what} | {measured} | {} |", check(*ok)));
-    }
-    out.push(String::new());
-    out.extend(r.lines);
-    out.join("\n")
-}
-
-// ---------------------------------------------------------------------------------------------
-
 /// The URL without its password, for printing.
 fn redact(url: &str) -> String {
     match (url.split_once("://"), url.rfind('@')) {
@@ -1823,26 +1147,14 @@ fn redact(url: &str) -> String {
     }
 }
 
-fn main() {
-    let opts = match Opts::parse() {
-        Ok(opts) => opts,
-        Err(msg) => {
-            if !msg.is_empty() {
-                eprintln!("error: {msg}\n");
-            }
-            eprintln!("{USAGE}");
-            std::process::exit(if msg.is_empty() { 0 } else { 2 });
-        }
+fn main() -> ExitCode {
+    let opts = match Opts::parse(cli::args()) {
+        Ok(Some(opts)) => opts,
+        Ok(None) => return cli::help(options::USAGE),
+        Err(e) => return cli::usage_error(options::USAGE, e),
     };
     let started = *STARTED.get_or_init(Instant::now);
-    let (server, url) = match std::env::var("REDIS_URL") {
-        Ok(url) => (None, url),
-        Err(_) => {
-            let server = support::RedisServer::start();
-            let url = server.url();
-            (Some(server), url)
-        }
-    };
+    let (server, url) = support::server::from_env();
     let private = if server.is_some() {
         " (private server)"
     } else {
@@ -1903,7 +1215,8 @@ fn main() {
     }
 
     res.profiles = std::mem::take(&mut bench.profiles);
-    println!("{}", report(&res, &bench.opts, started.elapsed()));
+    println!("{}", report::report(&res, &bench.opts, started.elapsed()));
     progress("done");
     drop(server);
+    ExitCode::SUCCESS
 }

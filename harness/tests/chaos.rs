@@ -1,4 +1,4 @@
-//! The chaos run (`examples/chaos.rs`) in CI: three node processes, a simulated chain that
+//! The chaos run (`cargo chaos`) in CI: three node processes, a simulated chain that
 //! forks now and then and a fault proxy per node on a persistent Redis, with kill -9, SIGSTOP,
 //! partitions, Redis restarts, a hand-made `DEL` of the lock and a full Redis injected at random
 //! for a short while (every kind at least once), then every invariant checked. About 30 s.
@@ -6,11 +6,10 @@
 //! `DOLOS_REDIS_SOAK_SECS=<n>` runs a soak of `n` seconds of faults instead (quiet, only the
 //! summary is printed); `DOLOS_REDIS_CHAOS_SEED=<n>` replays a seed.
 //!
-//! The run spawns its nodes from its own executable, so this test runs the built example, which
-//! `cargo test` puts in `target/<profile>/examples/`, next to this test's `deps/` directory (only
-//! with the `serde` feature, hence the `cfg`; CI runs `cargo test --all-features`).
+//! The run spawns its nodes from its own executable, so this test runs the built binary (which
+//! cargo builds before the test) rather than calling into it.
 
-#![cfg(all(unix, feature = "serde"))]
+#![cfg(unix)]
 
 use dolos_redis_testkit as support;
 
@@ -41,7 +40,6 @@ fn fault_count(out: &str, row: &str) -> usize {
 
 #[test]
 fn chaos_run_keeps_every_invariant() {
-    let binary = support::example::example_binary("chaos");
     let soak: Option<u64> = std::env::var("DOLOS_REDIS_SOAK_SECS").ok().map(|v| {
         v.parse()
             .expect("DOLOS_REDIS_SOAK_SECS must be a number of seconds")
@@ -49,7 +47,7 @@ fn chaos_run_keeps_every_invariant() {
     let secs = soak.unwrap_or(CI_SECS);
     // A hang guard, far above the expected time (secs + about 10 s).
     let timeout = Duration::from_secs(secs + 120);
-    let mut cmd = Command::new(&binary);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chaos"));
     cmd.args(["--secs", &secs.to_string(), "--ttl-ms", "1000"])
         .args(["--takeover-slack-ms", &TAKEOVER_SLACK_MS.to_string()])
         .args(["--sched-ms", &SCHED_MS.to_string()]);
@@ -59,7 +57,7 @@ fn chaos_run_keeps_every_invariant() {
     if let Ok(seed) = std::env::var("DOLOS_REDIS_CHAOS_SEED") {
         cmd.args(["--seed", &seed]);
     }
-    let run = support::example::run(&mut cmd, timeout, "reproduce: ");
+    let run = support::child::run(&mut cmd, timeout, "reproduce: ");
     let out = run.output;
     let status = run.status.unwrap_or_else(|| {
         panic!("the chaos run did not finish within {timeout:?}; output so far:\n{out}")

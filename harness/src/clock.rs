@@ -21,7 +21,7 @@ pub fn mono_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Elsewhere the run refuses to start (see `main`); this only keeps the code compiling.
+/// Elsewhere the chaos run refuses to start (see its `main`); this only keeps the code compiling.
 #[cfg(not(unix))]
 pub fn mono_ns() -> u64 {
     use std::sync::OnceLock;

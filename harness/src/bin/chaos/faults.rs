@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::node_loop::Rng;
+use dolos_redis_testkit::Rng;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -101,7 +101,7 @@ impl Schedule {
     }
 
     pub fn below(&mut self, n: usize) -> usize {
-        (self.rng.next_u64() % n.max(1) as u64) as usize
+        self.rng.below(n as u64) as usize
     }
 
     pub fn chance(&mut self, percent: u64) -> bool {

@@ -3,10 +3,13 @@
 //! watchers at once.
 //!
 //! ```text
-//! cargo run --release --example chaos                                # 60 s of faults
-//! cargo run --release --example chaos -- --seed 42 --secs 20 --ttl-ms 1000
-//! cargo run --release --example chaos -- --secs 3600 --quiet         # a soak
+//! cargo chaos                                          # 60 s of faults
+//! cargo chaos --seed 42 --secs 20 --ttl-ms 1000
+//! cargo chaos --secs 3600 --quiet                      # a soak
 //! ```
+//!
+//! (`cargo chaos` is `cargo run --release -p dolos-redis-harness --bin chaos --`, an alias of
+//! `.cargo/config.toml`.)
 //!
 //! Options: `--seed N` (decimal or 0x-hex; printed first, replays the same fault schedule),
 //! `--secs S` (how long to inject faults, default 60, or `DOLOS_REDIS_SOAK_SECS`), `--ttl-ms T`
@@ -18,7 +21,7 @@
 //! Set-up: a private `redis-server` with `appendonly yes` + `appendfsync always` and
 //! `maxmemory` [`MAXMEMORY`] under `noeviction`, a TCP fault
 //! proxy per node, three node processes (this executable run as `chaos node <config.toml>`,
-//! the node of `examples/node.rs`: it submits a tx every 250 ms, propagates, acknowledges, keeps
+//! the node of `dolos_redis_harness::node`: it submits a tx every 250 ms, propagates, acknowledges, keeps
 //! its own chain, applies it as the watcher and reconciles on every takeover), a simulated
 //! chain (a block every 500–1000 ms from the inflight txs, written to every node, and in one
 //! interval out of ten a fork instead: 1–3 blocks rolled back and replaced by one more, the
@@ -54,50 +57,26 @@
 //! measured takeovers and a table of invariants — among them that the applied chain is the
 //! final chain and that the shared state is what one node fed the final chain would hold — and
 //! exits non-zero if one fails. How each invariant is judged is written next to
-//! its check in `examples/chaos/check.rs`.
+//! its check in `check.rs`.
 
-use std::error::Error;
-use std::path::{Path, PathBuf};
+mod check;
+mod faults;
+
+use std::ffi::OsString;
 use std::process::ExitCode;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use dolos_redis::{Config, RedisMempool};
-
-static START: OnceLock<Instant> = OnceLock::new();
-
-fn elapsed() -> f64 {
-    START.get_or_init(Instant::now).elapsed().as_secs_f64()
-}
-
-/// One timeline line, stamped with the time since the run started.
-macro_rules! say {
-    ($($arg:tt)*) => {
-        println!("[{:>7.2}s] {}", $crate::elapsed(), format_args!($($arg)*))
-    };
-}
-
-#[path = "demo/chain.rs"]
-mod chain;
-#[path = "chaos/check.rs"]
-mod check;
-#[path = "chaos/clock.rs"]
-mod clock;
-#[path = "demo/cluster.rs"]
-mod cluster;
-#[path = "chaos/faults.rs"]
-mod faults;
-#[path = "demo/ledger.rs"]
-mod ledger;
-#[path = "node/node_loop.rs"]
-mod node_loop;
+use dolos_redis_harness::chain::{Chain, Pace, MAX_FORK_DEPTH};
+use dolos_redis_harness::clock::{self, mono_ns, ms_between, ns, Signal};
+use dolos_redis_harness::cluster::{Flag, Node};
+use dolos_redis_harness::ledger::Ledger;
+use dolos_redis_harness::node_config::{self, NodeFile};
+use dolos_redis_harness::timeline::elapsed;
+use dolos_redis_harness::{cli, say, timeline};
 use dolos_redis_testkit as support;
 
-use chain::{Chain, Pace, MAX_FORK_DEPTH};
-use clock::{mono_ns, ms_between, ns, Signal};
-use cluster::{Flag, Node};
 use faults::{Fault, Kind, Schedule, Takeover};
-use ledger::Ledger;
 
 const NODE_NAMES: [&str; 3] = ["n1", "n2", "n3"];
 const FINALIZE: u32 = 4;
@@ -136,8 +115,24 @@ pub struct Options {
     pub sched: Duration,
 }
 
+const USAGE: &str = "\
+usage: cargo chaos [--seed N] [--secs S] [--ttl-ms T] [--quiet] [--takeover-slack-ms M]
+                   [--sched-ms M]
+
+  --seed N                 the fault schedule's seed, decimal or 0x-hex (default: from the
+                           clock; printed first, and replays the same schedule)
+  --secs S                 how long to inject faults (default 60, or $DOLOS_REDIS_SOAK_SECS)
+  --ttl-ms T               the watcher lock TTL (default 1000, at least 300)
+  --quiet                  do not echo the nodes' output
+  --takeover-slack-ms M    added to the strict takeover bounds before they fail the run
+                           (default 0; the CI test passes 1000)
+  --sched-ms M             scheduling allowance in the watcher overlap margin (default 50)
+  -h, --help               this text";
+
 impl Options {
-    fn parse(args: &[String]) -> Result<Options, String> {
+    /// `None` for `--help`.
+    fn parse(args: Vec<OsString>) -> Result<Option<Options>, lexopt::Error> {
+        use lexopt::prelude::*;
         let mut opts = Options {
             seed: default_seed(),
             secs: match std::env::var("DOLOS_REDIS_SOAK_SECS") {
@@ -151,36 +146,32 @@ impl Options {
             slack: Duration::ZERO,
             sched: Duration::from_millis(50),
         };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            if flag == "--quiet" {
-                opts.quiet = true;
-                continue;
-            }
-            let value = it
-                .next()
-                .ok_or_else(|| format!("{flag} needs a value"))?
-                .as_str();
-            let number = || parse_u64(value).ok_or_else(|| format!("{flag}: bad number {value:?}"));
-            match flag.as_str() {
-                "--seed" => opts.seed = number()?,
-                "--secs" => opts.secs = number()?,
-                "--ttl-ms" => opts.ttl = Duration::from_millis(number()?),
-                "--takeover-slack-ms" => opts.slack = Duration::from_millis(number()?),
-                "--sched-ms" => opts.sched = Duration::from_millis(number()?),
-                _ => return Err(format!("unknown option {flag:?}")),
+        let mut parser = lexopt::Parser::from_args(args);
+        let number = |parser: &mut lexopt::Parser, option| cli::value(parser, option, parse_u64);
+        let ms =
+            |parser: &mut lexopt::Parser, option| number(parser, option).map(Duration::from_millis);
+        while let Some(arg) = parser.next()? {
+            match arg {
+                Long("seed") => opts.seed = number(&mut parser, "seed")?,
+                Long("secs") => opts.secs = number(&mut parser, "secs")?,
+                Long("ttl-ms") => opts.ttl = ms(&mut parser, "ttl-ms")?,
+                Long("takeover-slack-ms") => opts.slack = ms(&mut parser, "takeover-slack-ms")?,
+                Long("sched-ms") => opts.sched = ms(&mut parser, "sched-ms")?,
+                Long("quiet") => opts.quiet = true,
+                Short('h') | Long("help") => return Ok(None),
+                _ => return Err(arg.unexpected()),
             }
         }
         if opts.ttl < Duration::from_millis(300) {
             return Err("--ttl-ms must be at least 300: node timeouts are a fraction of it".into());
         }
-        Ok(opts)
+        Ok(Some(opts))
     }
 
     /// The command that replays this run's fault schedule.
     pub fn reproduce(&self) -> String {
         let mut cmd = format!(
-            "cargo run --release --example chaos -- --seed {} --secs {} --ttl-ms {}",
+            "cargo chaos --seed {} --secs {} --ttl-ms {}",
             self.seed,
             self.secs,
             self.ttl.as_millis()
@@ -205,10 +196,11 @@ impl Options {
     }
 }
 
-fn parse_u64(s: &str) -> Option<u64> {
+/// Decimal, or hex after `0x`.
+fn parse_u64(s: &str) -> Result<u64, std::num::ParseIntError> {
     match s.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => s.parse().ok(),
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
     }
 }
 
@@ -222,41 +214,23 @@ fn default_seed() -> u64 {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("node") {
-        return node_main(&args[1..]);
+    let args = cli::args();
+    if let Some(code) = cli::node_subcommand(&args) {
+        return code;
     }
     if !cfg!(unix) {
         eprintln!("the chaos run needs a Unix host (SIGSTOP, CLOCK_MONOTONIC)");
         return ExitCode::from(2);
     }
-    let opts = match Options::parse(&args) {
-        Ok(opts) => opts,
-        Err(e) => {
-            eprintln!("chaos: {e}");
-            eprintln!(
-                "usage: chaos [--seed N] [--secs S] [--ttl-ms T] [--quiet] \
-                 [--takeover-slack-ms M] [--sched-ms M]"
-            );
-            return ExitCode::from(2);
-        }
+    let opts = match Options::parse(args) {
+        Ok(Some(opts)) => opts,
+        Ok(None) => return cli::help(USAGE),
+        Err(e) => return cli::usage_error(USAGE, e),
     };
-    START.get_or_init(Instant::now);
+    timeline::start(7);
     // The observer's own library logs: errors only (its event reader warns on every Redis
     // restart, which is the point here).
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("error"))
-        .format(|buf, r| {
-            use std::io::Write;
-            writeln!(
-                buf,
-                "[{:>7.2}s] [chaos] {} {}: {}",
-                elapsed(),
-                r.level(),
-                r.target(),
-                r.args()
-            )
-        })
-        .try_init();
+    timeline::log_errors("chaos");
     say!("chaos seed {} (0x{:x})", opts.seed, opts.seed);
     say!("reproduce: {}", opts.reproduce());
     match run(&opts) {
@@ -267,122 +241,6 @@ fn main() -> ExitCode {
             say!("reproduce: {}", opts.reproduce());
             ExitCode::FAILURE
         }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The node side.
-
-/// `chaos node <config.toml>`: the demo's node, with the lock TTL in milliseconds from the
-/// `[chaos]` table and a probe thread reporting the watcher flag.
-fn node_main(args: &[String]) -> ExitCode {
-    let [path] = args else {
-        eprintln!("usage: chaos node <config.toml>");
-        return ExitCode::from(2);
-    };
-    node_loop::init_logging(true);
-    let result = (|| -> Result<(), Box<dyn Error>> {
-        let path = Path::new(path);
-        let (config, settings) = node_loop::load(path)?;
-        let config = config.watcher_lock_ttl(Duration::from_millis(chaos_ttl_ms(path)?));
-        node_loop::run_with(config, settings, true, |mempool| {
-            start_probe(mempool.clone())
-        })
-    })();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("node: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `[chaos] watcher_lock_ttl_ms`: the reference table only has whole seconds.
-fn chaos_ttl_ms(path: &Path) -> Result<u64, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let doc: toml::Table = text.parse().map_err(|e| format!("{e}"))?;
-    doc.get("chaos")
-        .and_then(|c| c.get("watcher_lock_ttl_ms"))
-        .and_then(|v| v.as_integer())
-        .filter(|n| *n > 0)
-        .map(|n| n as u64)
-        .ok_or_else(|| format!("{}: no [chaos] watcher_lock_ttl_ms", path.display()))
-}
-
-/// Samples the flag every millisecond and reports each change as `@flag up|down <after> <seen>`:
-/// the change happened after the previous sample was taken (`after`; 0 for the first sample,
-/// which the harness reads as "since the process started") and was seen at `seen`. The harness
-/// takes `after` as the start of a holding and `seen` as its end, so the holdings it checks
-/// contain the real ones.
-fn start_probe(mempool: RedisMempool) {
-    let spawned = std::thread::Builder::new()
-        .name("flag-probe".into())
-        .spawn(move || {
-            let mut up = false;
-            let mut previous = 0;
-            loop {
-                let before = mono_ns();
-                let now_up = mempool.is_watcher();
-                let seen = mono_ns();
-                if now_up != up {
-                    up = now_up;
-                    println!("@flag {} {previous} {seen}", if up { "up" } else { "down" });
-                }
-                previous = before;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        });
-    if let Err(e) = spawned {
-        // Without its probe the node's holdings are unknown: the harness fails the run.
-        eprintln!("cannot start the flag probe: {e}");
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The harness.
-
-fn toml_str(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
-}
-
-fn node_toml(name: &str, url: &str, opts: &Options) -> String {
-    let io = opts.io_timeout().as_millis();
-    format!(
-        "# Written by the chaos run for {name}.\n\
-         [storage.mempool]\n\
-         backend = \"redis\"\n\
-         url = {url}\n\
-         key_prefix = {prefix}\n\
-         pool_size = 4\n\
-         max_finalized = 1000000\n\
-         watcher_lock_ttl = {secs}\n\
-         connect_timeout_ms = {io}\n\
-         command_timeout_ms = {io}\n\
-         \n\
-         [demo]\n\
-         name = {name_str}\n\
-         tx_interval_ms = {tx}\n\
-         finalize_threshold = {FINALIZE}\n\
-         drop_threshold = {DROP}\n\
-         \n\
-         [chaos]\n\
-         watcher_lock_ttl_ms = {ttl}\n",
-        url = toml_str(url),
-        prefix = toml_str(PREFIX),
-        secs = opts.ttl.as_millis().div_ceil(1000),
-        name_str = toml_str(name),
-        tx = TX_INTERVAL.as_millis(),
-        ttl = opts.ttl.as_millis(),
-    )
-}
-
-/// Removes the generated config files at the end.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -1348,15 +1206,24 @@ fn run(opts: &Options) -> Result<bool, String> {
     )
     .map_err(|e| format!("cannot open the observer: {e}"))?;
     let ledger = Ledger::start(&observer);
-    let dir =
-        TempDir(std::env::temp_dir().join(format!("dolos-redis-chaos-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).map_err(|e| format!("{}: {e}", dir.0.display()))?;
+    let dir = node_config::temp_dir("chaos")?; // the nodes' files, removed at the end
     let mut nodes = Vec::new();
     for (i, name) in NODE_NAMES.iter().enumerate() {
         let proxy = support::FaultProxy::start(server.addr());
-        let path = dir.0.join(format!("{name}.toml"));
-        std::fs::write(&path, node_toml(name, &proxy.url(), opts))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let path = NodeFile {
+            name,
+            url: &proxy.url(),
+            prefix: PREFIX,
+            pool_size: 4,
+            max_finalized: 1_000_000,
+            ttl: opts.ttl,
+            io_timeout: opts.io_timeout(),
+            tx_interval: TX_INTERVAL,
+            finalize: FINALIZE,
+            drop: DROP,
+            chaos: true,
+        }
+        .write(dir.path())?;
         let mut node = Node::new(i, name, path, proxy);
         node.echo = !opts.quiet;
         nodes.push(node);

@@ -2,7 +2,6 @@
 //! transaction and every change of watcher. The final check reads it.
 //!
 //! Shared by the demo and the chaos run; each uses only part of it.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -121,17 +120,17 @@ impl Ledger {
                         seq,
                         point,
                         height,
-                        rollback,
+                        rollback: undo,
                         node_id,
                         ..
                     } => {
                         check_seq(seq, &mut s);
-                        applying = (!rollback).then_some(height);
-                        replay(&mut s, &point, height, rollback);
+                        applying = (!undo).then_some(height);
+                        replay(&mut s, &point, height, undo);
                         s.blocks.push(BlockEvent {
                             point,
                             height,
-                            undo: rollback,
+                            undo,
                             node_id,
                         });
                     }

@@ -5,9 +5,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use dolos_redis::{ChainPoint, MempoolTx, MempoolTxStage, TxHash};
 
-use crate::clock::{mono_ns, ns};
+use dolos_redis_harness::chain::MAX_FORK_DEPTH;
+use dolos_redis_harness::clock::{mono_ns, ns};
+use dolos_redis_harness::ledger;
+use dolos_redis_harness::timeline::elapsed;
+
 use crate::faults::{median, Fault, Kind};
-use crate::{ledger, Chaos, RunId, FINALIZE};
+use crate::{Chaos, RunId, FINALIZE};
 
 /// Pending, inflight and the finalized log, as Redis holds them now.
 type Places = (Vec<MempoolTx>, Vec<MempoolTx>, Vec<MempoolTx>);
@@ -19,6 +23,27 @@ struct Row {
     name: &'static str,
     pass: bool,
     detail: String,
+}
+
+impl Row {
+    /// A row that passes when there are no `problems`; up to `n` of them end its detail, after
+    /// `sep`.
+    fn judged(name: &'static str, detail: String, sep: &str, problems: &[String], n: usize) -> Row {
+        Row {
+            name,
+            pass: problems.is_empty(),
+            detail: detail + &and_examples(sep, problems, n),
+        }
+    }
+
+    /// A row whose check could not be made.
+    fn failed(name: &'static str, why: String) -> Row {
+        Row {
+            name,
+            pass: false,
+            detail: why,
+        }
+    }
 }
 
 /// A stretch of time during which a process held the watcher flag.
@@ -36,6 +61,15 @@ fn examples(items: &[String], n: usize) -> String {
         out.push(format!("... {} more", items.len() - n));
     }
     out.join("; ")
+}
+
+/// `sep` and up to `n` of `items`, or nothing when there are none: how a row's detail ends.
+fn and_examples(sep: &str, items: &[String], n: usize) -> String {
+    if items.is_empty() {
+        String::new()
+    } else {
+        format!("{sep}{}", examples(items, n))
+    }
 }
 
 fn stats_of(values: &[f64]) -> Option<(f64, f64, f64)> {
@@ -90,7 +124,7 @@ impl Chaos<'_> {
             "seed {} | {:.1} s | lock TTL {} ms | {} faults | final chain {} blocks (tip slot {}) \
              | {} forks | F = {FINALIZE}",
             self.opts.seed,
-            crate::elapsed(),
+            elapsed(),
             self.opts.ttl.as_millis(),
             self.faults.len(),
             blocks.len(),
@@ -144,7 +178,7 @@ impl Chaos<'_> {
         );
         let forks = self.chain.forks();
         let undone: usize = forks.iter().map(|f| f.undone.len()).sum();
-        let mut depths = [0; crate::MAX_FORK_DEPTH];
+        let mut depths = [0; MAX_FORK_DEPTH];
         for f in &forks {
             if let Some(n) = f
                 .undone
@@ -337,23 +371,15 @@ impl Chaos<'_> {
         let detail = format!(
             "{} blocks; redis holds the final chain's last {retained} and height {}; the events \
              replay to it: {applied} applied, {} undone ({} abandoned, {good_undone} of the \
-             final chain), {} watcher terms{}",
+             final chain), {} watcher terms",
             points.len(),
             points.len(),
             undone.len(),
             undone.len() - good_undone,
-            by.len(),
-            if problems.is_empty() {
-                String::new()
-            } else {
-                format!("; {}", examples(&problems, 6))
-            }
+            by.len()
         );
-        Row {
-            name: "applied chain = the final chain",
-            pass: problems.is_empty(),
-            detail,
-        }
+        let name = "applied chain = the final chain";
+        Row::judged(name, detail, "; ", &problems, 6)
     }
 
     /// The audit trail itself must be whole for the other checks to mean anything.
@@ -433,13 +459,7 @@ impl Chaos<'_> {
         let accepted: HashSet<TxHash> = reported.union(&entered).copied().collect();
         let (pending, inflight, log) = match self.places() {
             Ok(p) => p,
-            Err(e) => {
-                return Row {
-                    name,
-                    pass: false,
-                    detail: e,
-                }
-            }
+            Err(e) => return Row::failed(name, e),
         };
         let mut count: HashMap<TxHash, Vec<&str>> = HashMap::new();
         for (place, txs) in [
@@ -463,23 +483,14 @@ impl Chaos<'_> {
         }
         let detail = format!(
             "{} accepted ({} reported by nodes + {unreported} stored but unreported, from Pending \
-             events): {} in the log, {} pending, {} inflight{}",
+             events): {} in the log, {} pending, {} inflight",
             accepted.len(),
             reported.len(),
             log.len(),
             pending.len(),
-            inflight.len(),
-            if problems.is_empty() {
-                String::new()
-            } else {
-                format!("; {}", examples(&problems, 6))
-            }
+            inflight.len()
         );
-        Row {
-            name,
-            pass: problems.is_empty(),
-            detail,
-        }
+        Row::judged(name, detail, "; ", &problems, 6)
     }
 
     /// The shared state is what one node fed the final chain would hold. With N the final
@@ -506,13 +517,7 @@ impl Chaos<'_> {
         }
         let (pending, inflight, log) = match self.places() {
             Ok(p) => p,
-            Err(e) => {
-                return Row {
-                    name,
-                    pass: false,
-                    detail: e,
-                }
-            }
+            Err(e) => return Row::failed(name, e),
         };
         let s = self.ledger.state();
         let f = u64::from(FINALIZE);
@@ -589,19 +594,10 @@ impl Chaos<'_> {
             "{} txs on the final chain: {finalized} Finalized with {FINALIZE} confirmations at \
              their block, by the block F-1 above it ({rolled_back} rolled back by a fork or a \
              reconcile first), {confirmed} Confirmed less deep; {off_chain} off it, none \
-             Confirmed or Finalized{}",
-            at.len(),
-            if problems.is_empty() {
-                String::new()
-            } else {
-                format!("; {}", examples(&problems, 6))
-            }
+             Confirmed or Finalized",
+            at.len()
         );
-        Row {
-            name,
-            pass: problems.is_empty(),
-            detail,
-        }
+        Row::judged(name, detail, "; ", &problems, 6)
     }
 
     /// Each process's holdings of the flag, as an over-approximation: from the sample before it
@@ -725,28 +721,20 @@ impl Chaos<'_> {
             ),
             None => "no handover".into(),
         };
+        let texts: Vec<String> = violations.iter().map(|(_, t)| t.clone()).collect();
         let detail = format!(
             "{} holdings; margin {:.0} ms (TTL/10 + {} ms); {closest}; {} overlaps within the \
              margin; {} after a DEL ({} ms max, allowed TTL/3 + margin); {stops} SIGSTOP windows \
-             not counted as holding{}",
+             not counted as holding",
             holdings.len(),
             margin as f64 / 1e6,
             self.opts.sched.as_millis(),
             within.len(),
             excused.len(),
             excused.iter().fold(0.0f64, |m, x| m.max(*x)).round(),
-            if violations.is_empty() {
-                String::new()
-            } else {
-                let texts: Vec<String> = violations.iter().map(|(_, t)| t.clone()).collect();
-                format!("; violations: {}", examples(&texts, 6))
-            }
         );
-        Row {
-            name: "no two watcher flags overlap beyond margin",
-            pass: violations.is_empty(),
-            detail,
-        }
+        let name = "no two watcher flags overlap beyond margin";
+        Row::judged(name, detail, "; violations: ", &texts, 6)
     }
 
     /// Crash, pause and partition of the watcher: another node's flag within TTL + 100 ms of
@@ -781,7 +769,7 @@ impl Chaos<'_> {
             .map(|(f, t)| format!("{} {:.0} ms", f.row(), t.ms.unwrap_or(0.0)))
             .collect();
         let detail = format!(
-            "{strict}/{} within the strict bound{}; {}/{} within bound + slack {slack:.0} ms{}",
+            "{strict}/{} within the strict bound{}; {}/{} within bound + slack {slack:.0} ms",
             measured.len(),
             if over_strict.is_empty() {
                 String::new()
@@ -789,18 +777,10 @@ impl Chaos<'_> {
                 format!(" (over it: {})", examples(&over_strict, 4))
             },
             measured.len() - late.len(),
-            measured.len(),
-            if late.is_empty() {
-                String::new()
-            } else {
-                format!("; {}", examples(&late, 6))
-            }
+            measured.len()
         );
-        Row {
-            name: "takeover after each fault within its bound",
-            pass: late.is_empty(),
-            detail,
-        }
+        let name = "takeover after each fault within its bound";
+        Row::judged(name, detail, "; ", &late, 6)
     }
 
     /// Redis full: the nodes' writes were refused for memory (else the fault tested nothing),
@@ -826,25 +806,23 @@ impl Chaos<'_> {
         let refused: Vec<String> = full.iter().flat_map(|(_, r)| r.refused.clone()).collect();
         let lasted: Vec<f64> = full.iter().filter_map(|(f, _)| f.lasted_ms).collect();
         let problems: Vec<String> = lost.into_iter().chain(idle).collect();
-        Row {
-            name: "a full redis: refused, lease kept",
-            pass: problems.is_empty(),
-            detail: format!(
-                "{} faults, full for {} ms (min/med/max); {} calls refused for memory ({}), each \
-                 made again after; the watcher kept its lock in {}/{}{}",
-                full.len(),
-                fmt_stats(&lasted),
-                refused.len(),
-                crate::count_by_name(&refused),
-                full.iter().filter(|(_, r)| r.kept_lock).count(),
-                full.len(),
-                if problems.is_empty() {
-                    String::new()
-                } else {
-                    format!("; {}", examples(&problems, 4))
-                }
-            ),
-        }
+        let detail = format!(
+            "{} faults, full for {} ms (min/med/max); {} calls refused for memory ({}), each made \
+             again after; the watcher kept its lock in {}/{}",
+            full.len(),
+            fmt_stats(&lasted),
+            refused.len(),
+            crate::count_by_name(&refused),
+            full.iter().filter(|(_, r)| r.kept_lock).count(),
+            full.len(),
+        );
+        Row::judged(
+            "a full redis: refused, lease kept",
+            detail,
+            "; ",
+            &problems,
+            4,
+        )
     }
 
     fn check_panics(&self) -> Row {

@@ -4,11 +4,7 @@
 //! once, the applied chain equal to the chain.
 //!
 //! The demo runs its nodes as child processes of its own executable, so this test runs the
-//! built example rather than calling into it. `cargo test` builds examples into
-//! `target/<profile>/examples/`, next to this test's `deps/` directory — for this one only with
-//! the `serde` feature, hence the `cfg` (CI runs `cargo test --all-features`).
-
-#![cfg(feature = "serde")]
+//! built binary (which cargo builds before the test) rather than calling into it.
 
 use dolos_redis_testkit as support;
 
@@ -41,8 +37,8 @@ fn takeover_ms(output: &str, marker: &str) -> u64 {
 
 #[test]
 fn quick_demo_passes_every_scenario() {
-    let run = support::example::run(
-        Command::new(support::example::example_binary("demo")).arg("--quick"),
+    let run = support::child::run(
+        Command::new(env!("CARGO_BIN_EXE_demo")).arg("--quick"),
         TIMEOUT,
         "DEMO ",
     );

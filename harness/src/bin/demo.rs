@@ -2,18 +2,21 @@
 //! one machine with one command, no Docker:
 //!
 //! ```text
-//! cargo run --example demo              # about 10 s
-//! RUST_LOG=dolos_redis=debug cargo run --example demo   # + lease/confirm logs
-//! REDIS_URL=redis://127.0.0.1:6379 cargo run --example demo
-//! cargo run --example demo -- --quick   # shorter TTL and blocks (the CI test)
+//! cargo demo                                       # about 10 s
+//! RUST_LOG=dolos_redis=debug cargo demo            # + lease/confirm logs
+//! REDIS_URL=redis://127.0.0.1:6379 cargo demo
+//! cargo demo --quick                               # shorter TTL and blocks (the CI test)
 //! ```
+//!
+//! (`cargo demo` is `cargo run -p dolos-redis-harness --bin demo --`, an alias of
+//! `.cargo/config.toml`.)
 //!
 //! What it does:
 //!
 //! * starts a private `redis-server` on a free port (or uses `REDIS_URL`, under a key prefix of
 //!   its own that it deletes at the end);
 //! * starts a TCP fault proxy per node and two node **processes** (this executable, run as
-//!   `demo node <config.toml>`; the node is the one of `examples/node.rs`), each configured by a
+//!   `demo node <config.toml>`, the node of `dolos_redis_harness::node`), each configured by a
 //!   generated TOML file with the reference `[storage.mempool]` table pointing at its proxy;
 //! * runs a simulated chain: every block interval, a block of the inflight transactions not yet
 //!   in a block, sent to both nodes (F = 4 confirmations to finalize, D = 8 misses to drop: a
@@ -36,42 +39,21 @@
 //! Exits non-zero if any step or check fails.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use dolos_redis::{ChainPoint, Config, MempoolStats, MempoolTxStage, RedisMempool, TxHash};
-
-static START: OnceLock<Instant> = OnceLock::new();
-
-fn elapsed() -> f64 {
-    START.get_or_init(Instant::now).elapsed().as_secs_f64()
-}
-
-/// One timeline line, stamped with the time since the demo started.
-macro_rules! say {
-    ($($arg:tt)*) => {
-        println!("[{:>6.2}s] {}", $crate::elapsed(), format_args!($($arg)*))
-    };
-}
-
-#[path = "demo/chain.rs"]
-mod chain;
-#[path = "demo/cluster.rs"]
-mod cluster;
-#[path = "demo/ledger.rs"]
-mod ledger;
-#[path = "node/node_loop.rs"]
-mod node_loop;
+use dolos_redis_harness::chain::{Chain, Pace, Progress};
+use dolos_redis_harness::cluster::{self, Node};
+use dolos_redis_harness::ledger::{self, Ledger};
+use dolos_redis_harness::node_config::{self, NodeFile};
+use dolos_redis_harness::{cli, keys, say, timeline};
 use dolos_redis_testkit as support;
-
-use chain::{Chain, Pace, Progress};
-use cluster::Node;
-use ledger::Ledger;
 
 const NODE_NAMES: [&str; 2] = ["dolos1", "dolos2"];
 
@@ -119,50 +101,48 @@ impl Plan {
     }
 }
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("node") {
-        let [_, path] = args.as_slice() else {
-            eprintln!("usage: demo node <config.toml>");
-            return ExitCode::from(2);
-        };
-        node_loop::init_logging(true);
-        return match node_loop::run(Path::new(path), true) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("node: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let quick = match args.as_slice() {
-        [] => false,
-        [flag] if flag == "--quick" => true,
-        _ => {
-            eprintln!("usage: demo [--quick]");
-            return ExitCode::from(2);
+const USAGE: &str = "\
+usage: cargo demo [--quick]
+
+  --quick     a 1 s lock TTL and a block every 500 ms: about 6 s (what CI runs)
+  -h, --help  this text
+
+Set REDIS_URL to use a running server instead of starting one, RUST_LOG=dolos_redis=debug to
+see the nodes' lease and confirm log lines.";
+
+/// `Some(quick)`, or `None` for `--help`.
+fn parse(args: Vec<OsString>) -> Result<Option<bool>, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut quick = false;
+    let mut parser = lexopt::Parser::from_args(args);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("quick") => quick = true,
+            Short('h') | Long("help") => return Ok(None),
+            _ => return Err(arg.unexpected()),
         }
+    }
+    Ok(Some(quick))
+}
+
+fn main() -> ExitCode {
+    let args = cli::args();
+    if let Some(code) = cli::node_subcommand(&args) {
+        return code;
+    }
+    let quick = match parse(args) {
+        Ok(Some(quick)) => quick,
+        Ok(None) => return cli::help(USAGE),
+        Err(e) => return cli::usage_error(USAGE, e),
     };
-    START.get_or_init(Instant::now);
+    timeline::start(6);
     // The observer's own library logs. Errors only by default: its event reader warns when the
     // private server stops at the very end.
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("error"))
-        .format(|buf, r| {
-            use std::io::Write;
-            writeln!(
-                buf,
-                "[{:>6.2}s] [demo] {} {}: {}",
-                elapsed(),
-                r.level(),
-                r.target(),
-                r.args()
-            )
-        })
-        .try_init();
+    timeline::log_errors("demo");
     let plan = Plan::new(quick);
     match run(&plan) {
         Ok(()) => {
-            say!("DEMO PASSED in {:.1} s", elapsed());
+            say!("DEMO PASSED in {:.1} s", timeline::elapsed());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -297,59 +277,6 @@ fn split_redis_url(url: &str) -> Result<(String, String, String), String> {
 fn proxied_url(url: &str, proxy: SocketAddr) -> Result<String, String> {
     let (head, _, tail) = split_redis_url(url)?;
     Ok(format!("{head}{proxy}{tail}"))
-}
-
-fn toml_str(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
-}
-
-/// A node's config file: the reference `[storage.mempool]` table (URL → its proxy, TTL in
-/// seconds) plus the timeouts and the `[demo]` settings.
-fn node_toml(name: &str, url: &str, prefix: &str, plan: &Plan) -> String {
-    format!(
-        "# Written by the demo for {name}.\n\
-         [storage.mempool]\n\
-         backend = \"redis\"\n\
-         url = {url}  # {name}'s fault proxy, in front of redis\n\
-         key_prefix = {prefix}\n\
-         pool_size = 10\n\
-         max_finalized = 10000\n\
-         watcher_lock_ttl = {ttl}\n\
-         connect_timeout_ms = {io}\n\
-         command_timeout_ms = {io}\n\
-         \n\
-         [demo]\n\
-         name = {name_str}\n\
-         tx_interval_ms = {tx}\n\
-         finalize_threshold = {f}\n\
-         drop_threshold = {d}\n",
-        url = toml_str(url),
-        prefix = toml_str(prefix),
-        ttl = plan.ttl.as_secs(),
-        io = plan.io_timeout.as_millis(),
-        name_str = toml_str(name),
-        tx = plan.tx_interval.as_millis(),
-        f = plan.finalize,
-        d = plan.drop,
-    )
-}
-
-/// Removes the generated config files at the end.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn create() -> Result<TempDir, String> {
-        let path = std::env::temp_dir().join(format!("dolos-redis-demo-{}", std::process::id()));
-        std::fs::create_dir_all(&path)
-            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        Ok(TempDir(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Prints the shared mempool's counts every few seconds.
@@ -970,14 +897,25 @@ fn run(plan: &Plan) -> Result<(), String> {
     )
     .map_err(|e| format!("cannot open the observer: {e}"))?;
     let ledger = Ledger::start(&observer);
-    let dir = TempDir::create()?;
+    let dir = node_config::temp_dir("demo")?; // the nodes' files, removed at the end
     let mut nodes = Vec::new();
     for (i, name) in NODE_NAMES.iter().enumerate() {
         let proxy = support::FaultProxy::start(target.upstream);
-        let path = dir.0.join(format!("{name}.toml"));
         let url = proxied_url(&target.url, proxy.addr())?;
-        std::fs::write(&path, node_toml(name, &url, &target.prefix, plan))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let path = NodeFile {
+            name,
+            url: &url,
+            prefix: &target.prefix,
+            pool_size: 10,
+            max_finalized: 10_000,
+            ttl: plan.ttl,
+            io_timeout: plan.io_timeout,
+            tx_interval: plan.tx_interval,
+            finalize: plan.finalize,
+            drop: plan.drop,
+            chaos: false,
+        }
+        .write(dir.path())?;
         nodes.push(Node::new(i, name, path, proxy));
     }
     say!(
@@ -1069,28 +1007,5 @@ fn delete_prefix(url: &str, prefix: &str) -> Result<(), String> {
     let mut conn = client
         .get_connection_with_timeout(Duration::from_secs(2))
         .map_err(|e| e.to_string())?;
-    let mut cursor: u64 = 0;
-    let mut keys: Vec<String> = Vec::new();
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}:*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query(&mut conn)
-            .map_err(|e| e.to_string())?;
-        keys.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    if !keys.is_empty() {
-        redis::cmd("DEL")
-            .arg(&keys)
-            .query::<()>(&mut conn)
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(())
+    keys::delete_prefix(&mut conn, prefix).map_err(|e| e.to_string())
 }

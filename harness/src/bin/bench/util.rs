@@ -1,31 +1,21 @@
-//! Helpers of the benchmark that know nothing about the phases: deterministic transactions, a
-//! small PRNG, latency statistics, server introspection and the machine description.
+//! Helpers of the benchmark that know nothing about the phases: deterministic transactions,
+//! latency statistics, server introspection and the machine description.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dolos_redis::{EraCbor, MempoolTx, TxHash};
+use dolos_redis_harness::keys;
+use dolos_redis_testkit::Rng;
 
 /// Size of every benchmark payload: a typical small Cardano transaction.
 pub const PAYLOAD_LEN: usize = 300;
 
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
 /// The hash of tx `i` of the population `tag`: the same (tag, i) always gives the same hash, so a
 /// phase can name its transactions by index instead of storing them.
 pub fn tx_hash(tag: u64, i: u64) -> TxHash {
-    let mut bytes = [0u8; 32];
-    let mut state = splitmix(tag) ^ i;
-    for chunk in bytes.chunks_mut(8) {
-        state = splitmix(state);
-        chunk.copy_from_slice(&state.to_le_bytes());
-    }
-    TxHash::from(bytes)
+    let seed = Rng::new(tag).next_u64() ^ i;
+    TxHash::from(Rng::new(seed).bytes32())
 }
 
 /// Tx `i` of population `tag` with a 300-byte payload.
@@ -35,20 +25,21 @@ pub fn tx(tag: u64, i: u64) -> MempoolTx {
     MempoolTx::new(tx_hash(tag, i), EraCbor(6, body))
 }
 
-/// xorshift64*: enough to pick random hashes without a dependency.
-pub struct Rng(u64);
+/// The finite values, in order.
+pub fn sorted(v: &[f64]) -> Vec<f64> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
 
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(splitmix(seed) | 1)
+/// The median of the finite values (NaN if none).
+pub fn median(v: &[f64]) -> f64 {
+    let v = sorted(v);
+    if v.is_empty() {
+        return f64::NAN;
     }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
-    }
+    // Lower median for even counts, like `Samples::median`.
+    v[(v.len() - 1) / 2]
 }
 
 /// Durations of single calls, in nanoseconds.
@@ -146,81 +137,29 @@ pub fn info_field(info: &str, field: &str) -> Option<String> {
     })
 }
 
-/// `CLIENT LIST` as client address → client name.
-pub fn client_names(admin: &mut redis::Connection) -> HashMap<String, String> {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query(admin)
-        .expect("CLIENT LIST");
-    list.lines()
-        .filter_map(|line| {
-            let mut addr = None;
-            let mut name = String::new();
-            for field in line.split(' ') {
-                if let Some(a) = field.strip_prefix("addr=") {
-                    addr = Some(a.to_string());
-                } else if let Some(n) = field.strip_prefix("name=") {
-                    name = n.to_string();
-                }
-            }
-            addr.map(|a| (a, name))
-        })
-        .collect()
-}
+pub use dolos_redis_testkit::monitor::client_names;
 
 /// Deletes every key under `prefix` (synchronously, so that memory figures taken afterwards are
 /// settled).
 pub fn delete_prefix(admin: &mut redis::Connection, prefix: &str) {
-    let pattern = format!("{prefix}:*");
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query(admin)
-            .expect("SCAN");
-        if !keys.is_empty() {
-            let _: i64 = redis::cmd("DEL").arg(&keys).query(admin).expect("DEL");
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    keys::delete_prefix(admin, prefix).expect("SCAN and DEL");
 }
 
 /// `MEMORY USAGE … SAMPLES 0` of every key under `prefix`, by key name without the prefix.
 pub fn key_sizes(admin: &mut redis::Connection, prefix: &str) -> BTreeMap<String, i64> {
     let mut out = BTreeMap::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}:*"))
-            .arg("COUNT")
-            .arg(1000)
+    for key in keys::scan(admin, &format!("{prefix}:*")).expect("SCAN") {
+        let bytes: Option<i64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(&key)
+            .arg("SAMPLES")
+            .arg(0)
             .query(admin)
-            .expect("SCAN");
-        for key in keys {
-            let bytes: Option<i64> = redis::cmd("MEMORY")
-                .arg("USAGE")
-                .arg(&key)
-                .arg("SAMPLES")
-                .arg(0)
-                .query(admin)
-                .expect("MEMORY USAGE");
-            let short = key.strip_prefix(&format!("{prefix}:")).unwrap_or(&key);
-            out.insert(short.to_string(), bytes.unwrap_or(0));
-        }
-        if next == 0 {
-            return out;
-        }
-        cursor = next;
+            .expect("MEMORY USAGE");
+        let short = key.strip_prefix(&format!("{prefix}:")).unwrap_or(&key);
+        out.insert(short.to_string(), bytes.unwrap_or(0));
     }
+    out
 }
 
 /// `INFO commandstats` summed over several calls: command → (calls, µs).

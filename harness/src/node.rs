@@ -1,15 +1,16 @@
-//! The node that `examples/node.rs` runs on its own and `examples/demo.rs` and
-//! `examples/chaos.rs` run as child processes: what a Dolos node does with the shared mempool,
-//! minus the Cardano parts.
+//! The node process of the demo and the chaos run (`demo node <file>`, `chaos node <file>`):
+//! what a Dolos node does with the shared mempool, minus the Cardano parts. `examples/node.rs`
+//! is a compact version of it to copy from; this one also reports to the harness and retries
+//! what a full Redis refused.
 //!
 //! * It opens the mempool from the `[storage.mempool]` table of its TOML file, exactly as Dolos
-//!   would, plus a small `[demo]` table of its own (name, pace, thresholds).
+//!   would, plus a small `[demo]` table of its own ([`crate::node_config`]).
 //! * Every tick it submits one transaction (random hash, ~300-byte body), acknowledges what it
 //!   propagated on the previous tick, and propagates the head of the pending queue
 //!   (`peek_pending` → `mark_inflight`).
-//! * It keeps **its own chain**: the blocks read on stdin, less those rolled back. As the
-//!   watcher it applies each new block with `confirm(point, txs, [])` and each rollback with
-//!   `rollback_to(point)`; a follower only keeps its chain.
+//! * It keeps **its own chain**: the blocks read on stdin ([`crate::protocol`]), less those
+//!   rolled back. As the watcher it applies each new block with `confirm(point, txs, [])` and
+//!   each rollback with `rollback_to(point)`; a follower only keeps its chain.
 //! * **The reconcile step.** When it becomes the watcher, and after any call that failed or was
 //!   refused (it then cannot know what Redis holds), it first makes the applied chain in Redis
 //!   agree with its own chain ([`Node::reconcile`]) and then applies its blocks after the common
@@ -18,250 +19,38 @@
 //! * A call Redis refuses for memory (`Error::OutOfMemory`: nothing was stored) is made again
 //!   on the next tick: the same transaction, the same acknowledgements; a refused block is
 //!   offered again after the reconcile, before any later one.
-//!
-//! Input lines (stdin):
-//!
-//! ```text
-//! block <slot> <block hash, 64 hex> [<tx hash, 64 hex> ...]   a block and the txs it contains
-//! rollback <slot> <block hash> | rollback origin              the chain rolls back to that
-//!                                                             block, which stays
-//! submit off | submit on                                      stop / resume submitting
-//! ping <token>                                                one Redis round trip, reported
-//! quit                                                        release the lock and exit
-//! ```
-//!
-//! Blank lines and lines starting with `#` are ignored.
+//! * It writes what the harness checks as `@`-lines on stdout (its id, role, link state,
+//!   confirm outcomes, reconciles, ...; [`crate::cluster`] reads them), its own log and human
+//!   lines as they are, and ends at `quit` or at the end of its input.
+//! * With a `[chaos]` table, a probe thread samples `is_watcher()` every millisecond and reports
+//!   each change with `CLOCK_MONOTONIC` stamps ([`crate::clock`]).
 
 use std::collections::HashMap;
 use std::error::Error;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, Write};
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use dolos_redis::{
-    BlockHash, ChainPoint, Config, ConfirmOutcome, EraCbor, MempoolTx, RedisMempool, TxHash,
-};
+use dolos_redis::{ChainPoint, Config, ConfirmOutcome, EraCbor, MempoolTx, RedisMempool, TxHash};
+use dolos_redis_testkit::Rng;
 
-/// The `[demo]` table: what a real node would take from the chain and its peers.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub name: String,
-    /// One new transaction per interval.
-    pub tx_interval: Duration,
-    /// `confirm`'s finalize threshold: confirmations until Finalized.
-    pub finalize_threshold: u32,
-    /// `confirm`'s drop threshold: blocks an unconfirmed inflight tx may miss.
-    pub drop_threshold: u32,
-}
-
-/// Reads a node's TOML file: the `[storage.mempool]` table becomes the `Config` through the
-/// crate's own deserializer (feature `serde`), and `[demo]` the node's settings.
-pub fn load(path: &Path) -> Result<(Config, Settings), String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let doc: toml::Table = text
-        .parse()
-        .map_err(|e| format!("{} is not valid TOML: {e}", path.display()))?;
-    let table = doc
-        .get("storage")
-        .and_then(|s| s.get("mempool"))
-        .ok_or_else(|| format!("{} has no [storage.mempool] table", path.display()))?;
-    let config: Config = table
-        .clone()
-        .try_into()
-        .map_err(|e| format!("{}: [storage.mempool]: {e}", path.display()))?;
-
-    let demo = doc.get("demo").and_then(|d| d.as_table());
-    let int = |key: &str, default: i64| -> Result<i64, String> {
-        match demo.and_then(|d| d.get(key)) {
-            None => Ok(default),
-            Some(v) => v
-                .as_integer()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("[demo] {key} must be a positive integer")),
-        }
-    };
-    let default_name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "node".into());
-    let name = match demo.and_then(|d| d.get("name")) {
-        None => default_name,
-        Some(v) => v
-            .as_str()
-            .ok_or("[demo] name must be a string")?
-            .to_string(),
-    };
-    let settings = Settings {
-        name,
-        tx_interval: Duration::from_millis(int("tx_interval_ms", 500)? as u64),
-        finalize_threshold: int("finalize_threshold", 4)? as u32,
-        drop_threshold: int("drop_threshold", 8)? as u32,
-    };
-    Ok((config, settings))
-}
-
-/// One parsed input line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Input {
-    Block {
-        point: ChainPoint,
-        txs: Vec<TxHash>,
-    },
-    /// The chain rolls back to this point, which stays (`Origin`: every block goes).
-    Rollback(ChainPoint),
-    Submit(bool),
-    /// Proves the node is not stuck: its input loop answers and it reaches Redis.
-    Ping(String),
-    Quit,
-}
-
-/// The `block` line for a block; the demo's chain writes these to every node.
-#[allow(dead_code)] // `examples/node.rs` only reads them
-pub fn block_line(point: &ChainPoint, txs: &[TxHash]) -> String {
-    let mut line = format!("block {}", point_words(point));
-    for tx in txs {
-        line.push(' ');
-        line.push_str(&tx.to_hex());
-    }
-    line
-}
-
-/// The `rollback` line for a rollback to `to`.
-#[allow(dead_code)] // `examples/node.rs` only reads them
-pub fn rollback_line(to: &ChainPoint) -> String {
-    format!("rollback {}", point_words(to))
-}
-
-fn point_words(point: &ChainPoint) -> String {
-    match point {
-        ChainPoint::Origin => "origin".into(),
-        ChainPoint::Slot(slot) => slot.to_string(),
-        ChainPoint::Specific(slot, hash) => format!("{slot} {hash}"),
-    }
-}
-
-/// `Ok(None)` for blank and comment lines.
-pub fn parse_line(line: &str) -> Result<Option<Input>, String> {
-    let mut words = line.split_whitespace();
-    let Some(first) = words.next() else {
-        return Ok(None);
-    };
-    if first.starts_with('#') {
-        return Ok(None);
-    }
-    // `<slot> <hash>`, or `origin` where `allow_origin`.
-    let mut point = |allow_origin: bool| -> Result<ChainPoint, String> {
-        match words.next() {
-            Some("origin") if allow_origin => Ok(ChainPoint::Origin),
-            Some(slot) => {
-                let slot = slot
-                    .parse()
-                    .map_err(|_| format!("bad slot {slot:?} in {line:?}"))?;
-                let hash: BlockHash = words
-                    .next()
-                    .ok_or_else(|| format!("no block hash in {line:?}"))?
-                    .parse()
-                    .map_err(|e| format!("{e} in {line:?}"))?;
-                Ok(ChainPoint::Specific(slot, hash))
-            }
-            None => Err(format!("no point in {line:?}")),
-        }
-    };
-    match first {
-        "block" => {
-            let point = point(false)?;
-            let txs = words
-                .map(|w| w.parse().map_err(|e| format!("{e} in {line:?}")))
-                .collect::<Result<_, _>>()?;
-            return Ok(Some(Input::Block { point, txs }));
-        }
-        "rollback" => {
-            let to = point(true)?;
-            if words.next().is_some() {
-                return Err(format!("unexpected words after the point in {line:?}"));
-            }
-            return Ok(Some(Input::Rollback(to)));
-        }
-        _ => {}
-    }
-    match (first, words.next(), words.next()) {
-        ("submit", Some("on"), None) => Ok(Some(Input::Submit(true))),
-        ("submit", Some("off"), None) => Ok(Some(Input::Submit(false))),
-        ("ping", Some(token), None) => Ok(Some(Input::Ping(token.to_string()))),
-        ("quit", None, None) => Ok(Some(Input::Quit)),
-        _ => Err(format!("unknown input line {line:?}")),
-    }
-}
-
-/// A small deterministic generator (SplitMix64): enough for hashes and bodies that only need to
-/// differ, without a dependency.
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator that repeats the same sequence for the same `seed`.
-    #[allow(dead_code)] // only the chaos run needs a reproducible sequence
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    /// Seeded from the clock, the process id and `salt`, so two nodes started together differ.
-    pub fn seeded(salt: &str) -> Rng {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        let mut seed = nanos ^ (u64::from(std::process::id()) << 32);
-        for b in salt.bytes() {
-            seed = seed.rotate_left(7) ^ u64::from(b);
-        }
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let word = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&word[..chunk.len()]);
-        }
-    }
-
-    pub fn bytes32(&mut self) -> [u8; 32] {
-        let mut out = [0; 32];
-        self.fill(&mut out);
-        out
-    }
-}
+use crate::clock::mono_ns;
+use crate::node_config::{self, Settings};
+use crate::protocol::{parse_line, Input};
 
 /// env_logger with the reference's line shape (`INFO dolos_redis::mempool: acquired watcher
-/// lock`). Under the demo, the demo stamps each line itself, so no timestamp here.
-pub fn init_logging(managed: bool) {
-    let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if managed {
-        builder.format(|buf, r| writeln!(buf, "{} {}: {}", r.level(), r.target(), r.args()));
-    } else {
-        builder.format(|buf, r| {
-            let ts = buf.timestamp_millis();
-            writeln!(buf, "{ts} {} {}: {}", r.level(), r.target(), r.args())
-        });
-    }
-    builder.init();
+/// lock`), without a timestamp: the harness stamps each line it prints.
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(|buf, r| writeln!(buf, "{} {}: {}", r.level(), r.target(), r.args()))
+        .init();
 }
 
-/// Human lines go to stdout as they are; under the demo (`managed`), facts the demo checks also
-/// go to stdout as `@`-lines, which the demo consumes instead of printing.
-struct Out {
-    managed: bool,
-}
+/// Human lines go to stdout as they are; facts the harness checks go to stdout as `@`-lines,
+/// which the harness consumes instead of printing.
+struct Out;
 
 impl Out {
     fn say(&self, msg: &str) {
@@ -269,9 +58,7 @@ impl Out {
     }
 
     fn report(&self, fact: &str) {
-        if self.managed {
-            println!("@{fact}");
-        }
+        println!("@{fact}");
     }
 }
 
@@ -315,7 +102,7 @@ struct Node {
     synced: Option<usize>,
     /// Why the last reconcile chose to wait, so it is said once, not on every tick.
     waiting: Option<String>,
-    /// The chain length last reported to the demo.
+    /// The chain length last reported to the harness.
     reported_len: Option<usize>,
     submitting: bool,
     /// Propagated on the previous tick; acknowledged on this one, as peers would a moment later.
@@ -638,7 +425,7 @@ impl Node {
         }
     }
 
-    /// Tells the demo how long our chain is, when that changed.
+    /// Tells the harness how long our chain is, when that changed.
     fn report_chain(&mut self) {
         if self.reported_len != Some(self.chain.len()) {
             self.reported_len = Some(self.chain.len());
@@ -708,26 +495,30 @@ fn open(config: &Config, out: &Out) -> Result<RedisMempool, dolos_redis::Error> 
     }
 }
 
-/// Runs a node until `quit` (or, when `managed`, the end of stdin). Standalone, a terminal on
-/// stdin is not read and the end of input only ends the blocks: the node keeps submitting and
-/// propagating until it is interrupted.
-#[allow(dead_code)] // the chaos run loads its config itself and calls `run_with`
-pub fn run(path: &Path, managed: bool) -> Result<(), Box<dyn Error>> {
-    let (config, settings) = load(path)?;
-    run_with(config, settings, managed, |_| {})
+/// `demo node <file>` / `chaos node <file>`: runs the node of that file until `quit` or the end
+/// of its input.
+pub fn main(args: &[String]) -> ExitCode {
+    let [path] = args else {
+        eprintln!("usage: node <config.toml>");
+        return ExitCode::from(2);
+    };
+    init_logging();
+    match run(Path::new(path)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("node: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-/// [`run`] with the settings already loaded; `on_open` sees the mempool once it is open (the
-/// chaos run starts its watcher-flag probe there).
-pub fn run_with(
-    config: Config,
-    settings: Settings,
-    managed: bool,
-    on_open: impl FnOnce(&RedisMempool),
-) -> Result<(), Box<dyn Error>> {
-    let out = Out { managed };
+fn run(path: &Path) -> Result<(), Box<dyn Error>> {
+    let (config, settings) = node_config::load(path)?;
+    let out = Out;
     let mempool = open(&config, &out)?;
-    on_open(&mempool);
+    if settings.flag_probe {
+        start_probe(mempool.clone());
+    }
     out.report(&format!("id {}", mempool.node_id()));
     out.say(&format!(
         "{} opened mempool {:?} at {} as node {} (lock TTL {:?}; F = {}, D = {})",
@@ -739,11 +530,7 @@ pub fn run_with(
         settings.finalize_threshold,
         settings.drop_threshold,
     ));
-    let mut input = if managed || !std::io::stdin().is_terminal() {
-        spawn_input()
-    } else {
-        crossbeam_channel::never()
-    };
+    let input = spawn_input();
     let mut node = Node {
         rng: Rng::seeded(&settings.name),
         out,
@@ -770,7 +557,6 @@ pub fn run_with(
 
     let interval = node.settings.tx_interval;
     let mut next_tick = Instant::now();
-    let mut next_summary = Instant::now() + Duration::from_secs(10);
     loop {
         let wait = next_tick.saturating_duration_since(Instant::now());
         let received = input.recv_timeout(wait);
@@ -792,22 +578,13 @@ pub fn run_with(
                 Ok(None) => {}
                 Err(e) => node.out.say(&e),
             },
-            Ok(None) | Err(RecvTimeoutError::Disconnected) => {
-                if managed {
-                    break;
-                }
-                input = crossbeam_channel::never();
-            }
+            Ok(None) | Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {}
         }
         let now = Instant::now();
         if now >= next_tick {
             node.tick();
             next_tick = (next_tick + interval).max(now);
-        }
-        if !managed && now >= next_summary {
-            node.out.say(&node.summary());
-            next_summary = now + Duration::from_secs(10);
         }
         node.check_role();
         // Once the lines that came together are all read: a restarted node reads its whole
@@ -820,4 +597,33 @@ pub fn run_with(
     node.out.say(&node.summary());
     node.mempool.shutdown()?;
     Ok(())
+}
+
+/// Samples the flag every millisecond and reports each change as `@flag up|down <after> <seen>`:
+/// the change happened after the previous sample was taken (`after`; 0 for the first sample,
+/// which the harness reads as "since the process started") and was seen at `seen`. The harness
+/// takes `after` as the start of a holding and `seen` as its end, so the holdings it checks
+/// contain the real ones.
+fn start_probe(mempool: RedisMempool) {
+    let spawned = std::thread::Builder::new()
+        .name("flag-probe".into())
+        .spawn(move || {
+            let mut up = false;
+            let mut previous = 0;
+            loop {
+                let before = mono_ns();
+                let now_up = mempool.is_watcher();
+                let seen = mono_ns();
+                if now_up != up {
+                    up = now_up;
+                    println!("@flag {} {previous} {seen}", if up { "up" } else { "down" });
+                }
+                previous = before;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+    if let Err(e) = spawned {
+        // Without its probe the node's holdings are unknown: the harness fails the run.
+        eprintln!("cannot start the flag probe: {e}");
+    }
 }

@@ -1,9 +1,9 @@
-//! The node processes: each is this same executable run as `demo node <config.toml>`, behind
-//! its own fault proxy. Their output is printed with the node's name; the `@`-lines they write
-//! for the demo are recorded in a [`Report`] instead.
+//! The node processes: each is the running executable itself (the demo's, the chaos run's) run
+//! as `<tool> node <config.toml>` ([`crate::node`]), behind its own fault proxy. Their output
+//! is printed with the node's name; the `@`-lines they write for the harness are recorded in a
+//! [`Report`] instead.
 //!
 //! Shared by the demo and the chaos run; each uses only part of it.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::chain::Chain;
-use crate::support::{wait_until, FaultProxy};
+use dolos_redis_testkit::{wait_until, FaultProxy};
 
 /// What one node process told the demo.
 #[derive(Debug, Default)]

@@ -18,7 +18,6 @@
 //! duplicate: both happen under one lock.
 //!
 //! Shared by the demo and the chaos run; each uses only part of it.
-#![allow(dead_code)]
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -30,7 +29,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use dolos_redis::{BlockHash, ChainPoint, MempoolTxStage, RedisMempool, TxHash};
 
-use crate::node_loop::{block_line, rollback_line, Rng};
+use dolos_redis_testkit::Rng;
+
+use crate::protocol::{block_line, rollback_line};
 
 /// The deepest fork the chain makes. Below the finalize threshold of the demo and the chaos
 /// run (4), so a Finalized tx's block is never rolled back.

@@ -1,0 +1,552 @@
+//! What the benchmark measured, and the report it prints (Markdown, to stdout): the targets met
+//! or missed first, then a table per phase.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use crate::options::Opts;
+use crate::util::{self, check, human_count, median, ms, sorted, times, us, Samples};
+use crate::{Call, API_CALLS, POOL, TAKEOVER_TTL, THREADS};
+
+pub struct RoundTrips {
+    /// Top-level commands from the pool per measured call.
+    pub per_call: Vec<usize>,
+    /// Names of those commands.
+    pub names: BTreeSet<String>,
+    /// Commands run inside the script (`[0 lua]` lines), per call on average.
+    pub inner: f64,
+}
+
+impl RoundTrips {
+    fn exactly_one(&self) -> bool {
+        !self.per_call.is_empty() && self.per_call.iter().all(|&n| n == 1)
+    }
+
+    fn cell(&self) -> String {
+        let min = self.per_call.iter().min().copied().unwrap_or(0);
+        let max = self.per_call.iter().max().copied().unwrap_or(0);
+        let names = self.names.iter().cloned().collect::<Vec<_>>().join(", ");
+        if min == max {
+            format!("{min} ({names})")
+        } else {
+            let avg = self.per_call.iter().sum::<usize>() as f64 / self.per_call.len() as f64;
+            format!("{avg:.2} ({min}–{max}; {names})")
+        }
+    }
+}
+
+pub struct Throughput {
+    pub set1: f64,
+    pub recv1: f64,
+    pub set8: f64,
+    pub recv8: f64,
+}
+
+pub struct Memory {
+    pub pending: f64,
+    pub inflight: f64,
+    pub finalized: f64,
+    /// Key (without the prefix) → bytes per tx (`MEMORY USAGE`) when the txs are pending,
+    /// inflight, finalized.
+    pub by_key: BTreeMap<String, [f64; 3]>,
+}
+
+pub struct Scaling {
+    pub sizes: Vec<usize>,
+    pub fill: Vec<Duration>,
+    /// Per size, per call.
+    pub samples: Vec<HashMap<Call, Samples>>,
+    /// Per size, per call: the median over rounds of (this size's median in the round / the
+    /// smallest size's median in the same round).
+    pub ratios: Vec<HashMap<Call, f64>>,
+    /// Server time (SLOWLOG), per size, per call; empty if the server refused.
+    pub server: Vec<HashMap<Call, Samples>>,
+}
+
+pub struct Takeover {
+    /// ms after the dead watcher's lock expired (estimated from its PTTL, ±1 ms).
+    pub crash: Vec<f64>,
+    /// ms after the abandon call returned, for context.
+    pub crash_since_abandon: Vec<f64>,
+    /// ms after `shutdown` was called.
+    pub graceful: Vec<f64>,
+}
+
+/// What the phases measured; a phase left out with `--only` leaves its field empty.
+#[derive(Default)]
+pub struct Results {
+    pub machine: Vec<(String, String)>,
+    pub memory: Option<Memory>,
+    pub round_trips: Option<HashMap<Call, RoundTrips>>,
+    pub server_time: Option<HashMap<Call, Samples>>,
+    pub latency: Option<HashMap<Call, Samples>>,
+    pub throughput: Option<Throughput>,
+    pub scaling: Option<Scaling>,
+    pub takeover: Option<Takeover>,
+    pub profiles: Vec<(String, Call, usize, util::CommandStats)>,
+}
+
+struct Report {
+    lines: Vec<String>,
+    targets: Vec<(String, String, bool)>,
+}
+
+impl Report {
+    fn line(&mut self, s: impl Into<String>) {
+        self.lines.push(s.into());
+    }
+
+    fn target(&mut self, what: impl Into<String>, measured: impl Into<String>, ok: bool) {
+        self.targets.push((what.into(), measured.into(), ok));
+    }
+
+    fn machine(&mut self, res: &Results, opts: &Opts, elapsed: Duration) {
+        let args: Vec<String> = dolos_redis_harness::cli::args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let command = if args.is_empty() {
+            "cargo perf".to_string()
+        } else {
+            format!("cargo perf {}", args.join(" "))
+        };
+        self.line("### Machine");
+        self.line("");
+        self.line("| | |");
+        self.line("|---|---|");
+        for (k, v) in &res.machine {
+            self.line(format!("| {k} | {v} |"));
+        }
+        self.line(format!(
+            "| load average at end | {} |",
+            util::load_average()
+        ));
+        self.line(format!(
+            "| command | `{command}` ({} mode, {:.0} s) |",
+            opts.mode,
+            elapsed.as_secs_f64()
+        ));
+        self.line("");
+    }
+
+    fn per_call(&mut self, res: &Results, opts: &Opts) {
+        let (Some(rt), Some(lat)) = (&res.round_trips, &res.latency) else {
+            return;
+        };
+        let set = lat.get(&Call::Set).cloned().unwrap_or_default();
+        self.line(format!(
+            "### Per call (one thread; 1000 pending, 1000 inflight; {} timed calls each, {} of \
+             the batch calls; {} counted with MONITOR)",
+            set.len(),
+            Call::Confirm.share(set.len()),
+            opts.counted
+        ));
+        self.line("");
+        self.line(
+            "| call | round trips (commands) | commands inside the script | median µs | p99 µs \
+             | server µs (median) | median / SET |",
+        );
+        self.line("|---|---|---:|---:|---:|---:|---:|");
+        for call in std::iter::once(Call::Set).chain(API_CALLS) {
+            let s = lat.get(&call).cloned().unwrap_or_default();
+            let round = rt.get(&call);
+            let server = res
+                .server_time
+                .as_ref()
+                .and_then(|m| m.get(&call))
+                .map(|s| us(s.median()))
+                .unwrap_or_else(|| "–".into());
+            self.line(format!(
+                "| {} | {} | {} | {} | {} | {} | {:.2}× |",
+                call.label(),
+                round.map(RoundTrips::cell).unwrap_or_else(|| "–".into()),
+                round
+                    .map(|x| format!("{:.0}", x.inner))
+                    .unwrap_or_else(|| "–".into()),
+                us(s.median()),
+                us(s.p99()),
+                server,
+                s.median().as_secs_f64() / set.median().as_secs_f64()
+            ));
+        }
+        self.line("");
+        self.line(
+            "Round trips: top-level commands the server received from the pool's connections \
+             during the call (MONITOR; `[0 lua]` lines are the commands the script ran, shown \
+             in the next column; the lease thread has its own connection and is not counted). \
+             Server µs: execution time of the call in SLOWLOG (threshold 0, on only in chunks \
+             between the latency rounds).",
+        );
+        self.line("");
+        let bad: Vec<&str> = API_CALLS
+            .iter()
+            .filter(|c| !rt.get(c).is_some_and(RoundTrips::exactly_one))
+            .map(|c| c.label())
+            .collect();
+        self.target(
+            "exactly 1 round trip per call",
+            if bad.is_empty() {
+                "1 for every call".to_string()
+            } else {
+                format!("not 1: {}", bad.join(", "))
+            },
+            bad.is_empty(),
+        );
+    }
+
+    fn limit(&mut self, res: &Results, opts: &Opts) {
+        let Some(tput) = &res.throughput else {
+            return;
+        };
+        let lat = res.latency.clone().unwrap_or_default();
+        let set = lat.get(&Call::Set).cloned().unwrap_or_default();
+        let recv = lat.get(&Call::Receive).cloned().unwrap_or_default();
+        let server = |call| {
+            res.server_time
+                .as_ref()
+                .and_then(|m: &HashMap<Call, Samples>| m.get(&call))
+                .map(|s| us(s.median()))
+                .unwrap_or_else(|| "–".into())
+        };
+        let lat_ratio = recv.median().as_secs_f64() / set.median().as_secs_f64();
+        let tput_ratio = tput.recv8 / tput.set8;
+        self.line("### Against the limit: a plain `SET` through the same pool");
+        self.line("");
+        self.line(format!(
+            "| | median µs (1 thread) | p99 µs | server µs | calls/s, 1 thread | calls/s, \
+             {THREADS} threads |"
+        ));
+        self.line("|---|---:|---:|---:|---:|---:|");
+        self.line(format!(
+            "| `SET` 300 B | {} | {} | {} | {:.0} | {:.0} |",
+            us(set.median()),
+            us(set.p99()),
+            server(Call::Set),
+            tput.set1,
+            tput.set8
+        ));
+        self.line(format!(
+            "| `receive` 300 B | {} | {} | {} | {:.0} | {:.0} |",
+            us(recv.median()),
+            us(recv.p99()),
+            server(Call::Receive),
+            tput.recv1,
+            tput.recv8
+        ));
+        self.line(format!(
+            "| `receive` / `SET` | **{}** | {} | | {} | **{}** |",
+            times(lat_ratio),
+            times(recv.p99().as_secs_f64() / set.p99().as_secs_f64()),
+            times(tput.recv1 / tput.set1),
+            times(tput_ratio)
+        ));
+        self.line("");
+        self.line(format!(
+            "Latency: `receive` and `SET` alternate call by call. Throughput: {THREADS} threads \
+             share one `RedisMempool` (clones) with `pool_size({POOL})`; each figure is the \
+             total of {} alternating runs of {:.2} s.",
+            opts.tput_rounds,
+            opts.throughput.as_secs_f64() / opts.tput_rounds as f64
+        ));
+        self.line("");
+        if res.latency.is_some() {
+            self.target(
+                "`receive` latency ≤ 1.3× `SET`",
+                format!(
+                    "{:.2}× ({} vs {} µs)",
+                    lat_ratio,
+                    us(recv.median()),
+                    us(set.median())
+                ),
+                lat_ratio <= 1.3,
+            );
+        }
+        self.target(
+            format!("{THREADS}-thread `receive` throughput ≥ 0.7× `SET`"),
+            format!(
+                "{:.2}× ({:.0} vs {:.0} /s)",
+                tput_ratio, tput.recv8, tput.set8
+            ),
+            tput_ratio >= 0.7,
+        );
+    }
+
+    fn scaling(&mut self, res: &Results, opts: &Opts) {
+        let Some(scaling) = &res.scaling else {
+            return;
+        };
+        let sizes = &scaling.sizes;
+        let (first, last) = (human_count(sizes[0]), human_count(sizes[sizes.len() - 1]));
+        self.line(format!(
+            "### Scaling (median µs, one thread; {} calls per size, {} of the batch calls; ratio \
+             to {first}, paired by round)",
+            opts.iters,
+            Call::Confirm.share(opts.iters)
+        ));
+        self.line("");
+        let mut head = "| call |".to_string();
+        let mut rule = "|---|".to_string();
+        for &n in sizes {
+            head.push_str(&format!(" {} |", human_count(n)));
+            rule.push_str("---:|");
+        }
+        head.push_str(" worst ratio | target | server µs at each size |");
+        rule.push_str("---:|---|---:|");
+        self.line(head);
+        self.line(rule);
+        for (call, what) in [
+            (Call::Receive, "pending"),
+            (Call::MarkInflight, "pending"),
+            (Call::StatusPending, "pending"),
+            (Call::Confirm, "inflight"),
+            (Call::RollbackTo1, "inflight"),
+            (Call::RollbackTo10, "inflight"),
+        ] {
+            let medians: Vec<f64> = scaling
+                .samples
+                .iter()
+                .map(|m| {
+                    m.get(&call)
+                        .map(|s| s.median().as_secs_f64())
+                        .unwrap_or(0.0)
+                })
+                .collect();
+            let mut row = format!("| {} at N {what} |", call.label());
+            let mut worst: f64 = 1.0;
+            for (i, m) in medians.iter().enumerate() {
+                let ratio = scaling.ratios[i].get(&call).copied().unwrap_or(f64::NAN);
+                worst = worst.max(ratio);
+                if i == 0 {
+                    row.push_str(&format!(" {:.1} |", m * 1e6));
+                } else {
+                    row.push_str(&format!(" {:.1} ({ratio:.2}×) |", m * 1e6));
+                }
+            }
+            let ok = worst <= 1.3;
+            let server: Vec<String> = scaling
+                .server
+                .iter()
+                .map(|m| m.get(&call).map(|s| us(s.median())).unwrap_or("–".into()))
+                .collect();
+            row.push_str(&format!(
+                " {worst:.2}× | ≤ 1.3× {} | {} |",
+                check(ok),
+                server.join(" / ")
+            ));
+            self.line(row);
+            self.target(
+                format!("{} flat from {first} to {last} {what}", call.label()),
+                format!("{worst:.2}×"),
+                ok,
+            );
+        }
+        self.line("");
+        let fills: Vec<String> = sizes
+            .iter()
+            .zip(&scaling.fill)
+            .map(|(n, d)| {
+                format!(
+                    "{} in {:.1} s ({:.0}/s)",
+                    human_count(*n),
+                    d.as_secs_f64(),
+                    *n as f64 / d.as_secs_f64()
+                )
+            })
+            .collect();
+        self.line(format!(
+            "All sizes are live at once and measured in alternating rounds; a ratio is the \
+             median over rounds of (this size's median / the smallest size's median in the same \
+             round), so load that comes and goes between rounds cancels out. Filled through \
+             `receive` with {THREADS} threads: {}. `receive` and `mark_inflight` keep the size \
+             steady (what they add or move is retired or rolled back, untimed); `confirm` \
+             applies a new block whose 50 txs are inflight, then the block is rolled back \
+             (untimed).",
+            fills.join(", ")
+        ));
+        self.line("");
+    }
+
+    fn memory(&mut self, res: &Results, opts: &Opts) {
+        let Some(memory) = &res.memory else {
+            return;
+        };
+        self.line(format!(
+            "### Redis memory per tracked tx beyond its {} B payload (`INFO memory` delta over \
+             {} txs)",
+            util::PAYLOAD_LEN,
+            human_count(opts.memory_txs)
+        ));
+        self.line("");
+        self.line("| | pending | inflight | in the finalized log |");
+        self.line("|---|---:|---:|---:|");
+        self.line(format!(
+            "| **used_memory delta − payload** | **{:.0} B** | **{:.0} B** | **{:.0} B** |",
+            memory.pending, memory.inflight, memory.finalized
+        ));
+        for (key, [p, i, f]) in &memory.by_key {
+            if p.abs() < 0.5 && i.abs() < 0.5 && f.abs() < 0.5 {
+                continue;
+            }
+            self.line(format!(
+                "| `MEMORY USAGE` of `P:{key}` | {p:.0} B | {i:.0} B | {f:.0} B |"
+            ));
+        }
+        self.line("");
+        self.line(
+            "Per-key figures are `MEMORY USAGE … SAMPLES 0` per tx and include the payload where \
+             the key holds it (`txs`, `log`); the event stream grows with every transition \
+             until it reaches its configured length.",
+        );
+        self.line("");
+    }
+
+    fn takeover(&mut self, res: &Results, opts: &Opts) {
+        let Some(takeover) = &res.takeover else {
+            return;
+        };
+        let stats = |v: &[f64]| -> (f64, f64, f64) {
+            let s = sorted(v);
+            (
+                s.first().copied().unwrap_or(f64::NAN),
+                median(v),
+                s.last().copied().unwrap_or(f64::NAN),
+            )
+        };
+        let (cmin, cmed, cmax) = stats(&takeover.crash);
+        let (amin, amed, amax) = stats(&takeover.crash_since_abandon);
+        let (gmin, gmed, gmax) = stats(&takeover.graceful);
+        self.line(format!(
+            "### Watcher takeover ({} trials each, TTL {} s, 2 nodes, ms)",
+            opts.trials,
+            TAKEOVER_TTL.as_secs()
+        ));
+        self.line("");
+        self.line("| | min | median | max | target |");
+        self.line("|---|---:|---:|---:|---|");
+        let crash_ok = cmed <= 20.0 && cmax <= 100.0;
+        let graceful_ok = gmed <= 20.0 && gmax <= 100.0;
+        self.line(format!(
+            "| crash (`abandon`), after the lock expired | {} | {} | {} | median ≤ 20, max ≤ \
+             100 {} |",
+            ms(cmin),
+            ms(cmed),
+            ms(cmax),
+            check(crash_ok)
+        ));
+        self.line(format!(
+            "| crash, after the watcher died | {} | {} | {} | ≤ TTL + 100 {} |",
+            ms(amin),
+            ms(amed),
+            ms(amax),
+            check(amax <= TAKEOVER_TTL.as_secs_f64() * 1e3 + 100.0)
+        ));
+        self.line(format!(
+            "| graceful (`shutdown`), after the call | {} | {} | {} | median ≤ 20, max ≤ 100 \
+             {} |",
+            ms(gmin),
+            ms(gmed),
+            ms(gmax),
+            check(graceful_ok)
+        ));
+        self.line("");
+        self.line(format!(
+            "Takeover is the moment the follower's `is_watcher()` turns true. The expiry of \
+             the dead watcher's lock is estimated from its PTTL read right after the crash \
+             (±1 ms). Crash trials {}.",
+            if opts.sequential_takeover {
+                "ran one after the other"
+            } else {
+                "ran staggered 130 ms apart, each with its own prefix"
+            }
+        ));
+        self.line("");
+        self.target(
+            "takeover after a crash: median ≤ 20 ms after expiry, max ≤ 100 ms",
+            format!("median {} ms, max {} ms", ms(cmed), ms(cmax)),
+            crash_ok,
+        );
+        self.target(
+            "takeover after `shutdown`: median ≤ 20 ms, max ≤ 100 ms",
+            format!("median {} ms, max {} ms", ms(gmed), ms(gmax)),
+            graceful_ok,
+        );
+    }
+
+    fn profiles(&mut self, res: &Results) {
+        if res.profiles.is_empty() {
+            return;
+        }
+        self.line("### Where the server time goes (`--profile`)");
+        self.line("");
+        self.line(
+            "Per measured call: the commands its script ran (`INFO commandstats`), as count × \
+             and total µs; the rest of the server time is Lua itself and the call's setup.",
+        );
+        self.line("");
+        self.line(
+            "| call | where | script total µs | inner commands (count, µs), most costly first |",
+        );
+        self.line("|---|---|---:|---|");
+        for (label, call, n, stats) in &res.profiles {
+            let n = (*n).max(1) as f64;
+            let mut inner: Vec<(&String, &(u64, u64))> = stats
+                .iter()
+                .filter(|(name, _)| !matches!(name.as_str(), "evalsha" | "eval" | "set"))
+                // Less than once per call: another node's lease traffic, not this call.
+                .filter(|(_, (calls, _))| *calls as f64 / n >= 0.5)
+                .collect();
+            inner.sort_by_key(|entry| std::cmp::Reverse(entry.1 .1));
+            let top = inner
+                .iter()
+                .map(|(name, (calls, usec))| {
+                    format!(
+                        "{} {:.0}× {:.1}",
+                        name.to_uppercase(),
+                        *calls as f64 / n,
+                        *usec as f64 / n
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let total = stats
+                .iter()
+                .filter(|(name, _)| matches!(name.as_str(), "evalsha" | "eval" | "set"))
+                .map(|(_, (_, usec))| *usec)
+                .sum::<u64>() as f64
+                / n;
+            let inner_sum = inner.iter().map(|(_, (_, u))| *u).sum::<u64>() as f64 / n;
+            self.line(format!(
+                "| {} | {label} | {total:.1} (inner {inner_sum:.1}) | {top} |",
+                call.label()
+            ));
+        }
+        self.line("");
+    }
+}
+
+/// The report, in Markdown: the targets first, then the tables.
+pub fn report(res: &Results, opts: &Opts, elapsed: Duration) -> String {
+    let mut r = Report {
+        lines: Vec::new(),
+        targets: Vec::new(),
+    };
+    r.machine(res, opts, elapsed);
+    r.per_call(res, opts);
+    r.limit(res, opts);
+    r.scaling(res, opts);
+    r.memory(res, opts);
+    r.takeover(res, opts);
+    r.profiles(res);
+    // Targets first, then the details.
+    let mut out = vec!["### Targets".to_string(), String::new()];
+    out.push("| target | measured | |".into());
+    out.push("|---|---|---|".into());
+    for (what, measured, ok) in &r.targets {
+        out.push(format!("| {what} | {measured} | {} |", check(*ok)));
+    }
+    out.push(String::new());
+    out.extend(r.lines);
+    out.join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
