@@ -7,8 +7,8 @@
 
 use redis::Value;
 
-use crate::keys::Keys;
-use crate::types::{BlockHash, ChainPoint, EraCbor, MempoolTx, MempoolTxStage, TxHash};
+use crate::keys::{Key, Keys};
+use crate::types::{BlockHash, ChainPoint, EraCbor, MempoolTx, MempoolTxStage, TxHash, TxStatus};
 use crate::Error;
 
 fn unexpected(what: &str, v: &Value) -> Error {
@@ -36,11 +36,6 @@ pub(crate) fn int(v: &Value, what: &str) -> Result<i64, Error> {
 pub(crate) fn uint(v: &Value, what: &str) -> Result<u64, Error> {
     let n = int(v, what)?;
     u64::try_from(n).map_err(|_| unexpected(what, v))
-}
-
-pub(crate) fn count(v: &Value, what: &str) -> Result<u32, Error> {
-    let n = int(v, what)?;
-    u32::try_from(n).map_err(|_| unexpected(what, v))
 }
 
 pub(crate) fn text(v: &Value, what: &str) -> Result<String, Error> {
@@ -123,46 +118,201 @@ pub(crate) fn decode_point(s: &str, key: &str) -> Result<Option<ChainPoint>, Err
     }))
 }
 
-pub(crate) fn decode_stage(code: &str, key: &str) -> Result<MempoolTxStage, Error> {
-    Ok(match code {
-        "P" => MempoolTxStage::Pending,
-        "R" => MempoolTxStage::Propagated,
-        "A" => MempoolTxStage::Acknowledged,
-        "C" => MempoolTxStage::Confirmed,
-        "F" => MempoolTxStage::Finalized,
-        "D" => MempoolTxStage::Dropped,
-        other => {
-            return Err(Error::Corrupt {
-                key: key.to_string(),
-                detail: format!("unknown stage {other:?}"),
-            })
-        }
-    })
+/// What `P:txs` stores for a tx: `<era>|<body>`, written once by `receive`.
+pub(crate) fn tx_record(payload: &EraCbor) -> Vec<u8> {
+    let mut record = format!("{}|", payload.0).into_bytes();
+    record.extend_from_slice(&payload.1);
+    record
 }
 
-/// Decodes `{hash, stage, confirmations, misses, confirmed_at, era, body}` (see `tx_reply` in
-/// `prelude.lua`).
-pub(crate) fn decode_tx(v: Value, keys: &Keys) -> Result<MempoolTx, Error> {
-    let [hash, stage, c, m, at, era, body] = tuple(v, "tx")?;
-    let hash_text = text(&hash, "tx hash")?;
-    let key = format!("{} {}", keys.txs, hash_text);
-    let hash: TxHash = hash_text.parse().map_err(|_| Error::Corrupt {
-        key: key.clone(),
-        detail: "bad tx hash".into(),
-    })?;
-    let era = text(&era, "era")?;
-    let era: u16 = era.parse().map_err(|_| Error::Corrupt {
-        key: key.clone(),
-        detail: format!("bad era {era:?}"),
-    })?;
-    Ok(MempoolTx {
-        hash,
-        payload: EraCbor(era, bytes(body, "payload")?),
-        stage: decode_stage(&text(&stage, "stage")?, &key)?,
-        confirmations: count(&c, "confirmations")?,
-        non_confirmations: count(&m, "misses")?,
-        confirmed_at: decode_point(&text(&at, "confirmed_at")?, &key)?,
-    })
+/// Reads a stored record back (see [`tx_record`]); `key` names it in the error.
+pub(crate) fn decode_record(v: Value, key: impl Fn() -> String) -> Result<EraCbor, Error> {
+    let bad = |detail: String| Error::Corrupt { key: key(), detail };
+    let record = match v {
+        Value::BulkString(b) => b,
+        Value::Nil => return Err(bad("the tx has no record".into())),
+        other => return Err(unexpected("tx record", &other)),
+    };
+    let era = record
+        .iter()
+        .position(|&b| b == b'|')
+        .and_then(|bar| Some((std::str::from_utf8(&record[..bar]).ok()?.parse().ok()?, bar)));
+    match era {
+        Some((era, bar)) => Ok(EraCbor(era, record[bar + 1..].to_vec())),
+        None => Err(bad(format!(
+            "not a record: {:?}",
+            String::from_utf8_lossy(&record[..record.len().min(32)])
+        ))),
+    }
+}
+
+/// A tx hash as Redis holds it: its 32 bytes.
+pub(crate) fn hash(v: &Value, what: &str) -> Result<TxHash, Error> {
+    match v {
+        Value::BulkString(b) => <[u8; 32]>::try_from(&b[..])
+            .map(TxHash::from)
+            .map_err(|_| unexpected(what, v)),
+        other => Err(unexpected(what, other)),
+    }
+}
+
+/// A sorted-set score that must be a whole number (event numbers, sequences, heights).
+pub(crate) fn score(v: &Value, key: &str) -> Result<u64, Error> {
+    let text = text(v, "score")?;
+    let bad = || Error::Corrupt {
+        key: key.to_string(),
+        detail: format!("not a whole score: {text:?}"),
+    };
+    match text.parse::<u64>() {
+        Ok(n) => Ok(n),
+        Err(_) => {
+            let f: f64 = text.parse().map_err(|_| bad())?;
+            if f >= 0.0 && f.fract() == 0.0 && f < 9.0e15 {
+                Ok(f as u64)
+            } else {
+                Err(bad())
+            }
+        }
+    }
+}
+
+/// What the stage bits of a `P:inflight` score are measured against (see `src/keys.rs`): a score
+/// is `n·2¹⁷ + x`, with `x` 0 Propagated, 1 Acknowledged, `2 + (hc mod 131070)` Confirmed.
+pub(crate) const STAGE_BITS: u64 = 1 << 17;
+const HEIGHT_MOD: u64 = STAGE_BITS - 2;
+
+/// How to read inflight txs: the applied chain's height, the points of the blocks that first
+/// confirmed live txs, and the marks (where the misses of Propagated and Acknowledged txs count
+/// from). Built from what `peek_inflight.lua`, `find_inflight.lua` and `check_status.lua` return.
+pub(crate) struct InflightView {
+    height: u64,
+    /// Confirming height → its point.
+    points: std::collections::BTreeMap<u64, ChainPoint>,
+    /// (first event number, height), by event number.
+    marks: Vec<(u64, u64)>,
+    points_key: String,
+    marks_key: String,
+}
+
+impl InflightView {
+    /// From `H`, the `P:points` members and the `P:marks` members with their scores.
+    pub fn new(height: &Value, points: Value, marks: Value, keys: &Keys) -> Result<Self, Error> {
+        let points_key = keys.name(Key::Points).to_string();
+        let marks_key = keys.name(Key::Marks).to_string();
+        let height_text = text(height, "height")?;
+        let height = height_text.parse().map_err(|_| Error::Corrupt {
+            key: format!("{} H", keys.meta),
+            detail: format!("not a number: {height_text:?}"),
+        })?;
+        let mut by_height = std::collections::BTreeMap::new();
+        for p in array(points, "points")? {
+            let member = text(&p, "point")?;
+            let (at, point) = split_height(&member, &points_key)?;
+            let point = decode_point(point, &points_key)?.ok_or_else(|| Error::Corrupt {
+                key: points_key.clone(),
+                detail: format!("no point in {member:?}"),
+            })?;
+            by_height.insert(at, point);
+        }
+        let flat = array(marks, "marks")?;
+        let mut list = Vec::with_capacity(flat.len() / 2);
+        for pair in flat.chunks(2) {
+            let [member, first] = pair else {
+                return Err(unexpected("marks", &Value::Array(pair.to_vec())));
+            };
+            let member = text(member, "mark")?;
+            let (at, rest) = split_height(&member, &marks_key)?;
+            if !rest.is_empty() {
+                return Err(Error::Corrupt {
+                    key: marks_key.clone(),
+                    detail: format!("not a height: {member:?}"),
+                });
+            }
+            list.push((score(first, &marks_key)?, at));
+        }
+        list.sort_unstable();
+        Ok(InflightView {
+            height,
+            points: by_height,
+            marks: list,
+            points_key,
+            marks_key,
+        })
+    }
+
+    /// The tx of `hash` with this `score` in `P:inflight` and its stored `record`.
+    pub fn tx(&self, hash: TxHash, score: u64, payload: EraCbor) -> Result<MempoolTx, Error> {
+        let status = self.status(score)?;
+        Ok(MempoolTx {
+            hash,
+            payload,
+            stage: status.stage,
+            confirmations: status.confirmations,
+            non_confirmations: status.non_confirmations,
+            confirmed_at: status.confirmed_at,
+        })
+    }
+
+    /// Stage and counters of an inflight tx from its score.
+    pub fn status(&self, score: u64) -> Result<crate::types::TxStatus, Error> {
+        let (n, x) = (score / STAGE_BITS, score % STAGE_BITS);
+        let h = self.height;
+        let small = |v: u64, key: &str| {
+            u32::try_from(v).map_err(|_| Error::Corrupt {
+                key: key.to_string(),
+                detail: format!("counter out of range: {v}"),
+            })
+        };
+        if x >= 2 {
+            let back = (h + HEIGHT_MOD - (x - 2) % HEIGHT_MOD) % HEIGHT_MOD;
+            let at = h
+                .checked_sub(back)
+                .and_then(|hc| Some((hc, self.points.get(&hc)?)));
+            let (hc, at) = at.ok_or_else(|| Error::Corrupt {
+                key: self.points_key.clone(),
+                detail: format!("no point for the height of stage bits {x}"),
+            })?;
+            return Ok(crate::types::TxStatus {
+                stage: MempoolTxStage::Confirmed,
+                confirmations: small(h - hc + 1, &self.points_key)?,
+                non_confirmations: 0,
+                confirmed_at: Some(*at),
+            });
+        }
+        let hi = self
+            .marks
+            .iter()
+            .rev()
+            .find(|(first, _)| *first <= n)
+            .map(|(_, at)| *at)
+            .filter(|at| *at <= h)
+            .ok_or_else(|| Error::Corrupt {
+                key: self.marks_key.clone(),
+                detail: format!("no mark at or below event {n}"),
+            })?;
+        Ok(crate::types::TxStatus {
+            stage: if x == 0 {
+                MempoolTxStage::Propagated
+            } else {
+                MempoolTxStage::Acknowledged
+            },
+            confirmations: 0,
+            non_confirmations: small(h - hi, &self.marks_key)?,
+            confirmed_at: None,
+        })
+    }
+}
+
+/// Splits `<height, 12 digits><rest>` (members of `P:points`, `P:marks`, `P:confirmed`).
+pub(crate) fn split_height<'a>(member: &'a str, key: &str) -> Result<(u64, &'a str), Error> {
+    member
+        .get(..12)
+        .and_then(|h| h.parse().ok())
+        .map(|h| (h, &member[12..]))
+        .ok_or_else(|| Error::Corrupt {
+            key: key.to_string(),
+            detail: format!("no height in {member:?}"),
+        })
 }
 
 /// One entry of one of our streams (the finalized log, the events), whose ids are `<n>-0`.
@@ -194,46 +344,68 @@ pub(crate) fn stream_entry(v: Value, stream: &str) -> Result<StreamEntry, Error>
     })
 }
 
-/// Decodes one raw `XRANGE` entry of the finalized log into its sequence and tx.
+/// The status part of a log record, its `s` field: `<F|D><hash, 32 bytes><c>|<m>|<point>`.
+pub(crate) fn decode_log_status(raw: &[u8], key: &str) -> Result<(TxHash, TxStatus), Error> {
+    let bad = || Error::Corrupt {
+        key: key.to_string(),
+        detail: format!(
+            "not a log status: {:?}",
+            String::from_utf8_lossy(&raw[..raw.len().min(48)])
+        ),
+    };
+    if raw.len() < 33 {
+        return Err(bad());
+    }
+    let stage = match raw[0] {
+        b'F' => MempoolTxStage::Finalized,
+        b'D' => MempoolTxStage::Dropped,
+        _ => return Err(bad()),
+    };
+    let hash = TxHash::from(<[u8; 32]>::try_from(&raw[1..33]).map_err(|_| bad())?);
+    let rest = std::str::from_utf8(&raw[33..]).map_err(|_| bad())?;
+    let mut parts = rest.splitn(3, '|');
+    let (Some(c), Some(m), Some(at)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    Ok((
+        hash,
+        TxStatus {
+            stage,
+            confirmations: c.parse().map_err(|_| bad())?,
+            non_confirmations: m.parse().map_err(|_| bad())?,
+            confirmed_at: decode_point(at, key)?,
+        },
+    ))
+}
+
+/// Decodes one raw `XRANGE` entry of the finalized log (fields `s` and `b`, see
+/// [`decode_log_status`] and [`tx_record`]) into its sequence and tx.
 pub(crate) fn decode_log_entry(v: Value, keys: &Keys) -> Result<(u64, MempoolTx), Error> {
     let StreamEntry { seq, key, fields } = stream_entry(v, &keys.log)?;
-    let corrupt = |detail: String| Error::Corrupt {
-        key: key.clone(),
-        detail,
-    };
     let mut fields = fields.into_iter();
-    let (mut tx, mut st, mut c, mut m, mut at, mut era, mut body) =
-        (None, None, None, None, None, None, None);
+    let (mut status, mut record) = (None, None);
     while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
         match text(&name, "log field name")?.as_str() {
-            "tx" => tx = Some(text(&value, "tx")?),
-            "st" => st = Some(text(&value, "st")?),
-            "c" => c = Some(count(&value, "c")?),
-            "m" => m = Some(count(&value, "m")?),
-            "at" => at = Some(text(&value, "at")?),
-            "era" => era = Some(text(&value, "era")?),
-            "body" => body = Some(bytes(value, "body")?),
+            "s" => status = Some(bytes(value, "log status")?),
+            "b" => record = Some(value),
             _ => {}
         }
     }
-    let missing = |f: &str| corrupt(format!("field {f} missing"));
-    let hash: TxHash = tx
-        .ok_or_else(|| missing("tx"))?
-        .parse()
-        .map_err(|_| corrupt("bad tx hash".into()))?;
-    let era = era.ok_or_else(|| missing("era"))?;
-    let era: u16 = era
-        .parse()
-        .map_err(|_| corrupt(format!("bad era {era:?}")))?;
+    let missing = |f: &str| Error::Corrupt {
+        key: key.clone(),
+        detail: format!("field {f} missing"),
+    };
+    let (hash, status) = decode_log_status(&status.ok_or_else(|| missing("s"))?, &key)?;
+    let payload = decode_record(record.ok_or_else(|| missing("b"))?, || key.clone())?;
     Ok((
         seq,
         MempoolTx {
             hash,
-            payload: EraCbor(era, body.ok_or_else(|| missing("body"))?),
-            stage: decode_stage(&st.ok_or_else(|| missing("st"))?, &key)?,
-            confirmations: c.ok_or_else(|| missing("c"))?,
-            non_confirmations: m.ok_or_else(|| missing("m"))?,
-            confirmed_at: decode_point(&at.unwrap_or_default(), &key)?,
+            payload,
+            stage: status.stage,
+            confirmations: status.confirmations,
+            non_confirmations: status.non_confirmations,
+            confirmed_at: status.confirmed_at,
         },
     ))
 }
@@ -258,5 +430,59 @@ mod tests {
         }
         assert_eq!(chain_member(&ChainPoint::Origin), None);
         assert!(decode_point("x:y", "k").is_err());
+    }
+
+    #[test]
+    fn records_and_log_statuses_round_trip() {
+        let payload = EraCbor(6, vec![0x84, b'|', 0, 0xff]);
+        let record = tx_record(&payload);
+        assert_eq!(&record[..2], b"6|");
+        let back = decode_record(Value::BulkString(record), || "k".into()).unwrap();
+        assert_eq!(back, payload);
+        assert!(decode_record(Value::BulkString(b"garbage".to_vec()), || "k".into()).is_err());
+        assert!(decode_record(Value::Nil, || "k".into()).is_err());
+
+        let hash = TxHash::from([b'|'; 32]);
+        let mut raw = b"F".to_vec();
+        raw.extend_from_slice(hash.as_bytes());
+        raw.extend_from_slice(b"6|0|12:");
+        raw.extend_from_slice(BlockHash::from([1; 32]).to_string().as_bytes());
+        let (h, status) = decode_log_status(&raw, "k").unwrap();
+        assert_eq!(h, hash);
+        assert_eq!(status.stage, MempoolTxStage::Finalized);
+        assert_eq!(status.confirmations, 6);
+        assert_eq!(status.confirmed_at.map(|p| p.slot()), Some(12));
+        assert!(decode_log_status(b"X", "k").is_err());
+    }
+
+    #[test]
+    fn an_inflight_score_says_stage_and_counters() {
+        let keys = Keys::new("p");
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let view = InflightView::new(
+            &bulk("10"),
+            Value::Array(vec![bulk("00000000000912")]),
+            Value::Array(vec![
+                bulk("000000000007"),
+                bulk("5"),
+                bulk("000000000009"),
+                bulk("40"),
+            ]),
+            &keys,
+        )
+        .unwrap();
+        let status = |n: u64, x: u64| view.status(n * STAGE_BITS + x).unwrap();
+        assert_eq!(status(5, 0).stage, MempoolTxStage::Propagated);
+        assert_eq!(status(5, 0).non_confirmations, 3);
+        assert_eq!(status(39, 1).non_confirmations, 3);
+        assert_eq!(status(40, 1).stage, MempoolTxStage::Acknowledged);
+        assert_eq!(status(40, 1).non_confirmations, 1);
+        let c = status(41, 2 + 9);
+        assert_eq!(c.stage, MempoolTxStage::Confirmed);
+        assert_eq!(c.confirmations, 2);
+        assert_eq!(c.confirmed_at, Some(ChainPoint::Slot(12)));
+        // Before every mark, or confirmed at a height without a point: corrupt.
+        assert!(view.status(4 * STAGE_BITS).is_err());
+        assert!(view.status(41 * STAGE_BITS + 2 + 8).is_err());
     }
 }

@@ -105,6 +105,17 @@ pub enum Error {
     /// `maxmemory` raised, which takes an operator (lowering `max_pending`, `max_finalized` or
     /// `event_history` keeps it from coming back). Holds Redis's own message.
     OutOfMemory(ErrorMessage),
+    /// `open` found keys under the prefix written in another layout than this version's (an
+    /// earlier version of the crate, whose records and streams it would misread, or a later
+    /// one). Nothing was changed. To go on, stop every node of that prefix and delete its keys
+    /// (the pending txs are lost; Dolos resubmits what its clients send again), or open with
+    /// another `key_prefix`.
+    IncompatibleLayout {
+        /// The key prefix.
+        prefix: String,
+        /// The layout found.
+        found: String,
+    },
     /// `open` found Redis configured to evict keys when it runs out of memory
     /// (`maxmemory-policy` other than `noeviction`): `allkeys-*` would delete accepted
     /// transactions, `volatile-*` the watcher lock. The message says what the policy would do
@@ -144,6 +155,14 @@ impl fmt::Display for Error {
                 "redis is out of memory and refused the call; nothing was stored. Raise redis's \
                  maxmemory, or lower max_pending, max_finalized or event_history (see the \
                  README, Deployments), then make the call again (redis said: {m})"
+            ),
+            Error::IncompatibleLayout { prefix, found } => write!(
+                f,
+                "the keys under {prefix} hold {found}, which this version of dolos-redis (layout \
+                 {}) cannot read. To fix: stop every node of this prefix and delete its keys \
+                 (redis-cli --scan --pattern '{prefix}:*' | xargs redis-cli del), or use another \
+                 key_prefix",
+                crate::keys::LAYOUT
             ),
             Error::EvictionPolicy { policy } => write!(
                 f,

@@ -1,17 +1,24 @@
 //! Events: every transition, on every node.
 //!
-//! The script that makes a transition also appends it to the `P:events` stream (see
-//! `emit` in `prelude.lua`), so there is no transition without its event and no event without its
+//! The script that makes transitions also appends them to the `P:events` stream, one entry per
+//! call (see [`entries`]), so there is no transition without its event and no event without its
 //! transition, and the stream's order is the commit order. Each process runs one reader thread
 //! (started by the first [`RedisMempool::subscribe`](crate::RedisMempool::subscribe)) that
-//! follows the stream with `XREAD BLOCK` on its own connection and hands each event to every
-//! subscriber's bounded channel without ever blocking.
+//! follows the stream with `XREAD BLOCK` on its own connection, turns each entry into its events
+//! and hands each event to every subscriber's bounded channel without ever blocking.
 //!
-//! Event ids are `<n>-0` with `n` from a counter, so a gap in `n` means trimmed history: the
-//! reader then sends [`MempoolEvent::Lagged`] instead of leaving a silent hole. After a lost link
-//! it resumes from the last id it delivered — unless the stream now stands below it (a failover
-//! or a restart lost the last writes), when it logs a warning and follows the stream from where
-//! it stands, so numbers are reused rather than new events skipped.
+//! Every event has a number: an entry's id is `<n>-0`, `n` the number of its first event, and
+//! the next entry starts after its last one, so a gap in the numbers means trimmed history. The
+//! reader then sends [`MempoolEvent::Lagged`] with the exact number of events missed instead of
+//! leaving a silent hole, and starts again from a new snapshot. A block's entry does not list the
+//! txs that stay Confirmed; the reader derives their events from its copy of the Confirmed set,
+//! taken with `events_snapshot.lua` when it starts (and after a gap) and kept by the entries.
+//! After a lost link it resumes from the last event it delivered — unless the stream now stands
+//! below it (a failover or a restart lost the last writes): then it logs a warning, follows the
+//! stream from the first entry it had not delivered (so numbers are reused rather than new events
+//! skipped), and counts as `Lagged` what was written since that it cannot derive.
+
+mod entries;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -24,8 +31,11 @@ use redis::Value;
 
 use crate::codec;
 use crate::connect::{ConnRole, RedisConn};
-use crate::types::{ChainPoint, EraCbor, MempoolTx, MempoolTxStage};
-use crate::{Error, TxHash, LOG_TARGET};
+use crate::keys::Keys;
+use crate::scripts::{self, Scripts};
+use crate::types::{ChainPoint, MempoolTx};
+use crate::{Error, LOG_TARGET};
+use entries::{Confirmed, Diverged};
 
 /// A change in the shared mempool, as every node sharing the prefix sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,12 +151,13 @@ const BLOCK: Duration = Duration::from_millis(500);
 
 pub(crate) struct ReaderSetup {
     pub target: crate::connect::Target,
-    pub stream: String,
+    pub keys: Keys,
+    /// For `events_snapshot.lua`.
+    pub scripts: Arc<Scripts>,
+    pub event_history: usize,
     pub node_id: String,
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
-    /// The counter of event numbers (`P:events:seq`): the reader starts after its value.
-    pub counter: String,
 }
 
 impl EventHub {
@@ -186,6 +197,8 @@ impl EventHub {
                 setup,
                 link_up: true,
                 recent: VecDeque::new(),
+                confirmed: Confirmed::default(),
+                catching_up: None,
             };
             match std::thread::Builder::new()
                 .name(name)
@@ -217,9 +230,20 @@ struct Reader {
     /// Told once the starting position is known.
     ready: Option<Sender<()>>,
     link_up: bool,
-    /// The last events delivered, as Redis sent them (number, entry), to tell after a loss of
+    /// The last entries delivered, as Redis sent them (number, entry), to tell after a loss of
     /// writes which entries of the stream were delivered already.
     recent: VecDeque<(u64, Value)>,
+    /// The Confirmed txs as of event `last`, to derive the Confirmed events of blocks.
+    confirmed: Confirmed,
+    /// After the reader lost track (see [`Reader::resync`]): the snapshot it takes over from
+    /// once it has read up to the snapshot's last event; `confirmed` is partial until then.
+    catching_up: Option<Snapshot>,
+}
+
+/// What `events_snapshot.lua` returns: the last event number and the Confirmed set then.
+struct Snapshot {
+    last: u64,
+    confirmed: Confirmed,
 }
 
 /// How many delivered entries the reader remembers (see `Reader::recent`).
@@ -268,36 +292,32 @@ impl Reader {
             debug!(target: LOG_TARGET, "event reader reconnected");
             self.link_up = true;
         }
-        let value: Option<String> = conn
-            .run(redis::cmd("GET").arg(&s.counter))
-            .map_err(Error::from_redis)?;
-        let counter = match value {
-            None => 0,
-            Some(v) => v.parse().map_err(|_| Error::Corrupt {
-                key: s.counter.clone(),
-                detail: format!("not a counter: {v:?}"),
-            })?,
-        };
-        let last = match self.last {
-            // The stream is behind what we delivered: the server lost its last writes (a
-            // failover to a replica that had not received them, or a restart without
-            // persistence). Waiting for the counter to pass `last` would silently skip the
-            // events written meanwhile; follow the stream as it is now.
-            Some(last) if counter < last => {
-                let from = self.first_undelivered(&mut conn, counter)?;
-                warn!(target: LOG_TARGET, "event stream went back from event {last} to {counter} (redis lost its last writes); following it from event {}", from + 1);
-                from
-            }
-            Some(last) => last,
+        let mut last = match self.last {
             None => {
-                self.last = Some(counter);
+                let snap = self.snapshot(&mut conn)?;
+                self.confirmed = snap.confirmed;
+                self.last = Some(snap.last);
                 if let Some(ready) = self.ready.take() {
                     let _ = ready.send(());
                 }
-                counter
+                snap.last
+            }
+            Some(last) => {
+                let counter = self.counter(&mut conn)?;
+                if counter < last {
+                    // The stream is behind what we delivered: the server lost its last writes (a
+                    // failover to a replica that had not received them, or a restart without
+                    // persistence). Waiting for the counter to pass `last` would silently skip
+                    // the events written meanwhile; follow the stream as it is now, from a new
+                    // snapshot (the copy of the Confirmed set holds lost changes).
+                    let from = self.first_undelivered(&mut conn, counter)?;
+                    warn!(target: LOG_TARGET, "event stream went back from event {last} to {counter} (redis lost its last writes); following it from event {}", from + 1);
+                    self.resync(&mut conn, from)?
+                } else {
+                    last
+                }
             }
         };
-        let mut last = last;
         loop {
             if self.stopped() {
                 return Ok(());
@@ -310,16 +330,70 @@ impl Reader {
                         .arg("BLOCK")
                         .arg(BLOCK.as_millis() as u64)
                         .arg("STREAMS")
-                        .arg(&self.setup.stream)
+                        .arg(&self.setup.keys.events)
                         .arg(format!("{last}-0")),
                 )
                 .map_err(Error::from_redis)?;
-            last = self.deliver(reply, last)?;
+            last = self.deliver(&mut conn, reply, last)?;
             self.last = Some(last);
         }
     }
 
-    /// Hands the entries of one `XREAD` reply to the subscribers; returns the last event number.
+    /// The last event number the stream has given.
+    fn counter(&self, conn: &mut RedisConn) -> Result<u64, Error> {
+        let keys = &self.setup.keys;
+        let value: Option<String> = conn
+            .run(redis::cmd("HGET").arg(&keys.meta).arg("ev"))
+            .map_err(Error::from_redis)?;
+        match value {
+            None => Ok(0),
+            Some(v) => v.parse().map_err(|_| Error::Corrupt {
+                key: format!("{} ev", keys.meta),
+                detail: format!("not a counter: {v:?}"),
+            }),
+        }
+    }
+
+    fn snapshot(&self, conn: &mut RedisConn) -> Result<Snapshot, Error> {
+        let s = &self.setup;
+        let reply = scripts::run(
+            conn,
+            &s.scripts.events_snapshot(),
+            &s.keys,
+            s.event_history,
+            None,
+        )?;
+        let [last, entries, points] = codec::tuple(reply, "events_snapshot")?;
+        Ok(Snapshot {
+            last: codec::uint(&last, "last event")?,
+            confirmed: Confirmed::from_snapshot(entries, points, &s.keys.events)?,
+        })
+    }
+
+    /// Starts again from a new snapshot, having delivered (or reported) every event up to
+    /// `delivered`: the entries after it are still delivered as they come, but the reader's copy
+    /// of the Confirmed set is lost, so until it has read up to the snapshot's last event its
+    /// copy is partial (the txs confirmed since), and what needs the rest (the Confirmed events
+    /// of a block, the Finalized event of a tx confirmed before) is told as `Lagged`. Then the
+    /// snapshot's copy takes over. Returns `delivered`, where reading goes on.
+    fn resync(&mut self, conn: &mut RedisConn, delivered: u64) -> Result<u64, Error> {
+        let snap = self.snapshot(conn)?;
+        self.confirmed = Confirmed::default();
+        self.catching_up = Some(snap);
+        self.take_over(delivered);
+        self.last = Some(delivered);
+        Ok(delivered)
+    }
+
+    /// Once the reader has read up to the snapshot it caught up with, its copy takes over.
+    fn take_over(&mut self, last: u64) {
+        if self.catching_up.as_ref().is_some_and(|s| s.last <= last) {
+            if let Some(snap) = self.catching_up.take() {
+                self.confirmed = snap.confirmed;
+            }
+        }
+    }
+
     /// After the stream went back to `counter`: the number after which its entries were not
     /// delivered. Entries written before the loss are the ones delivered (same number, same
     /// content); the first that differs was written since. Older than what the reader
@@ -329,7 +403,7 @@ impl Reader {
         let reply: Value = conn
             .run(
                 redis::cmd("XRANGE")
-                    .arg(&self.setup.stream)
+                    .arg(&self.setup.keys.events)
                     .arg(format!("{start}-0"))
                     .arg(format!("{counter}-0")),
             )
@@ -337,9 +411,9 @@ impl Reader {
         let oldest = self.recent.front().map(|(m, _)| *m);
         let mut delivered = start - 1;
         for entry in codec::array(reply, "xrange")? {
-            let n = entry_number(&entry, &self.setup.stream)?;
+            let n = entry_number(&entry, &self.setup.keys.events)?;
             match self.recent.iter().find(|(m, _)| *m == n) {
-                Some((_, value)) if value == &entry => delivered = n,
+                Some((_, value)) if value == &entry => delivered = self.end_of(n),
                 // Same number, other event: written after the loss.
                 Some(_) => break,
                 // Older than what we remember: assumed delivered.
@@ -352,7 +426,18 @@ impl Reader {
         Ok(delivered)
     }
 
-    fn deliver(&mut self, reply: Value, mut last: u64) -> Result<u64, Error> {
+    /// The last event number of the remembered entry numbered `n`.
+    fn end_of(&self, n: u64) -> u64 {
+        let next = self.recent.iter().map(|(m, _)| *m).find(|m| *m > n);
+        match (next, self.last) {
+            (Some(next), _) => next - 1,
+            (None, Some(last)) => last.max(n),
+            (None, None) => n,
+        }
+    }
+
+    /// Hands the entries of one `XREAD` reply to the subscribers; returns the last event number.
+    fn deliver(&mut self, conn: &mut RedisConn, reply: Value, mut last: u64) -> Result<u64, Error> {
         // Nil: the block timed out with nothing new. Otherwise [[stream, [entry...]]] (RESP2)
         // or a map of stream → entries (RESP3).
         let entries = match reply {
@@ -370,22 +455,41 @@ impl Reader {
             },
             other => return Err(Error::UnexpectedReply(format!("xread: {other:?}").into())),
         };
+        let stream = self.setup.keys.events.clone();
         for entry in entries {
-            if self.recent.len() == RECENT {
-                self.recent.pop_front();
+            let n = entry_number(&entry, &stream)?;
+            if n <= last {
+                continue;
             }
-            let n = entry_number(&entry, &self.setup.stream)?;
-            self.recent.push_back((n, entry.clone()));
-            let (n, event) = decode_event(entry, &self.setup.stream)?;
             if n > last + 1 {
+                // Trimmed history: what it held is lost to this reader, and so is the state
+                // that derives the Confirmed events after it.
                 self.subscribers.publish(&MempoolEvent::Lagged {
                     missed: n - last - 1,
                 });
+                last = self.resync(conn, n - 1)?;
             }
-            last = n;
-            if let Some(event) = event {
-                self.subscribers.publish(&event);
+            let raw = entry.clone();
+            let codec::StreamEntry { key, fields, .. } = codec::stream_entry(entry, &stream)?;
+            let partial = self.catching_up.is_some();
+            match entries::decode(n, fields, &key, &mut self.confirmed, partial)? {
+                Ok(decoded) => {
+                    if self.recent.len() == RECENT {
+                        self.recent.pop_front();
+                    }
+                    self.recent.push_back((n, raw));
+                    for event in &decoded.events {
+                        self.subscribers.publish(event);
+                    }
+                    last = n + decoded.count.max(1) - 1;
+                    self.take_over(last);
+                }
+                Err(Diverged) => {
+                    warn!(target: LOG_TARGET, "event {n}: this reader's copy of the Confirmed txs differs from the stream's; taking a new snapshot");
+                    return self.resync(conn, last);
+                }
             }
+            self.last = Some(last);
         }
         Ok(last)
     }
@@ -404,82 +508,6 @@ fn entry_number(entry: &Value, stream: &str) -> Result<u64, Error> {
             key: format!("{stream} {id}"),
             detail: "bad event id".into(),
         })
-}
-
-/// Decodes one stream entry; `None` for kinds this version does not know (skipped, so a newer
-/// writer does not break an older reader).
-fn decode_event(entry: Value, stream: &str) -> Result<(u64, Option<MempoolEvent>), Error> {
-    let codec::StreamEntry { seq, key, fields } = codec::stream_entry(entry, stream)?;
-    let corrupt = |detail: String| Error::Corrupt {
-        key: key.clone(),
-        detail,
-    };
-    let mut map = std::collections::HashMap::new();
-    let mut fields = fields.into_iter();
-    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
-        map.insert(
-            codec::text(&name, "event field")?,
-            codec::text(&value, "event value")?,
-        );
-    }
-    let get = |f: &str| {
-        map.get(f)
-            .cloned()
-            .ok_or_else(|| corrupt(format!("field {f} missing")))
-    };
-    let number = |f: &str| -> Result<u64, Error> {
-        let v = get(f)?;
-        v.parse()
-            .map_err(|_| corrupt(format!("field {f} is not a number: {v:?}")))
-    };
-    let event = match get("k")?.as_str() {
-        "tx" => {
-            let hash: TxHash = get("tx")?
-                .parse()
-                .map_err(|_| corrupt("bad tx hash".into()))?;
-            let stage = match get("st")?.as_str() {
-                "B" => MempoolTxStage::RolledBack,
-                code => codec::decode_stage(code, &key)?,
-            };
-            let small = |f: &str| {
-                number(f).and_then(|n| {
-                    u32::try_from(n).map_err(|_| corrupt(format!("field {f} too large")))
-                })
-            };
-            MempoolEvent::Tx {
-                seq,
-                tx: MempoolTx {
-                    hash,
-                    payload: EraCbor::default(),
-                    stage,
-                    confirmations: small("c")?,
-                    non_confirmations: small("m")?,
-                    confirmed_at: codec::decode_point(&get("at")?, &key)?,
-                },
-            }
-        }
-        "block" => MempoolEvent::BlockApplied {
-            seq,
-            point: codec::decode_point(&get("at")?, &key)?
-                .ok_or_else(|| corrupt("block event without a point".into()))?,
-            height: number("h")?,
-            rollback: get("undo")? == "1",
-            node_id: get("node")?,
-            epoch: number("epoch")?,
-        },
-        "leader" => MempoolEvent::WatcherAcquired {
-            seq,
-            node_id: get("node")?,
-            epoch: number("epoch")?,
-        },
-        "released" => MempoolEvent::WatcherReleased {
-            seq,
-            node_id: get("node")?,
-            epoch: number("epoch")?,
-        },
-        _ => return Ok((seq, None)),
-    };
-    Ok((seq, Some(event)))
 }
 
 #[cfg(test)]

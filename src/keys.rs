@@ -1,105 +1,172 @@
 //! The Redis key layout: every key one mempool uses, in one place.
 //!
 //! All keys start with the configured prefix `P` (default `dolos:mempool`). Transaction hashes
-//! appear as 64 lowercase hex digits so that `redis-cli` output is readable.
+//! are stored as their **32 raw bytes** (fields, members, stream values): half the memory of hex
+//! and no conversion in the scripts. `redis-cli` shows them as `\x..` escapes; the inspector
+//! example prints them in hex.
 //!
 //! | key                    | type   | holds |
 //! |------------------------|--------|-------|
 //! | `P:watcher:lock`       | string | node id (UUID v4) of the watcher; expires after `watcher_lock_ttl` |
 //! | `P:watcher:epoch`      | string | counter, +1 on every acquisition of the lock; never expires |
 //! | `P:watcher:wake`       | pub/sub channel | `released` when the lock is released, `acquired <node>` when taken: followers take over at once, a deposed watcher steps down at once |
-//! | `P:chain`              | zset   | the applied chain: `<slot, 20 digits>[:<block hash>]` of each applied block scored by its height; the newest `applied_history` blocks |
-//! | `P:height`             | string | `H`: the applied chain's height (its tip's score; an undo lowers it) |
-//! | `P:txs`                | hash   | tx hash → `stage|hi|hc|era|confirmed_at` `\n` CBOR body, for every pending and inflight tx (see `prelude.lua`); never expires |
-//! | `P:pending`            | zset   | pending queue: tx hash scored by the number of the event that queued it |
-//! | `P:inflight`           | zset   | inflight txs scored by the number of the event that propagated them |
-//! | `P:unconfirmed`        | zset   | inflight txs not yet confirmed, scored by `hi` (the `H` when they became inflight); may still hold txs confirmed since, which `confirm` skips and removes once their score is `H - D` or less |
-//! | `P:confirmed`          | zset   | Confirmed txs scored by `hc` (the `H` of their first confirmation) |
-//! | `P:log`                | stream | finalized log: entry id `<seq>-0`, fields tx, st (F/D), c, m, at, era, body |
-//! | `P:log:seq`            | string | last sequence given to a log entry (sequences are never reused) |
-//! | `P:done`               | hash   | tx hash → `F<seq>` / `D<seq>`: where the tx sits in the retained log |
-//! | `P:acked`              | string | how many inflight txs are Acknowledged (the other stage counts are set sizes), for stats |
-//! | `P:events`             | stream | every transition, appended by the script that makes it: entry id `<n>-0`; trimmed to about `event_history` entries |
-//! | `P:events:seq`         | string | last event number `n` (a reader that sees `n` jump knows it missed events) |
 //! | `P:watcher:fence`      | string | the watcher's node id again, same TTL, kept by acquire/renew: outlives a lock deleted by hand, so nobody else takes it while the watcher lives (deleted by release and by the operator's reset) |
+//! | `P:meta`               | hash   | `layout` (the version of this layout, see [`LAYOUT`]), `H` (the applied chain's height), `ev` (the last event number), `cur` (the drop cursor, see `confirm.lua`), `ack` (Acknowledged txs), `nconf` (Confirmed txs), `lseq` (the last log sequence) |
+//! | `P:chain`              | zset   | the applied chain: `<slot, 20 digits>[:<block hash>]` of each applied block scored by its height; the newest `applied_history` blocks |
+//! | `P:txs`                | hash   | tx hash → `<era>\|<CBOR body>`, for every pending and inflight tx; written once by `receive`, never rewritten |
+//! | `P:pending`            | zset   | the pending queue: tx hash scored by the number of the event that queued it |
+//! | `P:inflight`           | zset   | inflight txs scored `n·2¹⁷ + x`: `n` the number of the event that propagated them (their order), `x` the stage: 0 Propagated, 1 Acknowledged, `2 + (hc mod 131070)` Confirmed at height `hc` |
+//! | `P:marks`              | zset   | height (12 digits) scored by the first event number propagated at it: a tx's `hi` (the `H` it became inflight at) is the mark with the greatest score at or below its `n`; a few entries |
+//! | `P:confirmed`          | zset   | one member per block that first confirmed txs still Confirmed: `<hc, 12 digits><their hashes>` scored by `hc` |
+//! | `P:points`             | zset   | the point of each such block: `<hc, 12 digits><point>` scored by `hc` (`confirmed_at`, which may be older than the retained chain) |
+//! | `P:log`                | stream | finalized log: entry id `<seq>-0`, fields `s` = `<F\|D><hash><c>\|<m>\|<point>` and `b` = the tx's `<era>\|<body>` |
+//! | `P:done`               | zset   | tx hash scored `2·seq + 1` (Finalized) or `2·seq` (Dropped): where the tx sits in the retained log |
+//! | `P:events`             | stream | one entry per call, carrying its transitions, appended by the script that makes them: entry id `<n>-0`, `n` the number of its first event; trimmed to about `event_history` entries (see `events.rs`) |
 //!
 //! Counters are derived, not stored per tx: with `H` the applied chain's height, a Confirmed tx has
 //! `H - hc + 1` confirmations and an unconfirmed inflight tx has `H - hi` misses. That is why
 //! `confirm` touches only the block's txs and the txs that finalize or drop in it.
 
+/// The version of the layout above, stored as `layout` in `P:meta`. `open` refuses a prefix
+/// that holds another one, or the keys of the first layout (which had no version).
+pub(crate) const LAYOUT: u32 = 2;
+
+/// Keys only the first layout had: finding one of them means the prefix holds data this version
+/// cannot read.
+const FIRST_LAYOUT_ONLY: [&str; 5] = ["height", "events:seq", "log:seq", "acked", "unconfirmed"];
+
+/// One key of the layout: how a script names it (its entry in the `K` table the Rust side puts
+/// in front of each script), its suffix after the prefix, and the Redis type it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Key {
+    Lock,
+    Epoch,
+    Wake,
+    Fence,
+    Meta,
+    Chain,
+    Txs,
+    Pending,
+    Inflight,
+    Marks,
+    Confirmed,
+    Points,
+    Log,
+    Done,
+    Events,
+}
+
+impl Key {
+    /// Every key.
+    pub const ALL: [Key; 15] = [
+        Key::Lock,
+        Key::Epoch,
+        Key::Wake,
+        Key::Fence,
+        Key::Meta,
+        Key::Chain,
+        Key::Txs,
+        Key::Pending,
+        Key::Inflight,
+        Key::Marks,
+        Key::Confirmed,
+        Key::Points,
+        Key::Log,
+        Key::Done,
+        Key::Events,
+    ];
+
+    /// The name scripts use: `K.<name>`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Key::Lock => "lock",
+            Key::Epoch => "epoch",
+            Key::Wake => "wake",
+            Key::Fence => "fence",
+            Key::Meta => "meta",
+            Key::Chain => "chain",
+            Key::Txs => "txs",
+            Key::Pending => "pending",
+            Key::Inflight => "inflight",
+            Key::Marks => "marks",
+            Key::Confirmed => "confirmed",
+            Key::Points => "points",
+            Key::Log => "log",
+            Key::Done => "done",
+            Key::Events => "events",
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Key::Lock => "watcher:lock",
+            Key::Epoch => "watcher:epoch",
+            Key::Wake => "watcher:wake",
+            Key::Fence => "watcher:fence",
+            other => other.name(),
+        }
+    }
+
+    /// The Redis type the key holds; `None` for the wake channel, which is no key.
+    pub fn kind(self) -> Option<&'static str> {
+        Some(match self {
+            Key::Wake => return None,
+            Key::Lock | Key::Epoch | Key::Fence => "string",
+            Key::Meta | Key::Txs => "hash",
+            Key::Log | Key::Events => "stream",
+            _ => "zset",
+        })
+    }
+}
+
 /// Full key names of one mempool.
 #[derive(Clone, Debug)]
 pub(crate) struct Keys {
-    pub lock: String,
+    names: Vec<String>,
     pub epoch: String,
     pub wake_channel: String,
+    pub meta: String,
     pub chain: String,
-    pub height: String,
     pub txs: String,
     pub pending: String,
     pub inflight: String,
-    pub unconfirmed: String,
-    pub confirmed: String,
     pub log: String,
-    pub log_seq: String,
     pub done: String,
-    pub acked: String,
     pub events: String,
-    pub events_seq: String,
-    pub fence: String,
+    /// The keys of the first layout that this one dropped (see [`LAYOUT`]).
+    pub first_layout: Vec<String>,
 }
 
 impl Keys {
     pub fn new(prefix: &str) -> Keys {
         let k = |suffix: &str| format!("{prefix}:{suffix}");
+        let names: Vec<String> = Key::ALL.iter().map(|key| k(key.suffix())).collect();
+        let name = |key: Key| names[key as usize].clone();
         Keys {
-            lock: k("watcher:lock"),
-            epoch: k("watcher:epoch"),
-            wake_channel: k("watcher:wake"),
-            chain: k("chain"),
-            height: k("height"),
-            txs: k("txs"),
-            pending: k("pending"),
-            inflight: k("inflight"),
-            unconfirmed: k("unconfirmed"),
-            confirmed: k("confirmed"),
-            log: k("log"),
-            log_seq: k("log:seq"),
-            done: k("done"),
-            acked: k("acked"),
-            events: k("events"),
-            events_seq: k("events:seq"),
-            fence: k("watcher:fence"),
+            epoch: name(Key::Epoch),
+            wake_channel: name(Key::Wake),
+            meta: name(Key::Meta),
+            chain: name(Key::Chain),
+            txs: name(Key::Txs),
+            pending: name(Key::Pending),
+            inflight: name(Key::Inflight),
+            log: name(Key::Log),
+            done: name(Key::Done),
+            events: name(Key::Events),
+            first_layout: FIRST_LAYOUT_ONLY.iter().map(|s| k(s)).collect(),
+            names,
         }
     }
 
-    /// Every key, in the order `prelude.lua` reads them from `KEYS`, with the Redis type it
-    /// must hold (`None` for the wake channel, which is no key).
-    pub fn typed(&self) -> [(&str, Option<&'static str>); 17] {
-        [
-            (&self.lock, Some("string")),
-            (&self.epoch, Some("string")),
-            (&self.wake_channel, None),
-            (&self.chain, Some("zset")),
-            (&self.height, Some("string")),
-            (&self.txs, Some("hash")),
-            (&self.pending, Some("zset")),
-            (&self.inflight, Some("zset")),
-            (&self.unconfirmed, Some("zset")),
-            (&self.confirmed, Some("zset")),
-            (&self.log, Some("stream")),
-            (&self.log_seq, Some("string")),
-            (&self.done, Some("hash")),
-            (&self.acked, Some("string")),
-            (&self.events, Some("stream")),
-            (&self.events_seq, Some("string")),
-            (&self.fence, Some("string")),
-        ]
+    /// The full name of `key`.
+    pub fn name(&self, key: Key) -> &str {
+        &self.names[key as usize]
     }
 
-    /// Every key, in the order `prelude.lua` reads them from `KEYS`.
-    pub fn all(&self) -> [&str; 17] {
-        self.typed().map(|(key, _)| key)
+    /// Every key, in the order of [`Key::ALL`].
+    #[cfg(test)]
+    pub fn all(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(String::as_str)
     }
 }
 
@@ -166,8 +233,8 @@ mod tests {
     fn every_key_of_a_tagged_prefix_shares_one_slot() {
         for prefix in ["{dolos}:mempool", "preprod:{m1}", "a{b}c{d}"] {
             let keys = Keys::new(prefix);
-            let first = slot(keys.lock.as_str());
-            assert!(keys.all().iter().all(|k| slot(k) == first), "{prefix}");
+            let first = slot(keys.name(Key::Lock));
+            assert!(keys.all().all(|k| slot(k) == first), "{prefix}");
         }
         assert_eq!(hash_tag("{dolos}:mempool"), Some("dolos"));
         assert_eq!(hash_tag("a{b}c{d}"), Some("b"));
@@ -179,6 +246,10 @@ mod tests {
     #[test]
     fn lock_key_matches_the_reference_deployment() {
         let keys = Keys::new("dolos:mempool");
-        assert_eq!(keys.lock, "dolos:mempool:watcher:lock");
+        assert_eq!(keys.name(Key::Lock), "dolos:mempool:watcher:lock");
+        for key in Key::ALL {
+            assert_eq!(Key::ALL[key as usize], key);
+        }
+        assert_eq!(keys.name(Key::Meta), "dolos:mempool:meta");
     }
 }

@@ -1,17 +1,23 @@
 //! The server-side scripts, one `.lua` file per operation in `src/scripts/`, and how they run
 //! (their replies are read in `codec.rs`).
 //!
-//! Each script is a `#!lua` header line (Redis ≥ 7, see [`Header`]), `prelude.lua` and its own
-//! file, in that order. Every script receives all keys of the
-//! mempool in the order of [`Keys::all`], so the prelude names them once. redis-rs sends
-//! `EVALSHA` and loads a script on `NOSCRIPT` by itself; [`Scripts::load_all`] loads them when the
-//! mempool opens so that the steady state is one round trip per call.
+//! Each script receives only the keys it uses, which the Rust side declares next to it (the
+//! [`lua!`] lines below) and names for it in a first line `local K = {txs = KEYS[1], ...}`: a
+//! script says `K.txs`, and a test checks that every key a script names is declared. What goes
+//! to Redis is a `#!lua` header line (Redis ≥ 7, see [`Header`]), that `K` line, the shared
+//! fragments the script uses (`common.lua`, `undo.lua`; the lease's scripts `prelude.lua`), and
+//! its own file, in that order. redis-rs sends `EVALSHA` and loads a script on `NOSCRIPT` by
+//! itself; [`Scripts::load_all`] loads them when the mempool opens so that the steady state is
+//! one round trip per call.
+//!
+//! Reads that one plain command answers atomically (`has_pending`, `applied_points`,
+//! `dump_finalized`) are sent as that command, through [`plain`].
 
 use redis::{Script, Value};
 
 use crate::codec;
 use crate::connect::RedisConn;
-use crate::keys::Keys;
+use crate::keys::{Key, Keys};
 use crate::Error;
 
 mod calls;
@@ -55,10 +61,15 @@ impl Header {
 pub(crate) struct Lua {
     script: Script,
     source: String,
+    /// The keys the script receives, in the order of its `KEYS`.
+    keys: &'static [Key],
     /// The first line of the script's own file: `-- name(arg, ...) -> reply`, which its
     /// function in [`calls`] follows (checked by a test).
     #[cfg(test)]
     signature: &'static str,
+    /// The shared fragments and the script's own file, to check the keys it names.
+    #[cfg(test)]
+    body: String,
     /// Whether the script writes: only those wait for replicas ([`Config::wait_replicas`]).
     ///
     /// [`Config::wait_replicas`]: crate::Config::wait_replicas
@@ -67,32 +78,47 @@ pub(crate) struct Lua {
 
 impl Lua {
     /// `own` is the script's own file, `shared` the fragments it calls (each followed by a
-    /// newline); the header line (if `headers`) and `prelude.lua` go in front of them. The
-    /// header must be the very first line Redis sees.
-    fn new(own: &'static str, shared: &str, header: Header, headers: bool) -> Lua {
-        let prelude = include_str!("scripts/prelude.lua");
+    /// newline), `keys` the keys it receives; the header line (if `headers`) and the line naming
+    /// the keys go in front of them. The header must be the very first line Redis sees.
+    fn new(
+        own: &'static str,
+        shared: &str,
+        keys: &'static [Key],
+        header: Header,
+        headers: bool,
+    ) -> Lua {
+        let names: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| format!("{} = KEYS[{}]", key.name(), i + 1))
+            .collect();
+        let k_line = format!("local K = {{{}}}", names.join(", "));
         let source = if headers {
-            format!("{}\n{prelude}\n{shared}{own}\n", header.line())
+            format!("{}\n{k_line}\n{shared}{own}\n", header.line())
         } else {
-            format!("{prelude}\n{shared}{own}\n")
+            format!("{k_line}\n{shared}{own}\n")
         };
         Lua {
             script: Script::new(&source),
             source,
+            keys,
             #[cfg(test)]
             signature: own.lines().next().unwrap_or(""),
+            #[cfg(test)]
+            body: format!("{shared}{own}"),
             writes: header != Header::Reads,
         }
     }
 }
 
-/// A script of the given [`Header`] kind: its header line, `prelude.lua`, the shared fragments
-/// it uses (such as `undo.lua`), then its own file.
+/// A script of the given [`Header`] kind, with the keys it receives: its header line, the line
+/// naming its keys, the shared fragments it uses (such as `undo.lua`), then its own file.
 macro_rules! lua {
-    ($header:ident, $headers:expr, $file:literal $(, with $shared:literal)*) => {
+    ($header:ident, $headers:expr, $file:literal, [$($key:ident),*] $(, with $shared:literal)*) => {
         Lua::new(
             include_str!(concat!("scripts/", $file)),
             concat!($(include_str!(concat!("scripts/", $shared)), "\n",)* ""),
+            &[$(Key::$key),*],
             Header::$header,
             $headers,
         )
@@ -102,17 +128,16 @@ macro_rules! lua {
 /// All scripts, hashed once. Each is called through its typed function in [`calls`].
 pub(crate) struct Scripts {
     receive: Lua,
-    has_pending: Lua,
-    peek: Lua,
+    peek_pending: Lua,
+    peek_inflight: Lua,
     mark_inflight: Lua,
     mark_acknowledged: Lua,
     find_inflight: Lua,
     confirm: Lua,
     rollback_to: Lua,
-    applied_points: Lua,
     check_status: Lua,
-    dump_finalized: Lua,
     watcher_info: Lua,
+    events_snapshot: Lua,
     acquire: Lua,
     renew: Lua,
     release: Lua,
@@ -126,46 +151,103 @@ impl Scripts {
     /// Every script, with its `#!lua` header when `headers` (the server is Redis 7 or later;
     /// `open` reads its version). Without headers the scripts behave the same except while
     /// Redis is full: it refuses a writing script at its first write that may grow memory,
-    /// which still comes before anything is stored (every script reads before it writes); a
-    /// renewal's first write (`PEXPIRE`) may always run, so the watcher keeps its lock, but an
-    /// acquisition's (`SET`) is refused, so nobody takes over until memory is back.
+    /// which still comes before anything is stored (every script reads before it writes, and
+    /// its first write grows memory); a renewal's first write (`PEXPIRE`) may always run, so
+    /// the watcher keeps its lock, but an acquisition's (`SET`) is refused, so nobody takes
+    /// over until memory is back.
     pub fn new(headers: bool) -> Scripts {
+        let h = headers;
         Scripts {
-            receive: lua!(Writes, headers, "receive.lua"),
-            has_pending: lua!(Reads, headers, "has_pending.lua"),
-            peek: lua!(Reads, headers, "peek.lua"),
-            mark_inflight: lua!(Writes, headers, "mark_inflight.lua"),
-            mark_acknowledged: lua!(Writes, headers, "mark_acknowledged.lua"),
-            find_inflight: lua!(Reads, headers, "find_inflight.lua"),
-            confirm: lua!(Writes, headers, "confirm.lua", with "undo.lua"),
-            rollback_to: lua!(Writes, headers, "rollback_to.lua", with "undo.lua"),
-            applied_points: lua!(Reads, headers, "applied_points.lua"),
-            check_status: lua!(Reads, headers, "check_status.lua"),
-            dump_finalized: lua!(Reads, headers, "dump_finalized.lua"),
-            watcher_info: lua!(Reads, headers, "watcher_info.lua"),
-            acquire: lua!(KeepsLock, headers, "acquire.lua"),
-            renew: lua!(KeepsLock, headers, "renew.lua"),
-            release: lua!(KeepsLock, headers, "release.lua"),
-            stats: lua!(Reads, headers, "stats.lua"),
-            reset_lock: lua!(KeepsLock, headers, "reset_lock.lua"),
-            check_access: lua!(Reads, headers, "check_access.lua"),
+            receive: lua!(Writes, h, "receive.lua", [Txs, Pending, Done, Meta, Events]),
+            peek_pending: lua!(Reads, h, "peek_pending.lua", [Pending, Txs]),
+            peek_inflight: lua!(
+                Reads,
+                h,
+                "peek_inflight.lua",
+                [Inflight, Txs, Meta, Points, Marks]
+            ),
+            mark_inflight: lua!(
+                Writes,
+                h,
+                "mark_inflight.lua",
+                [Pending, Inflight, Marks, Meta, Events],
+                with "common.lua"
+            ),
+            mark_acknowledged: lua!(
+                Writes,
+                h,
+                "mark_acknowledged.lua",
+                [Inflight, Marks, Meta, Events],
+                with "common.lua"
+            ),
+            find_inflight: lua!(
+                Reads,
+                h,
+                "find_inflight.lua",
+                [Inflight, Txs, Meta, Points, Marks]
+            ),
+            confirm: lua!(
+                Writes,
+                h,
+                "confirm.lua",
+                [
+                    Lock, Epoch, Chain, Meta, Txs, Pending, Inflight, Marks, Confirmed, Points,
+                    Log, Done, Events
+                ],
+                with "common.lua",
+                with "undo.lua"
+            ),
+            rollback_to: lua!(
+                Writes,
+                h,
+                "rollback_to.lua",
+                [Lock, Epoch, Chain, Meta, Pending, Inflight, Marks, Confirmed, Points, Events],
+                with "common.lua",
+                with "undo.lua"
+            ),
+            check_status: lua!(
+                Reads,
+                h,
+                "check_status.lua",
+                [Pending, Inflight, Meta, Points, Marks, Done, Log]
+            ),
+            watcher_info: lua!(Reads, h, "watcher_info.lua", [Lock, Epoch, Chain]),
+            events_snapshot: lua!(Reads, h, "events_snapshot.lua", [Meta, Confirmed, Points]),
+            acquire: lua!(KeepsLock, h, "acquire.lua", [Lock, Fence, Epoch, Wake, Meta, Events], with "prelude.lua"),
+            renew: lua!(KeepsLock, h, "renew.lua", [Lock, Fence, Epoch, Wake, Meta, Events], with "prelude.lua"),
+            release: lua!(KeepsLock, h, "release.lua", [Lock, Fence, Epoch, Wake, Meta, Events], with "prelude.lua"),
+            stats: lua!(
+                Reads,
+                h,
+                "stats.lua",
+                [Pending, Inflight, Meta, Log, Lock, Epoch, Chain]
+            ),
+            reset_lock: lua!(KeepsLock, h, "reset_lock.lua", [Lock, Fence, Epoch, Wake, Meta, Events], with "prelude.lua"),
+            check_access: lua!(
+                Reads,
+                h,
+                "check_access.lua",
+                [
+                    Lock, Epoch, Wake, Fence, Meta, Chain, Txs, Pending, Inflight, Marks,
+                    Confirmed, Points, Log, Done, Events
+                ]
+            ),
         }
     }
 
-    fn all(&self) -> [&Lua; 17] {
+    fn all(&self) -> [&Lua; 16] {
         [
             &self.receive,
-            &self.has_pending,
-            &self.peek,
+            &self.peek_pending,
+            &self.peek_inflight,
             &self.mark_inflight,
             &self.mark_acknowledged,
             &self.find_inflight,
             &self.confirm,
             &self.rollback_to,
-            &self.applied_points,
             &self.check_status,
-            &self.dump_finalized,
             &self.watcher_info,
+            &self.events_snapshot,
             &self.acquire,
             &self.renew,
             &self.release,
@@ -188,7 +270,7 @@ impl Scripts {
 /// `WAIT` after writing scripts: how many replicas, and how long at most.
 pub(crate) type Wait = Option<(usize, std::time::Duration)>;
 
-/// Makes `call` with every key of the mempool, the argument every script takes first
+/// Makes `call` with the keys of its script, the argument every script takes first
 /// (`event_history`: how many events the event stream keeps) and the call's own arguments; one
 /// `EVALSHA`. With `wait` and a script that writes, `WAIT` goes in the same round trip and too
 /// few replicas is [`Error::NotReplicated`].
@@ -204,20 +286,42 @@ pub(crate) fn run(
         return run_and_wait(conn, lua, keys, event_history, args, replicas, timeout);
     }
     let mut inv = lua.script.prepare_invoke();
-    for key in keys.all() {
-        inv.key(key);
+    for key in lua.keys {
+        inv.key(keys.name(*key));
     }
     inv.arg(event_history);
     for arg in args {
         inv.arg(arg);
     }
-    match conn.invoke(&inv) {
-        Ok(value) => Ok(value),
-        Err(e) if e.code() == Some("WRONGTYPE") && !conn.is_broken() => {
-            Err(name_the_wrong_key(conn, keys).unwrap_or_else(|| Error::from_redis(e)))
-        }
-        Err(e) => Err(Error::from_redis(e)),
+    conn.invoke(&inv)
+        .map_err(|e| explain(conn, e, keys, lua.keys))
+}
+
+/// A read that one plain command answers (atomically, as every single command is): `keys` are
+/// the keys it reads, to name the one of the wrong type.
+pub(crate) fn plain(
+    conn: &mut RedisConn,
+    cmd: &redis::Cmd,
+    keys: &Keys,
+    read: &[Key],
+) -> Result<Value, Error> {
+    conn.run(cmd).map_err(|e| explain(conn, e, keys, read))
+}
+
+/// Sorts an error of a call on `used` keys: a bare `WRONGTYPE` names the key at fault, a
+/// counter of `P:meta` that is not a number is corrupt data.
+fn explain(conn: &mut RedisConn, e: redis::RedisError, keys: &Keys, used: &[Key]) -> Error {
+    if e.code() == Some("WRONGTYPE") && !conn.is_broken() {
+        return name_the_wrong_key(conn, keys, used).unwrap_or_else(|| Error::from_redis(e));
     }
+    // HINCRBY on a field that holds no integer: only P:meta's counters are incremented.
+    if e.to_string().contains("hash value is not an integer") {
+        return Error::Corrupt {
+            key: keys.meta.clone(),
+            detail: "a counter is not an integer".into(),
+        };
+    }
+    Error::from_redis(e)
 }
 
 /// `EVALSHA` and `WAIT` pipelined. redis-rs loads a script on `NOSCRIPT` only for a lone
@@ -233,14 +337,14 @@ fn run_and_wait<'a>(
     replicas: usize,
     timeout: std::time::Duration,
 ) -> Result<Value, Error> {
-    let all = keys.all();
+    let names: Vec<&str> = lua.keys.iter().map(|k| keys.name(*k)).collect();
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     let cmd = pipe
         .cmd("EVALSHA")
         .arg(lua.script.get_hash())
-        .arg(all.len())
-        .arg(&all[..])
+        .arg(names.len())
+        .arg(&names[..])
         .arg(event_history);
     for arg in args {
         cmd.arg(arg);
@@ -262,12 +366,7 @@ fn run_and_wait<'a>(
                     loaded = true;
                     continue;
                 }
-                if e.code() == Some("WRONGTYPE") && !conn.is_broken() {
-                    return Err(
-                        name_the_wrong_key(conn, keys).unwrap_or_else(|| Error::from_redis(e))
-                    );
-                }
-                return Err(Error::from_redis(e));
+                return Err(explain(conn, e, keys, lua.keys));
             }
             v => v,
         };
@@ -289,11 +388,14 @@ fn run_and_wait<'a>(
     }
 }
 
-/// A script failed with a bare `WRONGTYPE` (scripts check types only where a partial write
-/// could follow, see `prelude.lua`): find the key at fault, at the cost of one more round trip
-/// on this error path only.
-fn name_the_wrong_key(conn: &mut RedisConn, keys: &Keys) -> Option<Error> {
-    let typed = keys.typed();
+/// A call failed with a bare `WRONGTYPE` (scripts check types only where a partial write could
+/// follow): find the key at fault among the ones it used, at the cost of one more round trip on
+/// this error path only.
+fn name_the_wrong_key(conn: &mut RedisConn, keys: &Keys, used: &[Key]) -> Option<Error> {
+    let typed: Vec<(&str, &str)> = used
+        .iter()
+        .filter_map(|k| Some((keys.name(*k), k.kind()?)))
+        .collect();
     let mut pipe = redis::pipe();
     for (key, _) in &typed {
         pipe.cmd("TYPE").arg(*key);
@@ -302,9 +404,7 @@ fn name_the_wrong_key(conn: &mut RedisConn, keys: &Keys) -> Option<Error> {
     typed
         .iter()
         .zip(types)
-        .find(|((_, expected), actual)| {
-            expected.is_some_and(|expected| actual != "none" && actual != expected)
-        })
+        .find(|((_, expected), actual)| actual != "none" && actual != expected)
         .map(|((key, _), _)| Error::WrongType {
             key: key.to_string(),
         })
@@ -314,21 +414,57 @@ fn name_the_wrong_key(conn: &mut RedisConn, keys: &Keys) -> Option<Error> {
 mod tests {
     use super::*;
 
+    /// The names `K.<name>` a piece of Lua uses, and those it passes to `check_types`.
+    fn names_used(lua: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let ident = |rest: &str| -> String {
+            rest.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        };
+        for (i, _) in lua.match_indices("K.") {
+            let before = lua[..i].chars().last();
+            if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            out.push(ident(&lua[i + 2..]));
+        }
+        for (i, _) in lua.match_indices("check_types(") {
+            let args = &lua[i + "check_types(".len()..];
+            let args = &args[..args.find(')').unwrap_or(0)];
+            out.extend(
+                args.split(',')
+                    .map(|a| a.trim().trim_matches('\'').to_string())
+                    .filter(|a| !a.is_empty() && !a.starts_with('.')),
+            );
+        }
+        out
+    }
+
     #[test]
-    fn prelude_names_the_keys_in_the_order_rust_passes_them() {
-        let prelude = include_str!("scripts/prelude.lua");
-        let keys = Keys::new("p");
-        for (i, key) in keys.all().iter().enumerate() {
-            let name = key.strip_prefix("p:").unwrap().replace(':', "_");
-            let name = name.strip_prefix("watcher_").unwrap_or(&name);
-            let decl = format!("{name} = KEYS[{}]", i + 1);
-            assert!(prelude.contains(&decl), "prelude lacks `{decl}`");
-            // check_types in the prelude must expect what Rust expects.
-            if let Some(kind) = keys.typed()[i].1 {
-                let expected = format!("{name} = '{kind}'");
-                assert!(prelude.contains(&expected), "prelude lacks `{expected}`");
+    fn every_key_a_script_names_is_one_it_receives() {
+        let scripts = Scripts::new(true);
+        for lua in scripts.all().into_iter().chain([&scripts.check_access]) {
+            let declared: Vec<&str> = lua.keys.iter().map(|k| k.name()).collect();
+            for name in names_used(&lua.body) {
+                assert!(
+                    declared.contains(&name.as_str()),
+                    "{}: names K.{name}, which it does not receive ({declared:?})",
+                    lua.signature
+                );
+            }
+            // The K line is the second line, right after the header.
+            let k_line = lua.source.lines().nth(1).unwrap_or("");
+            assert!(k_line.starts_with("local K = {"), "{k_line}");
+            for (i, name) in declared.iter().enumerate() {
+                assert!(k_line.contains(&format!("{name} = KEYS[{}]", i + 1)));
             }
         }
+        // The check itself sees uses.
+        assert_eq!(
+            names_used("x = K.txs .. K.meta; check_types('lock', 'a')"),
+            ["txs", "meta", "lock", "a"]
+        );
     }
 
     #[test]
@@ -348,13 +484,12 @@ mod tests {
             &with.rollback_to,
         ];
         let reads = [
-            &with.has_pending,
-            &with.peek,
+            &with.peek_pending,
+            &with.peek_inflight,
             &with.find_inflight,
-            &with.applied_points,
             &with.check_status,
-            &with.dump_finalized,
             &with.watcher_info,
+            &with.events_snapshot,
             &with.stats,
             &with.check_access,
         ];
@@ -369,12 +504,12 @@ mod tests {
                 assert_eq!(lua.writes, may_write, "{line}");
             }
         }
-        assert_eq!(keeps_lock.len() + writes.len() + reads.len(), 18);
-        // Redis 6.2 cannot compile the header: none at all, the prelude first.
+        assert_eq!(keeps_lock.len() + writes.len() + reads.len(), 17);
+        // Redis 6.2 cannot compile the header: none at all, the keys first.
         let without = Scripts::new(false);
         for lua in without.all() {
             assert!(!lua.source.starts_with("#!"));
-            assert!(lua.source.starts_with("-- Shared head of every script"));
+            assert!(lua.source.starts_with("local K = {"));
         }
         assert_ne!(
             with.receive.script.get_hash(),

@@ -67,12 +67,13 @@ fn a_key_of_the_wrong_type_is_named_and_other_calls_keep_working() {
     assert_wrong_type(m.receive(tx(1)), &key);
     assert_wrong_type(m.mark_inflight(&[b]), &key);
     assert_wrong_type(m.confirm(&ChainPoint::Slot(1), &[b], &[], 6, 2), &key);
+    // check_status looks in the queue first.
+    assert_wrong_type(m.check_status(&c), &key);
     // Calls that do not use the queue are unaffected, and the failed ones wrote nothing.
-    assert_eq!(m.check_status(&c).unwrap().stage, MempoolTxStage::Unknown);
-    let status = m.check_status(&b).unwrap();
-    assert_eq!(status.stage, MempoolTxStage::Propagated);
-    assert_eq!(status.non_confirmations, 0);
-    assert_eq!(m.find_inflight(&b).unwrap().unwrap().hash, b);
+    let found = m.find_inflight(&b).unwrap().unwrap();
+    assert_eq!(found.hash, b);
+    assert_eq!(found.stage, MempoolTxStage::Propagated);
+    assert_eq!(found.non_confirmations, 0);
     assert_eq!(m.peek_inflight(10).unwrap().len(), 1);
     m.mark_acknowledged(&[b]).unwrap();
     assert!(m.dump_finalized(0, 10).unwrap().items.is_empty());
@@ -80,6 +81,7 @@ fn a_key_of_the_wrong_type_is_named_and_other_calls_keep_working() {
 
     raw_del(&server, &key);
     assert!(!m.has_pending().unwrap());
+    assert_eq!(m.check_status(&c).unwrap().stage, MempoolTxStage::Unknown);
     m.receive(tx(1)).unwrap();
     assert_eq!(m.peek_pending(10).unwrap()[0].hash, c);
     assert_eq!(
@@ -98,10 +100,12 @@ fn a_key_of_the_wrong_type_is_named_and_other_calls_keep_working() {
     // Empty queues: these calls never reach `txs`, so they may answer truly (nothing there).
     assert!(matches!(m.peek_pending(10).as_deref(), Ok([])));
     assert!(matches!(m.peek_inflight(10).as_deref(), Ok([])));
-    assert_wrong_type(m.mark_inflight(&[d]), &key);
-    assert_wrong_type(m.mark_acknowledged(&[d]), &key);
-    assert_wrong_type(m.find_inflight(&d), &key);
-    assert_wrong_type(m.check_status(&d), &key);
+    // Calls that never reach `txs` with nothing to move or find answer truly; a block with
+    // nothing to retire does not need it either.
+    m.mark_inflight(&[d]).unwrap();
+    m.mark_acknowledged(&[d]).unwrap();
+    assert_eq!(m.find_inflight(&d).unwrap(), None);
+    assert_eq!(m.check_status(&d).unwrap().stage, MempoolTxStage::Unknown);
     assert_wrong_type(m.confirm(&ChainPoint::Slot(1), &[d], &[], 6, 2), &key);
     assert!(!m.has_pending().unwrap());
     assert!(m.dump_finalized(0, 10).unwrap().items.is_empty());
@@ -126,20 +130,18 @@ fn a_key_of_the_wrong_type_is_named_and_other_calls_keep_working() {
 const LAYOUT: &[(&str, bool)] = &[
     ("watcher:lock", true),
     ("watcher:epoch", true),
+    ("watcher:fence", true),
+    ("meta", false),
     ("chain", false),
-    ("height", true),
     ("txs", false),
     ("pending", false),
     ("inflight", false),
-    ("unconfirmed", false),
+    ("marks", false),
     ("confirmed", false),
+    ("points", false),
     ("log", false),
-    ("log:seq", true),
     ("done", false),
-    ("acked", true),
     ("events", false),
-    ("events:seq", true),
-    ("watcher:fence", true),
 ];
 
 /// Whichever key holds the wrong type, every call either works or names that key; none fails
@@ -286,14 +288,15 @@ fn a_corrupt_record_is_named_and_isolated() {
     let txs_key = format!("{prefix}:txs");
     redis::cmd("HSET")
         .arg(&txs_key)
-        .arg(a.to_hex())
+        .arg(a.as_bytes())
         .arg("garbage")
         .query::<()>(&mut server.connection())
         .unwrap();
     let key = format!("{txs_key} {}", a.to_hex());
     let height = || -> Option<String> {
-        redis::cmd("GET")
-            .arg(format!("{prefix}:height"))
+        redis::cmd("HGET")
+            .arg(format!("{prefix}:meta"))
+            .arg("H")
             .query(&mut server.connection())
             .unwrap()
     };
@@ -302,12 +305,16 @@ fn a_corrupt_record_is_named_and_isolated() {
     assert_eq!(b_before.stage, MempoolTxStage::Confirmed);
     assert_eq!(b_before.confirmations, 1);
 
-    assert_corrupt(m.check_status(&a), &key);
+    // The calls that read the record name it; the stage lives elsewhere, so check_status does
+    // not need it.
     assert_corrupt(m.find_inflight(&a), &key);
     assert_corrupt(m.peek_inflight(10), &key);
-    assert_corrupt(m.mark_acknowledged(&[a]), &key);
-    // A block that touches the corrupt record changes nothing at all.
-    assert_corrupt(m.confirm(&ChainPoint::Slot(11), &[a, b], &[], 6, 5), &key);
+    assert_eq!(
+        m.check_status(&a).unwrap().stage,
+        MempoolTxStage::Propagated
+    );
+    // A block that drops `a` (D = 1) must log its record: it changes nothing at all.
+    assert_corrupt(m.confirm(&ChainPoint::Slot(11), &[b], &[], 6, 1), &key);
     assert_eq!(height(), h_before);
     assert_eq!(m.check_status(&b).unwrap(), b_before);
     assert_eq!(m.watcher_info().unwrap().applied_slot, Some(10));
@@ -350,6 +357,15 @@ fn corrupt_values_are_reported_not_acted_on() {
         (m, p, i1, f)
     };
     let run = |args: &[&str]| cmd(args).query::<()>(&mut server.connection()).unwrap();
+    // `args`, then a hash (raw bytes), then `value` if not empty.
+    let raw = |args: &[&str], hash: &[u8], value: &[u8]| {
+        let mut c = cmd(args);
+        c.arg(hash);
+        if !value.is_empty() {
+            c.arg(value);
+        }
+        c.query::<()>(&mut server.connection()).unwrap()
+    };
     let mut failures = Vec::new();
     let mut expect_corrupt = |what: &str, result: Result<String, Error>, key: &str| match result {
         Err(Error::Corrupt { key: k, .. }) if k == key => {}
@@ -358,10 +374,10 @@ fn corrupt_values_are_reported_not_acted_on() {
         )),
     };
 
-    // The applied-call counter.
+    // The applied chain's height.
     let (m, _, i1, _) = setup("corrupt-height");
-    let key = "corrupt-height:height";
-    run(&["SET", key, "many"]);
+    let key = "corrupt-height:meta H";
+    run(&["HSET", "corrupt-height:meta", "H", "many"]);
     expect_corrupt(
         "height: check_status",
         m.check_status(&i1).map(|v| format!("{v:?}")),
@@ -377,6 +393,15 @@ fn corrupt_values_are_reported_not_acted_on() {
         m.confirm(&ChainPoint::Slot(2), &[i1], &[], 6, 5)
             .map(|v| format!("{v:?}")),
         key,
+    );
+
+    // The event counter.
+    let (m, ..) = setup("corrupt-ev");
+    run(&["HSET", "corrupt-ev:meta", "ev", "x"]);
+    expect_corrupt(
+        "ev: receive",
+        m.receive(tx(9)).map(|v| format!("{v:?}")),
+        "corrupt-ev:meta",
     );
 
     // An entry of the applied chain that no script writes: read back as Corrupt, never as a
@@ -409,23 +434,57 @@ fn corrupt_values_are_reported_not_acted_on() {
     // A pending tx whose record lost the separator before its body.
     let (m, p, ..) = setup("corrupt-payload");
     let key = format!("corrupt-payload:txs {}", p.to_hex());
-    run(&["HSET", "corrupt-payload:txs", &p.to_hex(), "P|||6|"]);
+    raw(&["HSET", "corrupt-payload:txs"], p.as_bytes(), b"6");
     expect_corrupt(
         "payload: peek_pending",
         m.peek_pending(10).map(|v| format!("{v:?}")),
         &key,
     );
 
+    // The stage bits of an inflight tx that no script writes, and a tx whose marks are gone.
+    let (m, _, i1, _) = setup("corrupt-score");
+    raw(
+        &["ZADD", "corrupt-score:inflight", "1.5"],
+        i1.as_bytes(),
+        b"",
+    );
+    expect_corrupt(
+        "score: check_status",
+        m.check_status(&i1).map(|v| format!("{v:?}")),
+        "corrupt-score:inflight",
+    );
+    let (m, _, i1, _) = setup("corrupt-marks");
+    run(&["DEL", "corrupt-marks:marks"]);
+    expect_corrupt(
+        "marks: check_status",
+        m.check_status(&i1).map(|v| format!("{v:?}")),
+        "corrupt-marks:marks",
+    );
+    expect_corrupt(
+        "marks: peek_inflight",
+        m.peek_inflight(10).map(|v| format!("{v:?}")),
+        "corrupt-marks:marks",
+    );
+
     // The index of the finalized log pointing at nonsense, and at an entry that is gone.
     let (m, _, _, f) = setup("corrupt-done");
     let key = format!("corrupt-done:done {}", f.to_hex());
-    run(&["HSET", "corrupt-done:done", &f.to_hex(), "Fnot-a-sequence"]);
+    run(&[
+        "XADD",
+        "corrupt-done:log",
+        "500-0",
+        "s",
+        "garbage",
+        "b",
+        "6|x",
+    ]);
+    raw(&["ZADD", "corrupt-done:done", "1001"], f.as_bytes(), b"");
     expect_corrupt(
         "done: check_status (garbage)",
         m.check_status(&f).map(|v| format!("{v:?}")),
         &key,
     );
-    run(&["HSET", "corrupt-done:done", &f.to_hex(), "F999"]);
+    raw(&["ZADD", "corrupt-done:done", "1999"], f.as_bytes(), b"");
     expect_corrupt(
         "done: check_status (gone)",
         m.check_status(&f).map(|v| format!("{v:?}")),

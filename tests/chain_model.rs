@@ -2,7 +2,10 @@
 //! against a real `redis-server` and against [`Model`], a plain-Rust reference of the contract,
 //! and after **every** call the two must agree on the call's outcome, the pending queue (order
 //! and payloads), the inflight set (order, stage, counters, `confirmed_at`), the finalized log,
-//! `check_status` of every tx id, `applied_points` and the stats' counts.
+//! `check_status` of every tx id, `applied_points` and the stats' counts. At the end of each
+//! case, the events a subscriber received must be the model's, one per transition and in order
+//! (every `Confirmed` event of every block with its count included), and so must the tail a
+//! second subscriber, started half-way, received.
 //!
 //! The model is written from the contract, not from the scripts: it keeps the applied chain as a
 //! list of points and every tx's stage with the heights it needs (`hi`, `hc`), and derives the
@@ -33,8 +36,8 @@ use std::time::{Duration, Instant};
 
 use common::{config, counts};
 use dolos_redis::{
-    BlockHash, ChainPoint, ConfirmOutcome, EraCbor, Error, MempoolTx, MempoolTxStage, RedisMempool,
-    TxHash, TxStatus,
+    BlockHash, ChainPoint, ConfirmOutcome, EraCbor, Error, MempoolEvent, MempoolTx, MempoolTxStage,
+    RedisMempool, TxHash, TxStatus,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -155,6 +158,8 @@ struct Rec {
     hi: u64,
     /// The height of the block that first confirmed it.
     hc: u64,
+    /// When it was confirmed, among all confirmations: with `hc`, the order of a block's txs.
+    order: u64,
     confirmed_at: Option<ChainPoint>,
 }
 
@@ -187,7 +192,48 @@ struct Model {
     inflight: Vec<TxHash>,
     /// The retained finalized log, oldest first.
     log: Vec<MempoolTx>,
+    /// Confirmations made so far (see [`Rec::order`]).
+    confirmations: u64,
+    /// The events subscribers must receive, in order (`seq` left at 0).
+    events: Vec<MempoolEvent>,
     effects: Effects,
+}
+
+/// A tx event as a subscriber receives it: no payload, `seq` 0 (compared apart).
+fn tx_event(tx: &MempoolTx, stage: MempoolTxStage) -> MempoolEvent {
+    MempoolEvent::Tx {
+        seq: 0,
+        tx: MempoolTx {
+            payload: EraCbor::default(),
+            stage,
+            ..tx.clone()
+        },
+    }
+}
+
+fn block_event(point: ChainPoint, height: u64, rollback: bool) -> MempoolEvent {
+    MempoolEvent::BlockApplied {
+        seq: 0,
+        point,
+        height,
+        rollback,
+        node_id: String::new(),
+        epoch: 0,
+    }
+}
+
+/// An event with what the model does not know (its number, the watcher) cleared.
+fn comparable(e: &MempoolEvent) -> MempoolEvent {
+    match e.clone() {
+        MempoolEvent::Tx { tx, .. } => MempoolEvent::Tx { seq: 0, tx },
+        MempoolEvent::BlockApplied {
+            point,
+            height,
+            rollback,
+            ..
+        } => block_event(point, height, rollback),
+        other => other,
+    }
 }
 
 impl Model {
@@ -201,6 +247,8 @@ impl Model {
             pending: Vec::new(),
             inflight: Vec::new(),
             log: Vec::new(),
+            confirmations: 0,
+            events: Vec::new(),
             effects: Effects::default(),
         }
     }
@@ -266,10 +314,15 @@ impl Model {
                 stage: Pending,
                 hi: 0,
                 hc: 0,
+                order: 0,
                 confirmed_at: None,
             },
         );
         self.pending.push(tx.hash);
+        self.events.push(tx_event(
+            &MempoolTx::new(tx.hash, EraCbor::default()),
+            Pending,
+        ));
         Ok(())
     }
 
@@ -281,6 +334,8 @@ impl Model {
                     r.hi = self.h;
                     self.pending.retain(|x| x != hash);
                     self.inflight.push(*hash);
+                    let tx = MempoolTx::new(*hash, EraCbor::default());
+                    self.events.push(tx_event(&tx, Propagated));
                 }
             }
         }
@@ -291,6 +346,8 @@ impl Model {
             if let Some(r) = self.live.get_mut(hash) {
                 if r.stage == Propagated {
                     r.stage = Acknowledged;
+                    let tx = self.live_tx(hash);
+                    self.events.push(tx_event(&tx, Acknowledged));
                 }
             }
         }
@@ -330,15 +387,30 @@ impl Model {
             self.chain.remove(0);
         }
 
-        // Confirmed before this block and now F deep: (hc, hash) order.
-        let mut finalize: Vec<(u64, TxHash)> = self
+        // Confirmed before this block and now F deep: by the block that confirmed them, then in
+        // the order that block listed them.
+        let mut finalize: Vec<(u64, u64, TxHash)> = self
             .live
             .iter()
             .filter(|(_, r)| r.stage == Confirmed && h - r.hc + 1 >= u64::from(f))
-            .map(|(x, r)| (r.hc, *x))
+            .map(|(x, r)| (r.hc, r.order, *x))
             .collect();
         finalize.sort();
-        let mut finalize: Vec<TxHash> = finalize.into_iter().map(|(_, x)| x).collect();
+        let mut finalize: Vec<TxHash> = finalize.into_iter().map(|(_, _, x)| x).collect();
+
+        // One Confirmed event per tx that stays Confirmed, in the same order.
+        self.events.push(block_event(*p, h, false));
+        let mut staying: Vec<(u64, u64, TxHash)> = self
+            .live
+            .iter()
+            .filter(|(x, r)| r.stage == Confirmed && !finalize.contains(x))
+            .map(|(x, r)| (r.hc, r.order, *x))
+            .collect();
+        staying.sort();
+        for (_, _, x) in staying {
+            let tx = self.live_tx(&x);
+            self.events.push(tx_event(&tx, Confirmed));
+        }
 
         // Confirmed by this block: inflight, not yet confirmed, in `seen` order.
         let seen_set: BTreeSet<TxHash> = seen.iter().copied().collect();
@@ -352,6 +424,8 @@ impl Model {
                 if matches!(r.stage, Propagated | Acknowledged) {
                     r.stage = Confirmed;
                     r.hc = h;
+                    self.confirmations += 1;
+                    r.order = self.confirmations;
                     r.confirmed_at = Some(*p);
                     newly.push(*x);
                 }
@@ -359,26 +433,31 @@ impl Model {
         }
         if f <= 1 {
             finalize.extend(newly.iter().copied());
+        } else {
+            for x in &newly {
+                let tx = self.live_tx(x);
+                self.events.push(tx_event(&tx, Confirmed));
+            }
         }
 
         // Unconfirmed inflight txs this block did not see, D blocks since they became inflight:
-        // (hi, hash) order.
-        let mut drop: Vec<(u64, TxHash)> = self
-            .live
+        // in the order they were propagated.
+        let drop: Vec<TxHash> = self
+            .inflight
             .iter()
-            .filter(|(x, r)| {
+            .filter(|x| {
+                let r = &self.live[*x];
                 matches!(r.stage, Propagated | Acknowledged)
                     && !seen_set.contains(*x)
                     && h - r.hi >= u64::from(d)
             })
-            .map(|(x, r)| (r.hi, *x))
+            .copied()
             .collect();
-        drop.sort();
 
         for x in &finalize {
             self.retire(x, Finalized);
         }
-        for (_, x) in &drop {
+        for x in &drop {
             self.retire(x, Dropped);
         }
         if self.log.len() > self.max_log {
@@ -393,6 +472,7 @@ impl Model {
     fn retire(&mut self, x: &TxHash, stage: MempoolTxStage) {
         let mut entry = self.live_tx(x);
         entry.stage = stage;
+        self.events.push(tx_event(&entry, stage));
         self.live.remove(x);
         self.inflight.retain(|y| y != x);
         self.log.push(entry);
@@ -403,27 +483,37 @@ impl Model {
     fn undo_from(&mut self, from: u64, unseen: &[TxHash]) {
         let new_h = from - 1;
         let undone = (self.h - new_h) as usize;
+        // Newest first, each with the height the chain has once it is gone.
+        for (i, p) in self.chain[self.chain.len() - undone..]
+            .iter()
+            .enumerate()
+            .rev()
+        {
+            self.events.push(block_event(*p, new_h + i as u64, true));
+        }
         self.chain.truncate(self.chain.len() - undone);
         self.h = new_h;
 
         // `unseen` first (inflight ones, once each), then the other txs the undone blocks
-        // confirmed, in (hc, hash) order.
+        // confirmed: by block, each block's in the order it listed them.
         let mut back: Vec<TxHash> = Vec::new();
         for x in unseen {
             if !back.contains(x) && self.live.get(x).is_some_and(|r| r.stage != Pending) {
                 back.push(*x);
             }
         }
-        let mut by_block: Vec<(u64, TxHash)> = self
+        let mut by_block: Vec<(u64, u64, TxHash)> = self
             .live
             .iter()
             .filter(|(x, r)| r.stage == Confirmed && r.hc >= from && !back.contains(x))
-            .map(|(x, r)| (r.hc, *x))
+            .map(|(x, r)| (r.hc, r.order, *x))
             .collect();
         by_block.sort();
-        back.extend(by_block.into_iter().map(|(_, x)| x));
+        back.extend(by_block.into_iter().map(|(_, _, x)| x));
 
         for x in &back {
+            let tx = MempoolTx::new(*x, EraCbor::default());
+            self.events.push(tx_event(&tx, MempoolTxStage::RolledBack));
             let r = self.live.get_mut(x).expect("live");
             r.stage = Pending;
             r.hi = 0;
@@ -876,6 +966,42 @@ impl<'a> Driver<'a> {
     }
 
     /// The state in Redis must be the model's.
+    /// Drains `rx` until it holds the model's events from the `from`-th on, and compares them.
+    fn compare_events(&self, rx: &crossbeam_channel::Receiver<MempoolEvent>, from: usize) -> Step {
+        let want: Vec<MempoolEvent> = self.model.events[from..].to_vec();
+        let mut got: Vec<MempoolEvent> = Vec::new();
+        wait_until(SETTLE, || {
+            got.extend(rx.try_iter());
+            got.len() >= want.len()
+        });
+        got.extend(rx.try_iter());
+        let seqs: Vec<u64> = got
+            .iter()
+            .filter_map(|e| match e {
+                MempoolEvent::Tx { seq, .. } | MempoolEvent::BlockApplied { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        if seqs.len() != got.len() || seqs.windows(2).any(|w| w[1] != w[0] + 1) {
+            return Err(self.fail(format!("events not numbered one by one: {got:?}")));
+        }
+        let got: Vec<MempoolEvent> = got.iter().map(comparable).collect();
+        if got != want {
+            let line = |e: &MempoolEvent| match e {
+                MempoolEvent::Tx { tx, .. } => tx_line(tx),
+                other => format!("{other:?}"),
+            };
+            let mut msg = format!("events from the {from}-th differ:\n");
+            for i in 0..got.len().max(want.len()) {
+                let (g, w) = (got.get(i).map(line), want.get(i).map(line));
+                let mark = if g == w { " " } else { "!" };
+                let _ = writeln!(msg, "{mark} redis {g:?}\n{mark} model {w:?}");
+            }
+            return Err(self.fail(msg));
+        }
+        Ok(())
+    }
+
     fn compare(&self) -> Step {
         let got = self.read()?;
         let want = expected(&self.model);
@@ -1191,15 +1317,29 @@ fn redis_follows_the_model_step_by_step() {
             runs.set(runs.get() + 1);
             let node = open_node(&server, &format!("model{}", runs.get()), &setup);
             assert!(wait_until(SETTLE, || node.is_watcher()), "no watcher");
+            let events = node.subscribe();
+            // A second node whose reader starts half-way, from a snapshot.
+            let late_node = open_node(&server, &format!("model{}", runs.get()), &setup);
+            let mut late = None;
             let mut driver = Driver::new(&node, &node, &setup);
             let mut outcome = Ok(());
-            for op in &ops {
+            for (i, op) in ops.iter().enumerate() {
+                if i == ops.len() / 2 {
+                    late = Some((late_node.subscribe(), driver.model.events.len()));
+                }
                 steps.set(steps.get() + 1);
                 outcome = driver.run(op).and_then(|()| driver.compare());
                 if outcome.is_err() {
                     break;
                 }
             }
+            if outcome.is_ok() {
+                outcome = driver.compare_events(&events, 0);
+            }
+            if let (Ok(()), Some((late, from))) = (&outcome, late) {
+                outcome = driver.compare_events(&late, from);
+            }
+            late_node.shutdown().expect("shutdown");
             for (what, n) in std::mem::take(&mut driver.tally) {
                 *tally.borrow_mut().entry(what).or_default() += n;
             }

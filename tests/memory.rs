@@ -393,7 +393,7 @@ fn refuses_receive_and_keeps_what_it_accepted(headers: Headers) {
         count
     );
     assert_eq!(int(&mut con, &["HLEN", &format!("{prefix}:txs")]), count);
-    let events_seq = int(&mut con, &["GET", &format!("{prefix}:events:seq")]);
+    let events_seq = int(&mut con, &["HGET", &format!("{prefix}:meta"), "ev"]);
     assert_eq!(events_seq, count + 1);
     assert_eq!(
         int(&mut con, &["XLEN", &format!("{prefix}:events")]),

@@ -395,17 +395,19 @@ fn the_mempool_survives_a_failover_without_losing_acknowledged_writes() {
         .find(|r| Some(r.port()) == d.named_primary())
         .expect("the promoted replica");
     let mut c = new_primary.connection();
-    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+    // One entry per call; a block's entry has its point in `b` (hashes are raw bytes).
+    let entries: Vec<(String, HashMap<String, Vec<u8>>)> = redis::cmd("XRANGE")
         .arg(format!("{prefix}:events"))
         .arg("-")
         .arg("+")
         .query(&mut c)
         .unwrap();
-    let blocks: Vec<&String> = entries
+    let points: Vec<String> = entries
         .iter()
-        .filter(|(_, f)| f.get("k").map(String::as_str) == Some("block"))
-        .filter_map(|(_, f)| f.get("at"))
+        .filter_map(|(_, f)| f.get("b"))
+        .map(|b| String::from_utf8_lossy(b).into_owned())
         .collect();
+    let blocks: Vec<&String> = points.iter().collect();
     let distinct: HashSet<&&String> = blocks.iter().collect();
     assert_eq!(distinct.len(), blocks.len(), "a block was applied twice");
     assert_eq!(blocks.len() as u64, stats.applied_blocks);

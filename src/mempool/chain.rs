@@ -8,6 +8,7 @@ use redis::Value;
 
 use super::{clamp, RedisMempool};
 use crate::codec;
+use crate::keys::Key;
 use crate::types::{ChainPoint, ConfirmOutcome, TxHash};
 use crate::{Error, LOG_TARGET};
 
@@ -231,7 +232,14 @@ impl RedisMempool {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let reply = self.exec(self.inner.scripts.applied_points(clamp(limit) - 1))?;
+        let stop = clamp(limit) - 1;
+        let cmd = redis::cmd("ZRANGE")
+            .arg(&self.inner.keys.chain)
+            .arg(0)
+            .arg(stop)
+            .arg("REV")
+            .to_owned();
+        let reply = self.plain(&cmd, &[Key::Chain])?;
         codec::array(reply, "applied_points")?
             .iter()
             .map(|v| {

@@ -15,7 +15,7 @@ use redis::Value;
 use crate::codec;
 use crate::connect::{self, ConnRole, Pool};
 use crate::events::{EventHub, MempoolEvent, ReaderSetup};
-use crate::keys::Keys;
+use crate::keys::{Key, Keys, LAYOUT};
 use crate::lease::{Lease, LeaseShared};
 use crate::memory;
 use crate::scripts::{self, Call, Scripts};
@@ -110,6 +110,7 @@ impl RedisMempool {
             .map_err(Error::from_redis)?;
             let facts = memory::ServerFacts::parse(&server_info(&mut conn)?);
             memory::check_policy(&facts.memory, config.allow_eviction)?;
+            check_layout(&mut conn, &keys, &config.key_prefix)?;
             let headers = facts.script_headers() && config.script_headers();
             let scripts = Arc::new(Scripts::new(headers));
             scripts.load_all(&mut conn)?;
@@ -251,6 +252,12 @@ impl RedisMempool {
         )
     }
 
+    /// Makes one plain read command on a pooled connection (`read`: the keys it reads).
+    fn plain(&self, cmd: &redis::Cmd, read: &[Key]) -> Result<Value, Error> {
+        let mut conn = self.conn()?;
+        scripts::plain(&mut conn, cmd, &self.inner.keys, read)
+    }
+
     /// Every change to the shared mempool — made by any node sharing the prefix — in commit
     /// order: transitions of transactions and changes of watcher. See [`MempoolEvent`].
     ///
@@ -281,8 +288,9 @@ impl RedisMempool {
         let inner = &self.inner;
         inner.events.subscribe(|| ReaderSetup {
             target: inner.target.clone(),
-            stream: inner.keys.events.clone(),
-            counter: inner.keys.events_seq.clone(),
+            keys: inner.keys.clone(),
+            scripts: inner.scripts.clone(),
+            event_history: inner.config.event_history,
             node_id: inner.node_id.clone(),
             connect_timeout: inner.config.connect_timeout,
             io_timeout: inner.config.command_timeout,
@@ -355,6 +363,63 @@ impl RedisMempool {
             lease.freeze(duration);
         }
     }
+}
+
+/// Checks that the keys under the prefix are of this version's layout ([`LAYOUT`], `layout` in
+/// `P:meta`); a prefix without any of them gets it. A prefix written by another version (or by
+/// the first layout, which had no version and whose own keys tell it) is refused: this version
+/// would misread it.
+fn check_layout(conn: &mut connect::RedisConn, keys: &Keys, prefix: &str) -> Result<(), Error> {
+    let refuse = |found: String| Error::IncompatibleLayout {
+        prefix: prefix.to_string(),
+        found,
+    };
+    for _ in 0..2 {
+        let (found, first): (Option<String>, u64) = conn
+            .run_pipeline(
+                redis::pipe()
+                    .cmd("HGET")
+                    .arg(&keys.meta)
+                    .arg("layout")
+                    .cmd("EXISTS")
+                    .arg(&keys.first_layout[..]),
+            )
+            .map_err(|e| match Error::from_redis(e) {
+                Error::Server(m) if m.contains("WRONGTYPE") => Error::WrongType {
+                    key: keys.meta.clone(),
+                },
+                other => other,
+            })?;
+        match found {
+            Some(v) if v == LAYOUT.to_string() => return Ok(()),
+            Some(v) => return Err(refuse(format!("layout {v}"))),
+            None if first > 0 => {
+                return Err(refuse(
+                    "layout 1 (that of dolos-redis before layouts had numbers)".into(),
+                ))
+            }
+            None => {
+                // A new prefix (or one emptied by hand): it takes this layout, unless another
+                // node gave it one meanwhile, which the next round reads. A server that takes no
+                // write now (a replica, a full Redis) leaves that to the next node that opens:
+                // without the first layout's keys, a prefix without a version is this layout's.
+                let set = redis::cmd("HSETNX")
+                    .arg(&keys.meta)
+                    .arg("layout")
+                    .arg(LAYOUT)
+                    .to_owned();
+                match conn.run::<i64>(&set) {
+                    Ok(0) => {}
+                    Ok(_) => return Ok(()),
+                    Err(e) => {
+                        debug!(target: LOG_TARGET, "layout version not written now: {e}");
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    Err(refuse("a layout that changed while it was read".into()))
 }
 
 /// `INFO` (its default sections, which hold `server` and `memory` on every version), once at

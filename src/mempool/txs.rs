@@ -1,12 +1,29 @@
 //! The calls any node makes on transactions: receive them, read the pending queue and the
 //! inflight set, move them along, and read a status or the finalized log.
+//!
+//! No call holds Redis for long, whatever its size: a read of more than a page is served in
+//! pages of [`READ_PAGE`] txs ([`LOG_PAGE`] log entries), one round trip each, and a batch of
+//! more than [`WRITE_BATCH`] hashes is moved in batches of that size, each one script.
+
+use std::collections::HashSet;
 
 use redis::Value;
 
-use super::{clamp, RedisMempool};
+use super::RedisMempool;
 use crate::codec;
-use crate::types::{MempoolPage, MempoolTx, TxHash, TxStatus};
+use crate::keys::Key;
+use crate::types::{MempoolPage, MempoolTx, MempoolTxStage, TxHash, TxStatus};
 use crate::Error;
+
+/// Txs per page of `peek_pending`/`peek_inflight`: one script returns at most this many (about
+/// 1 ms of server time for 300-byte txs on a slow machine, see BENCHMARKS.md).
+pub(crate) const READ_PAGE: usize = 500;
+
+/// Log entries per page of `dump_finalized`: one `XRANGE` returns at most this many.
+pub(crate) const LOG_PAGE: usize = 1000;
+
+/// Hashes per script of `mark_inflight`/`mark_acknowledged`.
+pub(crate) const WRITE_BATCH: usize = 256;
 
 impl RedisMempool {
     /// Adds a transaction to the tail of the pending queue.
@@ -37,17 +54,16 @@ impl RedisMempool {
                 max,
             });
         }
-        let call = self.inner.scripts.receive(
-            &tx.hash,
-            tx.payload.0,
-            &tx.payload.1,
-            self.inner.config.max_pending,
-        );
-        let reply = codec::array(self.exec(call)?, "receive")?;
-        match codec::status(&reply, "receive")?.as_deref() {
-            Some("ok") => Ok(()),
-            Some("dup") => Err(Error::DuplicateTx),
-            Some("full") => Err(Error::MempoolFull {
+        let record = codec::tx_record(&tx.payload);
+        let call = self
+            .inner
+            .scripts
+            .receive(&tx.hash, &record, self.inner.config.max_pending);
+        let reply = self.exec(call)?;
+        match codec::text(&reply, "receive")?.as_str() {
+            "ok" => Ok(()),
+            "dup" => Err(Error::DuplicateTx),
+            "full" => Err(Error::MempoolFull {
                 max: self.inner.config.max_pending,
             }),
             _ => Err(Error::UnexpectedReply(format!("receive: {reply:?}").into())),
@@ -67,11 +83,18 @@ impl RedisMempool {
     /// # }
     /// ```
     pub fn has_pending(&self) -> Result<bool, Error> {
-        let n = codec::int(&self.exec(self.inner.scripts.has_pending())?, "has_pending")?;
-        Ok(n > 0)
+        let keys = &self.inner.keys;
+        let n = self.plain(redis::cmd("ZCARD").arg(&keys.pending), &[Key::Pending])?;
+        Ok(codec::int(&n, "has_pending")? > 0)
     }
 
     /// The first `limit` pending transactions in queue order, with payloads; nothing is removed.
+    ///
+    /// Up to 500 txs are one atomic read. A larger `limit` is read in pages of 500, one round
+    /// trip each, every page going on after the last tx of the one before: writes that land
+    /// between pages show as they would to calls made one after the other. The result then holds
+    /// every tx that stayed pending throughout, in queue order, once each; a tx that left the
+    /// queue meanwhile may be missing, and txs that joined meanwhile may follow at the end.
     ///
     /// ```no_run
     /// # use dolos_redis::{Config, RedisMempool, TxHash};
@@ -85,11 +108,40 @@ impl RedisMempool {
     /// # }
     /// ```
     pub fn peek_pending(&self, limit: usize) -> Result<Vec<MempoolTx>, Error> {
-        self.peek("pending", limit)
+        let mut out = Vec::new();
+        let mut once = HashSet::new();
+        let mut after = "-inf".to_string();
+        while out.len() < limit {
+            let want = limit - out.len();
+            let count = want.min(READ_PAGE);
+            let more = want > count;
+            let call = self.inner.scripts.peek_pending(&after, count as u64, more);
+            let [hashes, records, last] = codec::tuple(self.exec(call)?, "peek_pending")?;
+            let hashes = codec::array(hashes, "pending hashes")?;
+            let records = codec::array(records, "pending records")?;
+            let full = hashes.len() == count;
+            for (hash, record) in hashes.iter().zip(records) {
+                let hash = codec::hash(hash, "pending hash")?;
+                let payload =
+                    codec::decode_record(record, || format!("{} {hash}", self.inner.keys.txs))?;
+                if once.insert(hash) {
+                    out.push(MempoolTx::new(hash, payload));
+                }
+            }
+            match last {
+                Value::Nil => break,
+                last if full && more => after = format!("({}", codec::text(&last, "score")?),
+                _ => break,
+            }
+        }
+        Ok(out)
     }
 
     /// Up to `limit` inflight transactions (Propagated, Acknowledged or Confirmed) in the order
     /// they were propagated, with payloads.
+    ///
+    /// Read in pages of 500 txs like [`peek_pending`](RedisMempool::peek_pending): each page is
+    /// atomic, a stage change between pages shows in the later pages only, and no tx comes twice.
     ///
     /// ```no_run
     /// # use dolos_redis::{Config, RedisMempool};
@@ -102,23 +154,60 @@ impl RedisMempool {
     /// # }
     /// ```
     pub fn peek_inflight(&self, limit: usize) -> Result<Vec<MempoolTx>, Error> {
-        self.peek("inflight", limit)
+        let mut out = Vec::new();
+        let mut once = HashSet::new();
+        let mut from = 0;
+        while out.len() < limit {
+            let count = (limit - out.len()).min(READ_PAGE);
+            let reply = codec::array(
+                self.exec(self.inner.scripts.peek_inflight(from, count as u64))?,
+                "peek_inflight",
+            )?;
+            let Ok([height, rows, records, points, marks]) = <[Value; 5]>::try_from(reply) else {
+                break;
+            };
+            let (page, last) = self.inflight_rows(&height, rows, records, points, marks)?;
+            let full = page.len() == count;
+            out.extend(page.into_iter().filter(|tx| once.insert(tx.hash)));
+            match last {
+                Some(score) if full => from = (score / codec::STAGE_BITS + 1) * codec::STAGE_BITS,
+                _ => break,
+            }
+        }
+        Ok(out)
     }
 
-    fn peek(&self, set: &'static str, limit: usize) -> Result<Vec<MempoolTx>, Error> {
-        if limit == 0 {
-            return Ok(Vec::new());
+    /// Decodes a page of inflight txs (see `peek_inflight.lua`); also returns the last score.
+    fn inflight_rows(
+        &self,
+        height: &Value,
+        rows: Value,
+        records: Value,
+        points: Value,
+        marks: Value,
+    ) -> Result<(Vec<MempoolTx>, Option<u64>), Error> {
+        let keys = &self.inner.keys;
+        let view = codec::InflightView::new(height, points, marks, keys)?;
+        let rows = codec::array(rows, "inflight rows")?;
+        let records = codec::array(records, "inflight records")?;
+        let mut out = Vec::with_capacity(records.len());
+        let mut last = None;
+        for (pair, record) in rows.chunks(2).zip(records) {
+            let [hash, score] = pair else {
+                return Err(Error::UnexpectedReply(format!("inflight: {pair:?}").into()));
+            };
+            let hash = codec::hash(hash, "inflight hash")?;
+            let score = codec::score(score, &keys.inflight)?;
+            let payload = codec::decode_record(record, || format!("{} {hash}", keys.txs))?;
+            out.push(view.tx(hash, score, payload)?);
+            last = Some(score);
         }
-        let call = self.inner.scripts.peek(set, clamp(limit) - 1);
-        let reply = codec::array(self.exec(call)?, "peek")?;
-        reply
-            .into_iter()
-            .map(|v| codec::decode_tx(v, &self.inner.keys))
-            .collect()
+        Ok((out, last))
     }
 
     /// Moves each pending hash to Propagated (out of the pending queue; its miss count starts
-    /// now). Hashes that are not pending are ignored.
+    /// now). Hashes that are not pending are ignored. Up to 256 hashes are one atomic call; more
+    /// are moved 256 at a time, each batch atomic.
     ///
     /// ```no_run
     /// # use dolos_redis::{Config, RedisMempool, TxHash};
@@ -134,11 +223,15 @@ impl RedisMempool {
         if hashes.is_empty() {
             return Ok(());
         }
-        let moved = self.exec(self.inner.scripts.mark_inflight(hashes))?;
-        codec::int(&moved, "moved").map(drop)
+        for batch in hashes.chunks(WRITE_BATCH) {
+            let moved = self.exec(self.inner.scripts.mark_inflight(batch))?;
+            codec::int(&moved, "moved")?;
+        }
+        Ok(())
     }
 
-    /// Moves each Propagated hash to Acknowledged; others are ignored.
+    /// Moves each Propagated hash to Acknowledged; others are ignored. Batches of 256, as
+    /// [`mark_inflight`](RedisMempool::mark_inflight).
     ///
     /// ```no_run
     /// # use dolos_redis::{Config, RedisMempool, TxHash};
@@ -154,8 +247,11 @@ impl RedisMempool {
         if hashes.is_empty() {
             return Ok(());
         }
-        let moved = self.exec(self.inner.scripts.mark_acknowledged(hashes))?;
-        codec::int(&moved, "moved").map(drop)
+        for batch in hashes.chunks(WRITE_BATCH) {
+            let moved = self.exec(self.inner.scripts.mark_acknowledged(batch))?;
+            codec::int(&moved, "moved")?;
+        }
+        Ok(())
     }
 
     /// The inflight transaction with this hash, if it is inflight.
@@ -174,7 +270,11 @@ impl RedisMempool {
     pub fn find_inflight(&self, hash: &TxHash) -> Result<Option<MempoolTx>, Error> {
         match self.exec(self.inner.scripts.find_inflight(hash))? {
             Value::Nil => Ok(None),
-            v => codec::decode_tx(v, &self.inner.keys).map(Some),
+            v => {
+                let [height, rows, records, points, marks] = codec::tuple(v, "find_inflight")?;
+                let (txs, _) = self.inflight_rows(&height, rows, records, points, marks)?;
+                Ok(txs.into_iter().next())
+            }
         }
     }
 
@@ -193,25 +293,57 @@ impl RedisMempool {
     /// # }
     /// ```
     pub fn check_status(&self, hash: &TxHash) -> Result<TxStatus, Error> {
-        let hex = hash.to_hex();
+        let keys = &self.inner.keys;
         let reply = self.exec(self.inner.scripts.check_status(hash))?;
         if reply == Value::Nil {
             return Ok(TxStatus::unknown());
         }
-        let [stage, c, m, at] = codec::tuple(reply, "check_status")?;
-        let key = format!("{} {hex}", self.inner.keys.txs);
-        Ok(TxStatus {
-            stage: codec::decode_stage(&codec::text(&stage, "stage")?, &key)?,
-            confirmations: codec::count(&c, "confirmations")?,
-            non_confirmations: codec::count(&m, "misses")?,
-            confirmed_at: codec::decode_point(&codec::text(&at, "confirmed_at")?, &key)?,
-        })
+        let mut reply = codec::array(reply, "check_status")?.into_iter();
+        let kind = codec::text(&reply.next().unwrap_or(Value::Nil), "check_status")?;
+        let mut next = || reply.next().unwrap_or(Value::Nil);
+        match kind.as_str() {
+            "P" => Ok(TxStatus {
+                stage: MempoolTxStage::Pending,
+                ..TxStatus::unknown()
+            }),
+            "I" => {
+                let (height, score, points, marks) = (next(), next(), next(), next());
+                let view = codec::InflightView::new(&height, points, marks, keys)?;
+                view.status(codec::score(&score, &keys.inflight)?)
+            }
+            "L" => {
+                let key = format!("{} {hash}", keys.done);
+                match next() {
+                    Value::BulkString(raw) => {
+                        let (logged, status) = codec::decode_log_status(&raw, &key)?;
+                        if logged != *hash {
+                            return Err(Error::Corrupt {
+                                key,
+                                detail: format!("points at the log entry of {logged}"),
+                            });
+                        }
+                        Ok(status)
+                    }
+                    _ => Err(Error::Corrupt {
+                        key,
+                        detail: format!("points at a missing log entry ({:?})", next()),
+                    }),
+                }
+            }
+            _ => Err(Error::UnexpectedReply(
+                format!("check_status: {kind}").into(),
+            )),
+        }
     }
 
     /// Entries of the finalized log (Finalized and Dropped txs, with payloads) whose sequence is
     /// at least `cursor`, oldest first, at most `limit` of them. Sequences start at 1 and are
     /// never reused; pass `next_cursor` back to read on. The log keeps the newest
     /// `max_finalized` entries.
+    ///
+    /// Up to 1000 entries are one `XRANGE` (one atomic read); more are read 1000 at a time, one
+    /// round trip each, every page going on at the sequence after the last one read: entries
+    /// logged between pages show at the end, and entries trimmed meanwhile may be missing.
     ///
     /// ```no_run
     /// # use dolos_redis::{Config, RedisMempool};
@@ -232,18 +364,38 @@ impl RedisMempool {
     /// # }
     /// ```
     pub fn dump_finalized(&self, cursor: u64, limit: usize) -> Result<MempoolPage, Error> {
-        let call = self.inner.scripts.dump_finalized(cursor, clamp(limit) + 1);
-        let reply = self.exec(call)?;
+        let keys = &self.inner.keys;
         let mut items = Vec::new();
-        let mut next_cursor = None;
-        for entry in codec::array(reply, "dump_finalized")? {
-            let (seq, tx) = codec::decode_log_entry(entry, &self.inner.keys)?;
-            if items.len() == limit {
-                next_cursor = Some(seq);
-                break;
+        let mut from = cursor;
+        loop {
+            // One entry more than the page needs tells the next cursor.
+            let count = (limit - items.len()).saturating_add(1).min(LOG_PAGE);
+            let cmd = redis::cmd("XRANGE")
+                .arg(&keys.log)
+                .arg(format!("{from}-0"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(count)
+                .to_owned();
+            let entries = codec::array(self.plain(&cmd, &[Key::Log])?, "dump_finalized")?;
+            let got = entries.len();
+            for entry in entries {
+                let (seq, tx) = codec::decode_log_entry(entry, keys)?;
+                if items.len() == limit {
+                    return Ok(MempoolPage {
+                        items,
+                        next_cursor: Some(seq),
+                    });
+                }
+                items.push(tx);
+                from = seq + 1;
             }
-            items.push(tx);
+            if got < count {
+                return Ok(MempoolPage {
+                    items,
+                    next_cursor: None,
+                });
+            }
         }
-        Ok(MempoolPage { items, next_cursor })
     }
 }

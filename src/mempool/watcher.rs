@@ -92,28 +92,31 @@ impl RedisMempool {
     /// # }
     /// ```
     pub fn stats(&self) -> Result<MempoolStats, Error> {
-        let [counts, log_len, holder, pttl, epoch, tip, height, info] =
+        let [pending, inflight, meta, log_len, holder, pttl, epoch, tip, info] =
             codec::tuple(self.exec(self.inner.scripts.stats())?, "stats")?;
-        let counts = codec::array(counts, "stage counts")?;
-        let count = |i: usize| -> Result<u64, Error> {
-            match counts.get(i) {
-                Some(v) => Ok(codec::int(v, "stage count")?.max(0) as u64),
-                None => Err(Error::UnexpectedReply(
-                    format!("stage counts: {counts:?}").into(),
-                )),
+        let [height, acknowledged, confirmed] = codec::tuple(meta, "stats meta")?;
+        let meta_count = |v: &Value, field: &str| -> Result<u64, Error> {
+            match codec::opt_text(v, field)? {
+                None => Ok(0),
+                Some(t) => t.parse().map_err(|_| Error::Corrupt {
+                    key: format!("{} {field}", self.inner.keys.meta),
+                    detail: format!("not a number: {t:?}"),
+                }),
             }
         };
         let lease = &self.inner.lease_shared.counters;
-        // [pending, inflight, Acknowledged, Confirmed]; the rest of inflight is Propagated.
-        let (inflight, acknowledged, confirmed) = (count(1)?, count(2)?, count(3)?);
+        // The rest of inflight is Propagated.
+        let inflight = codec::uint(&inflight, "inflight")?;
+        let acknowledged = meta_count(&acknowledged, "ack")?;
+        let confirmed = meta_count(&confirmed, "nconf")?;
         let memory = memory::MemoryFacts::parse(&codec::text(&info, "info memory")?);
         Ok(MempoolStats {
-            pending: count(0)?,
+            pending: codec::uint(&pending, "pending")?,
             propagated: inflight.saturating_sub(acknowledged + confirmed),
             acknowledged,
             confirmed,
             finalized_log: codec::uint(&log_len, "log length")?,
-            applied_blocks: codec::uint(&height, "height")?,
+            applied_blocks: meta_count(&height, "H")?,
             watcher: self.decode_watcher(&holder, &pttl, &epoch, &tip)?,
             is_watcher: self.is_watcher(),
             renewals: lease.renewals.load(Ordering::Relaxed),

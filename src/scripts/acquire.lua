@@ -7,7 +7,7 @@
 -- else may take the lock, and that watcher takes it back at its next renewal. So a stray `DEL`
 -- never makes two leaders, not even for the moment before the old one would notice.
 local node_id, ttl = A[1], A[2]
-check_types('lock', 'fence', 'epoch', 'events', 'events_seq')
+check_types('lock', 'fence', 'epoch', 'events', 'meta')
 local holder = redis.call('GET', K.lock)
 if holder and holder ~= node_id then
   return {0, redis.call('PTTL', K.lock), holder}

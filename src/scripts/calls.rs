@@ -43,11 +43,11 @@ impl<'a> Call<'a> {
         self
     }
 
-    /// The variadic tail `name...`: every hash, as hex, one argument each.
-    fn hashes(mut self, name: &'static str, hashes: &[TxHash]) -> Call<'a> {
+    /// The variadic tail `name...`: every hash, as its 32 bytes, one argument each.
+    fn hashes(mut self, name: &'static str, hashes: &'a [TxHash]) -> Call<'a> {
         self.names.push(name);
         self.values
-            .extend(hashes.iter().map(|h| Cow::Owned(h.to_hex().into_bytes())));
+            .extend(hashes.iter().map(|h| Cow::Borrowed(&h.as_bytes()[..])));
         self
     }
 
@@ -58,41 +58,43 @@ impl<'a> Call<'a> {
 }
 
 impl Scripts {
+    /// `record` is what `P:txs` stores: `<era>|<body>` ([`codec::tx_record`]).
     pub fn receive<'a>(
         &'a self,
-        hash: &TxHash,
-        era: u16,
-        body: &'a [u8],
+        hash: &'a TxHash,
+        record: &'a [u8],
         max_pending: usize,
     ) -> Call<'a> {
         Call::new(&self.receive)
-            .text("hash", hash)
-            .text("era", era)
-            .bytes("body", body)
+            .bytes("hash", hash.as_bytes())
+            .bytes("record", record)
             .text("max_pending", max_pending)
     }
 
-    pub fn has_pending(&self) -> Call<'_> {
-        Call::new(&self.has_pending)
+    /// `after` is `-inf` or `(<score>`; with `more`, a full page also returns its last score.
+    pub fn peek_pending<'a>(&'a self, after: &'a str, count: u64, more: bool) -> Call<'a> {
+        Call::new(&self.peek_pending)
+            .bytes("after", after.as_bytes())
+            .text("count", count)
+            .text("more", u8::from(more))
     }
 
-    /// `set` is `"pending"` or `"inflight"`; `stop` the last index to return.
-    pub fn peek(&self, set: &'static str, stop: u64) -> Call<'_> {
-        Call::new(&self.peek)
-            .bytes("set", set.as_bytes())
-            .text("stop", stop)
+    pub fn peek_inflight(&self, min_score: u64, count: u64) -> Call<'_> {
+        Call::new(&self.peek_inflight)
+            .text("min_score", min_score)
+            .text("count", count)
     }
 
-    pub fn mark_inflight(&self, hashes: &[TxHash]) -> Call<'_> {
+    pub fn mark_inflight<'a>(&'a self, hashes: &'a [TxHash]) -> Call<'a> {
         Call::new(&self.mark_inflight).hashes("hash...", hashes)
     }
 
-    pub fn mark_acknowledged(&self, hashes: &[TxHash]) -> Call<'_> {
+    pub fn mark_acknowledged<'a>(&'a self, hashes: &'a [TxHash]) -> Call<'a> {
         Call::new(&self.mark_acknowledged).hashes("hash...", hashes)
     }
 
-    pub fn find_inflight(&self, hash: &TxHash) -> Call<'_> {
-        Call::new(&self.find_inflight).text("hash", hash)
+    pub fn find_inflight<'a>(&'a self, hash: &'a TxHash) -> Call<'a> {
+        Call::new(&self.find_inflight).bytes("hash", hash.as_bytes())
     }
 
     /// `member` is the point's entry in the applied chain ([`codec::chain_member`]).
@@ -109,8 +111,8 @@ impl Scripts {
         drop_threshold: u32,
         max_log: usize,
         history: usize,
-        seen: &[TxHash],
-        unseen: &[TxHash],
+        seen: &'a [TxHash],
+        unseen: &'a [TxHash],
     ) -> Call<'a> {
         Call::new(&self.confirm)
             .bytes("node_id", node_id.as_bytes())
@@ -133,24 +135,16 @@ impl Scripts {
             .bytes("member", member.as_bytes())
     }
 
-    /// `stop` is the last index to return.
-    pub fn applied_points(&self, stop: u64) -> Call<'_> {
-        Call::new(&self.applied_points).text("stop", stop)
-    }
-
-    pub fn check_status(&self, hash: &TxHash) -> Call<'_> {
-        Call::new(&self.check_status).text("hash", hash)
-    }
-
-    /// The log entries from sequence `cursor` on, at most `count`.
-    pub fn dump_finalized(&self, cursor: u64, count: u64) -> Call<'_> {
-        Call::new(&self.dump_finalized)
-            .text("first_id", format!("{cursor}-0"))
-            .text("count", count)
+    pub fn check_status<'a>(&'a self, hash: &'a TxHash) -> Call<'a> {
+        Call::new(&self.check_status).bytes("hash", hash.as_bytes())
     }
 
     pub fn watcher_info(&self) -> Call<'_> {
         Call::new(&self.watcher_info)
+    }
+
+    pub fn events_snapshot(&self) -> Call<'_> {
+        Call::new(&self.events_snapshot)
     }
 
     pub fn acquire<'a>(&'a self, node_id: &'a str, ttl: Duration) -> Call<'a> {
@@ -211,22 +205,22 @@ mod tests {
     fn every_call_passes_the_arguments_of_its_signature_line_in_that_order() {
         let s = Scripts::new(true);
         let (h, point, ttl) = (TxHash::from([1; 32]), ChainPoint::Slot(1), Duration::ZERO);
+        let hh = [h, h];
         let calls = [
-            ("receive", s.receive(&h, 6, b"body", 10)),
-            ("has_pending", s.has_pending()),
-            ("peek", s.peek("pending", 0)),
-            ("mark_inflight", s.mark_inflight(&[h, h])),
-            ("mark_acknowledged", s.mark_acknowledged(&[h])),
+            ("receive", s.receive(&h, b"6|body", 10)),
+            ("peek_pending", s.peek_pending("-inf", 10, false)),
+            ("peek_inflight", s.peek_inflight(0, 10)),
+            ("mark_inflight", s.mark_inflight(&hh)),
+            ("mark_acknowledged", s.mark_acknowledged(&hh[..1])),
             ("find_inflight", s.find_inflight(&h)),
             (
                 "confirm",
-                s.confirm("n", 1, "m", &point, 6, 2, 10, 10, &[h], &[]),
+                s.confirm("n", 1, "m", &point, 6, 2, 10, 10, &hh[..1], &[]),
             ),
             ("rollback_to", s.rollback_to("n", 1, "m")),
-            ("applied_points", s.applied_points(0)),
             ("check_status", s.check_status(&h)),
-            ("dump_finalized", s.dump_finalized(1, 10)),
             ("watcher_info", s.watcher_info()),
+            ("events_snapshot", s.events_snapshot()),
             ("acquire", s.acquire("n", ttl)),
             ("renew", s.renew("n", 1, ttl)),
             ("release", s.release("n", 1)),
@@ -271,7 +265,7 @@ mod tests {
         let args: Vec<&[u8]> = call.args().collect();
         assert_eq!(args.len(), 9 + 2);
         assert_eq!(args[8], b"2"); // nseen
-        assert_eq!(args[9], hashes[0].to_hex().as_bytes());
+        assert_eq!(args[9], hashes[0].as_bytes());
         assert_eq!(args[3], b"9"); // the point
     }
 }

@@ -11,27 +11,28 @@ local function need(...)
     table.insert(missing, args[1] .. ' ' .. (args[2] or ''))
   end
 end
--- Strings.
-for _, key in ipairs({K.lock, K.epoch, K.height, K.log_seq, K.acked, K.events_seq, K.fence}) do
+-- Strings: the lock, its fence and the epoch.
+for _, key in ipairs({K.lock, K.epoch, K.fence}) do
   need('get', key); need('set', key, '0'); need('type', key)
 end
 need('set', K.lock, '0', 'PX', '1'); need('pexpire', K.lock, '1'); need('pttl', K.lock)
-need('del', K.lock); need('incr', K.epoch); need('incrby', K.acked, '1')
+need('del', K.lock); need('incr', K.epoch)
 -- Hashes.
-for _, key in ipairs({K.txs, K.done}) do
-  need('hget', key, 'f'); need('hset', key, 'f', 'v'); need('hdel', key, 'f')
-  need('hexists', key, 'f'); need('type', key)
+for _, key in ipairs({K.meta, K.txs}) do
+  need('hget', key, 'f'); need('hmget', key, 'f'); need('hset', key, 'f', 'v')
+  need('hincrby', key, 'f', '1'); need('hsetnx', key, 'f', 'v'); need('hdel', key, 'f')
+  need('hexists', key, 'f'); need('exists', key); need('type', key)
 end
 -- Sorted sets.
-for _, key in ipairs({K.chain, K.pending, K.inflight, K.unconfirmed, K.confirmed}) do
+for _, key in ipairs({K.chain, K.pending, K.inflight, K.marks, K.confirmed, K.points, K.done}) do
   need('zadd', key, '0', 'm'); need('zrem', key, 'm'); need('zcard', key); need('zscore', key, 'm')
-  need('zrange', key, '0', '1'); need('zrangebyscore', key, '0', '1')
-  need('zremrangebyscore', key, '0', '1'); need('type', key)
+  need('zmscore', key, 'm'); need('zrange', key, '0', '1')
+  need('zremrangebyscore', key, '0', '1'); need('del', key); need('type', key)
 end
 -- Streams.
 for _, key in ipairs({K.log, K.events}) do
   need('xadd', key, '1-0', 'f', 'v'); need('xrange', key, '-', '+'); need('xlen', key)
-  need('xtrim', key, 'MAXLEN', '1'); need('type', key)
+  need('xtrim', key, 'MINID', '1'); need('type', key)
   need('xread', 'COUNT', '1', 'BLOCK', '1', 'STREAMS', key, '0')
 end
 -- The wake channel.

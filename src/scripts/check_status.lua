@@ -1,18 +1,16 @@
--- check_status(hash) -> {stage, confirmations, misses, confirmed_at} | false (unknown)
--- A live tx (pending or inflight) wins over an older entry of the same hash in the log.
-local hash = A[1]
-local t = load(hash)
-if t then
-  local c, m = counters(t, height())
-  return {t.st, c, m, t.at}
+-- check_status(hash) -> false (unknown) | {'P'} | {'I', H, score, points, marks}
+--   | {'L', log status field | false, done score}
+-- A live tx (pending or inflight) wins over an older entry of the same hash in the log. For a
+-- logged tx, the `s` field of its log entry (`<F|D><hash><c>|<m>|<point>`, decoded in Rust).
+local hash = ARGV[2]
+if redis.call('ZSCORE', K.pending, hash) then return {'P'} end
+local score = redis.call('ZSCORE', K.inflight, hash)
+if score then
+  return {'I', redis.call('HGET', K.meta, 'H') or '0', score, redis.call('ZRANGE', K.points, 0, -1),
+    redis.call('ZRANGE', K.marks, 0, -1, 'WITHSCORES')}
 end
-local done = redis.call('HGET', K.done, hash)
+local done = redis.call('ZSCORE', K.done, hash)
 if not done then return false end
-local n = string.match(done, '^[FD](%d+)$')
-if not n then corrupt(K.done .. ' ' .. hash, 'bad log pointer ' .. string.format('%q', done)) end
-local id = n .. '-0'
+local id = string.format('%d-0', math.floor(tonumber(done) / 2))
 local entry = redis.call('XRANGE', K.log, id, id)[1]
-if not entry then corrupt(K.done .. ' ' .. hash, 'points at missing log entry ' .. id) end
-local f = {}
-for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
-return {f.st, num(K.log .. ' ' .. id, f.c), num(K.log .. ' ' .. id, f.m), f.at or ''}
+return {'L', entry and entry[2][2] or false, done}

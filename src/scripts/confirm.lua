@@ -11,25 +11,34 @@
 --     the new tip, whatever its slot is next to blocks undone before.
 --   * undo: applied only if the point is on the chain; that block and every block after it are
 --     undone (undo.lua). Replaying an undo finds nothing to undo.
-local node_id, epoch, member, point = A[1], A[2], A[3], A[4]
-local F, D, max_log, history = tonumber(A[5]), tonumber(A[6]), tonumber(A[7]), tonumber(A[8])
-local nseen = tonumber(A[9])
-local nunseen = #A - 9 - nseen
-
-check_types('lock', 'epoch', 'chain', 'height', 'txs', 'pending', 'inflight', 'unconfirmed',
-  'confirmed', 'log', 'log_seq', 'done', 'acked', 'events', 'events_seq')
+--
+-- Nothing here is per Confirmed tx or per inflight tx: the counters derive from H (see
+-- src/keys.rs), the stage sits in the P:inflight score, the Confirmed txs are one P:confirmed
+-- entry per block, and the event entry carries only this block's transitions plus how many txs
+-- stay Confirmed (`kept`), from which readers derive one Confirmed event each (src/events.rs).
+local S, SC = 131072, 131070
+local node_id, epoch, member, point = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local F, D = tonumber(ARGV[6]), tonumber(ARGV[7])
+local max_log, history = tonumber(ARGV[8]), tonumber(ARGV[9])
+local first_seen = 11
+local first_unseen = first_seen + tonumber(ARGV[10])
 
 if redis.call('GET', K.lock) ~= node_id or redis.call('GET', K.epoch) ~= epoch then
   return {'lost'}
 end
+-- Every key written below that no read below types (P:chain and P:meta are read first).
+expect_types({K.events, 'stream', K.log, 'stream', K.done, 'zset', K.txs, 'hash',
+  K.pending, 'zset', K.inflight, 'zset', K.marks, 'zset', K.confirmed, 'zset', K.points, 'zset'})
+local meta = redis.call('HMGET', K.meta, 'H', 'cur', 'lseq', 'nconf')
+local H0 = meta_number('H', meta[1])
 
-if nunseen > 0 then
+if #ARGV >= first_unseen then
   local at = redis.call('ZSCORE', K.chain, member)
   if not at then return {'already'} end
   local unseen = {}
-  for i = 10 + nseen, #A do unseen[#unseen + 1] = A[i] end
+  for i = first_unseen, #ARGV do unseen[#unseen + 1] = ARGV[i] end
   local rolled_back, undone = undo_from(tonumber(at), unseen, node_id, epoch)
-  return {'applied', height(), 0, rolled_back, 0, 0, undone}
+  return {'applied', tonumber(at) - 1, 0, rolled_back, 0, 0, undone}
 end
 
 if redis.call('ZSCORE', K.chain, member) then return {'already'} end
@@ -41,98 +50,189 @@ if retained >= history then
   end
 end
 
--- This block is the H-th of the applied chain. Counters follow from H (see `counters` in the
--- prelude), so only the block's txs and the txs that finalize or drop are written.
-local H = height() + 1
+-- This block is the H-th of the applied chain. Phase 1 reads everything the call changes, so
+-- that bad data fails it before the first write.
+local H = H0 + 1
+local cur, lseq, nconf = meta_number('cur', meta[2]), meta_number('lseq', meta[3]),
+  meta_number('nconf', meta[4])
+local acked = 0
 
--- Phase 1: read and decode everything this call will touch, so that corrupt data aborts the
--- call before the first write.
-local seen, seen_set = inflight_in(A, 10, 9 + nseen)
-
--- Confirmed txs gain a confirmation: those reaching F finalize, the others get a Confirmed event
--- with their new count. Walking them all is the one part of confirm that grows with the mempool,
--- and only with the Confirmed txs: about F blocks' worth.
-local finalize, still_confirmed = {}, {}
-for _, hash in ipairs(redis.call('ZRANGE', K.confirmed, 0, -1)) do
-  local t = load(hash)
-  if not t or t.st ~= 'C' then corrupt(K.confirmed .. ' ' .. hash, 'not a confirmed tx') end
-  if counters(t, H) >= F then
-    finalize[#finalize + 1] = {hash = hash, t = t}
-  else
-    still_confirmed[#still_confirmed + 1] = {hash = hash, t = t}
-  end
-end
--- Txs confirmed for the first time by this block.
-local newly = {}
-for _, e in ipairs(seen) do
-  if e.t.st ~= 'C' then
-    e.was = e.t.st
-    e.t.st, e.t.hc, e.t.at = 'C', H, point
-    newly[#newly + 1] = e
-    if 1 >= F then
-      finalize[#finalize + 1] = e
-    else
-      still_confirmed[#still_confirmed + 1] = e
+-- The block's inflight txs that were not Confirmed yet (stage bits 0 or 1) become Confirmed at H.
+local newly, newly_score, seen_set = {}, {}, {}
+if first_unseen > first_seen then
+  local seen = {}
+  for i = first_seen, first_unseen - 1 do seen[#seen + 1] = ARGV[i] end
+  local scores = variadic('ZMSCORE', K.inflight, nil, seen)
+  for i, hash in ipairs(seen) do
+    local s = tonumber(scores[i])
+    if s and not seen_set[hash] then
+      seen_set[hash] = true
+      local x = s % S
+      if x < 2 then
+        newly[#newly + 1] = hash
+        newly_score[#newly] = s - x + 2 + H % SC
+        if x == 1 then acked = acked - 1 end
+      end
     end
   end
 end
--- Unconfirmed inflight txs that missed D blocks drop (unless this block saw them).
--- P:unconfirmed is cleaned lazily: a tx that gets confirmed (or finalized) stays in it until its
--- score falls in this range, because removing one member among thousands with the same score
--- is what made confirm slow down with the mempool's size. Such stale members are skipped here
--- and removed with the whole range below.
-local drop = unconfirmed_between('-inf', int(H - D), seen_set)
 
--- Phase 2: write. The block event comes first: it is the audit trail of applied blocks.
-redis.call('SET', K.height, H)
+-- Confirmed txs reaching F confirmations: the entries of the blocks at or below H - F + 1,
+-- oldest block first, each block's txs in the order it listed them.
+local fin, fin_c, fin_at = {}, {}, {}
+local fin_entries = redis.call('ZRANGE', K.confirmed, '-inf', H - F + 1, 'BYSCORE')
+if #fin_entries > 0 then
+  local points = {}
+  for _, p in ipairs(redis.call('ZRANGE', K.points, '-inf', H - F + 1, 'BYSCORE')) do
+    points[string.sub(p, 1, 12)] = string.sub(p, 13)
+  end
+  for _, e in ipairs(fin_entries) do
+    local hc = string.sub(e, 1, 12)
+    local at, height = points[hc], tonumber(hc)
+    if not at or not height or (#e - 12) % 32 ~= 0 then
+      corrupt(K.confirmed, 'bad entry for height ' .. string.format('%q', hc))
+    end
+    for j = 13, #e, 32 do
+      fin[#fin + 1] = string.sub(e, j, j + 31)
+      fin_c[#fin] = H - height + 1
+      fin_at[#fin] = at
+    end
+  end
+end
+local kept = nconf - #fin
+-- With F <= 1 a tx is final in the block that confirms it.
+if F <= 1 then
+  for _, hash in ipairs(newly) do
+    fin[#fin + 1] = hash
+    fin_c[#fin] = 1
+    fin_at[#fin] = point
+  end
+end
+
+-- Unconfirmed inflight txs that missed D blocks drop, unless this block saw them. A tx's height
+-- `hi` never decreases along propagation order (a new tx gets the newest number and the tip's
+-- height; an undo brings every height above the new tip down to it, see undo.lua), so they are
+-- the Propagated or Acknowledged txs numbered below B, the first number propagated above
+-- H - D; those below the cursor `cur` were dealt with by earlier blocks. In propagation order.
+local drop, drop_m = {}, {}
+local B
+if H - D >= 0 then
+  local top = redis.call('ZRANGE', K.marks, 0, D, 'REV', 'WITHSCORES')
+  for i = 1, #top, 2 do
+    if tonumber(top[i]) > H - D then B = tonumber(top[i + 1]) else break end
+  end
+  local upto = B and string.format('(%d', B * S) or '+inf'
+  local candidates = redis.call('ZRANGE', K.inflight, cur * S, upto, 'BYSCORE', 'WITHSCORES')
+  if #candidates > 0 then
+    local marks = redis.call('ZRANGE', K.marks, B and string.format('(%d', B) or '+inf', '-inf',
+      'BYSCORE', 'REV', 'WITHSCORES')
+    for i = 1, #candidates, 2 do
+      local hash, s = candidates[i], tonumber(candidates[i + 1])
+      local x = s % S
+      if x < 2 and not seen_set[hash] then
+        local n, hi = (s - x) / S, nil
+        for j = 1, #marks, 2 do
+          if tonumber(marks[j + 1]) <= n then hi = tonumber(marks[j]); break end
+        end
+        if not hi then corrupt(K.marks, 'no mark at or below event ' .. string.format('%d', n)) end
+        drop[#drop + 1] = hash
+        drop_m[#drop] = H - hi
+        if x == 1 then acked = acked - 1 end
+      end
+    end
+  end
+end
+
+-- The records of the txs that leave: they go into the log as they are.
+local retire = {}
+for i = 1, #fin do retire[i] = fin[i] end
+for i = 1, #drop do retire[#retire + 1] = drop[i] end
+local records = {}
+if #retire > 0 then
+  records = variadic('HMGET', K.txs, nil, retire)
+  for i = 1, #retire do
+    if not records[i] or not string.find(records[i], '^%d+|') then
+      corrupt(K.txs .. ' ' .. hex(retire[i]), 'not a record: '
+        .. string.format('%q', string.sub(records[i] or '(none)', 1, 32)))
+    end
+  end
+end
+
+-- Counts and misses as one number when they are all the same (the usual case), else a list.
+local function compact(list)
+  for i = 2, #list do
+    if list[i] ~= list[1] then return table.concat(list, ',') end
+  end
+  return list[1] and string.format('%d', list[1]) or ''
+end
+
+-- Phase 2: write. The event entry comes first (a failure after the counter leaves only a gap).
+local confirmed_now = F > 1 and newly or {}
+local k = 1 + kept + #confirmed_now + #fin + #drop
+local first = redis.call('HINCRBY', K.meta, 'ev', k) - k + 1
+redis.call('XADD', K.events, 'MAXLEN', '~', ARGV[1], first .. '-0', 'b', point, 'h', H,
+  'node', node_id, 'epoch', epoch, 'kept', kept, 'C', table.concat(confirmed_now),
+  'F', table.concat(fin), 'Fc', compact(fin_c), 'D', table.concat(drop), 'Dm', compact(drop_m))
 redis.call('ZADD', K.chain, H, member)
 -- The chain's heights are contiguous, so keeping the newest `history` is a range by score.
 if retained + 1 > history then
-  redis.call('ZREMRANGEBYSCORE', K.chain, '-inf', int(H - history))
+  redis.call('ZREMRANGEBYSCORE', K.chain, '-inf', H - history)
 end
-emit('k', 'block', 'at', point, 'h', H, 'node', node_id, 'epoch', epoch, 'undo', '0')
--- Acknowledged txs leaving that stage, for the counter stats read.
-local acked_delta = 0
-for _, e in ipairs(newly) do
-  if e.was == 'A' then acked_delta = acked_delta - 1 end
-  redis.call('HSET', K.txs, e.hash, encode(e.t))
-  redis.call('ZADD', K.confirmed, H, e.hash)
-end
-for _, e in ipairs(still_confirmed) do
-  emit_tx(e.hash, 'C', counters(e.t, H), 0, e.t.at)
-end
-
--- Moves a tx out of the live sets into the finalized log.
-local function retire(e, stage)
-  local c, m = counters(e.t, H)
-  if e.t.st == 'A' then acked_delta = acked_delta - 1 end
-  emit_tx(e.hash, stage, c, m, e.t.at)
-  local n = redis.call('INCR', K.log_seq)
-  redis.call('XADD', K.log, int(n) .. '-0', 'tx', e.hash, 'st', stage, 'c', int(c), 'm', int(m),
-    'at', e.t.at or '', 'era', e.t.era, 'body', e.t.body)
-  redis.call('HSET', K.done, e.hash, stage .. int(n))
-  redis.call('HDEL', K.txs, e.hash)
-  redis.call('ZREM', K.inflight, e.hash)
-  redis.call('ZREM', K.confirmed, e.hash)
-end
-for _, e in ipairs(finalize) do retire(e, 'F') end
-for _, e in ipairs(drop) do retire(e, 'D') end
-redis.call('ZREMRANGEBYSCORE', K.unconfirmed, '-inf', int(H - D))
-if acked_delta ~= 0 then redis.call('INCRBY', K.acked, acked_delta) end
-
--- Keep the newest max_log entries; forget the index entries of the ones that go, unless the
--- index already points at a newer entry for the same hash.
-local excess = redis.call('XLEN', K.log) - max_log
-if excess > 0 then
-  for _, entry in ipairs(redis.call('XRANGE', K.log, '-', '+', 'COUNT', excess)) do
-    local fields, hash = entry[2], nil
-    for i = 1, #fields, 2 do if fields[i] == 'tx' then hash = fields[i + 1] end end
-    if hash then
-      local done = redis.call('HGET', K.done, hash)
-      if done and string.sub(done, 2) .. '-0' == entry[1] then redis.call('HDEL', K.done, hash) end
-    end
+if #confirmed_now > 0 then
+  local add = {}
+  for i, hash in ipairs(confirmed_now) do
+    add[2 * i - 1] = newly_score[i]
+    add[2 * i] = hash
   end
-  redis.call('XTRIM', K.log, 'MAXLEN', max_log)
+  variadic('ZADD', K.inflight, 'XX', add)
+  local tag = string.format('%012d', H)
+  redis.call('ZADD', K.confirmed, H, tag .. table.concat(confirmed_now))
+  redis.call('ZADD', K.points, H, tag .. point)
+end
+if #fin_entries > 0 then
+  redis.call('ZREMRANGEBYSCORE', K.confirmed, '-inf', H - F + 1)
+end
+redis.call('ZREMRANGEBYSCORE', K.points, '-inf', H - F + 1)
+if #retire > 0 then
+  variadic('ZREM', K.inflight, nil, retire)
+  variadic('HDEL', K.txs, nil, retire)
+  local done = {}
+  for i, hash in ipairs(retire) do
+    local seq, status = lseq + i, nil
+    if i <= #fin then
+      status = 'F' .. hash .. string.format('%d|0|', fin_c[i]) .. fin_at[i]
+      done[2 * i - 1] = 2 * seq + 1
+    else
+      status = 'D' .. hash .. string.format('0|%d|', drop_m[i - #fin])
+      done[2 * i - 1] = 2 * seq
+    end
+    done[2 * i] = hash
+    redis.call('XADD', K.log, seq .. '-0', 's', status, 'b', records[i])
+  end
+  variadic('ZADD', K.done, nil, done)
+  lseq = lseq + #retire
+end
+local set = {'H', H, 'lseq', lseq, 'nconf', kept + #confirmed_now}
+if H - D >= 0 then
+  -- Everything numbered below B is dealt with; without a mark above H - D, everything so far.
+  local next_cur = B or (first + k)
+  if next_cur > cur then
+    set[#set + 1] = 'cur'
+    set[#set + 1] = next_cur
+  end
+  if B then
+    redis.call('ZREMRANGEBYSCORE', K.marks, '-inf', string.format('(%d', B))
+  else
+    redis.call('DEL', K.marks)
+  end
+end
+redis.call('HSET', K.meta, unpack(set))
+if acked ~= 0 then redis.call('HINCRBY', K.meta, 'ack', acked) end
+-- Keep the newest max_log log entries, and their P:done entries: both ranges by sequence.
+if lseq > max_log then
+  local keep_from = lseq - max_log + 1
+  redis.call('XTRIM', K.log, 'MINID', keep_from .. '-0')
+  redis.call('ZREMRANGEBYSCORE', K.done, '-inf', string.format('(%d', 2 * keep_from))
 end
 
-return {'applied', H, #newly, 0, #finalize, #drop, 0}
+return {'applied', H, #newly, 0, #fin, #drop, 0}

@@ -1,18 +1,41 @@
 -- mark_acknowledged(hash...) -> number of txs that moved
--- Propagated txs become Acknowledged; anything else is left alone.
-check_types('txs', 'height', 'acked')
-local H = height()
-local moved = 0
-for i = 1, #A do
-  local t = load(A[i])
-  if t and t.st == 'R' then
-    t.st = 'A'
-    local c, m = counters(t, H)
-    emit_tx(A[i], 'A', c, m, '')
-    redis.call('HSET', K.txs, A[i], encode(t))
-    moved = moved + 1
+-- Propagated txs (stage bits 0 in their P:inflight score) become Acknowledged (bits 1); anything
+-- else is left alone. One event entry: `A` the hashes, `m` their misses (one number when they
+-- share it, else one per tx, comma-separated), from the marks at or below the batch's numbers.
+local S = 131072
+local moved, scores, once = {}, {}, {}
+local found = redis.call('ZMSCORE', K.inflight, unpack(ARGV, 2))
+local top = -1
+for i = 2, #ARGV do
+  local hash, s = ARGV[i], tonumber(found[i - 1])
+  if s and s % S == 0 and not once[hash] then
+    once[hash] = true
+    moved[#moved + 1] = hash
+    scores[#scores + 1] = s
+    if s > top then top = s end
   end
 end
--- How many inflight txs are Acknowledged, for stats (the other stages are set sizes).
-if moved > 0 then redis.call('INCRBY', K.acked, moved) end
-return moved
+local k = #moved
+if k == 0 then return 0 end
+local H = meta_number('H', redis.call('HGET', K.meta, 'H'))
+-- Newest first: the first mark at or below a tx's number is its height.
+local marks = redis.call('ZRANGE', K.marks, top / S, '-inf', 'BYSCORE', 'REV', 'WITHSCORES')
+local misses, add, same = {}, {}, true
+for i = 1, k do
+  local n, hi = scores[i] / S, nil
+  for j = 1, #marks, 2 do
+    if tonumber(marks[j + 1]) <= n then hi = tonumber(marks[j]); break end
+  end
+  if not hi then corrupt(K.marks, 'no mark at or below event ' .. n .. ' (tx ' .. hex(moved[i]) .. ')') end
+  misses[i] = H - hi
+  if misses[i] ~= misses[1] then same = false end
+  add[2 * i - 1] = scores[i] + 1
+  add[2 * i] = moved[i]
+end
+
+local first = redis.call('HINCRBY', K.meta, 'ev', k) - k + 1
+redis.call('XADD', K.events, 'MAXLEN', '~', ARGV[1], first .. '-0', 'A', table.concat(moved),
+  'm', same and misses[1] or table.concat(misses, ','))
+redis.call('HINCRBY', K.meta, 'ack', k)
+redis.call('ZADD', K.inflight, 'XX', unpack(add))
+return k

@@ -1,20 +1,32 @@
 -- mark_inflight(hash...) -> number of txs that moved
 -- Pending txs become Propagated; anything else is left alone, so an inflight or finalized tx is
--- never overwritten. Duplicates in the batch move once.
-check_types('txs', 'pending', 'inflight', 'unconfirmed', 'height')
-local H = height()
-local moved = 0
-for i = 1, #A do
-  local hash = A[i]
-  local t = load(hash)
-  if t and t.st == 'P' then
-    t.st, t.hi = 'R', H
-    local n = emit_tx(hash, 'R', 0, 0, '')
-    redis.call('HSET', K.txs, hash, encode(t))
-    redis.call('ZREM', K.pending, hash)
-    redis.call('ZADD', K.inflight, n, hash)
-    redis.call('ZADD', K.unconfirmed, H, hash)
-    moved = moved + 1
+-- never overwritten. Duplicates in the batch move once. One event entry for the batch (`R`, the
+-- hashes in order): its first number n goes to the first tx, n + 1 to the next, and each tx's
+-- number times 2^17 is its P:inflight score (propagation order; stage bits zero: Propagated).
+-- Where its misses count from (`hi`, the height now) is the mark of this height: P:marks keeps
+-- the first number propagated at each height (NX: an older mark of this height stays).
+local moved, once = {}, {}
+local scores = redis.call('ZMSCORE', K.pending, unpack(ARGV, 2))
+for i = 2, #ARGV do
+  local hash = ARGV[i]
+  if scores[i - 1] and not once[hash] then
+    once[hash] = true
+    moved[#moved + 1] = hash
   end
 end
-return moved
+local k = #moved
+if k == 0 then return 0 end
+expect_types({K.inflight, 'zset', K.marks, 'zset'})
+local H = meta_number('H', redis.call('HGET', K.meta, 'H'))
+
+local first = redis.call('HINCRBY', K.meta, 'ev', k) - k + 1
+redis.call('XADD', K.events, 'MAXLEN', '~', ARGV[1], first .. '-0', 'R', table.concat(moved))
+redis.call('ZREM', K.pending, unpack(moved))
+local add = {}
+for i, hash in ipairs(moved) do
+  add[2 * i - 1] = (first + i - 1) * 131072
+  add[2 * i] = hash
+end
+redis.call('ZADD', K.inflight, unpack(add))
+redis.call('ZADD', K.marks, 'NX', first, string.format('%012d', H))
+return k

@@ -2,7 +2,7 @@
 -- Compare-and-extend: only the holder, at the epoch it acquired, extends the lock (and the fence
 -- that outlives a hand-deleted lock, see acquire.lua).
 local node_id, epoch, ttl = A[1], A[2], A[3]
-check_types('lock', 'fence', 'epoch', 'events', 'events_seq')
+check_types('lock', 'fence', 'epoch', 'events', 'meta')
 local holder = redis.call('GET', K.lock)
 local current = redis.call('GET', K.epoch)
 if holder == node_id and current == epoch then

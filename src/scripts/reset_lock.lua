@@ -4,7 +4,7 @@
 -- The fence goes too (see acquire.lua), so the lock is free for anyone at once. The epoch stays
 -- (it only ever grows); followers are woken, and the event stream records the release.
 local expected = A[1]
-check_types('lock', 'fence', 'epoch', 'events', 'events_seq')
+check_types('lock', 'fence', 'epoch', 'events', 'meta')
 local holder = redis.call('GET', K.lock) or redis.call('GET', K.fence)
 if not holder or (expected ~= '' and holder ~= expected) then return false end
 redis.call('DEL', K.lock, K.fence)

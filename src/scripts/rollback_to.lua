@@ -4,14 +4,14 @@
 -- itself stays applied), with the effects of undo.lua and no tx list needed. `member` empty is the
 -- origin: the whole retained chain is undone. Fenced like confirm. A point that is not on the
 -- applied chain changes nothing ('unknown'); nothing after it is 'already'.
-local node_id, epoch, member = A[1], A[2], A[3]
-
-check_types('lock', 'epoch', 'chain', 'height', 'txs', 'pending', 'inflight', 'unconfirmed',
-  'confirmed', 'acked', 'events', 'events_seq')
+local node_id, epoch, member = ARGV[2], ARGV[3], ARGV[4]
 
 if redis.call('GET', K.lock) ~= node_id or redis.call('GET', K.epoch) ~= epoch then
   return {'lost'}
 end
+expect_types({K.events, 'stream', K.pending, 'zset', K.inflight, 'zset', K.marks, 'zset',
+  K.confirmed, 'zset', K.points, 'zset'})
+local H = meta_number('H', redis.call('HGET', K.meta, 'H'))
 
 local from
 if member == '' then
@@ -22,7 +22,7 @@ else
   local at = redis.call('ZSCORE', K.chain, member)
   if not at then return {'unknown'} end
   from = tonumber(at) + 1
-  if from > height() then return {'already'} end
+  if from > H then return {'already'} end
 end
 local rolled_back, undone = undo_from(from, {}, node_id, epoch)
-return {'applied', height(), rolled_back, undone}
+return {'applied', from - 1, rolled_back, undone}

@@ -1,56 +1,113 @@
 -- undo_from(h, unseen, node_id, epoch) -> rolled back, undone blocks
--- Shared by confirm.lua (an undo call) and rollback_to.lua; put between the prelude and the
+-- Shared by confirm.lua (an undo call) and rollback_to.lua; put after common.lua and before the
 -- script that uses it. Undoes every block of the applied chain at height `h` or above, so the
 -- chain's height H becomes h - 1 and depth follows the chain:
 --   * every inflight tx in `unseen` (a list of hashes; in that order), then every other tx first
---     confirmed by an undone block (in the order they were confirmed), returns to the tail of
---     the pending queue with its counters cleared;
+--     confirmed by an undone block (oldest block first, each in the order it listed them),
+--     returns to the tail of the pending queue;
 --   * an unconfirmed inflight tx that became inflight above the new tip counts its misses from
---     the new tip (its `hi` comes down to h - 1);
+--     the new tip: the marks above it go, and the new tip's mark takes the lowest of their
+--     numbers (so heights still never decrease along propagation order);
 --   * nothing finalizes or drops: lowering H only ever lowers counters.
 -- Costs the txs it changes plus the undone blocks, never the size of the mempool or the chain.
--- The caller has checked the fence and that the chain holds height `h`.
+-- The caller has checked the fence, the types, and that the chain holds height `h`.
 local function undo_from(h, unseen, node_id, epoch)
+  local S = 131072
   local new_h = h - 1
 
-  -- Phase 1: read and decode everything, so that corrupt data fails the call before any write.
-  local undone = redis.call('ZRANGEBYSCORE', K.chain, h, '+inf')
-  -- The host's `unseen` first, in its order, then the other txs the undone blocks confirmed, in
-  -- the order they were confirmed.
-  local back, back_set = inflight_in(unseen, 1, #unseen)
-  for _, hash in ipairs(redis.call('ZRANGEBYSCORE', K.confirmed, h, '+inf')) do
-    if not back_set[hash] then
-      back_set[hash] = true
-      local t = load(hash)
-      if not t or t.st ~= 'C' then corrupt(K.confirmed .. ' ' .. hash, 'not a confirmed tx') end
-      back[#back + 1] = {hash = hash, t = t}
+  -- Phase 1: read everything, so that bad data fails the call before any write.
+  local undone = redis.call('ZRANGE', K.chain, h, '+inf', 'BYSCORE')
+  local back, in_back = {}, {}
+  local acked, confirmed = 0, 0
+  -- Unseen txs Confirmed by a block that stays: their entry in P:confirmed is rewritten.
+  local below = {}
+  if #unseen > 0 then
+    local scores = variadic('ZMSCORE', K.inflight, nil, unseen)
+    for i, hash in ipairs(unseen) do
+      local s = tonumber(scores[i])
+      if s and not in_back[hash] then
+        in_back[hash] = true
+        back[#back + 1] = hash
+        local x = s % S
+        if x == 1 then acked = acked - 1 end
+        if x >= 2 then
+          below[hash] = true
+          confirmed = confirmed - 1
+        end
+      end
     end
   end
-  local rebase = unconfirmed_between('(' .. int(new_h), '+inf', back_set)
+  local by_block = {}
+  for _, e in ipairs(redis.call('ZRANGE', K.confirmed, h, '+inf', 'BYSCORE')) do
+    if (#e - 12) % 32 ~= 0 then corrupt(K.confirmed, 'bad entry ' .. hex(string.sub(e, 1, 12))) end
+    for j = 13, #e, 32 do
+      local hash = string.sub(e, j, j + 31)
+      below[hash] = nil
+      if not in_back[hash] then
+        in_back[hash] = true
+        back[#back + 1] = hash
+        by_block[#by_block + 1] = hash
+        confirmed = confirmed - 1
+      end
+    end
+  end
+  -- Each tx an undone block confirmed must be a Confirmed inflight tx.
+  if #by_block > 0 then
+    local scores = variadic('ZMSCORE', K.inflight, nil, by_block)
+    for i, hash in ipairs(by_block) do
+      local s = tonumber(scores[i])
+      if not s or s % S < 2 then corrupt(K.confirmed, 'lists ' .. hex(hash) .. ', not a confirmed tx') end
+    end
+  end
+  local rewrite = {}
+  if next(below) then
+    for _, e in ipairs(redis.call('ZRANGE', K.confirmed, '-inf', '(' .. h, 'BYSCORE')) do
+      local keep, changed = {string.sub(e, 1, 12)}, false
+      for j = 13, #e, 32 do
+        local hash = string.sub(e, j, j + 31)
+        if below[hash] then changed = true else keep[#keep + 1] = hash end
+      end
+      if changed then rewrite[#rewrite + 1] = {e, table.concat(keep)} end
+    end
+  end
+  local above, lowest = {}, nil
+  local tail = redis.call('ZRANGE', K.marks, 0, #undone + 1, 'REV', 'WITHSCORES')
+  for i = 1, #tail, 2 do
+    if tonumber(tail[i]) > new_h then
+      above[#above + 1] = tail[i]
+      lowest = tail[i + 1]
+    end
+  end
 
-  -- Phase 2: write. One block event per undone block, newest first, as Dolos undoes them; each
-  -- carries the height the chain has once that block is gone.
-  redis.call('SET', K.height, new_h)
+  -- Phase 2: write. One entry: the undone blocks (`u`, oldest first; readers report them newest
+  -- first, each with the height the chain has once it is gone) and the txs back to pending
+  -- (`B`), whose numbers follow the blocks' and order the queue.
+  local k = #undone + #back
+  local first = redis.call('HINCRBY', K.meta, 'ev', k) - k + 1
+  redis.call('XADD', K.events, 'MAXLEN', '~', ARGV[1], first .. '-0', 'u', table.concat(undone, ','),
+    'h', new_h, 'node', node_id, 'epoch', epoch, 'B', table.concat(back))
+  redis.call('HSET', K.meta, 'H', new_h)
   redis.call('ZREMRANGEBYSCORE', K.chain, h, '+inf')
-  for i = #undone, 1, -1 do
-    emit('k', 'block', 'at', undone[i], 'h', int(new_h + i - 1), 'node', node_id,
-      'epoch', epoch, 'undo', '1')
+  if #back > 0 then
+    variadic('ZREM', K.inflight, nil, back)
+    local add = {}
+    for i, hash in ipairs(back) do
+      add[2 * i - 1] = first + #undone + i - 1
+      add[2 * i] = hash
+    end
+    variadic('ZADD', K.pending, nil, add)
   end
-  local acked_delta = 0
-  for _, e in ipairs(back) do
-    if e.t.st == 'A' then acked_delta = acked_delta - 1 end
-    local n = emit_tx(e.hash, 'B', 0, 0, '')
-    redis.call('HSET', K.txs, e.hash, encode({st = 'P', era = e.t.era, body = e.t.body}))
-    redis.call('ZREM', K.inflight, e.hash)
-    redis.call('ZREM', K.unconfirmed, e.hash)
-    redis.call('ZREM', K.confirmed, e.hash)
-    redis.call('ZADD', K.pending, n, e.hash)
+  redis.call('ZREMRANGEBYSCORE', K.confirmed, h, '+inf')
+  redis.call('ZREMRANGEBYSCORE', K.points, h, '+inf')
+  for _, r in ipairs(rewrite) do
+    redis.call('ZREM', K.confirmed, r[1])
+    if #r[2] > 12 then redis.call('ZADD', K.confirmed, tonumber(string.sub(r[2], 1, 12)), r[2]) end
   end
-  for _, e in ipairs(rebase) do
-    e.t.hi = new_h
-    redis.call('HSET', K.txs, e.hash, encode(e.t))
-    redis.call('ZADD', K.unconfirmed, new_h, e.hash)
+  if #above > 0 then
+    redis.call('ZREM', K.marks, unpack(above))
+    redis.call('ZADD', K.marks, 'NX', lowest, string.format('%012d', new_h))
   end
-  if acked_delta ~= 0 then redis.call('INCRBY', K.acked, acked_delta) end
+  if acked ~= 0 then redis.call('HINCRBY', K.meta, 'ack', acked) end
+  if confirmed ~= 0 then redis.call('HINCRBY', K.meta, 'nconf', confirmed) end
   return #back, #undone
 end

@@ -1,0 +1,53 @@
+-- Helpers shared by the scripts that need them (the Rust side puts this file in front of a
+-- script's own only when the script asks for it: every definition costs a little on each call).
+-- `K` names the script's keys; ARGV[1] of every script is the events' `MAXLEN ~`.
+
+-- Fails the call, naming where bad data sits (the Rust side makes it `Error::Corrupt`). Hashes
+-- are raw bytes, so a field is named by its hex.
+local function hex(s)
+  return (string.gsub(s, '.', function(c) return string.format('%02x', string.byte(c)) end))
+end
+
+local function corrupt(key, detail)
+  error({err = 'CORRUPT ' .. key .. ' :: ' .. detail})
+end
+
+-- A numeric field of P:meta (absent: 0).
+local function meta_number(field, value)
+  if not value then return 0 end
+  local n = tonumber(value)
+  if not n or n < 0 or n % 1 ~= 0 then
+    corrupt(K.meta .. ' ' .. field, 'not a number: ' .. string.format('%q', value))
+  end
+  return n
+end
+
+-- No partial writes: a script checks the type of each key it writes but has not read before its
+-- first write (a read fails with WRONGTYPE before anything is stored), naming the key.
+local function expect_types(list)
+  for i = 1, #list, 2 do
+    local t = redis.call('TYPE', list[i]).ok
+    if t ~= 'none' and t ~= list[i + 1] then
+      error({err = 'BADTYPE ' .. list[i] .. ' :: holds a ' .. t .. ', expected a ' .. list[i + 1]})
+    end
+  end
+end
+
+-- Runs a command whose tail `args` may be longer than Lua's unpack takes (a few thousand
+-- values): in chunks of `step` (even, so pairs stay together), concatenating array replies.
+local function variadic(cmd, key, opt, args, step)
+  step = step or 4000
+  if #args <= step then
+    if opt then return redis.call(cmd, key, opt, unpack(args)) end
+    return redis.call(cmd, key, unpack(args))
+  end
+  local out = {}
+  for i = 1, #args, step do
+    local last = math.min(i + step - 1, #args)
+    local r
+    if opt then r = redis.call(cmd, key, opt, unpack(args, i, last))
+    else r = redis.call(cmd, key, unpack(args, i, last)) end
+    if type(r) == 'table' then for j = 1, #r do out[#out + 1] = r[j] end end
+  end
+  return out
+end

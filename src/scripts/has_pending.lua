@@ -1,2 +1,0 @@
--- has_pending() -> size of the pending queue
-return redis.call('ZCARD', K.pending)

@@ -1,0 +1,119 @@
+//! No call holds Redis for long, whatever its size: on a 20k-entry mempool, `peek_pending`,
+//! `peek_inflight` and `dump_finalized` with `usize::MAX` are served in bounded pages (one
+//! command each, never more than a page of txs), and `mark_inflight` of 20k hashes goes in
+//! bounded batches. The proof counts what each command asks for in the `MONITOR` feed, not how
+//! long it takes: nothing here depends on the machine's speed.
+
+mod common;
+use dolos_redis_testkit as support;
+
+use common::{config, hash, lone_watcher, point, tx};
+use dolos_redis::{MempoolTxStage, TxHash};
+use support::monitor::{Monitor, Seen};
+use support::RedisServer;
+
+/// The crate's page sizes, as its documentation states them.
+const READ_PAGE: usize = 500;
+const LOG_PAGE: usize = 1000;
+const WRITE_BATCH: usize = 256;
+
+const TXS: u32 = 20_000;
+
+/// The commands of the window that came from the mempool's pool (not from a script, not from
+/// this test's markers), with what each one asks for: the `count` argument of a page script,
+/// the number of hashes of a batch, the `COUNT` of an `XRANGE`.
+fn sizes(window: &[Seen], what: &str) -> Vec<usize> {
+    window
+        .iter()
+        .filter(|s| s.addr != "lua" && s.cmd != "ECHO")
+        .filter_map(|s| match (what, s.cmd.as_str()) {
+            // EVALSHA sha numkeys keys... event_history args...
+            ("page", "EVALSHA") => {
+                let keys: usize = s.args[1].parse().ok()?;
+                s.args.get(2 + keys + 2)?.parse().ok()
+            }
+            ("batch", "EVALSHA") => {
+                let keys: usize = s.args[1].parse().ok()?;
+                Some(s.args.len() - 2 - keys - 1)
+            }
+            ("xrange", "XRANGE") => s.args.get(4)?.parse().ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether `got` is `want`, in order (without printing 20k hashes when not).
+fn same(got: impl Iterator<Item = TxHash>, want: &[TxHash]) -> bool {
+    got.collect::<Vec<_>>() == want
+}
+
+#[test]
+fn large_reads_and_batches_are_served_in_bounded_pages() {
+    support::init_logging();
+    let server = RedisServer::start();
+    let m = lone_watcher(config(&server, "paging").max_finalized(TXS as usize));
+    let all: Vec<TxHash> = (0..TXS).map(hash).collect();
+    for i in 0..TXS {
+        m.receive(tx(i)).unwrap();
+    }
+    let mut monitor = Monitor::on(&server);
+    let mut admin = server.connection();
+
+    let mut pending = Vec::new();
+    let window = monitor.window(&mut admin, &mut || {
+        pending = m.peek_pending(usize::MAX).unwrap();
+    });
+    let pages = sizes(&window, "page");
+    println!("peek_pending(usize::MAX) of {TXS}: {} pages", pages.len());
+    assert!(
+        same(pending.iter().map(|t| t.hash), &all),
+        "the pending queue, in order"
+    );
+    assert!(pages.len() >= TXS as usize / READ_PAGE, "{pages:?}");
+    assert!(pages.iter().all(|&n| n <= READ_PAGE), "{pages:?}");
+
+    let window = monitor.window(&mut admin, &mut || m.mark_inflight(&all).unwrap());
+    let batches = sizes(&window, "batch");
+    println!("mark_inflight of {TXS}: {} batches", batches.len());
+    assert_eq!(batches.iter().sum::<usize>(), TXS as usize);
+    assert!(batches.iter().all(|&n| n <= WRITE_BATCH), "{batches:?}");
+
+    let mut inflight = Vec::new();
+    let window = monitor.window(&mut admin, &mut || {
+        inflight = m.peek_inflight(usize::MAX).unwrap();
+    });
+    let pages = sizes(&window, "page");
+    println!("peek_inflight(usize::MAX) of {TXS}: {} pages", pages.len());
+    assert!(
+        same(inflight.iter().map(|t| t.hash), &all),
+        "the inflight set, in order"
+    );
+    assert!(inflight
+        .iter()
+        .all(|t| t.stage == MempoolTxStage::Propagated));
+    assert!(pages.len() >= TXS as usize / READ_PAGE, "{pages:?}");
+    assert!(pages.iter().all(|&n| n <= READ_PAGE), "{pages:?}");
+
+    // Blocks of 250 txs, each final at once (F = 1): the log fills with 20k entries.
+    for (i, block) in all.chunks(250).enumerate() {
+        let outcome = m.confirm(&point(i as u64 + 1), block, &[], 1, 1_000);
+        assert!(outcome.unwrap().is_applied());
+    }
+    let mut log = None;
+    let window = monitor.window(&mut admin, &mut || {
+        log = Some(m.dump_finalized(0, usize::MAX).unwrap());
+    });
+    let log = log.unwrap();
+    let pages = sizes(&window, "xrange");
+    println!(
+        "dump_finalized(0, usize::MAX) of {TXS}: {} pages",
+        pages.len()
+    );
+    assert_eq!(log.next_cursor, None);
+    assert!(
+        same(log.items.iter().map(|t| t.hash), &all),
+        "the log, in order"
+    );
+    assert!(pages.len() >= TXS as usize / LOG_PAGE, "{pages:?}");
+    assert!(pages.iter().all(|&n| n <= LOG_PAGE), "{pages:?}");
+}
