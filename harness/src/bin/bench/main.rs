@@ -30,6 +30,10 @@
 //! * scaling of `receive`, `mark_inflight(50)`, `check_status` with the pending queue and of
 //!   `confirm(50 seen)` with the inflight set, all sizes alive at once and measured in
 //!   alternation;
+//! * issue 10's table: the server time of each call in units of a plain `SET`'s, in Dolos's
+//!   steady state, with end-to-end latencies next to a `SET` made right after each call
+//!   (`steady.rs` says how);
+//! * the longest single command while a 100k-entry mempool is read whole (SLOWLOG);
 //! * Redis memory per tracked tx beyond its payload;
 //! * watcher takeover after a crash (`abandon`) and after `shutdown`, TTL 1 s.
 //!
@@ -39,6 +43,7 @@
 
 mod options;
 mod report;
+mod steady;
 mod util;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -1190,6 +1195,9 @@ fn main() -> ExitCode {
         profiles: Vec::new(),
     };
 
+    if bench.opts.runs("steady") {
+        res.steady = Some(bench.steady());
+    }
     if bench.opts.runs("memory") {
         res.memory = Some(bench.memory());
     }
@@ -1212,6 +1220,10 @@ fn main() -> ExitCode {
     }
     if bench.opts.runs("takeover") {
         res.takeover = Some(bench.takeover());
+    }
+    if bench.opts.runs("longest") {
+        let n = bench.opts.longest_txs;
+        res.longest = Some(bench.longest(n));
     }
 
     res.profiles = std::mem::take(&mut bench.profiles);

@@ -21,11 +21,23 @@ pub struct Opts {
     pub sequential_takeover: bool,
     /// Break the server time of each call down by the commands its script runs.
     pub profile: bool,
+    /// Measured blocks of the steady state (issue 10's table).
+    pub steady_blocks: usize,
+    /// Txs of the mempool that the longest-command phase reads whole.
+    pub longest_txs: u64,
     /// Phases to run (`None`: all).
     pub only: Option<Vec<String>>,
 }
 
-const PHASES: [&str; 5] = ["memory", "calls", "throughput", "scaling", "takeover"];
+const PHASES: [&str; 7] = [
+    "steady",
+    "longest",
+    "memory",
+    "calls",
+    "throughput",
+    "scaling",
+    "takeover",
+];
 
 pub const USAGE: &str = "\
 usage: cargo perf [options]
@@ -37,7 +49,10 @@ usage: cargo perf [options]
   --trials N          takeover trials of each kind (default 20)
   --sequential-takeover
                       run crash trials one after the other (default: staggered in parallel)
-  --only P,...        run only these phases: memory, calls, throughput, scaling, takeover
+  --blocks N          measured blocks of the steady state (default 60; --full 300)
+  --longest-txs N     txs read whole by the longest-command phase (default 100000)
+  --only P,...        run only these phases: steady, longest, memory, calls, throughput,
+                      scaling, takeover
   --profile           break each call's server time down by the commands its script runs
                       (CONFIG RESETSTAT + INFO commandstats around every measured call)
   -h, --help          this text
@@ -69,6 +84,8 @@ impl Opts {
             memory_txs: 10_000,
             sequential_takeover: false,
             profile: false,
+            steady_blocks: 60,
+            longest_txs: 100_000,
             only: None,
         };
         let mut iters = None;
@@ -83,6 +100,11 @@ impl Opts {
                     opts.tput_rounds = 10;
                     opts.counted = 100;
                     opts.server_iters = 2000;
+                    opts.steady_blocks = 300;
+                }
+                Long("blocks") => opts.steady_blocks = cli::value(&mut parser, "blocks", positive)?,
+                Long("longest-txs") => {
+                    opts.longest_txs = cli::value(&mut parser, "longest-txs", positive)? as u64
                 }
                 Long("iters") => iters = Some(cli::value(&mut parser, "iters", positive)?),
                 Long("trials") => opts.trials = cli::value(&mut parser, "trials", positive)?,

@@ -83,6 +83,9 @@ pub struct Results {
     pub throughput: Option<Throughput>,
     pub scaling: Option<Scaling>,
     pub takeover: Option<Takeover>,
+    pub steady: Option<crate::steady::Steady>,
+    /// What → (longest command µs, txs read).
+    pub longest: Option<BTreeMap<&'static str, (u64, usize)>>,
     pub profiles: Vec<(String, Call, usize, util::CommandStats)>,
 }
 
@@ -194,6 +197,100 @@ impl Report {
         );
     }
 
+    fn steady(&mut self, res: &Results) {
+        let Some(st) = &res.steady else {
+            return;
+        };
+        self.line(format!(
+            "### Server time per call, in `SET`s (steady state: F = 6, D = 2, {} blocks)",
+            st.blocks
+        ));
+        self.line("");
+        self.line(
+            "| call | server µs | in `SET`s | target | | end to end µs | `SET` right after, µs | \
+             ratio |",
+        );
+        self.line("|---|---:|---:|---:|---|---:|---:|---:|");
+        for row in &st.rows {
+            let server = crate::steady::trimmed(&row.server);
+            let units = server / st.set_us;
+            let calls: Vec<f64> = row.e2e.iter().map(|(c, _)| *c).collect();
+            let sets: Vec<f64> = row.e2e.iter().map(|(_, s)| *s).collect();
+            let ratios: Vec<f64> = row.e2e.iter().map(|(c, s)| c / s).collect();
+            let ok = units <= row.target;
+            self.line(format!(
+                "| {} | {server:.1} | **{units:.1}** | ≤ {:.0} | {} | {:.1} | {:.1} | {:.2}× |",
+                row.label,
+                row.target,
+                check(ok),
+                median(&calls),
+                median(&sets),
+                median(&ratios)
+            ));
+            self.target(
+                format!("{} ≤ {:.0} `SET`s of server time", row.label, row.target),
+                format!("{units:.1} ({server:.1} µs; `SET` {:.2} µs)", st.set_us),
+                ok,
+            );
+        }
+        let factors = st.factors();
+        self.line("");
+        self.line(
+            "What Redis itself needs, measured the same way in the same windows, next to the \
+             issue's figures (its machine):",
+        );
+        self.line("");
+        self.line("| reference | µs | in `SET`s here | the issue's `SET`s | here / issue |");
+        self.line("|---|---:|---:|---:|---:|");
+        for ((label, issue, _), (v, f)) in crate::steady::REFERENCES
+            .iter()
+            .zip(st.references.iter().zip(&factors))
+        {
+            let server = crate::steady::trimmed(v);
+            self.line(format!(
+                "| {label} | {server:.1} | {:.1} | {issue:.1} | {f:.2} |",
+                server / st.set_us
+            ));
+        }
+        let spread = util::sorted(&st.set_per_block);
+        self.line("");
+        self.line(format!(
+            "`SET` unit: {:.2} µs of server time (median of the blocks' means; blocks ranged \
+             {:.2}–{:.2} µs). Server µs: mean of the middle half of the blocks; each block's \
+             figure is an `INFO commandstats` difference around the call (`evalsha`, or `xrange` \
+             for `dump_finalized`). End to end: medians over every call, and of the ratio to the \
+             `SET` made right after each one.",
+            st.set_us,
+            spread.first().copied().unwrap_or(f64::NAN),
+            spread.last().copied().unwrap_or(f64::NAN)
+        ));
+        self.line("");
+    }
+
+    fn longest(&mut self, res: &Results) {
+        let Some(longest) = &res.longest else {
+            return;
+        };
+        self.line("### The longest single command while a large mempool is read whole");
+        self.line("");
+        self.line("| call | txs read | longest command (SLOWLOG) |");
+        self.line("|---|---:|---:|");
+        for (what, (micros, n)) in longest {
+            self.line(format!("| `{what}` | {} | {micros} µs |", human_count(*n)));
+            if *what != "peek_inflight(usize::MAX)" {
+                self.target(
+                    format!(
+                        "longest command during `{what}` of {} ≤ 2 ms",
+                        human_count(*n)
+                    ),
+                    format!("{micros} µs"),
+                    *micros <= 2000,
+                );
+            }
+        }
+        self.line("");
+    }
+
     fn limit(&mut self, res: &Results, opts: &Opts) {
         let Some(tput) = &res.throughput else {
             return;
@@ -262,12 +359,12 @@ impl Report {
             );
         }
         self.target(
-            format!("{THREADS}-thread `receive` throughput ≥ 0.7× `SET`"),
+            format!("{THREADS}-thread `receive` throughput ≥ 0.5× `SET`"),
             format!(
                 "{:.2}× ({:.0} vs {:.0} /s)",
                 tput_ratio, tput.recv8, tput.set8
             ),
-            tput_ratio >= 0.7,
+            tput_ratio >= 0.5,
         );
     }
 
@@ -383,6 +480,36 @@ impl Report {
             "| **used_memory delta − payload** | **{:.0} B** | **{:.0} B** | **{:.0} B** |",
             memory.pending, memory.inflight, memory.finalized
         ));
+        let events = memory.by_key.get("events").copied().unwrap_or_default();
+        self.line(format!(
+            "| of which the event stream (until it reaches `event_history`) | {:.0} B | {:.0} B \
+             | {:.0} B |",
+            events[0], events[1], events[2]
+        ));
+        self.line(format!(
+            "| without the event stream | {:.0} B | {:.0} B | {:.0} B |",
+            memory.pending - events[0],
+            memory.inflight - events[1],
+            memory.finalized - events[2]
+        ));
+        self.target(
+            "Redis memory beyond the payload ≤ 300 B per pending tx (event stream included)",
+            format!(
+                "{:.0} B ({:.0} B without the stream)",
+                memory.pending,
+                memory.pending - events[0]
+            ),
+            memory.pending <= 300.0,
+        );
+        self.target(
+            "Redis memory beyond the payload ≤ 450 B per inflight tx (event stream included)",
+            format!(
+                "{:.0} B ({:.0} B without the stream)",
+                memory.inflight,
+                memory.inflight - events[1]
+            ),
+            memory.inflight <= 450.0,
+        );
         for (key, [p, i, f]) in &memory.by_key {
             if p.abs() < 0.5 && i.abs() < 0.5 && f.abs() < 0.5 {
                 continue;
@@ -531,6 +658,8 @@ pub fn report(res: &Results, opts: &Opts, elapsed: Duration) -> String {
         targets: Vec::new(),
     };
     r.machine(res, opts, elapsed);
+    r.steady(res);
+    r.longest(res);
     r.per_call(res, opts);
     r.limit(res, opts);
     r.scaling(res, opts);
