@@ -13,8 +13,8 @@ use support::monitor::{Monitor, Seen};
 use support::RedisServer;
 
 /// The crate's page sizes, as its documentation states them.
-const READ_PAGE: usize = 500;
-const LOG_PAGE: usize = 1000;
+const READ_PAGE: usize = 250;
+const LOG_PAGE: usize = 500;
 const WRITE_BATCH: usize = 256;
 
 const TXS: u32 = 20_000;

@@ -16,11 +16,12 @@ use crate::types::{MempoolPage, MempoolTx, MempoolTxStage, TxHash, TxStatus};
 use crate::Error;
 
 /// Txs per page of `peek_pending`/`peek_inflight`: one script returns at most this many (about
-/// 1 ms of server time for 300-byte txs on a slow machine, see BENCHMARKS.md).
-pub(crate) const READ_PAGE: usize = 500;
+/// half a millisecond of server time for 300-byte txs on a shared 2-core machine, see
+/// BENCHMARKS.md).
+pub(crate) const READ_PAGE: usize = 250;
 
 /// Log entries per page of `dump_finalized`: one `XRANGE` returns at most this many.
-pub(crate) const LOG_PAGE: usize = 1000;
+pub(crate) const LOG_PAGE: usize = 500;
 
 /// Hashes per script of `mark_inflight`/`mark_acknowledged`.
 pub(crate) const WRITE_BATCH: usize = 256;
@@ -90,7 +91,7 @@ impl RedisMempool {
 
     /// The first `limit` pending transactions in queue order, with payloads; nothing is removed.
     ///
-    /// Up to 500 txs are one atomic read. A larger `limit` is read in pages of 500, one round
+    /// Up to 250 txs are one atomic read. A larger `limit` is read in pages of 250, one round
     /// trip each, every page going on after the last tx of the one before: writes that land
     /// between pages show as they would to calls made one after the other. The result then holds
     /// every tx that stayed pending throughout, in queue order, once each; a tx that left the
@@ -140,7 +141,7 @@ impl RedisMempool {
     /// Up to `limit` inflight transactions (Propagated, Acknowledged or Confirmed) in the order
     /// they were propagated, with payloads.
     ///
-    /// Read in pages of 500 txs like [`peek_pending`](RedisMempool::peek_pending): each page is
+    /// Read in pages of 250 txs like [`peek_pending`](RedisMempool::peek_pending): each page is
     /// atomic, a stage change between pages shows in the later pages only, and no tx comes twice.
     ///
     /// ```no_run
@@ -341,7 +342,7 @@ impl RedisMempool {
     /// never reused; pass `next_cursor` back to read on. The log keeps the newest
     /// `max_finalized` entries.
     ///
-    /// Up to 1000 entries are one `XRANGE` (one atomic read); more are read 1000 at a time, one
+    /// Up to 500 entries are one `XRANGE` (one atomic read); more are read 500 at a time, one
     /// round trip each, every page going on at the sequence after the last one read: entries
     /// logged between pages show at the end, and entries trimmed meanwhile may be missing.
     ///

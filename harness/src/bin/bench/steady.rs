@@ -122,6 +122,18 @@ impl Steady {
     }
 }
 
+/// One large read, page by page (SLOWLOG, µs).
+pub struct Longest {
+    pub txs: usize,
+    pub pages: usize,
+    pub median: f64,
+    pub p99: f64,
+    /// The longest command logged meanwhile, whichever it was.
+    pub longest: u64,
+    /// Pages over 2 ms.
+    pub over_2ms: usize,
+}
+
 /// The trimmed mean (middle half) of `v`.
 pub fn trimmed(v: &[f64]) -> f64 {
     let s = util::sorted(v);
@@ -395,7 +407,7 @@ impl Bench {
     /// The longest single command while `peek_pending(usize::MAX)`, `peek_inflight(usize::MAX)`
     /// and `dump_finalized(0, usize::MAX)` read a mempool of `n` txs, from SLOWLOG at a 0 µs
     /// threshold (commands inside scripts are logged too; the script's own entry covers them).
-    pub fn longest(&mut self, n: u64) -> BTreeMap<&'static str, (u64, usize)> {
+    pub fn longest(&mut self, n: u64) -> BTreeMap<&'static str, Longest> {
         progress(format!("longest command: filling {n} txs"));
         let tag = self.tag();
         let prefix = format!("{}:longest", self.root);
@@ -415,40 +427,68 @@ impl Bench {
         });
         let all: Vec<TxHash> = (0..n).map(|i| util::tx_hash(tag, i)).collect();
         let mut out = BTreeMap::new();
-        let mut measure =
-            |admin: &mut redis::Connection, what: &'static str, call: &dyn Fn() -> usize| {
-                let old_len = util::config_get(admin, "slowlog-max-len");
-                let old_threshold = util::config_get(admin, "slowlog-log-slower-than");
-                util::config_set(admin, "slowlog-max-len", "1000000");
-                util::config_set(admin, "slowlog-log-slower-than", "0");
-                let _: () = redis::cmd("SLOWLOG")
-                    .arg("RESET")
-                    .query(admin)
-                    .expect("SLOWLOG RESET");
-                let got = call();
-                util::config_set(admin, "slowlog-log-slower-than", "1000000");
-                let entries = util::slowlog(admin, 1_000_000);
-                let longest = entries.iter().map(|e| e.micros).max().unwrap_or(0);
-                if let Some(v) = old_threshold {
-                    util::config_set(admin, "slowlog-log-slower-than", &v);
-                }
-                if let Some(v) = old_len {
-                    util::config_set(admin, "slowlog-max-len", &v);
-                }
-                assert_eq!(got, n as usize, "{what} read everything");
-                out.insert(what, (longest, got));
-            };
+        let mut measure = |admin: &mut redis::Connection,
+                           what: &'static str,
+                           top: &str,
+                           call: &dyn Fn() -> usize| {
+            let old_len = util::config_get(admin, "slowlog-max-len");
+            let old_threshold = util::config_get(admin, "slowlog-log-slower-than");
+            util::config_set(admin, "slowlog-max-len", "1000000");
+            util::config_set(admin, "slowlog-log-slower-than", "0");
+            let _: () = redis::cmd("SLOWLOG")
+                .arg("RESET")
+                .query(admin)
+                .expect("SLOWLOG RESET");
+            let got = call();
+            util::config_set(admin, "slowlog-log-slower-than", "1000000");
+            let entries = util::slowlog(admin, 1_000_000);
+            if let Some(v) = old_threshold {
+                util::config_set(admin, "slowlog-log-slower-than", &v);
+            }
+            if let Some(v) = old_len {
+                util::config_set(admin, "slowlog-max-len", &v);
+            }
+            assert_eq!(got, n as usize, "{what} read everything");
+            // The pages: the call's own top-level commands (a script's entry covers the
+            // commands it ran, which are logged too).
+            let pages: Vec<f64> = entries
+                .iter()
+                .filter(|e| e.command == top && e.client_name.ends_with(":pool"))
+                .map(|e| e.micros as f64)
+                .collect();
+            let longest = entries.iter().map(|e| e.micros).max().unwrap_or(0);
+            out.insert(
+                what,
+                Longest {
+                    txs: got,
+                    pages: pages.len(),
+                    median: median(&pages),
+                    p99: util::sorted(&pages)
+                        .get(pages.len() * 99 / 100)
+                        .copied()
+                        .unwrap_or(f64::NAN),
+                    longest,
+                    over_2ms: pages.iter().filter(|&&p| p > 2000.0).count(),
+                },
+            );
+        };
         progress("longest command: peek_pending(usize::MAX)");
-        measure(&mut self.admin, "peek_pending(usize::MAX)", &|| {
-            mp.peek_pending(usize::MAX).expect("peek_pending").len()
-        });
+        measure(
+            &mut self.admin,
+            "peek_pending(usize::MAX)",
+            "evalsha",
+            &|| mp.peek_pending(usize::MAX).expect("peek_pending").len(),
+        );
         for chunk in all.chunks(256) {
             mp.mark_inflight(chunk).expect("mark_inflight");
         }
         progress("longest command: peek_inflight(usize::MAX)");
-        measure(&mut self.admin, "peek_inflight(usize::MAX)", &|| {
-            mp.peek_inflight(usize::MAX).expect("peek_inflight").len()
-        });
+        measure(
+            &mut self.admin,
+            "peek_inflight(usize::MAX)",
+            "evalsha",
+            &|| mp.peek_inflight(usize::MAX).expect("peek_inflight").len(),
+        );
         progress(format!(
             "longest command: finalizing {n} txs, 250 per block"
         ));
@@ -457,12 +497,17 @@ impl Bench {
             mp.confirm(&point, chunk, &[], 1, NEVER).expect("confirm");
         }
         progress("longest command: dump_finalized(0, usize::MAX)");
-        measure(&mut self.admin, "dump_finalized(0, usize::MAX)", &|| {
-            mp.dump_finalized(0, usize::MAX)
-                .expect("dump_finalized")
-                .items
-                .len()
-        });
+        measure(
+            &mut self.admin,
+            "dump_finalized(0, usize::MAX)",
+            "xrange",
+            &|| {
+                mp.dump_finalized(0, usize::MAX)
+                    .expect("dump_finalized")
+                    .items
+                    .len()
+            },
+        );
         drop(mp);
         util::delete_prefix(&mut self.admin, &prefix);
         out

@@ -198,6 +198,8 @@ pub fn add_command_stats(admin: &mut redis::Connection, into: &mut CommandStats)
 pub struct SlowEntry {
     pub micros: u64,
     pub client_name: String,
+    /// The command's name (`evalsha`, `xrange`, …).
+    pub command: String,
 }
 
 /// Reads up to `n` slowlog entries (newest first).
@@ -221,9 +223,19 @@ pub fn slowlog(admin: &mut redis::Connection, n: usize) -> Vec<SlowEntry> {
                     redis::Value::SimpleString(s) => s.clone(),
                     _ => String::new(),
                 };
+                let command = match &fields[3] {
+                    redis::Value::Array(args) => match args.first() {
+                        Some(redis::Value::BulkString(b)) => {
+                            String::from_utf8_lossy(b).to_lowercase()
+                        }
+                        _ => String::new(),
+                    },
+                    _ => String::new(),
+                };
                 Some(SlowEntry {
                     micros,
                     client_name,
+                    command,
                 })
             }
             _ => None,
