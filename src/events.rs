@@ -17,6 +17,9 @@
 //! below it (a failover or a restart lost the last writes): then it logs a warning, follows the
 //! stream from the first entry it had not delivered (so numbers are reused rather than new events
 //! skipped), and counts as `Lagged` what was written since that it cannot derive.
+//!
+//! (A little over 500 lines: the reader's ways back after a lost link, lost writes or a gap stay
+//! next to the loop they interrupt; decoding an entry is in `entries.rs`.)
 
 mod entries;
 

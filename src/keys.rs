@@ -23,6 +23,10 @@
 //! | `P:done`               | zset   | tx hash scored `2·seq + 1` (Finalized) or `2·seq` (Dropped): where the tx sits in the retained log |
 //! | `P:events`             | stream | one entry per call, carrying its transitions, appended by the script that makes them: entry id `<n>-0`, `n` the number of its first event; trimmed to about `event_history` entries (see `events.rs`) |
 //!
+//! Scores are doubles: `n·2¹⁷ + x` stays exact while `n` is below 2³⁶ (69 billion events), and
+//! the confirming height is recovered exactly while a tx stays Confirmed fewer than 131070
+//! blocks (Dolos finalizes after a handful).
+//!
 //! Counters are derived, not stored per tx: with `H` the applied chain's height, a Confirmed tx has
 //! `H - hc + 1` confirmations and an unconfirmed inflight tx has `H - hi` misses. That is why
 //! `confirm` touches only the block's txs and the txs that finalize or drop in it.

@@ -12,6 +12,9 @@
 //!
 //! Reads that one plain command answers atomically (`has_pending`, `applied_points`,
 //! `dump_finalized`) are sent as that command, through [`plain`].
+//!
+//! (A little over 500 lines: the table of scripts with their keys, and the tests that hold it to
+//! the `.lua` files, are kept together.)
 
 use redis::{Script, Value};
 

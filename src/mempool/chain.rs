@@ -35,6 +35,12 @@ impl RedisMempool {
     ///   not on the chain changes nothing (`AlreadyApplied`), so replaying an undo is harmless.
     ///   Finalized and Dropped txs stay as they are.
     ///
+    /// Within one call, txs come in this order (in the events, and in the finalized log): the
+    /// Confirmed and Finalized txs by the block that first confirmed them, oldest first, and
+    /// each block's in the order its `seen` listed them; the Dropped ones in the order they were
+    /// propagated; the txs an undo returns to pending in `unseen`'s order, then by block as
+    /// above.
+    ///
     /// Dolos also calls `confirm(point, [], [])` to undo a block without transactions; that is
     /// indistinguishable from a replay of the block and is treated as one. A host that knows it
     /// rolls back calls [`rollback_to`](RedisMempool::rollback_to).
