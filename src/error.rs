@@ -334,9 +334,13 @@ impl Error {
         if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
             return Error::Unavailable(err.to_string().into());
         }
-        match err.code() {
+        let (code, detail) = match script_error(err) {
+            Some((code, detail)) => (Some(code), Some(detail)),
+            None => (err.code(), err.detail()),
+        };
+        match code {
             Some("CORRUPT") => {
-                let detail = err.detail().unwrap_or("");
+                let detail = detail.unwrap_or("");
                 let (key, detail) = detail.split_once(" :: ").unwrap_or((detail, ""));
                 Error::Corrupt {
                     key: key.to_string(),
@@ -344,8 +348,7 @@ impl Error {
                 }
             }
             Some("BADTYPE") => Error::WrongType {
-                key: err
-                    .detail()
+                key: detail
                     .and_then(|d| d.split(" :: ").next())
                     .unwrap_or("")
                     .to_string(),
@@ -373,6 +376,21 @@ impl Error {
             // asks the cluster again who owns it.
             || is_cluster_redirect(err)
     }
+}
+
+/// The code and detail of an error raised inside a script, as Redis 6.2 wraps it: `Error running
+/// script (call to f_…): @user_script:7: WRONGTYPE Operation …`, `… @user_script: 14: -OOM …`,
+/// or one of our own, `… @user_script:9: CORRUPT <key> :: <detail>`. (Redis 7 replies with the
+/// inner code itself.) `None` for any other error.
+pub(crate) fn script_error(err: &redis::RedisError) -> Option<(&str, &str)> {
+    let text = err.detail()?;
+    if !text.contains("Error running script") && err.code() != Some("Error") {
+        return None;
+    }
+    let inner = text.rsplit("@user_script:").next()?;
+    let inner = inner.split_once(": ")?.1.trim_start_matches('-');
+    let (code, detail) = inner.split_once(' ').unwrap_or((inner, ""));
+    (!code.is_empty() && code.chars().all(|c| c.is_ascii_uppercase())).then_some((code, detail))
 }
 
 /// `MOVED`, `ASK`, `TRYAGAIN` or `CLUSTERDOWN`: a Redis Cluster node that does not serve the
@@ -423,6 +441,39 @@ mod tests {
         );
         assert_eq!(format!("{m:?}"), format!("{:?}", m.as_str()));
         assert!(m.contains("connection reset"));
+    }
+
+    #[test]
+    fn an_error_raised_in_a_script_on_redis_6_2_is_sorted_by_its_inner_code() {
+        let wrapped = |inner: &str| {
+            Error::from_redis(redis::RedisError::from((
+                redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+                "An error was signalled by the server",
+                format!("Error running script (call to f_57e7): @user_script:7: {inner}"),
+            )))
+        };
+        assert_eq!(
+            wrapped("CORRUPT p:meta H :: not a number"),
+            Error::Corrupt {
+                key: "p:meta H".into(),
+                detail: "not a number".into()
+            }
+        );
+        assert_eq!(
+            wrapped("BADTYPE p:log :: holds a string, expected a stream"),
+            Error::WrongType {
+                key: "p:log".into()
+            }
+        );
+        let oom = Error::from_redis(redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+            "An error was signalled by the server",
+            "Error running script (call to f_a7a1): @user_script:14: @user_script: 14: -OOM \
+             command not allowed when used memory > 'maxmemory'."
+                .to_string(),
+        )));
+        assert!(matches!(oom, Error::OutOfMemory(_)), "{oom:?}");
+        assert!(matches!(wrapped("lowercase words"), Error::Server(_)));
     }
 
     #[test]

@@ -314,7 +314,10 @@ pub(crate) fn plain(
 /// Sorts an error of a call on `used` keys: a bare `WRONGTYPE` names the key at fault, a
 /// counter of `P:meta` that is not a number is corrupt data.
 fn explain(conn: &mut RedisConn, e: redis::RedisError, keys: &Keys, used: &[Key]) -> Error {
-    if e.code() == Some("WRONGTYPE") && !conn.is_broken() {
+    let code = crate::error::script_error(&e)
+        .map(|(code, _)| code)
+        .or(e.code());
+    if code == Some("WRONGTYPE") && !conn.is_broken() {
         return name_the_wrong_key(conn, keys, used).unwrap_or_else(|| Error::from_redis(e));
     }
     // HINCRBY on a field that holds no integer: only P:meta's counters are incremented.

@@ -76,6 +76,9 @@ fn node_rule(user: &str, password: &str, prefix: &str) -> Vec<String> {
     let mut args: Vec<String> = vec![
         user.into(),
         "reset".into(),
+        // Redis 6.2's `reset` grants every channel (its `acl-pubsub-default`), after which a
+        // channel pattern is refused; 7 resets channels already.
+        "resetchannels".into(),
         "on".into(),
         format!(">{password}"),
         format!("~{prefix}:*"),

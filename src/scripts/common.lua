@@ -2,6 +2,14 @@
 -- script's own only when the script asks for it: every definition costs a little on each call).
 -- `K` names the script's keys; ARGV[1] of every script is the events' `MAXLEN ~`.
 
+-- Fails the call with `msg`, `<CODE> <detail>`. Redis 7 takes an error table and replies with
+-- that code; Redis 6.2 takes only a string, and wraps it in its own message, where the Rust side
+-- finds the code (see `Error::from_redis`).
+local function fail(msg)
+  if redis.REDIS_VERSION then error({err = msg}) end
+  error(msg, 0)
+end
+
 -- Fails the call, naming where bad data sits (the Rust side makes it `Error::Corrupt`). Hashes
 -- are raw bytes, so a field is named by its hex.
 local function hex(s)
@@ -9,7 +17,7 @@ local function hex(s)
 end
 
 local function corrupt(key, detail)
-  error({err = 'CORRUPT ' .. key .. ' :: ' .. detail})
+  fail('CORRUPT ' .. key .. ' :: ' .. detail)
 end
 
 -- A numeric field of P:meta (absent: 0).
@@ -28,7 +36,7 @@ local function expect_types(list)
   for i = 1, #list, 2 do
     local t = redis.call('TYPE', list[i]).ok
     if t ~= 'none' and t ~= list[i + 1] then
-      error({err = 'BADTYPE ' .. list[i] .. ' :: holds a ' .. t .. ', expected a ' .. list[i + 1]})
+      fail('BADTYPE ' .. list[i] .. ' :: holds a ' .. t .. ', expected a ' .. list[i + 1])
     end
   end
 end

@@ -11,7 +11,8 @@ local A = {}
 for i = 2, #ARGV do A[i - 1] = ARGV[i] end
 
 -- No partial writes: a key of the wrong type must fail the call before its first write, named
--- (the Rust side makes it `Error::WrongType`).
+-- (the Rust side makes it `Error::WrongType`). Redis 6.2 takes an error only as a string (see
+-- `fail` in common.lua).
 local function check_types(...)
   local expected = {
     lock = 'string', epoch = 'string', fence = 'string', meta = 'hash', events = 'stream',
@@ -19,7 +20,9 @@ local function check_types(...)
   for _, name in ipairs({...}) do
     local t = redis.call('TYPE', K[name]).ok
     if t ~= 'none' and t ~= expected[name] then
-      error({err = 'BADTYPE ' .. K[name] .. ' :: holds a ' .. t .. ', expected a ' .. expected[name]})
+      local msg = 'BADTYPE ' .. K[name] .. ' :: holds a ' .. t .. ', expected a ' .. expected[name]
+      if redis.REDIS_VERSION then error({err = msg}) end
+      error(msg, 0)
     end
   end
 end
