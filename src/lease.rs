@@ -38,6 +38,7 @@ use crate::codec;
 use crate::connect::{ConnRole, RedisConn, Target};
 use crate::keys::Keys;
 use crate::memory::{self, MemoryFacts};
+use crate::metrics::{self, LeaseEvent};
 use crate::scripts::{self, Scripts};
 use crate::{Config, Error, LOG_TARGET};
 
@@ -433,6 +434,7 @@ impl LeaseLoop {
                     .counters
                     .acquired
                     .fetch_add(1, Ordering::Relaxed);
+                metrics::lease(LeaseEvent::Acquired);
                 self.last_holder = Some(self.node_id.clone());
                 self.role = Role::Watcher {
                     epoch,
@@ -494,6 +496,7 @@ impl LeaseLoop {
                     .counters
                     .renewals
                     .fetch_add(1, Ordering::Relaxed);
+                metrics::lease(LeaseEvent::Renewed);
                 self.role = Role::Watcher {
                     epoch,
                     valid_until: self.timing.valid_until(sent),
@@ -518,6 +521,7 @@ impl LeaseLoop {
                     .counters
                     .failed_renewals
                     .fetch_add(1, Ordering::Relaxed);
+                metrics::lease(LeaseEvent::RenewalFailed);
                 self.role = Role::Watcher {
                     epoch,
                     valid_until,
@@ -530,6 +534,7 @@ impl LeaseLoop {
     fn step_down(&mut self, why: &str) {
         self.shared.flag.store(false, Ordering::SeqCst);
         self.shared.counters.lost.fetch_add(1, Ordering::Relaxed);
+        metrics::lease(LeaseEvent::Lost);
         warn!(target: LOG_TARGET, "lost watcher lock: {why}");
     }
 
