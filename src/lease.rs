@@ -547,7 +547,13 @@ impl LeaseLoop {
         self.role = Role::Follower {
             next_try: Instant::now(),
         };
-        let reply = self.call(self.io_timeout, Which::Release { epoch })?;
+        let reply = match self.call(self.io_timeout, Which::Release { epoch }) {
+            // A link that broke while the thread had nothing to send (a network blip between
+            // two renewals) shows only now: once more on a new connection, or the lock would be
+            // left to expire. The script deletes only our own lock, so a repeat is harmless.
+            Err(Error::Unavailable(_)) => self.call(self.io_timeout, Which::Release { epoch })?,
+            reply => reply?,
+        };
         if codec::int(&reply, "release")? == 1 {
             info!(target: LOG_TARGET, "released watcher lock");
         }
