@@ -38,6 +38,7 @@ use crate::codec;
 use crate::connect::{ConnRole, RedisConn, Target};
 use crate::keys::Keys;
 use crate::memory::{self, MemoryFacts};
+use crate::metrics::{self, LeaseEvent};
 use crate::scripts::{self, Scripts};
 use crate::{Config, Error, LOG_TARGET};
 
@@ -433,6 +434,7 @@ impl LeaseLoop {
                     .counters
                     .acquired
                     .fetch_add(1, Ordering::Relaxed);
+                metrics::lease(LeaseEvent::Acquired);
                 self.last_holder = Some(self.node_id.clone());
                 self.role = Role::Watcher {
                     epoch,
@@ -494,6 +496,7 @@ impl LeaseLoop {
                     .counters
                     .renewals
                     .fetch_add(1, Ordering::Relaxed);
+                metrics::lease(LeaseEvent::Renewed);
                 self.role = Role::Watcher {
                     epoch,
                     valid_until: self.timing.valid_until(sent),
@@ -518,6 +521,7 @@ impl LeaseLoop {
                     .counters
                     .failed_renewals
                     .fetch_add(1, Ordering::Relaxed);
+                metrics::lease(LeaseEvent::RenewalFailed);
                 self.role = Role::Watcher {
                     epoch,
                     valid_until,
@@ -530,6 +534,7 @@ impl LeaseLoop {
     fn step_down(&mut self, why: &str) {
         self.shared.flag.store(false, Ordering::SeqCst);
         self.shared.counters.lost.fetch_add(1, Ordering::Relaxed);
+        metrics::lease(LeaseEvent::Lost);
         warn!(target: LOG_TARGET, "lost watcher lock: {why}");
     }
 
@@ -542,7 +547,13 @@ impl LeaseLoop {
         self.role = Role::Follower {
             next_try: Instant::now(),
         };
-        let reply = self.call(self.io_timeout, Which::Release { epoch })?;
+        let reply = match self.call(self.io_timeout, Which::Release { epoch }) {
+            // A link that broke while the thread had nothing to send (a network blip between
+            // two renewals) shows only now: once more on a new connection, or the lock would be
+            // left to expire. The script deletes only our own lock, so a repeat is harmless.
+            Err(Error::Unavailable(_)) => self.call(self.io_timeout, Which::Release { epoch })?,
+            reply => reply?,
+        };
         if codec::int(&reply, "release")? == 1 {
             info!(target: LOG_TARGET, "released watcher lock");
         }

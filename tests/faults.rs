@@ -513,3 +513,20 @@ fn a_call_to_a_stalled_server_times_out_and_later_calls_get_their_own_replies() 
         assert!(m.watcher_info().unwrap().epoch >= 1);
     }
 }
+
+/// A blip that closed the lease thread's idle connection between two renewals shows only when
+/// the thread next speaks: a shutdown right after it must still release the lock (on a new
+/// connection), not leave it to expire.
+#[test]
+fn shutdown_after_a_blip_on_the_idle_lease_link_still_releases_the_lock() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    // Renewals every ttl/3 = 10 s: the lease link stays idle through the blip.
+    let node = lone_watcher(config_with(&proxy, "blip", LONG_TTL, IO_TIMEOUT));
+    proxy.refuse(); // closes every open connection
+    proxy.heal();
+    assert!(node.is_watcher());
+    node.shutdown()
+        .expect("the release is made on a new connection");
+    assert_eq!(lock_holder(&mut server.connection(), "blip"), None);
+}

@@ -33,7 +33,10 @@ pub(crate) fn invalid(field: &str, why: impl fmt::Display) -> Error {
 ///
 /// With the `serde` feature, the `[storage.mempool]` table of a Dolos configuration deserializes
 /// into a `Config` unchanged (see the crate README): `backend` must be `"redis"` and
-/// `watcher_lock_ttl` is given in whole seconds.
+/// `watcher_lock_ttl` is given in whole seconds. A key the crate does not read (a misspelling
+/// such as `watcher_lock_tll`) is refused: [`Config::validate`], and so
+/// [`RedisMempool::open`](crate::RedisMempool::open), fails with [`Error::InvalidConfig`]
+/// naming the key and the known key nearest to it. The table holds this crate's settings only.
 #[derive(Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(try_from = "toml::RawConfig"))]
@@ -62,6 +65,9 @@ pub struct Config {
     #[cfg(feature = "test-hooks")]
     pub(crate) script_headers: bool,
     pub(crate) allow_eviction: bool,
+    /// A key of the TOML table this crate does not read: `(key, why)`, refused by
+    /// [`Config::validate`] (see `toml.rs`). Always `None` for a `Config` built in code.
+    pub(crate) unknown_key: Option<(String, String)>,
 }
 
 /// Where the sentinels are and which primary to ask them for.
@@ -98,6 +104,7 @@ impl Config {
             #[cfg(feature = "test-hooks")]
             script_headers: true,
             allow_eviction: false,
+            unknown_key: None,
         }
     }
 
@@ -431,6 +438,10 @@ impl fmt::Debug for Config {
                 &self.cluster.as_ref().map(|_| self.redacted_url()),
             )
             .field("allow_eviction", &self.allow_eviction)
+            .field(
+                "unknown_key",
+                &self.unknown_key.as_ref().map(|(key, _)| key),
+            )
             .finish()
     }
 }

@@ -15,6 +15,10 @@ impl Config {
     /// Checks every setting; [`RedisMempool::open`](crate::RedisMempool::open) calls this first.
     /// The error names the field at fault.
     pub fn validate(&self) -> Result<(), Error> {
+        // First: a misspelt key means some setting is not what the operator wrote.
+        if let Some((key, why)) = &self.unknown_key {
+            return Err(invalid(key, why));
+        }
         let tls = match (&self.sentinel, &self.cluster) {
             (Some(_), Some(_)) => {
                 return Err(invalid(

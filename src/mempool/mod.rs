@@ -92,6 +92,7 @@ impl RedisMempool {
     /// ```
     pub fn open(config: Config) -> Result<RedisMempool, Error> {
         config.validate()?;
+        crate::metrics::describe();
         let target = connect::Target::of(&config).map_err(|_| {
             Error::InvalidConfig(format!("url: {:?} is not valid", config.redacted_url()).into())
         })?;
@@ -229,6 +230,37 @@ impl RedisMempool {
     /// ```
     pub fn is_watcher(&self) -> bool {
         self.inner.lease_shared.flag.load(Ordering::SeqCst)
+    }
+
+    /// The epoch of this node's watcher lock while its flag is up, `None` otherwise (two atomic
+    /// loads, no round trip). Every acquisition takes a new epoch, so a host that remembers the
+    /// epoch it last reconciled under sees every new term, even one that began and ended
+    /// between two of its polls of [`is_watcher`](RedisMempool::is_watcher): the flag dropped
+    /// and rose again, the epoch did not stay the same. (The epoch also moves on, with the flag
+    /// up, when the watcher takes back a lock deleted by hand; reconciling then is harmless.)
+    ///
+    /// ```no_run
+    /// # use dolos_redis::{Config, RedisMempool};
+    /// # fn main() -> Result<(), dolos_redis::Error> {
+    /// # let mempool = RedisMempool::open(Config::new("redis://127.0.0.1:6379"))?;
+    /// let mut reconciled_under: Option<u64> = None;
+    /// // ... before applying a block:
+    /// if let Some(epoch) = mempool.watcher_epoch() {
+    ///     if reconciled_under != Some(epoch) {
+    ///         // a new term: run the reconcile step (README), then
+    ///         reconciled_under = Some(epoch);
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn watcher_epoch(&self) -> Option<u64> {
+        let shared = &self.inner.lease_shared;
+        // The lease thread stores the epoch before it raises the flag.
+        shared
+            .flag
+            .load(Ordering::SeqCst)
+            .then(|| shared.epoch.load(Ordering::SeqCst))
     }
 
     /// A pooled connection; waits up to the connect timeout for one to be free.
