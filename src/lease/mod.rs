@@ -1,6 +1,6 @@
-//! The watcher lease: all of its logic lives in this file, on purpose and past the size of the
-//! others (about 800 lines, a sixth of them tests): the invariant below is checked by reading the
-//! state machine, its timing and the commands it sends together, and a split would scatter them.
+//! The watcher lease. This file holds the state machine and the commands it sends, which the
+//! invariant below is checked against; its arithmetic is in `timing.rs` (pure, unit-tested with
+//! instants passed in) and the thread that listens on the wake channel in `waker.rs`.
 //!
 //! One named thread per [`RedisMempool`](crate::RedisMempool) (shared by its clones) holds its
 //! own Redis connection and runs a small state machine:
@@ -41,66 +41,11 @@ use crate::memory::{self, MemoryFacts};
 use crate::scripts::{self, Scripts};
 use crate::{Config, Error, LOG_TARGET};
 
-/// The lease arithmetic, kept apart from I/O so it can be tested with any `now`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct LeaseTiming {
-    pub ttl: Duration,
-    /// Renew this long after the last successful renewal was sent.
-    pub renew_every: Duration,
-    /// Give up the flag this long before the earliest moment the key could expire.
-    pub margin: Duration,
-    /// After a failed attempt, try again this soon.
-    pub retry: Duration,
-}
+mod timing;
+mod waker;
 
-impl LeaseTiming {
-    pub fn new(ttl: Duration) -> LeaseTiming {
-        LeaseTiming {
-            ttl,
-            renew_every: ttl / 3,
-            margin: (ttl / 10).max(Duration::from_millis(5)),
-            retry: (ttl / 10).max(Duration::from_millis(10)),
-        }
-    }
-
-    /// Until when the flag may stay up after a successful acquire/renew sent at `sent`.
-    pub fn valid_until(&self, sent: Instant) -> Instant {
-        sent + self.ttl - self.margin
-    }
-
-    /// When to renew after a successful acquire/renew sent at `sent`.
-    pub fn next_renewal(&self, sent: Instant) -> Instant {
-        sent + self.renew_every
-    }
-
-    /// When to retry a failed renewal made at `now`: soon, but never after the deadline.
-    pub fn renewal_retry(&self, now: Instant, valid_until: Instant) -> Instant {
-        (now + self.retry).min(valid_until)
-    }
-
-    /// How long a follower waits before trying again, given the lock's `PTTL` reply.
-    pub fn follower_wait(&self, pttl_ms: i64) -> Duration {
-        match pttl_ms {
-            // Just after the key expires (Redis expires keys on access, so SET NX succeeds as
-            // soon as the TTL has passed), but check at least every ttl/3 in case the holder
-            // releases or the key is deleted by hand.
-            ms if ms >= 0 => {
-                (Duration::from_millis(ms as u64) + Duration::from_millis(1)).min(self.renew_every)
-            }
-            // A lock without expiry (set by hand): poll.
-            -1 => self.renew_every,
-            // Gone between our SET and PTTL: try again at once.
-            _ => Duration::ZERO,
-        }
-    }
-}
-
-/// How often the lease thread reads the eviction policy again: three lock TTLs, between 1 s and
-/// 30 s (30 s with the default 10 s TTL). A node that is no watcher candidate has no lease
-/// thread and does not look again.
-pub(crate) fn policy_check_every(ttl: Duration) -> Duration {
-    (ttl * 3).clamp(Duration::from_secs(1), Duration::from_secs(30))
-}
+use timing::{policy_check_every, LeaseTiming};
+use waker::{Wake, Waker};
 
 /// Figures a host exports as metrics.
 #[derive(Debug, Default)]
@@ -654,145 +599,5 @@ fn parse_renew(v: redis::Value) -> Result<Renew, Error> {
         }
         [_, holder] => Ok(Renew::Lost(codec::text(holder, "holder")?)),
         _ => Err(Error::UnexpectedReply(format!("renew: {items:?}").into())),
-    }
-}
-
-/// What the wake channel says (see `acquire.lua`, `release.lua`, `reset_lock.lua`).
-#[derive(Debug, PartialEq, Eq)]
-enum Wake {
-    Released,
-    Acquired(String),
-}
-
-impl Wake {
-    fn parse(payload: &str) -> Wake {
-        match payload.strip_prefix("acquired ") {
-            Some(node) => Wake::Acquired(node.to_string()),
-            None => Wake::Released,
-        }
-    }
-}
-
-/// Forwards the wake channel's messages to the lease thread: a follower takes over within
-/// milliseconds of a graceful release instead of at its next poll, and a watcher whose lock
-/// was deleted by hand and taken by another node steps down at once.
-struct Waker {
-    target: Target,
-    channel: String,
-    connect_timeout: Duration,
-    retry: Duration,
-    name: String,
-    stop: Receiver<()>,
-    wake: Sender<Wake>,
-    /// Told once the first subscription is in place.
-    subscribed: Option<Sender<()>>,
-}
-
-/// How often a blocked subscriber read returns to check for shutdown.
-const WAKER_POLL: Duration = Duration::from_millis(100);
-
-impl Waker {
-    fn run(mut self) {
-        loop {
-            if let Err(e) = self.listen() {
-                debug!(target: LOG_TARGET, "wake channel unavailable, retrying: {e}");
-            }
-            select! {
-                recv(self.stop) -> _ => return,
-                default(self.retry) => {}
-            }
-        }
-    }
-
-    /// Returns `Ok` on shutdown, `Err` when the subscription broke.
-    fn listen(&mut self) -> Result<(), redis::RedisError> {
-        let mut conn = RedisConn::open(&self.target, self.connect_timeout, WAKER_POLL, &self.name)?;
-        let mut pubsub = conn.conn.as_pubsub();
-        pubsub.subscribe(&self.channel)?;
-        pubsub.set_read_timeout(Some(WAKER_POLL))?;
-        if let Some(subscribed) = self.subscribed.take() {
-            let _ = subscribed.send(());
-        }
-        let mut heard = Instant::now();
-        loop {
-            if !matches!(
-                self.stop.try_recv(),
-                Err(crossbeam_channel::TryRecvError::Empty)
-            ) {
-                return Ok(());
-            }
-            match pubsub.get_message() {
-                Ok(msg) => {
-                    heard = Instant::now();
-                    let payload: String = msg.get_payload().unwrap_or_default();
-                    // Never block on a lease thread that is busy; a dropped wake-up only
-                    // means the next poll does the work.
-                    let _ = self.wake.try_send(Wake::parse(&payload));
-                }
-                // A link that died silently only shows when we speak: ping now and then.
-                Err(e) if e.is_timeout() => {
-                    if heard.elapsed() >= self.retry {
-                        pubsub.ping::<redis::Value>()?;
-                        heard = Instant::now();
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flag_drops_before_the_key_can_expire() {
-        let t = LeaseTiming::new(Duration::from_secs(1));
-        let sent = Instant::now();
-        // The server cannot expire the key before sent + ttl.
-        assert!(t.valid_until(sent) < sent + t.ttl);
-        assert_eq!(t.valid_until(sent), sent + Duration::from_millis(900));
-        assert!(t.next_renewal(sent) < t.valid_until(sent));
-        // Two more renewal attempts fit before the deadline.
-        assert!(t.next_renewal(sent) + t.retry * 2 < t.valid_until(sent));
-    }
-
-    #[test]
-    fn renewal_retries_never_pass_the_deadline() {
-        let t = LeaseTiming::new(Duration::from_secs(1));
-        let now = Instant::now();
-        let deadline = now + Duration::from_millis(30);
-        assert_eq!(t.renewal_retry(now, deadline), deadline);
-        let deadline = now + Duration::from_secs(1);
-        assert_eq!(t.renewal_retry(now, deadline), now + t.retry);
-    }
-
-    #[test]
-    fn the_policy_is_read_again_every_three_ttls_within_bounds() {
-        let (ms, s) = (Duration::from_millis, Duration::from_secs);
-        for (ttl, every) in [
-            (s(10), s(30)),
-            (s(1), s(3)),
-            (ms(100), s(1)),
-            (s(60), s(30)),
-        ] {
-            assert_eq!(policy_check_every(ttl), every, "ttl {ttl:?}");
-        }
-    }
-
-    #[test]
-    fn wake_messages_say_who_acquired() {
-        assert_eq!(Wake::parse("released"), Wake::Released);
-        assert_eq!(Wake::parse("acquired abc"), Wake::Acquired("abc".into()));
-    }
-
-    #[test]
-    fn followers_wake_when_the_lock_can_expire() {
-        let t = LeaseTiming::new(Duration::from_secs(3));
-        assert_eq!(t.follower_wait(200), Duration::from_millis(201));
-        assert_eq!(t.follower_wait(5_000), Duration::from_secs(1));
-        assert_eq!(t.follower_wait(-1), Duration::from_secs(1));
-        assert_eq!(t.follower_wait(-2), Duration::ZERO);
     }
 }
