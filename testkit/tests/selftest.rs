@@ -233,6 +233,43 @@ fn proxy_refuse_closes_existing_and_new_connections() {
 }
 
 #[test]
+fn proxy_cuts_only_the_connections_that_named_themselves_so() {
+    let (_server, proxy, mut plain) = proxied();
+    let named = |name: &str| {
+        let mut con = short_connection(&proxy.url()).unwrap();
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(name)
+            .query::<()>(&mut con)
+            .unwrap();
+        con
+    };
+    let mut wake = named("node-a:wake");
+    let mut lease = named("node-a:lease");
+
+    proxy.cut_matching("a:wake");
+    let err = ping(&mut wake).expect_err("the cut connection still answers");
+    assert!(!err.is_timeout(), "expected a closed connection, got {err}");
+    ping(&mut lease).expect("another role of the same client keeps its link");
+    ping(&mut plain).expect("an unnamed connection keeps its link");
+    // A new connection goes through until it names itself so.
+    let mut again = short_connection(&proxy.url()).unwrap();
+    ping(&mut again).expect("a new connection");
+    let refused = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg("node-a:wake")
+        .query::<()>(&mut again);
+    assert!(
+        refused.is_err(),
+        "a new connection named itself past the cut"
+    );
+
+    proxy.stop_cutting();
+    let mut back = named("node-a:wake");
+    ping(&mut back).expect("named again after the cut ended");
+}
+
+#[test]
 fn proxy_follows_upstream_death() {
     let (mut server, proxy, mut con) = proxied();
 
