@@ -7,7 +7,8 @@
 //! sends: `INFO` (the server's version and memory settings: at open, in `stats` and now and then),
 //! `SCRIPT LOAD` and `EVALSHA` for every call (one Lua script each), the commands those
 //! scripts run (`src/scripts/*.lua`; Redis checks a script's commands and keys against the
-//! caller's ACL too), `SUBSCRIBE`/`PING` on the wake channel (and the `UNSUBSCRIBE`/
+//! caller's ACL too, `PUBSUB NUMSUB` among them for the liveness checks), `SUBSCRIBE`/`PING` on
+//! the wake channel and the node's liveness channel (and the `UNSUBSCRIBE`/
 //! `PUNSUBSCRIBE` redis-rs sends when it closes a subscription), `GET` and `XREAD` for the event
 //! reader, `TYPE` to name a key of the wrong type, and `CLIENT SETNAME` (optional: a node
 //! tolerates its refusal, but operators want named connections in `CLIENT LIST`).
@@ -53,6 +54,8 @@ const NODE_COMMANDS: &[&str] = &[
     "+xlen",
     "+xtrim",
     "+publish",
+    // Liveness: the count of a node's liveness subscribers (lease scripts).
+    "+pubsub|numsub",
     // Outside scripts: the server's version and memory settings (read at open), the wake
     // channel, the event reader, naming the key of a wrong type, naming connections.
     "+info",
@@ -66,8 +69,8 @@ const NODE_COMMANDS: &[&str] = &[
 ];
 
 /// The `ACL SETUSER` arguments that give `user` exactly what a node of mempool `prefix` needs:
-/// the commands above, the keys `<prefix>:*` and the channel `<prefix>:watcher:wake` (written
-/// `<prefix>:*` so the rule survives new channels under the prefix).
+/// the commands above, the keys `<prefix>:*` and the channels `<prefix>:watcher:wake` and
+/// `<prefix>:watcher:live:<node id>` (written `<prefix>:*`, which covers both).
 fn node_rule(user: &str, password: &str, prefix: &str) -> Vec<String> {
     let mut args: Vec<String> = vec![
         user.into(),

@@ -24,6 +24,8 @@ pub(super) struct RawConfig {
     max_finalized: Option<usize>,
     /// Whole seconds, as in the reference deployment.
     watcher_lock_ttl: Option<u64>,
+    /// See [`Config::liveness_check`]; 0 turns it off.
+    liveness_check_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
     command_timeout_ms: Option<u64>,
     max_pending: Option<usize>,
@@ -85,6 +87,9 @@ impl TryFrom<RawConfig> for Config {
         if let Some(v) = raw.watcher_lock_ttl {
             c = c.watcher_lock_ttl(Duration::from_secs(v));
         }
+        if let Some(v) = raw.liveness_check_ms {
+            c = c.liveness_check(Duration::from_millis(v));
+        }
         if let Some(v) = raw.connect_timeout_ms {
             c = c.connect_timeout(Duration::from_millis(v));
         }
@@ -138,6 +143,22 @@ mod tests {
         assert!(read("allow_eviction = true").allow_eviction);
         assert!(!read("allow_eviction = false").allow_eviction);
         assert!(!Config::new("redis://h").allow_eviction);
+    }
+
+    #[test]
+    fn the_toml_table_reads_liveness_check_ms() {
+        let read = |extra: &str| -> Config {
+            ::toml::from_str(&format!(
+                "backend = \"redis\"\nurl = \"redis://h\"\n{extra}"
+            ))
+            .unwrap()
+        };
+        assert_eq!(read("").liveness_check, Duration::from_millis(100));
+        assert_eq!(
+            read("liveness_check_ms = 250").liveness_check,
+            Duration::from_millis(250)
+        );
+        assert_eq!(read("liveness_check_ms = 0").liveness_check, Duration::ZERO);
     }
 
     #[test]

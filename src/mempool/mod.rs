@@ -124,10 +124,16 @@ impl RedisMempool {
                         other => other,
                     })?;
             }
+            // A candidate that checks liveness subscribes to its own channel and counts others'.
+            let live = if config.watcher_candidate && !config.liveness_check.is_zero() {
+                keys.live_channel(&node_id)
+            } else {
+                String::new()
+            };
             let missing = codec::array(
                 scripts::run(
                     &mut conn,
-                    &scripts.check_access(),
+                    &scripts.check_access(&live),
                     &keys,
                     config.event_history,
                     None,
@@ -313,16 +319,18 @@ impl RedisMempool {
         }
     }
 
-    /// Stops the lease thread the way a crash would: the lock is **not** released and other
-    /// nodes take over only once it expires. Meant for tests and for hosts that must exit
-    /// without touching Redis.
+    /// Stops the lease thread the way a crash would: the lock is **not** released. The wake
+    /// thread closes its connection (within about 100 ms), as the kernel would for a dead
+    /// process, so followers that check liveness ([`Config::liveness_check`]) take over within a
+    /// few check intervals; others wait until the lock expires. Meant for tests and for hosts
+    /// that must exit without touching Redis.
     ///
     /// ```no_run
     /// # use dolos_redis::{Config, RedisMempool};
     /// # fn main() -> Result<(), dolos_redis::Error> {
     /// # let mempool = RedisMempool::open(Config::new("redis://127.0.0.1:6379"))?;
-    /// // Exit without a word to Redis, as a crash would: another node takes over once the
-    /// // lock expires.
+    /// // Exit without a word to Redis, as a crash would: another node takes over as soon as it
+    /// // sees this node's liveness connection gone (or once the lock expires).
     /// mempool.abandon();
     /// # Ok(())
     /// # }
