@@ -26,8 +26,8 @@
 //! thread drops the flag the moment the liveness connection breaks, and the flag comes back only
 //! on a command sent after the new subscription was confirmed ([`liveness::Gate`]): followers
 //! need two looks an interval apart before they take the lock from a holder whose subscription
-//! vanished, so the flag is down before anyone can. A watcher whose subscription stays down for
-//! a renewal period releases the lock to a node the others can see.
+//! vanished, so the flag is down before anyone can. A watcher that keeps renewing while its
+//! subscription stays down for a renewal period releases the lock to a node the others can see.
 //!
 //! The flag is only an optimisation for callers: `confirm.lua` checks on the server that the lock
 //! still holds this node's id and epoch, so a paused or partitioned ex-watcher cannot write even
@@ -167,6 +167,7 @@ impl Lease {
             gate,
             watch: HolderWatch::new(config.liveness_check),
             own_check: OwnCheck::default(),
+            renewed_unseen: 0,
             role: Role::Follower {
                 next_try: Instant::now(),
             },
@@ -288,6 +289,8 @@ struct LeaseLoop {
     /// What this node, following, has seen of the holder's liveness.
     watch: HolderWatch,
     own_check: OwnCheck,
+    /// Successful renewals in a row made while our liveness subscription was down.
+    renewed_unseen: u32,
     role: Role,
     /// Whether the last lease command reached Redis (None before the first): we log changes of
     /// this, not every failed tick.
@@ -416,10 +419,7 @@ impl LeaseLoop {
                     self.step_down("no renewal succeeded before the local lease deadline");
                     self.role = Role::Follower { next_try: now };
                 } else if now >= next_renew {
-                    match self.gate.down_for(now) {
-                        Some(down) if down >= self.timing.renew_every => self.give_up(epoch, down),
-                        _ => self.renew(epoch, valid_until),
-                    }
+                    self.renew(epoch, valid_until);
                 }
             }
             Role::Follower { next_try } => {
@@ -458,6 +458,7 @@ impl LeaseLoop {
         match reply.and_then(parse_acquire) {
             Ok(Acquire::Won { epoch, subscribers }) => {
                 self.watch.forget();
+                self.renewed_unseen = 0;
                 self.shared.epoch.store(epoch, Ordering::SeqCst);
                 let raised = self.gate.raise(token, &self.shared.flag);
                 self.shared
@@ -551,12 +552,16 @@ impl LeaseLoop {
                     }
                     Renew::Lost(_) => (epoch, None),
                 };
-                if let Some(token) = token {
-                    let was_up = self.shared.flag.load(Ordering::SeqCst);
-                    if self.gate.raise(token, &self.shared.flag) && !was_up {
-                        info!(target: LOG_TARGET, "watcher flag up again: the liveness connection is back and the lock is still ours");
+                match token {
+                    Some(token) => {
+                        self.renewed_unseen = 0;
+                        let was_up = self.shared.flag.load(Ordering::SeqCst);
+                        if self.gate.raise(token, &self.shared.flag) && !was_up {
+                            info!(target: LOG_TARGET, "watcher flag up again: the liveness connection is back and the lock is still ours");
+                        }
+                        self.check_own_liveness(subscribers, token);
                     }
-                    self.check_own_liveness(subscribers, token);
+                    None => self.renewed_unseen += 1,
                 }
                 self.shared
                     .counters
@@ -567,6 +572,12 @@ impl LeaseLoop {
                     valid_until: self.timing.valid_until(sent),
                     next_renew: self.timing.next_renewal(sent),
                 };
+                // Redis answers us, but our liveness subscription has not come back for a
+                // whole renewal period (the wake thread retries every 100 ms at most).
+                if self.renewed_unseen >= 2 {
+                    self.renewed_unseen = 0;
+                    self.give_up(epoch, self.gate.down_for(now).unwrap_or_default());
+                }
             }
             Ok(Renew::Lost(holder)) => {
                 let why = if holder.is_empty() {
@@ -595,9 +606,10 @@ impl LeaseLoop {
         }
     }
 
-    /// A watcher whose liveness subscription has been down for a renewal period: no follower
-    /// that comes to look could tell its death from a pause, so it hands the lock to one they
-    /// can see (release and wake them), and competes again once its subscription is back.
+    /// A watcher that renewed twice in a row (a renewal period) while its liveness subscription
+    /// was down: Redis answers, but no follower that comes to look could tell its death from a
+    /// pause, so it hands the lock to one they can see (release and wake them), and competes
+    /// again once its subscription is back.
     fn give_up(&mut self, epoch: u64, down: Duration) {
         self.step_down(&format!(
             "the liveness connection has been down for {} ms; releasing the lock to a node the \

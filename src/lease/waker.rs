@@ -66,7 +66,7 @@ const WAKER_POLL: Duration = Duration::from_millis(100);
 /// The pause after a failed attempt to subscribe doubles from the first to the last of these;
 /// after a subscription that stood and broke, the next attempt is immediate.
 const RETRY_FIRST: Duration = Duration::from_millis(10);
-const RETRY_MAX: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_millis(100);
 
 /// The pause before the next attempt to subscribe, after one that failed following `previous`
 /// (`None`: the subscription stood until it broke, so try again at once).
@@ -211,7 +211,7 @@ mod tests {
             pauses.push(p.as_millis());
             pause = Some(p);
         }
-        assert_eq!(pauses, [10, 20, 40, 80, 160, 250, 250, 250]);
+        assert_eq!(pauses, [10, 20, 40, 80, 100, 100, 100, 100]);
     }
 
     #[test]
