@@ -142,10 +142,13 @@ fn a_node_runs_fully_as_a_user_restricted_to_its_prefix() {
     let report = full_run(&|| node_config(&url, prefix));
     println!(
         "as the restricted user: takeover {} ms after the operator's reset, graceful handover \
-         {} ms (followers poll every {} ms)",
+         {} ms (followers poll every {} ms), takeover {} ms after a crash (its lock had {} ms \
+         left)",
         report.takeover_after_reset.as_millis(),
         report.handover.as_millis(),
-        (TTL / 3).as_millis()
+        (TTL / 3).as_millis(),
+        report.takeover_after_crash.as_millis(),
+        report.crashed_lock_left.as_millis()
     );
     // Faster than a follower's poll: both came through the wake channel, which the user may
     // subscribe to and publish on.

@@ -207,7 +207,9 @@ fn the_watcher_hands_over_and_is_taken_over_on_a_cluster() {
     );
     assert!(one_watcher(&nodes), "two watchers");
 
-    // A crash: the lock stays until its TTL runs out.
+    // A crash: the lock stays, but its holder's liveness subscription (on the slot's owner)
+    // goes with it: a follower takes over within a few checks (`full_run` shows it on a
+    // longer TTL), at worst when the lock expires.
     let watcher = nodes
         .iter()
         .position(|n| n.is_watcher())
