@@ -61,6 +61,11 @@ pub enum ProxyMode {
     ///
     /// Any connection that lost bytes is closed when the proxy heals back to
     /// `Pass`, because its request/reply stream is out of sync by then.
+    ///
+    /// A client that gives up and closes its connection meanwhile is not
+    /// heard by the server either, as in a real partition where its FIN
+    /// cannot cross: the upstream connection stays open (the server still
+    /// counts the client, its subscriptions too) until the proxy heals.
     Blackhole,
     /// Existing connections are closed (both sides) when this mode is set,
     /// and each new connection is closed right after accept, so clients see
@@ -291,7 +296,13 @@ impl FaultProxy {
                     link.frozen.store(false, Ordering::SeqCst);
                 }
                 let close = match mode {
-                    ProxyMode::Pass => link.tainted.load(Ordering::SeqCst),
+                    // Also the links whose client left during a black hole (see
+                    // `client_left_requests_behind`), unless they hold requests to deliver.
+                    ProxyMode::Pass => {
+                        link.tainted.load(Ordering::SeqCst)
+                            || (link.client_gone.load(Ordering::SeqCst)
+                                && !link.held_any.load(Ordering::SeqCst))
+                    }
                     ProxyMode::Blackhole | ProxyMode::Hold => false,
                     ProxyMode::Refuse => true,
                 };
@@ -695,11 +706,21 @@ fn pump(
 /// Called when the client side of a link ended. If the link has held bytes
 /// (now or earlier), the client's requests may still be on their way (see
 /// [`ProxyMode::Hold`]): marks the client gone and keeps the upstream open,
-/// half-closing it now if nothing is left to deliver. Returns whether the
-/// upstream was kept; otherwise the caller closes the link as usual.
+/// half-closing it now if nothing is left to deliver. During a black hole
+/// the server cannot hear the client leave: the upstream stays open until
+/// the heal closes it. Returns whether the upstream was kept; otherwise the
+/// caller closes the link as usual.
 fn client_left_requests_behind(link: &Link, shared: &Shared) -> bool {
     let still_holding = {
         let state = shared.state();
+        if state.mode == ProxyMode::Blackhole
+            && !state.stopping
+            && !link.closed.load(Ordering::SeqCst)
+            && !link.held_any.load(Ordering::SeqCst)
+        {
+            link.client_gone.store(true, Ordering::SeqCst);
+            return true;
+        }
         let keep = !state.stopping
             && state.mode != ProxyMode::Refuse
             && !link.closed.load(Ordering::SeqCst)

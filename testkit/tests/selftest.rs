@@ -204,6 +204,25 @@ fn proxy_blackhole_times_out_and_heal_recovers() {
 }
 
 #[test]
+fn a_client_leaving_during_a_blackhole_is_not_heard_until_the_heal() {
+    let (server, proxy, con) = proxied();
+    let mut admin = server.connection();
+    let clients = |admin: &mut redis::Connection| -> usize {
+        let list: String = redis::cmd("CLIENT").arg("LIST").query(admin).unwrap();
+        list.lines().count()
+    };
+    let before = clients(&mut admin);
+
+    proxy.blackhole();
+    drop(con);
+    // As in a real partition, the client's close cannot reach the server.
+    assert!(!wait_until(SHORT, || clients(&mut admin) < before));
+    proxy.heal();
+    assert!(wait_until(SETTLE, || clients(&mut admin) == before - 1));
+    assert!(wait_until(SETTLE, || proxy.connections() == 0));
+}
+
+#[test]
 fn proxy_blackhole_spares_idle_connections() {
     let (_server, proxy, mut con) = proxied();
 
