@@ -130,6 +130,26 @@ use support::logs::{assert_never_shown, capture_logs};
 // ---- the tests ----
 
 #[test]
+fn the_readme_rule_grants_what_a_node_sends() {
+    let readme = include_str!("../README.md");
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("ACL SETUSER dolos-node "))
+        .expect("the README's ACL rule");
+    let mut documented: Vec<&str> = line.split(' ').filter(|w| w.starts_with('+')).collect();
+    let mut needed = NODE_COMMANDS.to_vec();
+    documented.sort_unstable();
+    needed.sort_unstable();
+    assert_eq!(
+        documented, needed,
+        "the README's rule and this test's differ"
+    );
+    for pattern in ["~dolos:mempool:*", "&dolos:mempool:*", "-@all"] {
+        assert!(line.split(' ').any(|w| w == pattern), "{pattern} missing");
+    }
+}
+
+#[test]
 fn a_node_runs_fully_as_a_user_restricted_to_its_prefix() {
     capture_logs();
     let server = RedisServer::start();
