@@ -429,10 +429,14 @@ impl LeaseLoop {
                 let Some(token) = self.gate.token() else {
                     // Our liveness subscription is down: nobody could tell our death from a
                     // pause, so we leave the lock to nodes they can see. The wake thread tells
-                    // us when it is back; until then look again now and then.
+                    // us when it is back; until then look again now and then. (`open` is told
+                    // that the first attempt was made: it found us unable to compete yet.)
                     self.role = Role::Follower {
                         next_try: now + self.timing.retry,
                     };
+                    if let Some(tx) = self.first_attempt.take() {
+                        let _ = tx.send(());
+                    }
                     return;
                 };
                 // A look on a new connection cannot build on looks made on the old one.
