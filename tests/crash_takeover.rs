@@ -129,12 +129,14 @@ fn a_paused_watcher_keeps_its_lock_until_the_ttl() {
     // The lock cannot expire before this; a takeover before it would be a liveness takeover of a
     // node whose sockets are open.
     let earliest_expiry = asked + Duration::from_millis(pttl.max(0) as u64);
+    // Paused for TTL + 1 s, and until the follower took over.
+    let hold = asked + ttl + Duration::from_secs(1);
     let mut took_over = None;
-    wait_until(ttl + Duration::from_secs(1), || {
+    wait_until(ttl + SETTLE, || {
         if took_over.is_none() && follower.is_watcher() {
             took_over = Some(Instant::now());
         }
-        false
+        took_over.is_some() && Instant::now() >= hold
     });
     watcher.resume();
     let took_over = took_over.expect("nobody took over from the paused watcher");
@@ -150,7 +152,7 @@ fn a_paused_watcher_keeps_its_lock_until_the_ttl() {
         took_over >= earliest_expiry,
         "taken over while the paused watcher's lock was alive"
     );
-    assert!(took_over - asked < ttl + Duration::from_secs(1));
+    assert!(took_over - asked < ttl + Duration::from_secs(5));
 
     // Resumed, it finds its lease deadline long past: its flag goes down and stays down.
     assert!(
@@ -226,8 +228,9 @@ fn cutting_only_the_liveness_connection_lowers_the_flag_before_anyone_takes_over
         down.as_millis(),
         up.as_millis()
     );
+    // (Equal when one sample saw both changes; the sampler fails on two flags up at once.)
     assert!(
-        down < up,
+        down <= up,
         "the new watcher's flag rose first ({up:?} vs {down:?})"
     );
     assert!(
