@@ -391,11 +391,15 @@ impl MempoolStore for RedisStore {
         drop_threshold: u32,
     ) -> Result<(), MempoolError> {
         let mempool = &self.shared.mempool;
+        let mut synced = self.shared.synced.lock().unwrap_or_else(|e| e.into_inner());
         let Some(epoch) = mempool.watcher_epoch() else {
+            // This block is not applied here. The flag may come back in the same term (it
+            // drops while the liveness connection is down), so the next block reconciles
+            // rather than trusting the epoch alone.
+            *synced = None;
             return Ok(());
         };
         let (f, d) = (finalize_threshold, drop_threshold);
-        let mut synced = self.shared.synced.lock().unwrap_or_else(|e| e.into_inner());
         if *synced != Some(epoch) {
             // The replay covers this block: our chain view has it already (or, for an undo,
             // no longer has it, so the reconcile rolls back past it).

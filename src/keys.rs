@@ -22,6 +22,7 @@
 //! | `P:events`             | stream | every transition, appended by the script that makes it: entry id `<n>-0`; trimmed to about `event_history` entries |
 //! | `P:events:seq`         | string | last event number `n` (a reader that sees `n` jump knows it missed events) |
 //! | `P:watcher:fence`      | string | the watcher's node id again, same TTL, kept by acquire/renew: outlives a lock deleted by hand, so nobody else takes it while the watcher lives (deleted by release and by the operator's reset) |
+//! | `P:watcher:live:<node>` | pub/sub channel | never published on: each candidate node subscribes to its own while it runs, so `PUBSUB NUMSUB` tells the others whether its connection is still open (see `src/lease/liveness.rs`) |
 //!
 //! Counters are derived, not stored per tx: with `H` the applied chain's height, a Confirmed tx has
 //! `H - hc + 1` confirmations and an unconfirmed inflight tx has `H - hi` misses. That is why
@@ -47,6 +48,9 @@ pub(crate) struct Keys {
     pub events: String,
     pub events_seq: String,
     pub fence: String,
+    /// The start of every node's liveness channel, `P:watcher:live:`; the node id follows. A
+    /// channel, not a key: not in [`Keys::all`], passed to the lease scripts as an argument.
+    pub live: String,
 }
 
 impl Keys {
@@ -70,7 +74,13 @@ impl Keys {
             events: k("events"),
             events_seq: k("events:seq"),
             fence: k("watcher:fence"),
+            live: k("watcher:live:"),
         }
+    }
+
+    /// The liveness channel of node `node_id`.
+    pub fn live_channel(&self, node_id: &str) -> String {
+        format!("{}{node_id}", self.live)
     }
 
     /// Every key, in the order `prelude.lua` reads them from `KEYS`, with the Redis type it
@@ -174,6 +184,13 @@ mod tests {
         for untagged in ["dolos:mempool", "{}:mempool", "{dolos:mempool", "dolos}:{"] {
             assert_eq!(hash_tag(untagged), None, "{untagged}");
         }
+    }
+
+    #[test]
+    fn liveness_channels_sit_under_the_prefix() {
+        let keys = Keys::new("{dolos}:mempool");
+        assert_eq!(keys.live_channel("n1"), "{dolos}:mempool:watcher:live:n1");
+        assert!(keys.live_channel("n1").starts_with(&keys.live));
     }
 
     #[test]

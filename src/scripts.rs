@@ -116,6 +116,7 @@ pub(crate) struct Scripts {
     acquire: Lua,
     renew: Lua,
     release: Lua,
+    take_over: Lua,
     stats: Lua,
     reset_lock: Lua,
     /// Run once at open, not preloaded.
@@ -143,16 +144,17 @@ impl Scripts {
             check_status: lua!(Reads, headers, "check_status.lua"),
             dump_finalized: lua!(Reads, headers, "dump_finalized.lua"),
             watcher_info: lua!(Reads, headers, "watcher_info.lua"),
-            acquire: lua!(KeepsLock, headers, "acquire.lua"),
-            renew: lua!(KeepsLock, headers, "renew.lua"),
+            acquire: lua!(KeepsLock, headers, "acquire.lua", with "liveness.lua"),
+            renew: lua!(KeepsLock, headers, "renew.lua", with "liveness.lua"),
             release: lua!(KeepsLock, headers, "release.lua"),
+            take_over: lua!(KeepsLock, headers, "take_over.lua", with "liveness.lua"),
             stats: lua!(Reads, headers, "stats.lua"),
             reset_lock: lua!(KeepsLock, headers, "reset_lock.lua"),
             check_access: lua!(Reads, headers, "check_access.lua"),
         }
     }
 
-    fn all(&self) -> [&Lua; 17] {
+    fn all(&self) -> [&Lua; 18] {
         [
             &self.receive,
             &self.has_pending,
@@ -169,6 +171,7 @@ impl Scripts {
             &self.acquire,
             &self.renew,
             &self.release,
+            &self.take_over,
             &self.stats,
             &self.reset_lock,
         ]
@@ -339,7 +342,13 @@ mod tests {
             assert!(first_line(lua).starts_with("#!lua"), "{}", first_line(lua));
         }
         // Only the lease's scripts may run while Redis is out of memory.
-        let keeps_lock = [&with.acquire, &with.renew, &with.release, &with.reset_lock];
+        let keeps_lock = [
+            &with.acquire,
+            &with.renew,
+            &with.release,
+            &with.take_over,
+            &with.reset_lock,
+        ];
         let writes = [
             &with.receive,
             &with.mark_inflight,
@@ -369,7 +378,7 @@ mod tests {
                 assert_eq!(lua.writes, may_write, "{line}");
             }
         }
-        assert_eq!(keeps_lock.len() + writes.len() + reads.len(), 18);
+        assert_eq!(keeps_lock.len() + writes.len() + reads.len(), 19);
         // Redis 6.2 cannot compile the header: none at all, the prelude first.
         let without = Scripts::new(false);
         for lua in without.all() {

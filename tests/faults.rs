@@ -384,7 +384,12 @@ fn open_against_a_silent_server_fails_fast() {
 fn every_call_fails_while_redis_is_unreachable_then_recovers() {
     support::init_logging();
     let mut server = RedisServer::start();
-    let m = lone_watcher(config_with(&server, "down", LONG_TTL, IO_TIMEOUT));
+    // Without liveness checks: with them, the flag drops the moment Redis closes the wake
+    // connection, and `confirm` would answer `NotWatcher` without asking Redis; this test
+    // wants the watcher's `confirm` to reach the dead server.
+    let m = lone_watcher(
+        config_with(&server, "down", LONG_TTL, IO_TIMEOUT).liveness_check(Duration::ZERO),
+    );
     let a = hash(0);
     m.receive(tx(0)).unwrap();
     m.mark_inflight(&[a]).unwrap();

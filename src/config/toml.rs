@@ -29,6 +29,8 @@ pub(super) struct RawConfig {
     max_finalized: Option<usize>,
     /// Whole seconds, as in the reference deployment.
     watcher_lock_ttl: Option<u64>,
+    /// See [`Config::liveness_check`]; 0 turns it off.
+    liveness_check_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
     command_timeout_ms: Option<u64>,
     max_pending: Option<usize>,
@@ -67,6 +69,7 @@ pub(super) const KNOWN_KEYS: &[&str] = &[
     "event_history",
     "applied_history",
     "watcher_candidate",
+    "liveness_check_ms",
     "allow_eviction",
     "tls_ca_file",
     "tls_client_cert_file",
@@ -196,6 +199,9 @@ impl Config {
         if let Some(v) = raw.watcher_lock_ttl {
             c = c.watcher_lock_ttl(Duration::from_secs(v));
         }
+        if let Some(v) = raw.liveness_check_ms {
+            c = c.liveness_check(Duration::from_millis(v));
+        }
         if let Some(v) = raw.connect_timeout_ms {
             c = c.connect_timeout(Duration::from_millis(v));
         }
@@ -249,6 +255,22 @@ mod tests {
         assert!(read("allow_eviction = true").allow_eviction);
         assert!(!read("allow_eviction = false").allow_eviction);
         assert!(!Config::new("redis://h").allow_eviction);
+    }
+
+    #[test]
+    fn the_toml_table_reads_liveness_check_ms() {
+        let read = |extra: &str| -> Config {
+            ::toml::from_str(&format!(
+                "backend = \"redis\"\nurl = \"redis://h\"\n{extra}"
+            ))
+            .unwrap()
+        };
+        assert_eq!(read("").liveness_check, Duration::from_millis(100));
+        assert_eq!(
+            read("liveness_check_ms = 250").liveness_check,
+            Duration::from_millis(250)
+        );
+        assert_eq!(read("liveness_check_ms = 0").liveness_check, Duration::ZERO);
     }
 
     #[test]
@@ -374,6 +396,7 @@ mod tests {
             "event_history = 1",
             "applied_history = 1",
             "watcher_candidate = true",
+            "liveness_check_ms = 1",
             "allow_eviction = true",
             "wait_replicas = 1",
             "wait_timeout_ms = 1",

@@ -125,10 +125,16 @@ impl RedisMempool {
                         other => other,
                     })?;
             }
+            // A candidate that checks liveness subscribes to its own channel and counts others'.
+            let live = if config.watcher_candidate && !config.liveness_check.is_zero() {
+                keys.live_channel(&node_id)
+            } else {
+                String::new()
+            };
             let missing = codec::array(
                 scripts::run(
                     &mut conn,
-                    &scripts.check_access(),
+                    &scripts.check_access(&live),
                     &keys,
                     config.event_history,
                     None,
@@ -235,9 +241,11 @@ impl RedisMempool {
     /// The epoch of this node's watcher lock while its flag is up, `None` otherwise (two atomic
     /// loads, no round trip). Every acquisition takes a new epoch, so a host that remembers the
     /// epoch it last reconciled under sees every new term, even one that began and ended
-    /// between two of its polls of [`is_watcher`](RedisMempool::is_watcher): the flag dropped
-    /// and rose again, the epoch did not stay the same. (The epoch also moves on, with the flag
-    /// up, when the watcher takes back a lock deleted by hand; reconciling then is harmless.)
+    /// between two of its polls of [`is_watcher`](RedisMempool::is_watcher). (The epoch also
+    /// moves on, with the flag up, when the watcher takes back a lock deleted by hand;
+    /// reconciling then is harmless.) The flag can also drop and rise again *within* a term —
+    /// while its liveness connection reconnects, the lock stays ours — so a host that let a
+    /// block go unapplied because this was `None` reconciles before the next one as well.
     ///
     /// ```no_run
     /// # use dolos_redis::{Config, RedisMempool};
@@ -245,11 +253,14 @@ impl RedisMempool {
     /// # let mempool = RedisMempool::open(Config::new("redis://127.0.0.1:6379"))?;
     /// let mut reconciled_under: Option<u64> = None;
     /// // ... before applying a block:
-    /// if let Some(epoch) = mempool.watcher_epoch() {
-    ///     if reconciled_under != Some(epoch) {
-    ///         // a new term: run the reconcile step (README), then
+    /// match mempool.watcher_epoch() {
+    ///     Some(epoch) if reconciled_under != Some(epoch) => {
+    ///         // a new term, or back after a gap: run the reconcile step (README), then
     ///         reconciled_under = Some(epoch);
     ///     }
+    ///     Some(_) => { /* apply the block */ }
+    ///     // Not applied here: whoever applies it next reconciles first.
+    ///     None => reconciled_under = None,
     /// }
     /// # Ok(())
     /// # }
@@ -345,16 +356,18 @@ impl RedisMempool {
         }
     }
 
-    /// Stops the lease thread the way a crash would: the lock is **not** released and other
-    /// nodes take over only once it expires. Meant for tests and for hosts that must exit
-    /// without touching Redis.
+    /// Stops the lease thread the way a crash would: the lock is **not** released. The wake
+    /// thread closes its connection (within about 100 ms), as the kernel would for a dead
+    /// process, so followers that check liveness ([`Config::liveness_check`]) take over within a
+    /// few check intervals; others wait until the lock expires. Meant for tests and for hosts
+    /// that must exit without touching Redis.
     ///
     /// ```no_run
     /// # use dolos_redis::{Config, RedisMempool};
     /// # fn main() -> Result<(), dolos_redis::Error> {
     /// # let mempool = RedisMempool::open(Config::new("redis://127.0.0.1:6379"))?;
-    /// // Exit without a word to Redis, as a crash would: another node takes over once the
-    /// // lock expires.
+    /// // Exit without a word to Redis, as a crash would: another node takes over as soon as it
+    /// // sees this node's liveness connection gone (or once the lock expires).
     /// mempool.abandon();
     /// # Ok(())
     /// # }
