@@ -160,8 +160,27 @@ async fn propagate(mempool: &RedisMempool) -> Result<(), BoxError> {
     Ok(())
 }
 
+const USAGE: &str = "\
+usage: async_host [--help]
+
+A tokio host in the style of Dolos: calls in spawn_blocking, events as an async
+stream, the crate's log lines in a tracing subscriber, the reconcile step on
+takeover. Uses $REDIS_URL, else starts a private redis-server (redis-server on
+the PATH). RUST_LOG=debug adds the DEBUG lines.";
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), BoxError> {
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        Some(other) => {
+            eprintln!("async_host: unexpected argument {other:?}\n{USAGE}");
+            std::process::exit(2);
+        }
+    }
     // Only plain level names here: the `env-filter` feature (full RUST_LOG syntax) is not
     // enabled, to keep the example's dependencies small.
     let level = match std::env::var("RUST_LOG").as_deref() {

@@ -6,6 +6,7 @@
 //! cargo run --example inspector                              # refresh every 2 s, Ctrl-C to stop
 //! cargo run --example inspector -- --once                    # one line, for scripts
 //! cargo run --example inspector -- --events                  # also print every event as it comes
+//! cargo run --example inspector -- --once --json             # one JSON object, for scripts
 //! cargo run --example inspector -- --url redis://10.0.0.5:6379 --prefix dolos:mempool
 //! cargo run --example inspector -- reset-lock                # delete the lock, whoever holds it
 //! cargo run --example inspector -- reset-lock --holder <id>  # only if node <id> holds it
@@ -17,19 +18,31 @@
 //! A status line looks like
 //!
 //! ```text
-//! Current watcher: 5d14d3fa (TTL: 8.2s, epoch 3) | pending 12 propagated 3 acknowledged 4 confirmed 7 | log 120 | blocks 57 (slot 1234) | redis 1.4 of 512.0 MB, noeviction
+//! Current watcher: 5d14d3fa-6a0e-4c1b-9d57-0e3f2b8c1a44 (TTL: 8.2s, epoch 3) | pending 12 propagated 3 acknowledged 4 confirmed 7 | log 120 | blocks 57 (slot 1234) | redis 1.4 of 512.0 MB, noeviction
 //! ```
 //!
 //! where `log` is the number of Finalized/Dropped entries the finalized log retains, `blocks`
 //! the number of blocks applied so far (with the slot of the last one), and `redis` the memory
-//! Redis uses of its `maxmemory`, with its eviction policy.
+//! Redis uses of its `maxmemory`, with its eviction policy. The watcher is named by its full
+//! node id, as the reference's `watch-watcher.sh` prints it and as each node logs it
+//! (`acquired watcher lock (node …)`), so the two can be matched by eye or by `grep`.
+//!
+//! With `--json` every line is one JSON object instead, for scripts (`jq`):
+//!
+//! ```text
+//! {"watcher":{"holder":"5d14d3fa-…","ttl_ms":8200,"epoch":3,"applied_slot":1234},"pending":12,"propagated":3,"acknowledged":4,"confirmed":7,"finalized_log":120,"applied_blocks":57,"redis":{"used_memory":1468006,"maxmemory":536870912,"maxmemory_policy":"noeviction"}}
+//! ```
+//!
+//! `holder`, `ttl_ms` and `applied_slot` are `null` when there is none; `--events` adds one
+//! object per event (`{"event":"tx","seq":…}`), and `reset-lock` prints one object saying
+//! what it removed and who took over.
 //!
 //! The inspector opens the mempool as an *observer* (`Config::watcher_candidate(false)`): it
 //! starts no lease thread, so running it never changes who is watcher.
 //!
 //! `reset-lock` is the safe form of `redis-cli DEL <prefix>:watcher:lock`: the lock is deleted
-//! in one script only if it is held (by `--holder`, when given: the full node id, or the short
-//! one the status line shows), the followers are woken so one of them takes over within
+//! in one script only if it is held (by `--holder`, when given: the node id, or its first
+//! characters), the followers are woken so one of them takes over within
 //! milliseconds instead of waiting for the TTL, and every subscriber sees a `WatcherReleased`
 //! event. The old holder's `confirm` calls are refused by Redis at once, and it steps down at
 //! its next renewal. Use it for a watcher that is stuck yet still renews, or for a lock set by
@@ -50,15 +63,17 @@ use dolos_redis::{
 const REFRESH: Duration = Duration::from_secs(2);
 
 const USAGE: &str = "\
-usage: inspector [--url URL] [--prefix PREFIX] [--once] [--events]
-       inspector reset-lock [--holder NODE_ID] [--url URL] [--prefix PREFIX]
+usage: inspector [--url URL] [--prefix PREFIX] [--once] [--events] [--json]
+       inspector reset-lock [--holder NODE_ID] [--url URL] [--prefix PREFIX] [--json]
 
   --url URL        Redis server (default: $REDIS_URL, else redis://127.0.0.1:6379)
   --prefix PREFIX  key prefix shared by the nodes (default: dolos:mempool)
   --once           print one status line and exit
   --events         also print every mempool event as it arrives
-  --holder NODE_ID reset-lock only if this node holds the lock (full id, or the
-                   short id of the status line)";
+  --json           one JSON object per line instead of text, for scripts
+  --holder NODE_ID reset-lock only if this node holds the lock (the node id, or
+                   its first characters)
+  -h, --help       this text";
 
 #[derive(Debug)]
 enum Command {
@@ -70,6 +85,7 @@ enum Command {
 struct Args {
     url: String,
     prefix: String,
+    json: bool,
     command: Command,
 }
 
@@ -77,7 +93,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
     let mut url = std::env::var("REDIS_URL").ok();
     let mut prefix = None;
     let mut reset = false;
-    let (mut once, mut events) = (false, false);
+    let (mut once, mut events, mut json) = (false, false, false);
     let mut holder = None;
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -88,6 +104,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
             "--holder" => holder = Some(value("--holder")?),
             "--once" => once = true,
             "--events" => events = true,
+            "--json" => json = true,
             "reset-lock" if !reset => reset = true,
             other => return Err(format!("unexpected argument {other:?}")),
         }
@@ -106,6 +123,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
     Ok(Some(Args {
         url: url.unwrap_or_else(|| "redis://127.0.0.1:6379".to_string()),
         prefix: prefix.unwrap_or_else(|| "dolos:mempool".to_string()),
+        json,
         command,
     }))
 }
@@ -143,12 +161,12 @@ fn run(args: Args) -> Result<(), String> {
     let mempool = RedisMempool::open(config)
         .map_err(|e| format!("cannot open mempool {:?} at {url}: {e}", args.prefix))?;
     match args.command {
-        Command::Watch { once, events } => watch(&mempool, once, events),
-        Command::ResetLock { holder } => reset_lock(&mempool, holder.as_deref()),
+        Command::Watch { once, events } => watch(&mempool, once, events, args.json),
+        Command::ResetLock { holder } => reset_lock(&mempool, holder.as_deref(), args.json),
     }
 }
 
-fn watch(mempool: &RedisMempool, once: bool, events: bool) -> Result<(), String> {
+fn watch(mempool: &RedisMempool, once: bool, events: bool, json: bool) -> Result<(), String> {
     if events {
         // The reader thread delivers in commit order; printing from a thread of our own keeps
         // events flowing while the main thread sleeps between refreshes.
@@ -157,7 +175,11 @@ fn watch(mempool: &RedisMempool, once: bool, events: bool) -> Result<(), String>
             .name("inspector-events".into())
             .spawn(move || {
                 for event in rx {
-                    println!("{}", describe_event(&event));
+                    if json {
+                        println!("{}", event_json(&event));
+                    } else {
+                        println!("{}", describe_event(&event));
+                    }
                 }
             })
             .map_err(|e| format!("cannot start the event thread: {e}"))?;
@@ -165,6 +187,7 @@ fn watch(mempool: &RedisMempool, once: bool, events: bool) -> Result<(), String>
     loop {
         let started = Instant::now();
         match mempool.stats() {
+            Ok(stats) if json => println!("{}", status_json(&stats)),
             Ok(stats) => println!("{}", status_line(&stats)),
             Err(e) if once => return Err(format!("cannot read the mempool: {e}")),
             Err(e) => eprintln!("inspector: cannot read the mempool (retrying): {e}"),
@@ -176,12 +199,12 @@ fn watch(mempool: &RedisMempool, once: bool, events: bool) -> Result<(), String>
     }
 }
 
-fn reset_lock(mempool: &RedisMempool, holder: Option<&str>) -> Result<(), String> {
+fn reset_lock(mempool: &RedisMempool, holder: Option<&str>, json: bool) -> Result<(), String> {
     let before = mempool
         .watcher_info()
         .map_err(|e| format!("cannot read the watcher lock: {e}"))?;
-    // The status line shows short ids: accept one when it names the current holder. The reset
-    // itself compares the full id on the server, so a lock that changed hands meanwhile stays.
+    // Accept the first characters of the id when they name the current holder. The reset itself
+    // compares the full id on the server, so a lock that changed hands meanwhile stays.
     let holder = match (holder, &before.holder) {
         (Some(given), Some(current)) if !given.is_empty() && current.starts_with(given) => {
             Some(current.as_str())
@@ -192,66 +215,77 @@ fn reset_lock(mempool: &RedisMempool, holder: Option<&str>) -> Result<(), String
         .reset_watcher_lock(holder)
         .map_err(|e| format!("cannot reset the watcher lock: {e}"))?;
     let Some(removed) = removed else {
-        match (&before.holder, holder) {
-            (None, _) => println!("no node holds the watcher lock: nothing to reset"),
+        let why = match (&before.holder, holder) {
+            (None, _) => "no node holds the watcher lock: nothing to reset".to_string(),
             (Some(current), Some(expected)) => {
-                println!("the watcher lock is held by {current}, not {expected}: left as it is")
+                format!("the watcher lock is held by {current}, not {expected}: left as it is")
             }
             // Released between our read and the reset.
-            (Some(_), None) => {
-                println!("the watcher lock was released meanwhile: nothing to reset")
-            }
+            (Some(_), None) => "the watcher lock was released meanwhile: nothing to reset".into(),
+        };
+        if json {
+            println!(
+                "{{\"removed\":null,\"holder\":{},\"epoch\":{},\"new_watcher\":null,\"why\":{}}}",
+                json_opt_str(before.holder.as_deref()),
+                before.epoch,
+                json_str(&why)
+            );
+        } else {
+            println!("{why}");
         }
         return Ok(());
     };
-    println!(
-        "removed the watcher lock held by {removed} (epoch {}); followers woken",
-        before.epoch
-    );
+    if !json {
+        println!(
+            "removed the watcher lock held by {removed} (epoch {}); followers woken",
+            before.epoch
+        );
+    }
     // Followers are woken by the reset, so a takeover is a matter of milliseconds; without any
     // candidate node running, nobody takes over and the lock stays free.
     let started = Instant::now();
     let deadline = started + Duration::from_secs(3);
-    loop {
+    let next = loop {
         let info = mempool
             .watcher_info()
             .map_err(|e| format!("cannot read the watcher lock: {e}"))?;
-        if let Some(next) = &info.holder {
-            println!(
-                "new watcher: {} (epoch {}) after {} ms",
-                short(next),
-                info.epoch,
-                started.elapsed().as_millis()
-            );
-            return Ok(());
+        if let Some(next) = info.holder {
+            break Some((next, info.epoch, started.elapsed().as_millis()));
         }
         if Instant::now() >= deadline {
-            println!("no node took the lock within 3 s (is any node running?)");
-            return Ok(());
+            break None;
         }
         std::thread::sleep(Duration::from_millis(10));
+    };
+    match (json, &next) {
+        (true, Some((id, epoch, ms))) => println!(
+            "{{\"removed\":{},\"epoch\":{},\"new_watcher\":{},\"new_epoch\":{epoch},\"takeover_ms\":{ms}}}",
+            json_str(&removed),
+            before.epoch,
+            json_str(id)
+        ),
+        (true, None) => println!(
+            "{{\"removed\":{},\"epoch\":{},\"new_watcher\":null}}",
+            json_str(&removed),
+            before.epoch
+        ),
+        (false, Some((id, epoch, ms))) => {
+            println!("new watcher: {id} (epoch {epoch}) after {ms} ms")
+        }
+        (false, None) => println!("no node took the lock within 3 s (is any node running?)"),
     }
-}
-
-/// The first 8 characters of a node id (a UUID): enough to tell nodes apart in a status line.
-fn short(id: &str) -> &str {
-    id.get(..8).unwrap_or(id)
+    Ok(())
 }
 
 fn watcher_part(w: &WatcherInfo) -> String {
     match (&w.holder, w.ttl) {
         (Some(holder), Some(ttl)) => format!(
-            "Current watcher: {} (TTL: {:.1}s, epoch {})",
-            short(holder),
+            "Current watcher: {holder} (TTL: {:.1}s, epoch {})",
             ttl.as_secs_f64(),
             w.epoch
         ),
         // A lock without expiry can only have been set by hand; reset-lock clears it.
-        (Some(holder), None) => format!(
-            "Current watcher: {} (TTL: none, epoch {})",
-            short(holder),
-            w.epoch
-        ),
+        (Some(holder), None) => format!("Current watcher: {holder} (TTL: none, epoch {})", w.epoch),
         (None, _) => format!("Current watcher: none (epoch {})", w.epoch),
     }
 }
@@ -311,28 +345,122 @@ fn describe_event(event: &MempoolEvent) -> String {
             "event {seq}: block at slot {} {} by watcher {} (call {height}, epoch {epoch})",
             point.slot(),
             if *rollback { "undone" } else { "applied" },
-            short(node_id)
+            node_id
+        ),
+        MempoolEvent::WatcherAcquired {
+            seq,
+            node_id,
+            epoch,
+        } => format!("event {seq}: watcher {node_id} acquired the lock (epoch {epoch})"),
+        MempoolEvent::WatcherReleased {
+            seq,
+            node_id,
+            epoch,
+        } => format!("event {seq}: watcher {node_id} released the lock (epoch {epoch})"),
+        MempoolEvent::Lagged { missed } => {
+            format!("events lost: {missed} (history trimmed, or this inspector fell behind)")
+        }
+        // `MempoolEvent` is non-exhaustive: newer kinds are shown raw.
+        other => format!("event: {other:?}"),
+    }
+}
+
+/// `text` as a JSON string.
+fn json_str(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_opt_str(text: Option<&str>) -> String {
+    text.map_or_else(|| "null".to_string(), json_str)
+}
+
+fn json_opt<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "null".to_string(), |v| v.to_string())
+}
+
+fn status_json(s: &MempoolStats) -> String {
+    let w = &s.watcher;
+    format!(
+        "{{\"watcher\":{{\"holder\":{},\"ttl_ms\":{},\"epoch\":{},\"applied_slot\":{}}},\
+         \"pending\":{},\"propagated\":{},\"acknowledged\":{},\"confirmed\":{},\
+         \"finalized_log\":{},\"applied_blocks\":{},\
+         \"redis\":{{\"used_memory\":{},\"maxmemory\":{},\"maxmemory_policy\":{}}}}}",
+        json_opt_str(w.holder.as_deref()),
+        json_opt(w.ttl.map(|t| t.as_millis())),
+        w.epoch,
+        json_opt(w.applied_slot),
+        s.pending,
+        s.propagated,
+        s.acknowledged,
+        s.confirmed,
+        s.finalized_log,
+        s.applied_blocks,
+        s.used_memory,
+        s.maxmemory,
+        json_str(&s.maxmemory_policy)
+    )
+}
+
+fn event_json(event: &MempoolEvent) -> String {
+    match event {
+        MempoolEvent::Tx { seq, tx } => format!(
+            "{{\"event\":\"tx\",\"seq\":{seq},\"hash\":\"{}\",\"stage\":\"{:?}\",\
+             \"confirmations\":{},\"non_confirmations\":{},\"confirmed_at_slot\":{}}}",
+            tx.hash,
+            tx.stage,
+            tx.confirmations,
+            tx.non_confirmations,
+            json_opt(tx.confirmed_at.map(|p| p.slot()))
+        ),
+        MempoolEvent::BlockApplied {
+            seq,
+            point,
+            height,
+            rollback,
+            node_id,
+            epoch,
+        } => format!(
+            "{{\"event\":\"block\",\"seq\":{seq},\"slot\":{},\"hash\":{},\"height\":{height},\
+             \"rollback\":{rollback},\"node_id\":{},\"epoch\":{epoch}}}",
+            point.slot(),
+            json_opt_str(point.hash().map(|h| h.to_string()).as_deref()),
+            json_str(node_id)
         ),
         MempoolEvent::WatcherAcquired {
             seq,
             node_id,
             epoch,
         } => format!(
-            "event {seq}: watcher {} acquired the lock (epoch {epoch})",
-            short(node_id)
+            "{{\"event\":\"watcher_acquired\",\"seq\":{seq},\"node_id\":{},\"epoch\":{epoch}}}",
+            json_str(node_id)
         ),
         MempoolEvent::WatcherReleased {
             seq,
             node_id,
             epoch,
         } => format!(
-            "event {seq}: watcher {} released the lock (epoch {epoch})",
-            short(node_id)
+            "{{\"event\":\"watcher_released\",\"seq\":{seq},\"node_id\":{},\"epoch\":{epoch}}}",
+            json_str(node_id)
         ),
         MempoolEvent::Lagged { missed } => {
-            format!("events lost: {missed} (history trimmed, or this inspector fell behind)")
+            format!("{{\"event\":\"lagged\",\"missed\":{missed}}}")
         }
         // `MempoolEvent` is non-exhaustive: newer kinds are shown raw.
-        other => format!("event: {other:?}"),
+        other => format!(
+            "{{\"event\":\"other\",\"debug\":{}}}",
+            json_str(&format!("{other:?}"))
+        ),
     }
 }

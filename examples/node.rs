@@ -1,49 +1,76 @@
-//! One Dolos-like node, configured by a TOML file that carries the reference `[storage.mempool]`
-//! table (see `examples/config/dolos1.toml` and `dolos2.toml`).
+//! A node runner for operators: one node of a shared mempool, configured by a TOML file that
+//! carries the reference `[storage.mempool]` table (see `examples/config/dolos1.toml` and
+//! `dolos2.toml`). It competes for the watcher lock, says when it becomes the watcher or stops
+//! being it, and on SIGTERM or Ctrl-C shuts down cleanly: a watcher releases its lock and wakes
+//! the other nodes, so one of them takes over within milliseconds (`systemctl stop`, `docker
+//! stop` and Ctrl-C all hand the lock over; only a crash or `kill -9` leaves it to expire).
 //!
 //! ```text
 //! redis-server --port 6379 &                                     # or any Redis at that URL
 //! cargo run --example node -- examples/config/dolos1.toml
-//! cargo run --example node -- examples/config/dolos2.toml   # second terminal
+//! cargo run --example node -- examples/config/dolos2.toml        # second terminal
+//! cargo run --example node -- --help
 //! ```
 //!
-//! The first node to start becomes the watcher (`INFO dolos_redis::mempool: acquired watcher
-//! lock`). Stop it with Ctrl-C: the lock is not released, so the other node takes over once it
-//! expires (`watcher_lock_ttl = 10`, as in the reference). Add `RUST_LOG=dolos_redis=debug` to see
-//! renewals and `not watcher, skipping confirm`.
+//! By default it writes nothing but its lease: pointed at a real Redis, it never touches the
+//! transactions there. Two options make it act like a whole node, each only when asked:
 //!
-//! Every `tx_interval_ms` the node submits a transaction, acknowledges what it propagated on the
-//! previous tick and propagates the head of the pending queue (`peek_pending` → `mark_inflight`).
-//! Its chain comes from stdin, one line each, when stdin is not a terminal:
+//! * `--fake-txs`: every `tx_interval_ms` it submits a made-up transaction, acknowledges what it
+//!   propagated on the previous tick and marks the head of the pending queue inflight, as a node
+//!   does with its peers (but sends nothing to anyone). Meant for a test Redis or a key prefix
+//!   of its own: the fake transactions land in the shared mempool.
+//! * `--blocks-from-stdin`: its chain comes from stdin, one line each (without the option stdin
+//!   is not read, so the runner can go in the background):
 //!
-//! ```text
-//! block <slot> <block hash, 64 hex> [<tx hash, 64 hex> ...]
-//! rollback <slot> <block hash, 64 hex> | rollback origin
-//! submit off | submit on
-//! quit
-//! ```
+//!   ```text
+//!   block <slot> <block hash, 64 hex> [<tx hash, 64 hex> ...]
+//!   rollback <slot> <block hash, 64 hex> | rollback origin
+//!   quit
+//!   ```
 //!
-//! The watcher applies that chain, block by block with `confirm` and each rollback with one
-//! `rollback_to`; a node that becomes the watcher first reconciles what Redis applied with its
-//! own chain ([`reconcile`]; README, "Forks and takeovers"). For example
-//! `(sleep 1; echo "block 1 $(printf '01%.0s' {1..32})"; sleep 600) | cargo run --example node --
-//! examples/config/dolos1.toml` feeds one empty block. Without blocks, propagated transactions
-//! simply stay inflight. `cargo demo` runs the fuller node of `harness/src/node.rs` (which also
-//! retries calls a full Redis refused, and reports to the harness) under a simulated chain.
+//!   As the watcher it applies that chain, block by block with `confirm` and each rollback with
+//!   one `rollback_to`; whenever it begins a watcher term (a new [`RedisMempool::watcher_epoch`])
+//!   it first reconciles what Redis applied with its own chain ([`reconcile`]; README, "Forks
+//!   and takeovers"). For example `(sleep 1; echo "block 1 $(printf '01%.0s' {1..32})"; sleep
+//!   600) | cargo run --example node -- examples/config/dolos1.toml --blocks-from-stdin` feeds
+//!   one empty block.
+//!
+//! Add `RUST_LOG=dolos_redis=debug` to see renewals and `not watcher, skipping confirm`.
+//! `cargo demo` runs the fuller node of `harness/src/node.rs` (which also retries calls a full
+//! Redis refused, and reports to the harness) under a simulated chain.
 
-use std::error::Error;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use dolos_redis::{ChainPoint, Config, ConfirmOutcome, EraCbor, MempoolTx, RedisMempool, TxHash};
 
-/// The node's TOML file: Dolos's `[storage.mempool]` table, and a `[demo]` table of its own.
+const USAGE: &str = "\
+usage: node <config.toml> [--fake-txs] [--blocks-from-stdin]
+       node --help
+
+Runs one node of a shared mempool, configured by the [storage.mempool] table of
+<config.toml> (and its optional [node] table: name, tx_interval_ms,
+finalize_threshold, drop_threshold). SIGTERM or Ctrl-C shuts it down cleanly,
+handing the watcher lock over at once; a second one exits at once.
+
+  --fake-txs           submit, propagate and acknowledge made-up transactions
+                       (they land in the shared mempool: use a test Redis)
+  --blocks-from-stdin  read the node's chain from stdin, one line each:
+                         block <slot> <block hash> [<tx hash> ...]
+                         rollback <slot> <block hash> | rollback origin
+                         quit
+  -h, --help           this text";
+
+/// The node's TOML file: Dolos's `[storage.mempool]` table, and a `[node]` table of its own.
 #[derive(serde::Deserialize)]
 struct File {
     storage: Storage,
     #[serde(default)]
-    demo: Settings,
+    node: Settings,
 }
 
 #[derive(serde::Deserialize)]
@@ -53,9 +80,10 @@ struct Storage {
 
 /// What a real node would take from the chain and its peers.
 #[derive(serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct Settings {
     name: String,
+    /// With `--fake-txs`: one transaction per interval.
     tx_interval_ms: u64,
     /// `confirm`'s F: confirmations until Finalized.
     finalize_threshold: u32,
@@ -74,6 +102,33 @@ impl Default for Settings {
     }
 }
 
+struct Args {
+    path: String,
+    fake_txs: bool,
+    blocks_from_stdin: bool,
+}
+
+/// `Ok(None)` for `--help`.
+fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
+    let (mut path, mut fake_txs, mut blocks_from_stdin) = (None, false, false);
+    for arg in args {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--fake-txs" => fake_txs = true,
+            "--blocks-from-stdin" => blocks_from_stdin = true,
+            other if other.starts_with('-') => return Err(format!("unknown option {other:?}")),
+            other if path.is_none() => path = Some(other.to_string()),
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    let path = path.ok_or("no config file given")?;
+    Ok(Some(Args {
+        path,
+        fake_txs,
+        blocks_from_stdin,
+    }))
+}
+
 struct Block {
     point: ChainPoint,
     txs: Vec<TxHash>,
@@ -85,16 +140,35 @@ struct Node {
     /// This node's chain, oldest first (a real node keeps it on disk).
     chain: Vec<Block>,
     /// `Some(n)`: the applied chain in Redis ends with our first `n` blocks, as our own calls
-    /// left it; `None`: not known (not the watcher, a takeover, a failed call): reconcile first.
+    /// left it; `None`: not known (not the watcher, a new term, a failed call): reconcile first.
     applied: Option<usize>,
-    submitting: bool,
+    /// The watcher term `applied` belongs to: a new epoch means another node may have held the
+    /// lock meanwhile, even if our flag was up at each of our polls.
+    term: Option<u64>,
+    /// Not before this does `sync` reconcile again after a reconcile that must wait or failed
+    /// (a new block, or a new term, brings it forward).
+    retry_at: Instant,
     /// Propagated on the previous tick; acknowledged on this one, as peers would.
     awaiting_ack: Vec<TxHash>,
 }
 
-fn main() -> Result<(), Box<dyn Error>> {
-    let Some(path) = std::env::args().nth(1) else {
-        return Err("usage: node <config.toml>   (e.g. examples/config/dolos1.toml)".into());
+/// How long a reconcile that must wait, or failed, waits before it tries again.
+const RETRY: Duration = Duration::from_secs(1);
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!(
+                "node: {e}\n{}\n(--help for more)",
+                USAGE.lines().next().unwrap_or("")
+            );
+            return ExitCode::from(2);
+        }
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(|buf, r| {
@@ -102,74 +176,122 @@ fn main() -> Result<(), Box<dyn Error>> {
             writeln!(buf, "{ts} {} {}: {}", r.level(), r.target(), r.args())
         })
         .init();
-    let file: File =
-        toml::from_str(&std::fs::read_to_string(&path)?).map_err(|e| format!("{path}: {e}"))?;
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("node: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM, SIGINT (Ctrl-C) and SIGQUIT raise the returned flag; a second one while it is up
+/// ends the process at once with status 1 (a shutdown that hangs can still be interrupted).
+fn termination_flag() -> std::io::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in signal_hook::consts::TERM_SIGNALS {
+        // In this order: the first signal only arms the exit, the second one exits.
+        signal_hook::flag::register_conditional_shutdown(*signal, 1, flag.clone())?;
+        signal_hook::flag::register(*signal, flag.clone())?;
+    }
+    Ok(flag)
+}
+
+/// How long the loop waits at most, so a signal is acted on within this.
+const POLL: Duration = Duration::from_millis(50);
+
+fn run(args: Args) -> Result<(), String> {
+    let stop = termination_flag().map_err(|e| format!("cannot handle signals: {e}"))?;
+    let text = std::fs::read_to_string(&args.path)
+        .map_err(|e| format!("cannot read {}: {e}", args.path))?;
+    let file: File = toml::from_str(&text).map_err(|e| format!("{}: {e}", args.path))?;
+    let prefix = file.storage.mempool.get_key_prefix().to_string();
+    let mempool = RedisMempool::open(file.storage.mempool)
+        .map_err(|e| format!("cannot open the mempool: {e}"))?;
     let mut node = Node {
-        mempool: RedisMempool::open(file.storage.mempool)?,
-        settings: file.demo,
+        mempool,
+        settings: file.node,
         chain: Vec::new(),
         applied: None,
-        submitting: true,
+        term: None,
+        retry_at: Instant::now(),
         awaiting_ack: Vec::new(),
     };
+    let name = node.settings.name.clone();
     println!(
-        "{} opened the mempool as node {}",
-        node.settings.name,
+        "{name}: opened mempool {prefix:?} as node {}",
         node.mempool.node_id()
     );
-    let mut input = if std::io::stdin().is_terminal() {
-        crossbeam_channel::never()
-    } else {
+    if args.fake_txs {
+        println!(
+            "{name}: --fake-txs: submitting made-up transactions under {prefix:?} every {} ms",
+            node.settings.tx_interval_ms
+        );
+    }
+    let mut input = if args.blocks_from_stdin {
         stdin_lines()
+    } else {
+        crossbeam_channel::never()
     };
-    let interval = Duration::from_millis(node.settings.tx_interval_ms);
+    let interval = Duration::from_millis(node.settings.tx_interval_ms.max(1));
     let (mut next_tick, mut next_summary) = (Instant::now(), Instant::now());
-    let mut was_watcher = false;
-    loop {
-        match input.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+    let mut was_watcher = None;
+    while !stop.load(Ordering::SeqCst) {
+        let wait = if args.fake_txs {
+            next_tick
+                .saturating_duration_since(Instant::now())
+                .min(POLL)
+        } else {
+            POLL
+        };
+        match input.recv_timeout(wait) {
             Ok(line) if line.trim() == "quit" => break,
             Ok(line) => {
                 if let Err(e) = node.on_line(&line) {
-                    println!("{e}: {line:?}");
+                    println!("{name}: {e}: {line:?}");
                 }
             }
-            // The end of the input ends the blocks only; the node goes on until interrupted.
+            // The end of the input ends the blocks only; the node goes on until stopped.
             Err(RecvTimeoutError::Disconnected) => input = crossbeam_channel::never(),
             Err(RecvTimeoutError::Timeout) => {}
         }
         let now = Instant::now();
-        if now >= next_tick {
-            if let Err(e) = node.tick() {
-                println!("tick: {e}");
+        if args.fake_txs && now >= next_tick {
+            if let Err(e) = node.fake_traffic() {
+                println!("{name}: fake traffic: {e}");
             }
             next_tick = (next_tick + interval).max(now);
         }
-        let watcher = node.mempool.is_watcher();
-        if watcher != was_watcher {
-            was_watcher = watcher;
-            println!(
-                "{}",
-                if watcher {
-                    "now the watcher"
-                } else {
-                    "following"
-                }
-            );
+        let epoch = node.mempool.watcher_epoch();
+        if was_watcher != Some(epoch.is_some()) {
+            was_watcher = Some(epoch.is_some());
+            match epoch {
+                Some(epoch) => println!("{name}: now the watcher (epoch {epoch})"),
+                None => println!("{name}: following"),
+            }
         }
-        if input.is_empty() {
-            node.sync();
+        // The chain comes from stdin only: without it there is nothing to apply.
+        if args.blocks_from_stdin && input.is_empty() {
+            node.sync(now);
         }
         if now >= next_summary {
             println!(
-                "{}: watcher {watcher}, chain {} blocks, applied {:?}",
-                node.settings.name,
+                "{name}: watcher {}, chain {} blocks, applied {:?}",
+                epoch.is_some(),
                 node.chain.len(),
                 node.applied
             );
             next_summary = now + Duration::from_secs(10);
         }
     }
-    node.mempool.shutdown()?; // hands the lock over at once
+    let was = node.mempool.is_watcher();
+    println!("{name}: shutting down");
+    node.mempool
+        .shutdown()
+        .map_err(|e| format!("shutdown: {e}"))?;
+    if was {
+        println!("{name}: handed the watcher lock over");
+    }
     Ok(())
 }
 
@@ -187,20 +309,25 @@ fn stdin_lines() -> Receiver<String> {
 }
 
 /// `<slot> <block hash>` as a point.
-fn point(slot: &str, hash: &str) -> Result<ChainPoint, Box<dyn Error>> {
-    Ok(ChainPoint::Specific(slot.parse()?, hash.parse()?))
+fn point(slot: &str, hash: &str) -> Result<ChainPoint, String> {
+    let slot = slot.parse().map_err(|e| format!("slot {slot:?}: {e}"))?;
+    let hash = hash.parse().map_err(|e| format!("{e}"))?;
+    Ok(ChainPoint::Specific(slot, hash))
 }
 
 impl Node {
-    fn on_line(&mut self, line: &str) -> Result<(), Box<dyn Error>> {
+    fn on_line(&mut self, line: &str) -> Result<(), String> {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             [] => {}
-            ["submit", on @ ("on" | "off")] => self.submitting = *on == "on",
             ["block", slot, hash, txs @ ..] => {
                 let point = point(slot, hash)?;
-                let txs = txs.iter().map(|t| t.parse()).collect::<Result<_, _>>()?;
+                let txs = txs
+                    .iter()
+                    .map(|t| t.parse().map_err(|e| format!("{e}")))
+                    .collect::<Result<_, _>>()?;
                 self.chain.push(Block { point, txs });
+                self.retry_at = Instant::now();
             }
             ["rollback", "origin"] => self.rollback(ChainPoint::Origin),
             ["rollback", slot, hash] => self.rollback(point(slot, hash)?),
@@ -209,18 +336,17 @@ impl Node {
         Ok(())
     }
 
-    /// Submits, acknowledges and propagates, as a node does with its peers.
-    fn tick(&mut self) -> Result<(), dolos_redis::Error> {
-        if self.submitting {
-            let mut hash = [0u8; 32];
-            hash[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-            hash[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-            // A CBOR array header, so the body at least starts like a transaction.
-            let mut body = vec![0x84];
-            body.resize(300, 0xa0);
-            self.mempool
-                .receive(MempoolTx::new(TxHash::from(hash), EraCbor(6, body)))?;
-        }
+    /// `--fake-txs`: submits a made-up transaction, acknowledges and propagates, as a node does
+    /// with its peers.
+    fn fake_traffic(&mut self) -> Result<(), dolos_redis::Error> {
+        let mut hash = [0u8; 32];
+        hash[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        hash[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        // A CBOR array header, so the body at least starts like a transaction.
+        let mut body = vec![0x84];
+        body.resize(300, 0xa0);
+        self.mempool
+            .receive(MempoolTx::new(TxHash::from(hash), EraCbor(6, body)))?;
         let acks = std::mem::take(&mut self.awaiting_ack);
         if !acks.is_empty() {
             self.mempool.mark_acknowledged(&acks)?;
@@ -263,12 +389,17 @@ impl Node {
         }
     }
 
-    /// As the watcher, applies our blocks that Redis lacks; after a takeover or a failed call,
-    /// reconciles first. A block that fails is offered again after the next reconcile, so none
-    /// is skipped.
-    fn sync(&mut self) {
-        if !self.mempool.is_watcher() {
+    /// As the watcher, applies our blocks that Redis lacks; in a new term or after a failed
+    /// call, reconciles first. A block that fails is offered again after the next reconcile,
+    /// so none is skipped.
+    fn sync(&mut self, now: Instant) {
+        let epoch = self.mempool.watcher_epoch();
+        if epoch != self.term {
             self.applied = None;
+            self.term = epoch;
+            self.retry_at = now;
+        }
+        if epoch.is_none() || (self.applied.is_none() && now < self.retry_at) {
             return;
         }
         if self.applied.is_none() {
@@ -277,9 +408,13 @@ impl Node {
                     println!("reconciled: the applied chain ends with my first {n} blocks");
                     self.applied = Some(n);
                 }
-                Ok(None) => return,
+                Ok(None) => {
+                    self.retry_at = now + RETRY;
+                    return;
+                }
                 Err(e) => {
                     println!("reconcile: {e}");
+                    self.retry_at = now + RETRY;
                     return;
                 }
             }

@@ -17,7 +17,25 @@ use dolos_redis::{
     BlockHash, ChainPoint, Config, EraCbor, MempoolTx, MempoolTxStage, RedisMempool, TxHash,
 };
 
+const USAGE: &str = "\
+usage: two_nodes [--help]
+
+Two nodes sharing one mempool in one process; the watcher shuts down halfway and
+the other takes over at once. Uses $REDIS_URL, else starts a private redis-server
+(redis-server on the PATH). RUST_LOG=dolos_redis=debug shows the lease lines.";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        Some(other) => {
+            eprintln!("two_nodes: unexpected argument {other:?}\n{USAGE}");
+            std::process::exit(2);
+        }
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
     // `REDIS_URL`, else a private server, kept alive for the whole run (killed when dropped).

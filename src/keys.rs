@@ -11,6 +11,7 @@
 //! | `P:watcher:epoch`      | string | counter, +1 on every acquisition of the lock; never expires |
 //! | `P:watcher:wake`       | pub/sub channel | `released` when the lock is released, `acquired <node>` when taken: followers take over at once, a deposed watcher steps down at once |
 //! | `P:watcher:fence`      | string | the watcher's node id again, same TTL, kept by acquire/renew: outlives a lock deleted by hand, so nobody else takes it while the watcher lives (deleted by release and by the operator's reset) |
+//! | `P:watcher:live:<node>` | pub/sub channel | never published on: each candidate node subscribes to its own while it runs, so `PUBSUB NUMSUB` tells the others whether its connection is still open (see `src/lease/liveness.rs`) |
 //! | `P:meta`               | hash   | `layout` (the version of this layout, see [`LAYOUT`]), `H` (the applied chain's height), `ev` (the last event number), `cur` (the drop cursor, see `confirm.lua`), `ack` (Acknowledged txs), `nconf` (Confirmed txs), `lseq` (the last log sequence) |
 //! | `P:chain`              | zset   | the applied chain: `<slot, 20 digits>[:<block hash>]` of each applied block scored by its height; the newest `applied_history` blocks |
 //! | `P:txs`                | hash   | tx hash → `<era>\|<CBOR body>`, for every pending and inflight tx; written once by `receive`, never rewritten |
@@ -139,6 +140,9 @@ pub(crate) struct Keys {
     pub events: String,
     /// The keys of the first layout that this one dropped (see [`LAYOUT`]).
     pub first_layout: Vec<String>,
+    /// The start of every node's liveness channel, `P:watcher:live:`; the node id follows. A
+    /// channel, not a key: not a [`Key`], passed to the lease scripts as an argument.
+    pub live: String,
 }
 
 impl Keys {
@@ -158,8 +162,14 @@ impl Keys {
             done: name(Key::Done),
             events: name(Key::Events),
             first_layout: FIRST_LAYOUT_ONLY.iter().map(|s| k(s)).collect(),
+            live: k("watcher:live:"),
             names,
         }
+    }
+
+    /// The liveness channel of node `node_id`.
+    pub fn live_channel(&self, node_id: &str) -> String {
+        format!("{}{node_id}", self.live)
     }
 
     /// The full name of `key`.
@@ -245,6 +255,13 @@ mod tests {
         for untagged in ["dolos:mempool", "{}:mempool", "{dolos:mempool", "dolos}:{"] {
             assert_eq!(hash_tag(untagged), None, "{untagged}");
         }
+    }
+
+    #[test]
+    fn liveness_channels_sit_under_the_prefix() {
+        let keys = Keys::new("{dolos}:mempool");
+        assert_eq!(keys.live_channel("n1"), "{dolos}:mempool:watcher:live:n1");
+        assert!(keys.live_channel("n1").starts_with(&keys.live));
     }
 
     #[test]

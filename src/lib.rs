@@ -52,6 +52,7 @@ mod keys;
 mod lease;
 mod memory;
 mod mempool;
+mod metrics;
 mod scripts;
 mod types;
 

@@ -5,10 +5,10 @@
 //! [`lua!`] lines below) and names for it in a first line `local K = {txs = KEYS[1], ...}`: a
 //! script says `K.txs`, and a test checks that every key a script names is declared. What goes
 //! to Redis is a `#!lua` header line (Redis ≥ 7, see [`Header`]), that `K` line, the shared
-//! fragments the script uses (`common.lua`, `undo.lua`; the lease's scripts `prelude.lua`), and
-//! its own file, in that order. redis-rs sends `EVALSHA` and loads a script on `NOSCRIPT` by
-//! itself; [`Scripts::load_all`] loads them when the mempool opens so that the steady state is
-//! one round trip per call.
+//! fragments the script uses (`common.lua`, `undo.lua`; the lease's scripts `prelude.lua`, then
+//! `liveness.lua` for those that count liveness subscribers), and its own file, in that order.
+//! redis-rs sends `EVALSHA` and loads a script on `NOSCRIPT` by itself; [`Scripts::load_all`]
+//! loads them when the mempool opens so that the steady state is one round trip per call.
 //!
 //! Reads that one plain command answers atomically (`has_pending`, `applied_points`,
 //! `dump_finalized`) are sent as that command, through [`plain`].
@@ -144,6 +144,7 @@ pub(crate) struct Scripts {
     acquire: Lua,
     renew: Lua,
     release: Lua,
+    take_over: Lua,
     stats: Lua,
     reset_lock: Lua,
     /// Run once at open, not preloaded.
@@ -216,9 +217,10 @@ impl Scripts {
             ),
             watcher_info: lua!(Reads, h, "watcher_info.lua", [Lock, Epoch, Chain]),
             events_snapshot: lua!(Reads, h, "events_snapshot.lua", [Meta, Confirmed, Points]),
-            acquire: lua!(KeepsLock, h, "acquire.lua", [Lock, Fence, Epoch, Wake, Meta, Events], with "prelude.lua"),
-            renew: lua!(KeepsLock, h, "renew.lua", [Lock, Fence, Epoch, Wake, Meta, Events], with "prelude.lua"),
+            acquire: lua!(KeepsLock, h, "acquire.lua", [Lock, Fence, Epoch, Wake, Meta, Events], with "prelude.lua", with "liveness.lua"),
+            renew: lua!(KeepsLock, h, "renew.lua", [Lock, Fence, Epoch, Wake, Meta, Events], with "prelude.lua", with "liveness.lua"),
             release: lua!(KeepsLock, h, "release.lua", [Lock, Fence, Epoch, Wake, Meta, Events], with "prelude.lua"),
+            take_over: lua!(KeepsLock, h, "take_over.lua", [Lock, Fence, Epoch, Wake, Meta, Events], with "prelude.lua", with "liveness.lua"),
             stats: lua!(
                 Reads,
                 h,
@@ -238,7 +240,7 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Lua; 16] {
+    fn all(&self) -> [&Lua; 17] {
         [
             &self.receive,
             &self.peek_pending,
@@ -254,6 +256,7 @@ impl Scripts {
             &self.acquire,
             &self.renew,
             &self.release,
+            &self.take_over,
             &self.stats,
             &self.reset_lock,
         ]
@@ -481,7 +484,13 @@ mod tests {
             assert!(first_line(lua).starts_with("#!lua"), "{}", first_line(lua));
         }
         // Only the lease's scripts may run while Redis is out of memory.
-        let keeps_lock = [&with.acquire, &with.renew, &with.release, &with.reset_lock];
+        let keeps_lock = [
+            &with.acquire,
+            &with.renew,
+            &with.release,
+            &with.take_over,
+            &with.reset_lock,
+        ];
         let writes = [
             &with.receive,
             &with.mark_inflight,
@@ -510,7 +519,7 @@ mod tests {
                 assert_eq!(lua.writes, may_write, "{line}");
             }
         }
-        assert_eq!(keeps_lock.len() + writes.len() + reads.len(), 17);
+        assert_eq!(keeps_lock.len() + writes.len() + reads.len(), 18);
         // Redis 6.2 cannot compile the header: none at all, the keys first.
         let without = Scripts::new(false);
         for lua in without.all() {

@@ -7,7 +7,8 @@
 //! sends: `INFO` (the server's version and memory settings: at open, in `stats` and now and then),
 //! `SCRIPT LOAD` and `EVALSHA` for every call (one Lua script each), the commands those
 //! scripts run (`src/scripts/*.lua`; Redis checks a script's commands and keys against the
-//! caller's ACL too), `SUBSCRIBE`/`PING` on the wake channel (and the `UNSUBSCRIBE`/
+//! caller's ACL too, `PUBSUB NUMSUB` among them for the liveness checks), `SUBSCRIBE`/`PING` on
+//! the wake channel and the node's liveness channel (and the `UNSUBSCRIBE`/
 //! `PUNSUBSCRIBE` redis-rs sends when it closes a subscription), `GET` and `XREAD` for the event
 //! reader, `TYPE` to name a key of the wrong type, and `CLIENT SETNAME` (optional: a node
 //! tolerates its refusal, but operators want named connections in `CLIENT LIST`).
@@ -54,6 +55,8 @@ const NODE_COMMANDS: &[&str] = &[
     "+xlen",
     "+xtrim",
     "+publish",
+    // Liveness: the count of a node's liveness subscribers (lease scripts).
+    "+pubsub|numsub",
     // Outside scripts: the server's version and memory settings and the layout version (read
     // at open), the wake channel, the event reader, the reads that are one plain command,
     // naming the key of a wrong type, naming connections.
@@ -70,8 +73,8 @@ const NODE_COMMANDS: &[&str] = &[
 ];
 
 /// The `ACL SETUSER` arguments that give `user` exactly what a node of mempool `prefix` needs:
-/// the commands above, the keys `<prefix>:*` and the channel `<prefix>:watcher:wake` (written
-/// `<prefix>:*` so the rule survives new channels under the prefix).
+/// the commands above, the keys `<prefix>:*` and the channels `<prefix>:watcher:wake` and
+/// `<prefix>:watcher:live:<node id>` (written `<prefix>:*`, which covers both).
 fn node_rule(user: &str, password: &str, prefix: &str) -> Vec<String> {
     let mut args: Vec<String> = vec![
         user.into(),
@@ -134,6 +137,26 @@ use support::logs::{assert_never_shown, capture_logs};
 // ---- the tests ----
 
 #[test]
+fn the_readme_rule_grants_what_a_node_sends() {
+    let readme = include_str!("../README.md");
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("ACL SETUSER dolos-node "))
+        .expect("the README's ACL rule");
+    let mut documented: Vec<&str> = line.split(' ').filter(|w| w.starts_with('+')).collect();
+    let mut needed = NODE_COMMANDS.to_vec();
+    documented.sort_unstable();
+    needed.sort_unstable();
+    assert_eq!(
+        documented, needed,
+        "the README's rule and this test's differ"
+    );
+    for pattern in ["~dolos:mempool:*", "&dolos:mempool:*", "-@all"] {
+        assert!(line.split(' ').any(|w| w == pattern), "{pattern} missing");
+    }
+}
+
+#[test]
 fn a_node_runs_fully_as_a_user_restricted_to_its_prefix() {
     capture_logs();
     let server = RedisServer::start();
@@ -146,10 +169,13 @@ fn a_node_runs_fully_as_a_user_restricted_to_its_prefix() {
     let report = full_run(&|| node_config(&url, prefix));
     println!(
         "as the restricted user: takeover {} ms after the operator's reset, graceful handover \
-         {} ms (followers poll every {} ms)",
+         {} ms (followers poll every {} ms), takeover {} ms after a crash (its lock had {} ms \
+         left)",
         report.takeover_after_reset.as_millis(),
         report.handover.as_millis(),
-        (TTL / 3).as_millis()
+        (TTL / 3).as_millis(),
+        report.takeover_after_crash.as_millis(),
+        report.crashed_lock_left.as_millis()
     );
     // Faster than a follower's poll: both came through the wake channel, which the user may
     // subscribe to and publish on.

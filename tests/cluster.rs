@@ -2,12 +2,13 @@
 //! (`redis-server --cluster-enabled yes`) that the test joins into one cluster. The whole life
 //! of a mempool and the watcher's handover and takeover run against it; two mempools whose hash
 //! tags fall on different primaries work side by side; a prefix without a hash tag is refused;
-//! a dead or hung seed node is skipped; a slot moved to another primary is followed.
+//! a dead or hung seed node is skipped; a slot moved to another primary is followed, by the
+//! calls and by the watcher's liveness subscription, and nobody is declared dead meanwhile.
 //!
 //! The cluster is joined by hand (`CLUSTER ADDSLOTSRANGE`, `SET-CONFIG-EPOCH`, `MEET`) rather
 //! than with `redis-cli --cluster create`, whose join loop sleeps a whole second per check.
-//! Tests that only read and write share one cluster (it lives while one of them runs); the one
-//! that moves a slot gets its own.
+//! Tests that only read and write share one cluster (it lives while one of them runs); the ones
+//! that move a slot get their own.
 
 #![cfg(feature = "cluster")]
 
@@ -207,7 +208,9 @@ fn the_watcher_hands_over_and_is_taken_over_on_a_cluster() {
     );
     assert!(one_watcher(&nodes), "two watchers");
 
-    // A crash: the lock stays until its TTL runs out.
+    // A crash: the lock stays, but its holder's liveness subscription (on the slot's owner)
+    // goes with it: a follower takes over within a few checks (`full_run` shows it on a
+    // longer TTL), at worst when the lock expires.
     let watcher = nodes
         .iter()
         .position(|n| n.is_watcher())
@@ -383,4 +386,121 @@ fn a_slot_moved_to_another_primary_is_followed() {
         .query(&mut c)
         .expect("hlen on the new owner");
     assert_eq!(n, 1);
+}
+
+/// The number of subscribers of `channel` on one cluster node (`PUBSUB NUMSUB` counts only that
+/// node's own).
+fn subscribers(node: &RedisServer, channel: &str) -> i64 {
+    let mut c = node.connection();
+    let (_, n): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query(&mut c)
+        .expect("pubsub numsub");
+    n
+}
+
+#[test]
+fn after_its_slot_moves_nobody_is_declared_dead_early_and_liveness_follows_the_lock() {
+    support::init_logging();
+    // Its own cluster: moving a slot must not disturb the other tests.
+    let cluster = Cluster::start();
+    let prefix = format!("{{{}}}:mempool", unique_tag("live"));
+    let slot = cluster.keyslot(&prefix);
+    let from = cluster.owner(&prefix);
+    let to = (from + 1) % 3;
+    // A TTL far longer than the test: any takeover before the crash would be a liveness one.
+    let ttl = Duration::from_secs(10);
+    let node = || {
+        RedisMempool::open(cluster_config(&cluster, &prefix).watcher_lock_ttl(ttl)).expect("open")
+    };
+    let watcher = node();
+    assert!(wait_until(SETTLE, || watcher.is_watcher()));
+    let follower = node();
+    let live = format!("{prefix}:watcher:live:{}", watcher.node_id());
+    assert_eq!(subscribers(&cluster.nodes[from], &live), 1);
+
+    // Move the slot, keys and all: importing on the target, migrating on the source, the keys
+    // over, then the new owner everywhere (the target first).
+    let (from_id, to_id) = (cluster.node_id(from), cluster.node_id(to));
+    let setslot = |node: usize, args: &[&str]| {
+        let mut c = cluster.nodes[node].connection();
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg(args)
+            .query::<()>(&mut c)
+            .unwrap_or_else(|e| panic!("setslot {args:?} on node {node}: {e}"));
+    };
+    setslot(to, &["IMPORTING", &from_id]);
+    setslot(from, &["MIGRATING", &to_id]);
+    let mut source = cluster.nodes[from].connection();
+    loop {
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(100)
+            .query(&mut source)
+            .expect("getkeysinslot");
+        if keys.is_empty() {
+            break;
+        }
+        redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(cluster.nodes[to].port())
+            .arg("")
+            .arg(0)
+            .arg(5_000)
+            .arg("KEYS")
+            .arg(&keys)
+            .query::<()>(&mut source)
+            .expect("migrate");
+    }
+    for node in [to, from, 3 - to - from] {
+        setslot(node, &["NODE", &to_id]);
+    }
+    let moved = Instant::now();
+
+    // The watcher's liveness subscription is still on the old owner, and the follower's lease
+    // connection was replaced (MOVED): on the new owner it has not seen the watcher alive, so
+    // it must not take over. The watcher's next renewal (within a third of the TTL) finds its
+    // own subscription missing there and subscribes again, on the new owner.
+    let followed = wait_until(ttl * 2, || {
+        assert!(
+            !follower.is_watcher(),
+            "the follower took over after the move"
+        );
+        subscribers(&cluster.nodes[to], &live) == 1
+    });
+    assert!(
+        followed,
+        "the watcher's liveness never reached the new owner"
+    );
+    println!(
+        "slot moved: the watcher's liveness subscription reached the new owner after {:?}",
+        moved.elapsed()
+    );
+    assert!(
+        wait_until(SETTLE, || watcher.is_watcher()),
+        "the watcher did not keep its flag"
+    );
+    assert!(
+        wait_until(SETTLE, || subscribers(&cluster.nodes[from], &live) == 0),
+        "the old subscription is still there"
+    );
+    // Long enough for the follower to see it alive there.
+    assert!(!wait_until(Duration::from_millis(500), || follower.is_watcher()));
+
+    // Now a crash is seen on the new owner, long before the lock expires.
+    let t0 = Instant::now();
+    watcher.abandon();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{prefix}:watcher:lock"))
+        .query(&mut cluster.nodes[to].connection())
+        .expect("pttl on the new owner");
+    let left = Duration::from_millis(pttl.max(0) as u64);
+    assert!(wait_until(SETTLE, || follower.is_watcher()));
+    let took = t0.elapsed();
+    println!("after the move a crashed watcher was replaced in {took:?} ({left:?} left)");
+    assert!(took < left, "the follower waited for the lock to expire");
 }

@@ -384,7 +384,12 @@ fn open_against_a_silent_server_fails_fast() {
 fn every_call_fails_while_redis_is_unreachable_then_recovers() {
     support::init_logging();
     let mut server = RedisServer::start();
-    let m = lone_watcher(config_with(&server, "down", LONG_TTL, IO_TIMEOUT));
+    // Without liveness checks: with them, the flag drops the moment Redis closes the wake
+    // connection, and `confirm` would answer `NotWatcher` without asking Redis; this test
+    // wants the watcher's `confirm` to reach the dead server.
+    let m = lone_watcher(
+        config_with(&server, "down", LONG_TTL, IO_TIMEOUT).liveness_check(Duration::ZERO),
+    );
     let a = hash(0);
     m.receive(tx(0)).unwrap();
     m.mark_inflight(&[a]).unwrap();
@@ -512,4 +517,26 @@ fn a_call_to_a_stalled_server_times_out_and_later_calls_get_their_own_replies() 
         assert_eq!(pending[0].hash, a);
         assert!(m.watcher_info().unwrap().epoch >= 1);
     }
+}
+
+/// A blip that closed the lease thread's idle connection between two renewals shows only when
+/// the thread next speaks: a shutdown right after it must still release the lock (on a new
+/// connection), not leave it to expire.
+#[test]
+fn shutdown_after_a_blip_on_the_idle_lease_link_still_releases_the_lock() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    // Renewals every ttl/3 = 10 s: the lease link stays idle through the blip.
+    let node = lone_watcher(config_with(&proxy, "blip", LONG_TTL, IO_TIMEOUT));
+    proxy.refuse(); // closes every open connection
+    proxy.heal();
+    // The flag may be down for a moment (the liveness connection broke too); the lock is still
+    // this node's, and a shutdown must hand it over.
+    assert_eq!(
+        lock_holder(&mut server.connection(), "blip").as_deref(),
+        Some(node.node_id())
+    );
+    node.shutdown()
+        .expect("the release is made on a new connection");
+    assert_eq!(lock_holder(&mut server.connection(), "blip"), None);
 }

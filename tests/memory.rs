@@ -476,7 +476,9 @@ fn keeps_the_lock_while_full(headers: Headers) {
         "redis is no longer full"
     );
 
-    // A crash while full: the follower acquires once the lock expires.
+    // A crash while full: the follower takes over (at once, through the crashed watcher's
+    // vanished liveness subscription, since the lease's scripts run whatever the memory; as
+    // on Redis 6.2 only once memory is back, whatever the lock says).
     let crashed = Instant::now();
     a.abandon();
     if headers == Headers::AsOnRedis62 {

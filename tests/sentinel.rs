@@ -2,8 +2,11 @@
 //! and three sentinels started by the test. Two nodes under load with the durability option
 //! (`wait_replicas(1, ..)`) live through a SIGKILL of the primary: the mempool works again after
 //! the promotion, every acknowledged write is still there, one watcher leads, and no block is
-//! applied twice. Also: a node whose connection reaches a replica (a demoted primary) gets a
-//! transient error naming `READONLY`, and the connection is replaced.
+//! applied twice, and no follower took the lock early because the watcher's liveness
+//! subscription had not reached the new primary yet; after it, a crashed watcher is replaced
+//! through its liveness subscription on the new primary. Also: a node whose connection reaches
+//! a replica (a demoted primary) gets a transient error naming `READONLY`, and the connection is
+//! replaced.
 //!
 //! Two replicas, not one: with `wait_replicas(1, ..)` the promoted replica needs a replica of
 //! its own (the other one, which the sentinels move over) before any write can be acknowledged
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant};
 use dolos_redis::{
     ChainPoint, Config, ConfirmOutcome, EraCbor, Error, MempoolTx, RedisMempool, TxHash,
 };
+use support::logs::{capture_logs, logs_containing};
 use support::server::SentinelOptions;
 use support::{wait_until, RedisServer, ServerOptions};
 
@@ -30,6 +34,8 @@ const TTL: Duration = Duration::from_secs(1);
 const FORM: Duration = Duration::from_secs(15);
 /// CI bound on the outage after the primary is killed; the measured value is printed.
 const OUTAGE_BOUND: Duration = Duration::from_secs(15);
+/// Bound for what takes milliseconds on an idle machine.
+const SETTLE: Duration = Duration::from_secs(10);
 
 /// Replicas sync at once (the default waits 5 s to batch diskless syncs), which matters after
 /// the failover, when the remaining replica moves to the promoted one.
@@ -241,7 +247,7 @@ fn load(
 
 #[test]
 fn the_mempool_survives_a_failover_without_losing_acknowledged_writes() {
-    support::init_logging();
+    capture_logs();
     let started = Instant::now();
     let mut d = Deployment::start();
     println!("deployment formed in {:?}", started.elapsed());
@@ -417,20 +423,58 @@ fn the_mempool_survives_a_failover_without_losing_acknowledged_writes() {
             "block {slot} acknowledged as applied was lost"
         );
     }
+    // Every connection broke with the primary; the followers' new lease connections reached
+    // the new primary before the watcher's liveness subscription did, or after: either way
+    // nobody was declared dead for it.
+    for node in &nodes {
+        let early = logs_containing(&format!("previous holder {} is gone", node.node_id()));
+        assert!(
+            early.is_empty(),
+            "a liveness takeover in the failover: {early:?}"
+        );
+    }
+    for node in nodes {
+        node.shutdown().unwrap();
+    }
+
+    // On the new primary, a crashed watcher is replaced through its liveness subscription,
+    // long before its lock (with a TTL of 10 s) could expire.
+    let prefix = "sentinel-after-failover";
+    let node = || {
+        RedisMempool::open(node_config(&d, prefix).watcher_lock_ttl(Duration::from_secs(10)))
+            .expect("open")
+    };
+    let watcher = node();
+    assert!(wait_until(SETTLE, || watcher.is_watcher()));
+    let follower = node();
+    let crashed = watcher.node_id().to_string();
+    let t0 = Instant::now();
+    watcher.abandon();
+    let left = follower
+        .watcher_info()
+        .expect("watcher_info")
+        .ttl
+        .expect("the crashed watcher's lock");
+    assert!(wait_until(SETTLE, || follower.is_watcher()));
+    let took = t0.elapsed();
     println!(
-        "{} blocks applied in all, {} acknowledged; test took {:?}",
+        "{} blocks applied in all, {} acknowledged; after the failover a crashed watcher was \
+         replaced in {took:?} (its lock had {left:?} left); test took {:?}",
         blocks.len(),
         applied.len(),
         started.elapsed()
     );
-    for node in nodes {
-        node.shutdown().unwrap();
-    }
+    assert!(took < left, "the follower waited for the lock to expire");
+    assert_eq!(
+        logs_containing(&format!("previous holder {crashed} is gone")).len(),
+        1
+    );
+    follower.shutdown().unwrap();
 }
 
 #[test]
 fn a_write_to_a_replica_is_a_transient_error_and_the_connection_is_replaced() {
-    support::init_logging();
+    capture_logs();
     let primary = primary();
     let replica = replica_of(&primary);
     assert!(wait_until(FORM, || link_up(&replica)));
@@ -521,7 +565,7 @@ fn sentinel_configs_are_validated_and_never_show_passwords() {
 
 #[test]
 fn writes_too_few_replicas_confirmed_fail_and_raise_no_watcher_flag() {
-    support::init_logging();
+    capture_logs();
     let primary = primary();
     let mut replica = replica_of(&primary);
     assert!(wait_until(FORM, || link_up(&replica) && acknowledging(&primary, 1)));
@@ -606,7 +650,7 @@ fn a_dolos_toml_table_configures_sentinel_and_the_durability_option() {
 
 #[test]
 fn the_event_reader_follows_a_stream_that_lost_its_last_writes() {
-    support::init_logging();
+    capture_logs();
     // A restart without persistence loses every write, as a failover loses the ones no replica
     // had: the stream's counter comes back below what the reader delivered.
     let mut server = RedisServer::start();

@@ -217,10 +217,13 @@ fn a_node_runs_fully_over_tls_with_a_client_certificate_and_a_password() {
             .watcher_lock_ttl(TTL)
     });
     println!(
-        "over TLS: whole run {:?}; takeover {} ms after the reset, graceful handover {} ms",
+        "over TLS: whole run {:?}; takeover {} ms after the reset, graceful handover {} ms, \
+         takeover {} ms after a crash (its lock had {} ms left)",
         started.elapsed(),
         report.takeover_after_reset.as_millis(),
-        report.handover.as_millis()
+        report.handover.as_millis(),
+        report.takeover_after_crash.as_millis(),
+        report.crashed_lock_left.as_millis()
     );
     // Through the wake channel (a follower's own poll comes only every third of the TTL).
     assert!(report.takeover_after_reset < TTL / 3, "{report:?}");

@@ -1,6 +1,7 @@
 //! Watcher election against a real redis-server: one watcher among several nodes, takeover after
-//! a crash or a graceful shutdown, a lock deleted by hand, a frozen lease thread (fencing), and
-//! a watcher that keeps its lease across many renewals.
+//! a crash (here with liveness checks off: the TTL path; `crash_takeover.rs` has the fast one)
+//! or a graceful shutdown, a lock deleted by hand, a frozen lease thread (fencing), and a
+//! watcher that keeps its lease across many renewals.
 //!
 //! Every test uses a lock TTL of 1 s. Time-bound assertions carry margins that hold on a loaded
 //! 2-core machine; the measured figures are printed (`cargo test -- --nocapture`) so that the
@@ -80,11 +81,21 @@ fn exactly_one_of_three_nodes_is_watcher() {
 }
 
 #[test]
-fn crashed_watcher_is_replaced_after_the_lock_expires() {
+fn without_liveness_checks_a_crashed_watcher_is_replaced_after_the_lock_expires() {
     support::init_logging();
     let server = RedisServer::start();
     let prefix = "watcher-test:crash";
-    let mut nodes = open_nodes(&server, prefix, 3);
+    // Without liveness checks `abandon` is a crash the followers cannot see: only the lock's
+    // expiry tells them.
+    let mut nodes: Vec<RedisMempool> = (0..3)
+        .map(|_| {
+            open(
+                config(&server, prefix)
+                    .watcher_lock_ttl(TTL)
+                    .liveness_check(Duration::ZERO),
+            )
+        })
+        .collect();
     let w = settle_single_watcher(&nodes);
     let epoch_before = nodes[0].watcher_info().expect("info").epoch;
 
@@ -93,12 +104,13 @@ fn crashed_watcher_is_replaced_after_the_lock_expires() {
     let t0 = Instant::now();
     crashed.abandon();
     // Not released: the key stays until it expires.
-    let (holder, _) = raw_lock(&server, prefix);
+    let (holder, pttl) = raw_lock(&server, prefix);
     assert_eq!(
         holder.as_deref(),
         Some(crashed_id.as_str()),
         "abandon released the lock"
     );
+    let expiry = t0 + Duration::from_millis(pttl.max(0) as u64);
 
     let took_over = wait_until(TTL + SETTLE, || !watchers(&nodes).is_empty());
     let elapsed = t0.elapsed();
@@ -111,6 +123,10 @@ fn crashed_watcher_is_replaced_after_the_lock_expires() {
     assert!(
         elapsed < TTL + Duration::from_secs(1),
         "takeover took {elapsed:?}"
+    );
+    assert!(
+        Instant::now() >= expiry,
+        "taken over before the lock could expire"
     );
 
     let new = settle_single_watcher(&nodes);

@@ -11,11 +11,13 @@ use dolos_redis_testkit as support;
 use std::process::Command;
 use std::time::Duration;
 
-/// The quick demo takes about 7 s; this leaves room for a loaded 2-core machine.
+/// The quick demo takes about 6 s; this leaves room for a loaded 2-core machine.
 const TIMEOUT: Duration = Duration::from_secs(90);
 
-/// `--quick` uses a 1 s lock TTL: a takeover after a crash or a partition takes at most about
-/// that long, plus a margin for scheduling delays on a busy CI machine.
+/// `--quick` uses a 1 s lock TTL: a takeover after a partition takes at most about that long,
+/// one after a kill a few liveness checks (about 150 ms; the line says how long the lock still
+/// had), plus a margin for scheduling delays on a busy CI machine. Only the generous bound is
+/// asserted; the figures are printed.
 const TAKEOVER_LIMIT_MS: u64 = 1_000 + 1_000;
 
 /// The number in `... took over after <n> ms` on the line containing `marker`.

@@ -13,6 +13,9 @@ use crate::Error;
 mod toml;
 mod validate;
 
+/// The default of [`Config::liveness_check`].
+const DEFAULT_LIVENESS_CHECK: Duration = Duration::from_millis(100);
+
 /// The refusal of a setting: `<field>: <why>`, the one form of every [`Error::InvalidConfig`]
 /// (callers and tests read the field from it).
 pub(crate) fn invalid(field: &str, why: impl fmt::Display) -> Error {
@@ -33,7 +36,10 @@ pub(crate) fn invalid(field: &str, why: impl fmt::Display) -> Error {
 ///
 /// With the `serde` feature, the `[storage.mempool]` table of a Dolos configuration deserializes
 /// into a `Config` unchanged (see the crate README): `backend` must be `"redis"` and
-/// `watcher_lock_ttl` is given in whole seconds.
+/// `watcher_lock_ttl` is given in whole seconds. A key the crate does not read (a misspelling
+/// such as `watcher_lock_tll`) is refused: [`Config::validate`], and so
+/// [`RedisMempool::open`](crate::RedisMempool::open), fails with [`Error::InvalidConfig`]
+/// naming the key and the known key nearest to it. The table holds this crate's settings only.
 #[derive(Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(try_from = "toml::RawConfig"))]
@@ -43,6 +49,8 @@ pub struct Config {
     pub(crate) pool_size: u32,
     pub(crate) max_finalized: usize,
     pub(crate) watcher_lock_ttl: Duration,
+    /// [`Config::liveness_check`]; zero when off.
+    pub(crate) liveness_check: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
     pub(crate) max_pending: usize,
@@ -62,6 +70,9 @@ pub struct Config {
     #[cfg(feature = "test-hooks")]
     pub(crate) script_headers: bool,
     pub(crate) allow_eviction: bool,
+    /// A key of the TOML table this crate does not read: `(key, why)`, refused by
+    /// [`Config::validate`] (see `toml.rs`). Always `None` for a `Config` built in code.
+    pub(crate) unknown_key: Option<(String, String)>,
 }
 
 /// Where the sentinels are and which primary to ask them for.
@@ -83,6 +94,7 @@ impl Config {
             pool_size: 10,
             max_finalized: 10_000,
             watcher_lock_ttl: Duration::from_secs(10),
+            liveness_check: DEFAULT_LIVENESS_CHECK,
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_secs(2),
             max_pending: 100_000,
@@ -98,6 +110,7 @@ impl Config {
             #[cfg(feature = "test-hooks")]
             script_headers: true,
             allow_eviction: false,
+            unknown_key: None,
         }
     }
 
@@ -220,6 +233,29 @@ impl Config {
     /// Defaults to 10 seconds.
     pub fn watcher_lock_ttl(mut self, ttl: Duration) -> Config {
         self.watcher_lock_ttl = ttl;
+        self
+    }
+
+    /// How often a follower looks whether the watcher's process is still alive, so that a
+    /// watcher that died (killed, crashed, OOM-killed) is replaced within a few of these instead
+    /// of after the lock's TTL. `Duration::ZERO` turns it off: the TTL alone decides, as in
+    /// the reference deployment.
+    ///
+    /// Every candidate node keeps a subscription to a channel of its own under the prefix
+    /// (`<prefix>:watcher:live:<node id>`, on the connection that also listens on the wake
+    /// channel) for as long as it runs; when its process dies, its kernel closes that
+    /// connection and Redis drops it at once. A follower declares the watcher dead when it has
+    /// seen that subscription and then finds it gone on two looks at least this far apart; the
+    /// second look takes the lock in the same step, under a new epoch. A paused watcher, one cut
+    /// off from Redis or a hung Redis keep their connections open on the server: for them the
+    /// TTL still decides. A watcher lowers its flag the moment its own subscription breaks, and
+    /// raises it again only on a renewal sent after it subscribed again, so two flags are never
+    /// up together because of this. At least 10 ms when not zero; each follower runs one
+    /// lease script per interval.
+    ///
+    /// Defaults to 100 ms.
+    pub fn liveness_check(mut self, interval: Duration) -> Config {
+        self.liveness_check = interval;
         self
     }
 
@@ -395,6 +431,11 @@ impl Config {
         self.watcher_lock_ttl
     }
 
+    /// See [`Config::liveness_check`].
+    pub fn get_liveness_check(&self) -> Duration {
+        self.liveness_check
+    }
+
     /// Socket timeout of the lease thread: short enough that a hung renewal is noticed well
     /// before the lock could expire on the server.
     pub(crate) fn lease_io_timeout(&self) -> Duration {
@@ -412,6 +453,7 @@ impl fmt::Debug for Config {
             .field("pool_size", &self.pool_size)
             .field("max_finalized", &self.max_finalized)
             .field("watcher_lock_ttl", &self.watcher_lock_ttl)
+            .field("liveness_check", &self.liveness_check)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("max_pending", &self.max_pending)
@@ -431,6 +473,10 @@ impl fmt::Debug for Config {
                 &self.cluster.as_ref().map(|_| self.redacted_url()),
             )
             .field("allow_eviction", &self.allow_eviction)
+            .field(
+                "unknown_key",
+                &self.unknown_key.as_ref().map(|(key, _)| key),
+            )
             .finish()
     }
 }
@@ -447,6 +493,7 @@ mod tests {
         assert_eq!(c.max_finalized, 10_000);
         assert_eq!(c.watcher_lock_ttl, Duration::from_secs(10));
         assert_eq!(c.applied_history, 4_320);
+        assert_eq!(c.liveness_check, Duration::from_millis(100));
         assert!(c.validate().is_ok());
     }
 

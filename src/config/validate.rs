@@ -11,10 +11,18 @@ use crate::Error;
 /// socket timeout of the lease thread.
 const MIN_WATCHER_LOCK_TTL: Duration = Duration::from_millis(100);
 
+/// The shortest liveness check interval: each follower runs a lease script per interval, and a
+/// holder's reconnect in flight must fit between two looks.
+const MIN_LIVENESS_CHECK: Duration = Duration::from_millis(10);
+
 impl Config {
     /// Checks every setting; [`RedisMempool::open`](crate::RedisMempool::open) calls this first.
     /// The error names the field at fault.
     pub fn validate(&self) -> Result<(), Error> {
+        // First: a misspelt key means some setting is not what the operator wrote.
+        if let Some((key, why)) = &self.unknown_key {
+            return Err(invalid(key, why));
+        }
         let tls = match (&self.sentinel, &self.cluster) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -124,6 +132,16 @@ impl Config {
             return Err(invalid(
                 "watcher_lock_ttl",
                 "must be at most 24 hours: a crashed watcher would block confirmations that long",
+            ));
+        }
+        if !self.liveness_check.is_zero() && self.liveness_check < MIN_LIVENESS_CHECK {
+            return Err(invalid(
+                "liveness_check",
+                format!(
+                    "{:?} is too short: at least {MIN_LIVENESS_CHECK:?}, or zero to turn the \
+                     checks off",
+                    self.liveness_check
+                ),
             ));
         }
         Ok(())
@@ -301,6 +319,15 @@ mod tests {
             field_of(base().command_timeout(Duration::ZERO)),
             "command_timeout"
         );
+        assert_eq!(
+            field_of(base().liveness_check(Duration::from_millis(5))),
+            "liveness_check"
+        );
+        assert!(base().liveness_check(Duration::ZERO).validate().is_ok());
+        assert!(base()
+            .liveness_check(Duration::from_millis(10))
+            .validate()
+            .is_ok());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use redis::Value;
 use super::{clamp, RedisMempool};
 use crate::codec;
 use crate::keys::Key;
+use crate::metrics;
 use crate::types::{ChainPoint, ConfirmOutcome, TxHash};
 use crate::{Error, LOG_TARGET};
 
@@ -120,12 +121,14 @@ impl RedisMempool {
                     "undid block {point:?} and {} after it (height now {}): {} rolled back",
                     n(6)?.saturating_sub(1), n(1)?, n(3)?
                 );
+                metrics::blocks(false, n(6)?);
             } else {
                 debug!(
                     target: LOG_TARGET,
                     "applied block {point:?} (height {}): {} confirmed, {} finalized, {} dropped",
                     n(1)?, n(2)?, n(4)?, n(5)?
                 );
+                metrics::blocks(true, 1);
             }
             Ok(())
         })
@@ -185,6 +188,7 @@ impl RedisMempool {
                 "rolled back to {point:?}: {} blocks undone (height now {}), {} txs back to pending",
                 n(3)?, n(1)?, n(2)?
             );
+            metrics::blocks(false, n(3)?);
             Ok(())
         })
     }

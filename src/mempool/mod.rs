@@ -92,6 +92,7 @@ impl RedisMempool {
     /// ```
     pub fn open(config: Config) -> Result<RedisMempool, Error> {
         config.validate()?;
+        crate::metrics::describe();
         let target = connect::Target::of(&config).map_err(|_| {
             Error::InvalidConfig(format!("url: {:?} is not valid", config.redacted_url()).into())
         })?;
@@ -125,10 +126,16 @@ impl RedisMempool {
                         other => other,
                     })?;
             }
+            // A candidate that checks liveness subscribes to its own channel and counts others'.
+            let live = if config.watcher_candidate && !config.liveness_check.is_zero() {
+                keys.live_channel(&node_id)
+            } else {
+                String::new()
+            };
             let missing = codec::array(
                 scripts::run(
                     &mut conn,
-                    &scripts.check_access(),
+                    &scripts.check_access(&live),
                     &keys,
                     config.event_history,
                     None,
@@ -232,6 +239,42 @@ impl RedisMempool {
         self.inner.lease_shared.flag.load(Ordering::SeqCst)
     }
 
+    /// The epoch of this node's watcher lock while its flag is up, `None` otherwise (two atomic
+    /// loads, no round trip). Every acquisition takes a new epoch, so a host that remembers the
+    /// epoch it last reconciled under sees every new term, even one that began and ended
+    /// between two of its polls of [`is_watcher`](RedisMempool::is_watcher). (The epoch also
+    /// moves on, with the flag up, when the watcher takes back a lock deleted by hand;
+    /// reconciling then is harmless.) The flag can also drop and rise again *within* a term —
+    /// while its liveness connection reconnects, the lock stays ours — so a host that let a
+    /// block go unapplied because this was `None` reconciles before the next one as well.
+    ///
+    /// ```no_run
+    /// # use dolos_redis::{Config, RedisMempool};
+    /// # fn main() -> Result<(), dolos_redis::Error> {
+    /// # let mempool = RedisMempool::open(Config::new("redis://127.0.0.1:6379"))?;
+    /// let mut reconciled_under: Option<u64> = None;
+    /// // ... before applying a block:
+    /// match mempool.watcher_epoch() {
+    ///     Some(epoch) if reconciled_under != Some(epoch) => {
+    ///         // a new term, or back after a gap: run the reconcile step (README), then
+    ///         reconciled_under = Some(epoch);
+    ///     }
+    ///     Some(_) => { /* apply the block */ }
+    ///     // Not applied here: whoever applies it next reconciles first.
+    ///     None => reconciled_under = None,
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn watcher_epoch(&self) -> Option<u64> {
+        let shared = &self.inner.lease_shared;
+        // The lease thread stores the epoch before it raises the flag.
+        shared
+            .flag
+            .load(Ordering::SeqCst)
+            .then(|| shared.epoch.load(Ordering::SeqCst))
+    }
+
     /// A pooled connection; waits up to the connect timeout for one to be free.
     fn conn(&self) -> Result<r2d2::PooledConnection<connect::Manager>, Error> {
         self.inner
@@ -321,16 +364,18 @@ impl RedisMempool {
         }
     }
 
-    /// Stops the lease thread the way a crash would: the lock is **not** released and other
-    /// nodes take over only once it expires. Meant for tests and for hosts that must exit
-    /// without touching Redis.
+    /// Stops the lease thread the way a crash would: the lock is **not** released. The wake
+    /// thread closes its connection (within about 100 ms), as the kernel would for a dead
+    /// process, so followers that check liveness ([`Config::liveness_check`]) take over within a
+    /// few check intervals; others wait until the lock expires. Meant for tests and for hosts
+    /// that must exit without touching Redis.
     ///
     /// ```no_run
     /// # use dolos_redis::{Config, RedisMempool};
     /// # fn main() -> Result<(), dolos_redis::Error> {
     /// # let mempool = RedisMempool::open(Config::new("redis://127.0.0.1:6379"))?;
-    /// // Exit without a word to Redis, as a crash would: another node takes over once the
-    /// // lock expires.
+    /// // Exit without a word to Redis, as a crash would: another node takes over as soon as it
+    /// // sees this node's liveness connection gone (or once the lock expires).
     /// mempool.abandon();
     /// # Ok(())
     /// # }

@@ -9,6 +9,7 @@ use redis::Value;
 use super::RedisMempool;
 use crate::codec;
 use crate::memory;
+use crate::metrics;
 use crate::types::{MempoolStats, WatcherInfo};
 use crate::Error;
 
@@ -74,6 +75,11 @@ impl RedisMempool {
     /// Counts per stage, the watcher, this node's lease figures and the server's memory settings
     /// (eviction policy, `maxmemory`, `used_memory`), in one round trip.
     ///
+    /// With the cargo feature `metrics`, every successful call also sets the crate's gauges
+    /// (`dolos_redis_txs{stage}`, `dolos_redis_applied_height`, …; the README's Metrics section
+    /// lists them) through the `metrics` facade: a host that exports metrics calls this on a
+    /// timer. The counters (lease events, blocks applied and undone) move by themselves.
+    ///
     /// ```no_run
     /// # use dolos_redis::{Config, RedisMempool};
     /// # fn main() -> Result<(), dolos_redis::Error> {
@@ -110,7 +116,7 @@ impl RedisMempool {
         let acknowledged = meta_count(&acknowledged, "ack")?;
         let confirmed = meta_count(&confirmed, "nconf")?;
         let memory = memory::MemoryFacts::parse(&codec::text(&info, "info memory")?);
-        Ok(MempoolStats {
+        let stats = MempoolStats {
             pending: codec::uint(&pending, "pending")?,
             propagated: inflight.saturating_sub(acknowledged + confirmed),
             acknowledged,
@@ -126,7 +132,9 @@ impl RedisMempool {
             maxmemory_policy: memory.policy,
             maxmemory: memory.maxmemory,
             used_memory: memory.used_memory,
-        })
+        };
+        metrics::stats(&stats);
+        Ok(stats)
     }
 
     /// The operator's reset of the watcher lock (what `redis-cli DEL <prefix>:watcher:lock` does,

@@ -147,17 +147,42 @@ impl Scripts {
         Call::new(&self.events_snapshot)
     }
 
-    pub fn acquire<'a>(&'a self, node_id: &'a str, ttl: Duration) -> Call<'a> {
+    /// `live` is the start of the liveness channels (`Keys::live`), empty when this node checks
+    /// no liveness.
+    pub fn acquire<'a>(&'a self, node_id: &'a str, ttl: Duration, live: &'a str) -> Call<'a> {
         Call::new(&self.acquire)
             .bytes("node_id", node_id.as_bytes())
             .text("ttl_ms", ttl.as_millis())
+            .bytes("live", live.as_bytes())
     }
 
-    pub fn renew<'a>(&'a self, node_id: &'a str, epoch: u64, ttl: Duration) -> Call<'a> {
+    pub fn renew<'a>(
+        &'a self,
+        node_id: &'a str,
+        epoch: u64,
+        ttl: Duration,
+        live: &'a str,
+    ) -> Call<'a> {
         Call::new(&self.renew)
             .bytes("node_id", node_id.as_bytes())
             .text("epoch", epoch)
             .text("ttl_ms", ttl.as_millis())
+            .bytes("live", live.as_bytes())
+    }
+
+    /// Takes the lock from `gone`, whose liveness subscription is no longer there.
+    pub fn take_over<'a>(
+        &'a self,
+        node_id: &'a str,
+        ttl: Duration,
+        gone: &'a str,
+        live: &'a str,
+    ) -> Call<'a> {
+        Call::new(&self.take_over)
+            .bytes("node_id", node_id.as_bytes())
+            .text("ttl_ms", ttl.as_millis())
+            .bytes("gone", gone.as_bytes())
+            .bytes("live", live.as_bytes())
     }
 
     pub fn release<'a>(&'a self, node_id: &'a str, epoch: u64) -> Call<'a> {
@@ -175,8 +200,9 @@ impl Scripts {
         Call::new(&self.reset_lock).bytes("expected_holder", expected_holder.as_bytes())
     }
 
-    pub fn check_access(&self) -> Call<'_> {
-        Call::new(&self.check_access)
+    /// `live`: this node's liveness channel, empty when it checks no liveness.
+    pub fn check_access<'a>(&'a self, live: &'a str) -> Call<'a> {
+        Call::new(&self.check_access).bytes("live", live.as_bytes())
     }
 }
 
@@ -221,12 +247,13 @@ mod tests {
             ("check_status", s.check_status(&h)),
             ("watcher_info", s.watcher_info()),
             ("events_snapshot", s.events_snapshot()),
-            ("acquire", s.acquire("n", ttl)),
-            ("renew", s.renew("n", 1, ttl)),
+            ("acquire", s.acquire("n", ttl, "l")),
+            ("renew", s.renew("n", 1, ttl, "l")),
             ("release", s.release("n", 1)),
+            ("take_over", s.take_over("n", ttl, "g", "l")),
             ("stats", s.stats()),
             ("reset_lock", s.reset_lock("")),
-            ("check_access", s.check_access()),
+            ("check_access", s.check_access("l")),
         ];
         for (function, call) in &calls {
             let (script, params) = signature(call.lua.signature);

@@ -1,8 +1,10 @@
--- check_access() -> {'<command> <key or channel>', ...}: what a node sends that the connected
+-- check_access(live) -> {'<command> <key or channel>', ...}: what a node sends that the connected
 -- user may not run, checked once at open. A refusal met later, in the middle of a script, would
 -- leave the writes the script made before it (Redis does not undo them): the lock set by an
 -- acquisition whose PUBLISH is refused, an event for a tx that is not stored. Empty when every
 -- command is allowed, or on a server without ACL checks for scripts (before Redis 7).
+-- `live` is this node's liveness channel ('' when it checks no liveness).
+local live = ARGV[2]
 if not redis.acl_check_cmd then return {} end
 local missing = {}
 local function need(...)
@@ -37,6 +39,10 @@ for _, key in ipairs({K.log, K.events}) do
 end
 -- The wake channel.
 need('publish', K.wake, 'm'); need('subscribe', K.wake); need('unsubscribe', K.wake)
+-- Liveness: the node's own channel, and the count of its subscribers (liveness.lua).
+if live ~= '' then
+  need('subscribe', live); need('pubsub', 'numsub', live)
+end
 need('ping')
 -- The memory figures (stats.lua, and the lease thread now and then).
 need('info', 'memory')

@@ -1,8 +1,9 @@
--- Shared head of the lease's scripts (acquire, renew, release, reset_lock): the Rust side puts
--- it after the `K` table of the script's keys (and after the `#!lua` header line on Redis 7; see
--- `Header` in src/scripts.rs). These scripts run a few times per TTL, so they keep the
--- convenience of named arguments and one emit function; the scripts on the transactions' hot
--- path do without it.
+-- Shared head of the lease's scripts (acquire, renew, release, take_over, reset_lock): the Rust
+-- side puts it after the `K` table of the script's keys (and after the `#!lua` header line on
+-- Redis 7; see `Header` in src/scripts.rs), and `liveness.lua` after it where a script counts
+-- liveness subscribers. These scripts run a few times per TTL, so they keep the convenience of
+-- named arguments and one emit function; the scripts on the transactions' hot path do without
+-- it.
 
 -- ARGV[1] is common to every call: how many entries the event stream keeps. A script's own
 -- arguments follow; `A` holds them from index 1.

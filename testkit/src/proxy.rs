@@ -10,6 +10,11 @@
 //! [`ProxyMode::Hold`] keeps what it reads in a per-link, per-direction
 //! buffer instead; healing writes those buffers out before anything newer,
 //! which models packets delayed in the network that arrive late.
+//!
+//! Apart from the mode, [`FaultProxy::cut_matching`] closes only the
+//! connections whose client sent a given text at their start (a Redis
+//! client's `CLIENT SETNAME`, say), and each new one as soon as it sends it:
+//! one role of a client loses its link while its others keep theirs.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -29,6 +34,11 @@ const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// proxy even if a wake-up were missed. Long enough not to burn CPU when many
 /// proxies idle on a 2-core machine.
 const PUMP_POLL: Duration = Duration::from_millis(50);
+
+/// How much of what a client sends first is kept per link for
+/// [`FaultProxy::cut_matching`] to search: a Redis client names its
+/// connection in its first commands.
+const PREAMBLE: usize = 4096;
 
 /// How long drop waits for pumps to release their sockets. They exit within
 /// microseconds of `shutdown`; the bound only keeps a wedged thread from
@@ -51,6 +61,11 @@ pub enum ProxyMode {
     ///
     /// Any connection that lost bytes is closed when the proxy heals back to
     /// `Pass`, because its request/reply stream is out of sync by then.
+    ///
+    /// A client that gives up and closes its connection meanwhile is not
+    /// heard by the server either, as in a real partition where its FIN
+    /// cannot cross: the upstream connection stays open (the server still
+    /// counts the client, its subscriptions too) until the proxy heals.
     Blackhole,
     /// Existing connections are closed (both sides) when this mode is set,
     /// and each new connection is closed right after accept, so clients see
@@ -96,6 +111,8 @@ struct Shared {
 /// swallow a chunk just after heal inspected its link and left it open.
 struct State {
     mode: ProxyMode,
+    /// [`FaultProxy::cut_matching`]: links whose preamble holds this are closed.
+    cut: Option<Vec<u8>>,
     stopping: bool,
     next_id: u64,
     links: HashMap<u64, Arc<Link>>,
@@ -128,6 +145,9 @@ struct Link {
     /// Set (under the state lock) by `heal_except_held`: this link keeps
     /// holding whatever the mode, until `deliver_held` or `heal`.
     frozen: AtomicBool,
+    /// The first [`PREAMBLE`] bytes the client sent (changed under the state
+    /// lock), which [`FaultProxy::cut_matching`] searches.
+    preamble: Mutex<Vec<u8>>,
 }
 
 /// Locks one of a link's held buffers, tolerating poison like `state`.
@@ -144,7 +164,17 @@ enum Direction {
     Down,
 }
 
+/// Whether `haystack` contains `needle` (an empty needle matches nothing).
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 impl Link {
+    /// Whether the client sent `pattern` at the start of its connection.
+    fn sent(&self, pattern: &[u8]) -> bool {
+        contains(&lock_held(&self.preamble), pattern)
+    }
+
     fn held(&self, dir: Direction) -> &Mutex<Vec<u8>> {
         match dir {
             Direction::Up => &self.held_up,
@@ -211,6 +241,7 @@ impl FaultProxy {
             upstream,
             state: Mutex::new(State {
                 mode: ProxyMode::Pass,
+                cut: None,
                 stopping: false,
                 next_id: 0,
                 links: HashMap::new(),
@@ -265,7 +296,13 @@ impl FaultProxy {
                     link.frozen.store(false, Ordering::SeqCst);
                 }
                 let close = match mode {
-                    ProxyMode::Pass => link.tainted.load(Ordering::SeqCst),
+                    // Also the links whose client left during a black hole (see
+                    // `client_left_requests_behind`), unless they hold requests to deliver.
+                    ProxyMode::Pass => {
+                        link.tainted.load(Ordering::SeqCst)
+                            || (link.client_gone.load(Ordering::SeqCst)
+                                && !link.held_any.load(Ordering::SeqCst))
+                    }
                     ProxyMode::Blackhole | ProxyMode::Hold => false,
                     ProxyMode::Refuse => true,
                 };
@@ -282,6 +319,28 @@ impl FaultProxy {
         for link in to_deliver {
             link.deliver_held();
         }
+    }
+
+    /// Closes every connection whose client sent `pattern` among its first
+    /// bytes (a Redis client's `CLIENT SETNAME dolos-redis:<node>:wake`, for
+    /// one), and from now on every new one as soon as it sends it, until
+    /// [`Self::stop_cutting`]. Other connections go on as the mode says: one
+    /// role of a client is cut off while its other connections keep working.
+    /// Takes effect before this returns.
+    pub fn cut_matching(&self, pattern: &str) {
+        let mut state = self.shared.state();
+        let pattern = pattern.as_bytes().to_vec();
+        for link in state.links.values() {
+            if link.sent(&pattern) {
+                link.close();
+            }
+        }
+        state.cut = Some(pattern);
+    }
+
+    /// Ends [`Self::cut_matching`]: new connections are no longer closed.
+    pub fn stop_cutting(&self) {
+        self.shared.state().cut = None;
     }
 
     /// Starts swallowing all traffic (see [`ProxyMode::Blackhole`]).
@@ -528,6 +587,7 @@ fn make_link(client: &TcpStream, upstream: &TcpStream) -> io::Result<Link> {
         client_gone: AtomicBool::new(false),
         closed: AtomicBool::new(false),
         frozen: AtomicBool::new(false),
+        preamble: Mutex::new(Vec::new()),
     })
 }
 
@@ -576,7 +636,21 @@ fn pump(
         };
         let action = {
             let state = shared.state();
-            if dir == Direction::Down && link.client_gone.load(Ordering::SeqCst) {
+            let cut = dir == Direction::Up && {
+                let mut preamble = lock_held(&link.preamble);
+                if preamble.len() < PREAMBLE {
+                    let take = n.min(PREAMBLE - preamble.len());
+                    preamble.extend_from_slice(&buf[..take]);
+                }
+                state
+                    .cut
+                    .as_ref()
+                    .is_some_and(|pattern| contains(&preamble, pattern))
+            };
+            if cut {
+                link.close();
+                Action::Stop
+            } else if dir == Direction::Down && link.client_gone.load(Ordering::SeqCst) {
                 Action::Discard
             } else if state.mode != ProxyMode::Refuse && link.frozen.load(Ordering::SeqCst) {
                 lock_held(link.held(dir)).extend_from_slice(&buf[..n]);
@@ -632,11 +706,21 @@ fn pump(
 /// Called when the client side of a link ended. If the link has held bytes
 /// (now or earlier), the client's requests may still be on their way (see
 /// [`ProxyMode::Hold`]): marks the client gone and keeps the upstream open,
-/// half-closing it now if nothing is left to deliver. Returns whether the
-/// upstream was kept; otherwise the caller closes the link as usual.
+/// half-closing it now if nothing is left to deliver. During a black hole
+/// the server cannot hear the client leave: the upstream stays open until
+/// the heal closes it. Returns whether the upstream was kept; otherwise the
+/// caller closes the link as usual.
 fn client_left_requests_behind(link: &Link, shared: &Shared) -> bool {
     let still_holding = {
         let state = shared.state();
+        if state.mode == ProxyMode::Blackhole
+            && !state.stopping
+            && !link.closed.load(Ordering::SeqCst)
+            && !link.held_any.load(Ordering::SeqCst)
+        {
+            link.client_gone.store(true, Ordering::SeqCst);
+            return true;
+        }
         let keep = !state.stopping
             && state.mode != ProxyMode::Refuse
             && !link.closed.load(Ordering::SeqCst)

@@ -204,6 +204,25 @@ fn proxy_blackhole_times_out_and_heal_recovers() {
 }
 
 #[test]
+fn a_client_leaving_during_a_blackhole_is_not_heard_until_the_heal() {
+    let (server, proxy, con) = proxied();
+    let mut admin = server.connection();
+    let clients = |admin: &mut redis::Connection| -> usize {
+        let list: String = redis::cmd("CLIENT").arg("LIST").query(admin).unwrap();
+        list.lines().count()
+    };
+    let before = clients(&mut admin);
+
+    proxy.blackhole();
+    drop(con);
+    // As in a real partition, the client's close cannot reach the server.
+    assert!(!wait_until(SHORT, || clients(&mut admin) < before));
+    proxy.heal();
+    assert!(wait_until(SETTLE, || clients(&mut admin) == before - 1));
+    assert!(wait_until(SETTLE, || proxy.connections() == 0));
+}
+
+#[test]
 fn proxy_blackhole_spares_idle_connections() {
     let (_server, proxy, mut con) = proxied();
 
@@ -230,6 +249,43 @@ fn proxy_refuse_closes_existing_and_new_connections() {
 
     proxy.heal();
     assert!(fresh_ping_works(&proxy.url()));
+}
+
+#[test]
+fn proxy_cuts_only_the_connections_that_named_themselves_so() {
+    let (_server, proxy, mut plain) = proxied();
+    let named = |name: &str| {
+        let mut con = short_connection(&proxy.url()).unwrap();
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(name)
+            .query::<()>(&mut con)
+            .unwrap();
+        con
+    };
+    let mut wake = named("node-a:wake");
+    let mut lease = named("node-a:lease");
+
+    proxy.cut_matching("a:wake");
+    let err = ping(&mut wake).expect_err("the cut connection still answers");
+    assert!(!err.is_timeout(), "expected a closed connection, got {err}");
+    ping(&mut lease).expect("another role of the same client keeps its link");
+    ping(&mut plain).expect("an unnamed connection keeps its link");
+    // A new connection goes through until it names itself so.
+    let mut again = short_connection(&proxy.url()).unwrap();
+    ping(&mut again).expect("a new connection");
+    let refused = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg("node-a:wake")
+        .query::<()>(&mut again);
+    assert!(
+        refused.is_err(),
+        "a new connection named itself past the cut"
+    );
+
+    proxy.stop_cutting();
+    let mut back = named("node-a:wake");
+    ping(&mut back).expect("named again after the cut ended");
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! One complete run of the mempool — every public call a node makes, from two nodes, with a
-//! graceful handover and the operator's lock reset — for the tests that change *how* a node
+//! graceful handover, the operator's lock reset and a crashed watcher replaced through its
+//! liveness subscription — for the tests that change *how* a node
 //! reaches Redis (a restricted ACL user, TLS, a cluster) rather than what it does there. If any
 //! command a node sends were refused or mangled on that path, some step here fails.
 
@@ -31,6 +32,11 @@ pub struct Report {
     pub handover: Duration,
     /// From the operator's reset of the watcher's lock to the other node's flag going up.
     pub takeover_after_reset: Duration,
+    /// From a crash of the watcher (`abandon`, which closes its liveness connection as the
+    /// kernel would) to a follower's flag going up.
+    pub takeover_after_crash: Duration,
+    /// How long the crashed watcher's lock still had to live: the takeover came before it.
+    pub crashed_lock_left: Duration,
 }
 
 /// Runs the whole life of three transactions from two nodes opened with `config()` (plus an
@@ -217,7 +223,33 @@ pub fn full_run(config: &dyn Fn() -> Config) -> Report {
             .expect("confirm 15"),
         ConfirmOutcome::Applied
     );
-    a.shutdown().expect("shutdown a");
+
+    // A crash: the lock is left behind, but its holder's liveness subscription goes with it, so
+    // a follower (which looked at it when it opened) takes over long before the lock expires.
+    let c = RedisMempool::open(config()).expect("open node c");
+    assert!(!c.is_watcher(), "two watchers");
+    let t0 = Instant::now();
+    a.abandon();
+    let left = observer
+        .watcher_info()
+        .expect("watcher_info")
+        .ttl
+        .expect("the crashed watcher's lock is still there");
+    assert!(
+        wait_until(SETTLE, || c.is_watcher()),
+        "no takeover after the watcher crashed"
+    );
+    let takeover_after_crash = t0.elapsed();
+    assert!(
+        takeover_after_crash < left,
+        "the follower waited for the lock to expire ({takeover_after_crash:?}, {left:?} left)"
+    );
+    assert_eq!(
+        c.confirm(&ChainPoint::Slot(16), &[], &[], F, D)
+            .expect("confirm 16"),
+        ConfirmOutcome::Applied
+    );
+    c.shutdown().expect("shutdown c");
     assert_eq!(
         observer.watcher_info().expect("watcher_info").holder,
         None,
@@ -226,6 +258,8 @@ pub fn full_run(config: &dyn Fn() -> Config) -> Report {
     Report {
         handover,
         takeover_after_reset,
+        takeover_after_crash,
+        crashed_lock_left: left,
     }
 }
 

@@ -1,7 +1,8 @@
 //! What the integration tests share, built on the library: names for txs and blocks, opening
 //! nodes, reading the watcher lock behind the library's back, waiting for a watcher and sampling
-//! the flags, and [`full_run`], a whole two-node life for the tests that change how a node
-//! reaches Redis. The harness itself (servers, the fault proxy, the `MONITOR` follower, the RNG)
+//! the flags, [`full_run`], a whole two-node life for the tests that change how a node
+//! reaches Redis, and [`process`], nodes in processes of their own for the tests that kill or
+//! pause one. The harness itself (servers, the fault proxy, the `MONITOR` follower, the RNG)
 //! is `dolos_redis_testkit`, which must not depend on the library; this module does.
 //!
 //! Each test binary compiles its own copy (`mod common;`) and uses only part of it, so the rest
@@ -11,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod full_run;
+pub mod process;
 
 use std::borrow::Borrow;
 use std::net::TcpListener;

@@ -25,10 +25,12 @@
 //!   becomes the watcher first **reconciles** the applied chain in Redis with its own;
 //! * then, printing a timeline: (1) shows the watcher; (2) kills it with SIGKILL and, while
 //!   nobody is watcher, forks the chain (2 blocks the dead watcher applied are replaced by 3,
-//!   the first at a lower slot), measures the takeover, shows the new watcher's reconcile undo
-//!   the abandoned blocks and apply the fork, restarts the killed node and shows it rejoins as
-//!   a non-watcher; (3) cuts the new watcher off from Redis at its proxy, measures the
-//!   takeover, heals it and shows it rejoins as a non-watcher; (4) resets the lock the way an
+//!   the first at a lower slot), measures the takeover (fast: the other node sees the dead
+//!   one's liveness subscription gone), shows the new watcher's reconcile undo the abandoned
+//!   blocks and apply the fork, restarts the killed node and shows it rejoins as a non-watcher;
+//!   (3) cuts the new watcher off from Redis at its proxy, measures the takeover (the TTL: a
+//!   cut-off node's connections stay open on the server), heals it and shows it rejoins as a
+//!   non-watcher; (4) resets the lock the way an
 //!   operator would (`reset_watcher_lock`), which hands over at once and shows the old
 //!   watcher's next `confirm` refused by Redis; (5) stops submitting, lets the chain finalize
 //!   everything and checks that every transaction that entered the mempool was Finalized
@@ -457,9 +459,17 @@ impl Demo<'_> {
         let pid = self.nodes[w].pid().unwrap_or(0);
         let since = Instant::now();
         self.nodes[w].kill(&self.chain);
+        let left = self
+            .observer
+            .watcher_info()
+            .ok()
+            .and_then(|i| i.ttl)
+            .unwrap_or_default();
         say!(
-            "killed {} (pid {pid}); {} must wait for the lock to expire",
+            "killed {} (pid {pid}); its lock still has {} ms to live, but the kernel closed its \
+             connections: {} takes over once it sees its liveness subscription gone",
             self.nodes[w].name,
+            ms(left),
             self.nodes[other].name
         );
         // Dead, it applies nothing more: what it left applied is what its successor finds.
@@ -488,6 +498,10 @@ impl Demo<'_> {
             slots(&mut fork.added.iter())
         );
         self.takeover(&other_id, since, "watcher killed")?;
+        say!(
+            "  (before the dead watcher's lock expired: the liveness check, not the TTL of {} ms)",
+            ms(self.plan.ttl)
+        );
         let (undone, replayed) =
             wait_for_value("the new watcher to reconcile", self.plan.patience(), || {
                 other_report
@@ -548,8 +562,10 @@ impl Demo<'_> {
         let since = Instant::now();
         self.nodes[w].proxy.blackhole();
         say!(
-            "partitioned {}: requests hang, renewals time out",
-            self.names.label(&w_id)
+            "partitioned {}: requests hang, renewals time out; its connections stay open on the \
+             server, so nobody may declare it dead: {} waits for the lock to expire",
+            self.names.label(&w_id),
+            self.nodes[other].name
         );
         self.takeover(&other_id, since, "watcher partitioned")?;
         wait_for("the cut-off node to notice", self.plan.patience(), || {

@@ -35,7 +35,8 @@
 //!   (`steady.rs` says how);
 //! * the longest single command while a 100k-entry mempool is read whole (SLOWLOG);
 //! * Redis memory per tracked tx beyond its payload;
-//! * watcher takeover after a crash (`abandon`) and after `shutdown`, TTL 1 s.
+//! * watcher takeover after kill -9 (at the default TTL of 10 s and at 1 s, and with liveness
+//!   checks off), SIGSTOP, a black-hole partition and `shutdown` (`takeover.rs`).
 //!
 //! Calls that change state are measured in a steady state: what a measured call moves is moved
 //! back afterwards with untimed calls (a rollback `confirm` returns inflight txs to the pending
@@ -44,6 +45,7 @@
 mod options;
 mod report;
 mod steady;
+mod takeover;
 mod util;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -58,7 +60,7 @@ use dolos_redis_testkit::monitor::Monitor;
 use dolos_redis_testkit::{self as support, Rng};
 
 use options::Opts;
-use report::{Memory, Results, RoundTrips, Scaling, Takeover, Throughput};
+use report::{Goal, Memory, Results, RoundTrips, Scaling, Takeover, TakeoverRow, Throughput};
 use util::{human_count, median, Samples};
 
 /// Transactions per batch call (`mark_inflight`, `mark_acknowledged`, `confirm`'s seen list).
@@ -72,8 +74,6 @@ const POOL: u32 = THREADS as u32;
 const BATCH_SHARE: usize = 4;
 /// Iterations of each call per round of the interleaved latency loops.
 const ROUND: usize = 100;
-/// The watcher lock TTL of the takeover trials (what the targets assume).
-const TAKEOVER_TTL: Duration = Duration::from_secs(1);
 
 // ---------------------------------------------------------------------------------------------
 // The calls
@@ -962,50 +962,135 @@ impl Bench {
     }
 
     fn takeover(&mut self) -> Takeover {
-        let trials = self.opts.trials;
-        progress(format!(
-            "takeover: {trials} crash trials ({}), TTL {} ms",
-            if self.opts.sequential_takeover {
-                "sequential"
-            } else {
-                "staggered in parallel"
-            },
-            TAKEOVER_TTL.as_millis()
-        ));
-        let mut crash = vec![(f64::NAN, f64::NAN); trials];
-        let url = self.url.clone();
-        let root = self.root.clone();
-        if self.opts.sequential_takeover {
-            for (k, slot) in crash.iter_mut().enumerate() {
-                *slot = crash_trial(&url, &root, k);
-            }
-        } else {
-            std::thread::scope(|s| {
-                for (k, slot) in crash.iter_mut().enumerate() {
-                    let (url, root) = (&url, &root);
-                    s.spawn(move || {
-                        // Staggered so that no two trials are likely to be at their critical
-                        // moment (the lock expiring) together.
-                        std::thread::sleep(Duration::from_millis(130) * k as u32);
-                        *slot = crash_trial(url, root, k);
-                    });
-                }
+        let n = self.opts.trials;
+        let (url, root) = (self.url.clone(), self.root.clone());
+        let prefix = |what: &str, k: usize| format!("{root}:{what}-{k}");
+        let mut prefixes = Vec::new();
+        let check = Duration::from_millis(100);
+        let mut rows = Vec::new();
+
+        // kill -9 trials one after the other: the fast path is timed to the millisecond.
+        for (what, ttl, tag) in [
+            (
+                "kill -9, TTL 10 s (the default): new watcher after the kill",
+                takeover::DEFAULT_TTL,
+                "kill10",
+            ),
+            (
+                "kill -9, TTL 1 s: new watcher after the kill",
+                takeover::SHORT_TTL,
+                "kill1",
+            ),
+        ] {
+            progress(format!(
+                "takeover: {n} kill -9 trials, TTL {} ms",
+                ttl.as_millis()
+            ));
+            let ms = (0..n)
+                .map(|k| {
+                    prefixes.push(prefix(tag, k));
+                    takeover::kill_trial(&url, &prefix(tag, k), ttl, check, k)
+                })
+                .collect();
+            rows.push(TakeoverRow {
+                what,
+                ms,
+                goal: Goal::MedianMax(250.0, 500.0),
+                early: None,
             });
         }
-        progress(format!("takeover: {trials} graceful trials"));
-        let graceful = (0..trials)
-            .map(|k| graceful_trial(&url, &root, k))
+
+        // The TTL path: kill -9 without liveness checks, SIGSTOP, partition.
+        let ttl = takeover::SHORT_TTL;
+        let bound = ttl.as_secs_f64() * 1e3 + 100.0;
+        let staggered = !self.opts.sequential_takeover;
+        progress(format!(
+            "takeover: {n} trials each of kill -9 without liveness checks, SIGSTOP and partition, \
+             TTL {} ms ({})",
+            ttl.as_millis(),
+            if staggered {
+                "staggered in parallel"
+            } else {
+                "sequential"
+            }
+        ));
+        let off = trials(n, staggered, |k| {
+            takeover::kill_trial(&url, &prefix("off", k), ttl, Duration::ZERO, k)
+        });
+        rows.push(TakeoverRow {
+            what: "kill -9 without liveness checks, TTL 1 s: new watcher after the lock expired",
+            ms: off,
+            goal: Goal::MedianMax(20.0, 100.0),
+            early: None,
+        });
+        for (what, how, tag) in [
+            (
+                "SIGSTOP for TTL + 200 ms, TTL 1 s: new watcher after the stop",
+                takeover::Away::Paused,
+                "stop",
+            ),
+            (
+                "black-hole partition for TTL + 200 ms, TTL 1 s: new watcher after the cut",
+                takeover::Away::Partitioned,
+                "cut",
+            ),
+        ] {
+            let results = trials(n, staggered, |k| {
+                takeover::away_trial(&url, &prefix(tag, k), ttl, how, k)
+            });
+            rows.push(TakeoverRow {
+                what,
+                ms: results.iter().map(|r| r.0).collect(),
+                goal: Goal::Max(bound),
+                early: Some(results.iter().filter(|r| r.1).count()),
+            });
+        }
+        for tag in ["off", "stop", "cut"] {
+            prefixes.extend((0..n).map(|k| prefix(tag, k)));
+        }
+
+        progress(format!("takeover: {n} graceful trials"));
+        let graceful = (0..n)
+            .map(|k| {
+                prefixes.push(prefix("graceful", k));
+                takeover::graceful_trial(&url, &prefix("graceful", k), k)
+            })
             .collect();
-        for k in 0..trials {
-            util::delete_prefix(&mut self.admin, &format!("{root}:crash-{k}"));
-            util::delete_prefix(&mut self.admin, &format!("{root}:graceful-{k}"));
+        rows.push(TakeoverRow {
+            what: "graceful (`shutdown`): new watcher after the call",
+            ms: graceful,
+            goal: Goal::MedianMax(20.0, 100.0),
+            early: None,
+        });
+        for p in &prefixes {
+            util::delete_prefix(&mut self.admin, p);
         }
-        Takeover {
-            crash: crash.iter().map(|c| c.0).collect(),
-            crash_since_abandon: crash.iter().map(|c| c.1).collect(),
-            graceful,
-        }
+        Takeover { rows, staggered }
     }
+}
+
+/// Runs `trial(k)` for `k` in `0..n`, one after the other or staggered 130 ms apart on threads
+/// of their own (each trial has its own prefix and processes), so that no two are likely to be
+/// at their critical moment (a lock expiring) together.
+fn trials<T: Send>(n: usize, staggered: bool, trial: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    if !staggered {
+        return (0..n).map(&trial).collect();
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|k| {
+                let trial = &trial;
+                s.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(130) * k as u32);
+                    trial(k)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a takeover trial"))
+            .collect()
+    })
 }
 
 /// Runs `op` on `threads` threads (each with a clone of `mp`) for about `dur`; returns the
@@ -1042,106 +1127,6 @@ fn rate(
     (total.load(Ordering::Relaxed), start.elapsed())
 }
 
-fn takeover_node(url: &str, prefix: &str) -> RedisMempool {
-    let config = Config::new(url)
-        .key_prefix(prefix)
-        .pool_size(1)
-        .watcher_lock_ttl(TAKEOVER_TTL);
-    RedisMempool::open(config).expect("open a takeover node")
-}
-
-/// Polls an atomic flag (no Redis traffic) until it is up; the instant it was seen up.
-fn wait_for_watcher(node: &RedisMempool, timeout: Duration) -> Option<Instant> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if node.is_watcher() {
-            return Some(Instant::now());
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_micros(50));
-    }
-}
-
-fn signed_ms(later: Instant, earlier: Instant) -> f64 {
-    if later >= earlier {
-        (later - earlier).as_secs_f64() * 1e3
-    } else {
-        -((earlier - later).as_secs_f64() * 1e3)
-    }
-}
-
-/// A watcher and a follower; the watcher stops without releasing its lock. Returns how long
-/// after the lock expired the follower became watcher, and how long after the crash.
-fn crash_trial(url: &str, root: &str, k: usize) -> (f64, f64) {
-    let prefix = format!("{root}:crash-{k}");
-    let a = takeover_node(url, &prefix);
-    assert!(support::wait_until(Duration::from_secs(3), || a.is_watcher()));
-    let b = takeover_node(url, &prefix);
-    // Crash at a random point of the watcher's renewal cycle and of the follower's polling.
-    std::thread::sleep(Duration::from_millis(Rng::new(k as u64).below(400)));
-    let crashed = Instant::now();
-    a.abandon();
-    // The lease thread has stopped: nothing renews the lock any more, so its PTTL now tells
-    // when it expires.
-    let asked = Instant::now();
-    let ttl = b
-        .watcher_info()
-        .expect("watcher_info")
-        .ttl
-        .expect("the dead watcher's lock is still there");
-    let answered = Instant::now();
-    let expiry = asked + (answered - asked) / 2 + ttl;
-    // Sleep through most of the wait; poll only around the expiry.
-    std::thread::sleep(
-        expiry
-            .saturating_duration_since(Instant::now())
-            .saturating_sub(Duration::from_millis(5)),
-    );
-    let seen = wait_for_watcher(&b, TAKEOVER_TTL * 3).expect("the follower takes over");
-    let out = (signed_ms(seen, expiry), signed_ms(seen, crashed));
-    let _ = b.shutdown();
-    out
-}
-
-/// A watcher and a follower; the watcher shuts down. Returns how long after the `shutdown` call
-/// the follower became watcher.
-fn graceful_trial(url: &str, root: &str, k: usize) -> f64 {
-    let prefix = format!("{root}:graceful-{k}");
-    let a = takeover_node(url, &prefix);
-    assert!(support::wait_until(Duration::from_secs(3), || a.is_watcher()));
-    let b = takeover_node(url, &prefix);
-    // A node that has just opened may not have subscribed to the wake channel yet; in a real
-    // deployment the follower has been up for a while, so wait for both subscriptions.
-    let mut admin = Bench::connect(url);
-    let channel = format!("{prefix}:watcher:wake");
-    let subscribed = support::wait_until(Duration::from_secs(5), || {
-        let reply: (String, i64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(&channel)
-            .query(&mut admin)
-            .expect("PUBSUB NUMSUB");
-        reply.1 >= 2
-    });
-    if !subscribed {
-        progress(format!(
-            "graceful trial {k}: the wake channel has no subscribers"
-        ));
-    }
-    std::thread::sleep(Duration::from_millis(Rng::new(1000 + k as u64).below(300)));
-    let start = Instant::now();
-    let stopper = std::thread::spawn(move || a.shutdown());
-    let seen = wait_for_watcher(&b, TAKEOVER_TTL * 3).expect("the follower takes over");
-    stopper
-        .join()
-        .expect("shutdown thread")
-        .expect("shutdown releases the lock");
-    let out = signed_ms(seen, start);
-    let _ = b.shutdown();
-    out
-}
-
 /// The URL without its password, for printing.
 fn redact(url: &str) -> String {
     match (url.split_once("://"), url.rfind('@')) {
@@ -1153,7 +1138,15 @@ fn redact(url: &str) -> String {
 }
 
 fn main() -> ExitCode {
-    let opts = match Opts::parse(cli::args()) {
+    let args = cli::args();
+    if args.first().is_some_and(|a| a == "holder") {
+        let rest: Vec<String> = args[1..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        return takeover::holder_main(&rest);
+    }
+    let opts = match Opts::parse(args) {
         Ok(Some(opts)) => opts,
         Ok(None) => return cli::help(options::USAGE),
         Err(e) => return cli::usage_error(options::USAGE, e),

@@ -33,9 +33,13 @@
 //! Faults, one at a time with a settled state and a quiet gap between them; the first five are
 //! the five kinds in a seeded order, then a weighted draw:
 //!
-//! * `kill -9` of a node (the watcher 70 % of the time), then a restart;
+//! * `kill -9` of a node (the watcher 70 % of the time), then a restart: the kernel closes the
+//!   dead watcher's liveness connection, and a follower must take over within 500 ms;
 //! * SIGSTOP of the watcher for 1.2–2 × TTL (and until another node took over), then SIGCONT;
-//! * a black-hole partition between a node (the watcher 70 %) and Redis for 1.2–2 × TTL;
+//! * a black-hole partition between a node (the watcher 70 %) and Redis for 1.2–2 × TTL (the
+//!   proxy keeps the server's side of every connection open, as a real partition does). A
+//!   paused or cut-off watcher's sockets stay open on the server, so the lock's TTL decides: a
+//!   takeover before the old lock could expire fails the run;
 //! * a Redis restart (SIGKILL; the data comes back from the AOF);
 //! * `DEL <prefix>:watcher:lock` by hand;
 //! * Redis full: filler keys up to `maxmemory` for 2.4–4 × TTL, then deleted. Redis runs with
@@ -80,6 +84,10 @@ use faults::{Fault, Kind, Schedule, Takeover};
 
 const NODE_NAMES: [&str; 3] = ["n1", "n2", "n3"];
 const FINALIZE: u32 = 4;
+/// The strict bound on a new watcher after a kill -9 of the watcher: the followers check its
+/// liveness every 100 ms (the default) and need two looks, whatever the TTL.
+const KILL_BOUND: Duration = Duration::from_millis(500);
+
 /// Far more blocks than any takeover gap lasts: no tx may be dropped.
 const DROP: u32 = 10_000;
 const TX_INTERVAL: Duration = Duration::from_millis(250);
@@ -568,7 +576,9 @@ impl Chaos<'_> {
         if on_watcher {
             let expiry = self.lock_expiry();
             self.fork_while_away(&mut fault, draw.fork);
-            let bound = self.opts.ttl + Duration::from_millis(100);
+            // The kernel closed the dead watcher's liveness connection: the followers see it
+            // gone within a few checks, long before the lock expires.
+            let bound = KILL_BOUND;
             let t = self.await_takeover(t0, run, expiry, bound, self.opts.patience());
             self.say_takeover(&t);
             fault.takeover = Some(t);

@@ -1,6 +1,8 @@
-//! The watcher lease: all of its logic lives in this file, on purpose and past the size of the
-//! others (about 800 lines, a sixth of them tests): the invariant below is checked by reading the
-//! state machine, its timing and the commands it sends together, and a split would scatter them.
+//! The watcher lease. This file holds the state machine and the commands it sends, which the
+//! invariant below is checked against; its arithmetic is in `timing.rs` (pure, unit-tested with
+//! instants passed in), the thread that listens on the wake channel and keeps this node's
+//! liveness subscription in `waker.rs`, and the liveness rules (the flag's gate, a follower's
+//! verdict on the holder) in `liveness.rs`.
 //!
 //! One named thread per [`RedisMempool`](crate::RedisMempool) (shared by its clones) holds its
 //! own Redis connection and runs a small state machine:
@@ -8,15 +10,24 @@
 //! * **Follower**: try `acquire.lua` (`SET lock <node-id> PX ttl` if free, `INCR epoch`). When
 //!   another node holds the lock, read its `PTTL` and try again right after it can expire (at the
 //!   latest every `ttl/3`), or at once when the holder announces a graceful release on the wake
-//!   channel.
+//!   channel. With liveness checks on, look every [`Config::liveness_check`] (the same script
+//!   also counts the holder's liveness subscribers), and once the holder was seen alive and then
+//!   found gone one interval earlier, take the lock with `take_over.lua` (see `liveness.rs`).
+//!   A node whose own liveness subscription is down does not compete.
 //! * **Watcher**: renew every `ttl/3` with `renew.lua` (compare-and-extend on node id and epoch).
 //!
-//! Invariant: *the flag is up only while the lock is certainly ours on the server.* The server
-//! sets the lock's expiry when it runs our command, which is after we sent it; so a lock acquired
-//! or renewed by a command sent at instant `sent` cannot expire before `sent + ttl`. The flag stays
-//! up until `sent + ttl - margin` of the last successful command (the *local deadline*, on the
-//! monotonic clock) and drops there if no renewal succeeded. Every lease command's read timeout is
-//! cut to the time left before that deadline, so a hung link cannot hold the thread past it.
+//! Invariant: *the flag is up only while the lock is certainly ours on the server, and (with
+//! liveness checks on) our liveness subscription stands.* The server sets the lock's expiry when
+//! it runs our command, which is after we sent it; so a lock acquired or renewed by a command
+//! sent at instant `sent` cannot expire before `sent + ttl`. The flag stays up until
+//! `sent + ttl - margin` of the last successful command (the *local deadline*, on the monotonic
+//! clock) and drops there if no renewal succeeded. Every lease command's read timeout is cut to
+//! the time left before that deadline, so a hung link cannot hold the thread past it. The wake
+//! thread drops the flag the moment the liveness connection breaks, and the flag comes back only
+//! on a command sent after the new subscription was confirmed ([`liveness::Gate`]): followers
+//! need two looks an interval apart before they take the lock from a holder whose subscription
+//! vanished, so the flag is down before anyone can. A watcher that keeps renewing while its
+//! subscription stays down for a renewal period releases the lock to a node the others can see.
 //!
 //! The flag is only an optimisation for callers: `confirm.lua` checks on the server that the lock
 //! still holds this node's id and epoch, so a paused or partitioned ex-watcher cannot write even
@@ -38,69 +49,17 @@ use crate::codec;
 use crate::connect::{ConnRole, RedisConn, Target};
 use crate::keys::Keys;
 use crate::memory::{self, MemoryFacts};
+use crate::metrics::{self, LeaseEvent};
 use crate::scripts::{self, Scripts};
 use crate::{Config, Error, LOG_TARGET};
 
-/// The lease arithmetic, kept apart from I/O so it can be tested with any `now`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct LeaseTiming {
-    pub ttl: Duration,
-    /// Renew this long after the last successful renewal was sent.
-    pub renew_every: Duration,
-    /// Give up the flag this long before the earliest moment the key could expire.
-    pub margin: Duration,
-    /// After a failed attempt, try again this soon.
-    pub retry: Duration,
-}
+mod liveness;
+mod timing;
+mod waker;
 
-impl LeaseTiming {
-    pub fn new(ttl: Duration) -> LeaseTiming {
-        LeaseTiming {
-            ttl,
-            renew_every: ttl / 3,
-            margin: (ttl / 10).max(Duration::from_millis(5)),
-            retry: (ttl / 10).max(Duration::from_millis(10)),
-        }
-    }
-
-    /// Until when the flag may stay up after a successful acquire/renew sent at `sent`.
-    pub fn valid_until(&self, sent: Instant) -> Instant {
-        sent + self.ttl - self.margin
-    }
-
-    /// When to renew after a successful acquire/renew sent at `sent`.
-    pub fn next_renewal(&self, sent: Instant) -> Instant {
-        sent + self.renew_every
-    }
-
-    /// When to retry a failed renewal made at `now`: soon, but never after the deadline.
-    pub fn renewal_retry(&self, now: Instant, valid_until: Instant) -> Instant {
-        (now + self.retry).min(valid_until)
-    }
-
-    /// How long a follower waits before trying again, given the lock's `PTTL` reply.
-    pub fn follower_wait(&self, pttl_ms: i64) -> Duration {
-        match pttl_ms {
-            // Just after the key expires (Redis expires keys on access, so SET NX succeeds as
-            // soon as the TTL has passed), but check at least every ttl/3 in case the holder
-            // releases or the key is deleted by hand.
-            ms if ms >= 0 => {
-                (Duration::from_millis(ms as u64) + Duration::from_millis(1)).min(self.renew_every)
-            }
-            // A lock without expiry (set by hand): poll.
-            -1 => self.renew_every,
-            // Gone between our SET and PTTL: try again at once.
-            _ => Duration::ZERO,
-        }
-    }
-}
-
-/// How often the lease thread reads the eviction policy again: three lock TTLs, between 1 s and
-/// 30 s (30 s with the default 10 s TTL). A node that is no watcher candidate has no lease
-/// thread and does not look again.
-pub(crate) fn policy_check_every(ttl: Duration) -> Duration {
-    (ttl * 3).clamp(Duration::from_secs(1), Duration::from_secs(30))
-}
+use liveness::{Gate, HolderWatch, Token};
+use timing::{policy_check_every, LeaseTiming};
+use waker::{Wake, Waker};
 
 /// Figures a host exports as metrics.
 #[derive(Debug, Default)]
@@ -159,16 +118,21 @@ impl Lease {
         let (waker_stop_tx, waker_stop_rx) = crossbeam_channel::bounded::<()>(0);
         let short = short_id(&node_id).to_string();
         let (subscribed_tx, subscribed_rx) = crossbeam_channel::bounded(1);
+        let checks = !config.liveness_check.is_zero();
+        let gate = Arc::new(Gate::new(checks, Instant::now()));
 
         let waker = Waker {
             target: target.clone(),
-            channel: keys.wake_channel.clone(),
+            wake_channel: keys.wake_channel.clone(),
+            live_channel: checks.then(|| keys.live_channel(&node_id)),
             connect_timeout: config.lease_io_timeout(),
-            retry: LeaseTiming::new(config.watcher_lock_ttl).renew_every,
+            ping_every: LeaseTiming::new(config.watcher_lock_ttl).renew_every,
             name: ConnRole::Wake.name(&node_id),
             stop: waker_stop_rx,
             wake: wake_tx,
             subscribed: Some(subscribed_tx),
+            gate: gate.clone(),
+            shared: shared.clone(),
         };
         std::thread::Builder::new()
             .name(format!("dolos-redis-wake-{short}"))
@@ -178,8 +142,9 @@ impl Lease {
                     .with_source(e)
             })?;
         // A node must hear releases from the moment it competes, or a release right after
-        // `open` would leave it waiting for its next poll. Bounded: without Redis, the lease
-        // starts anyway and keeps retrying.
+        // `open` would leave it waiting for its next poll; and with liveness checks it competes
+        // only once its liveness subscription stands. Bounded: without Redis, the lease starts
+        // anyway and keeps retrying.
         let _ = subscribed_rx.recv_timeout(config.lease_io_timeout());
 
         let lease_loop = LeaseLoop {
@@ -187,6 +152,11 @@ impl Lease {
             io_timeout: config.lease_io_timeout(),
             event_history: config.event_history,
             wait_replicas: config.wait_replicas,
+            live: if checks {
+                keys.live.clone()
+            } else {
+                String::new()
+            },
             target,
             keys,
             scripts,
@@ -194,6 +164,11 @@ impl Lease {
             node_id,
             shared,
             conn: None,
+            link: 0,
+            gate,
+            watch: HolderWatch::new(config.liveness_check),
+            own_check: OwnCheck::default(),
+            renewed_unseen: 0,
             role: Role::Follower {
                 next_try: Instant::now(),
             },
@@ -220,7 +195,9 @@ impl Lease {
     }
 
     /// Stops the threads. With `release`, a watcher deletes its lock (if still its own) and wakes
-    /// the followers; without, the lock is left to expire, as after a crash.
+    /// the followers; without, the lock is left behind, as after a crash: the wake thread closes
+    /// its connection within one poll of its read, so followers that check liveness take over
+    /// at once, and the others once the lock expires.
     pub fn stop(mut self, release: bool) -> Result<(), Error> {
         self.stop_inner(release)
     }
@@ -278,6 +255,16 @@ enum Role {
     },
 }
 
+/// Whether our own liveness subscription shows on the lock's server (see
+/// [`LeaseLoop::check_own_liveness`]).
+#[derive(Debug, Default)]
+struct OwnCheck {
+    /// Asked the wake thread to subscribe again, and no reply has shown the subscription since.
+    asked: bool,
+    /// Said once that it did not help.
+    warned: bool,
+}
+
 struct LeaseLoop {
     timing: LeaseTiming,
     io_timeout: Duration,
@@ -286,6 +273,9 @@ struct LeaseLoop {
     /// fails like one that did not reach Redis, so the flag never rests on a lock a failover
     /// could lose.
     wait_replicas: crate::scripts::Wait,
+    /// The start of the liveness channels (`Keys::live`) passed to the scripts; empty when this
+    /// node checks no liveness.
+    live: String,
     target: Target,
     keys: Keys,
     scripts: Arc<Scripts>,
@@ -293,6 +283,15 @@ struct LeaseLoop {
     name: String,
     shared: Arc<LeaseShared>,
     conn: Option<RedisConn>,
+    /// How many lease connections were opened: a follower's looks count only on one of them.
+    link: u64,
+    /// Our liveness subscription, and the one way the flag is raised.
+    gate: Arc<Gate>,
+    /// What this node, following, has seen of the holder's liveness.
+    watch: HolderWatch,
+    own_check: OwnCheck,
+    /// Successful renewals in a row made while our liveness subscription was down.
+    renewed_unseen: u32,
     role: Role,
     /// Whether the last lease command reached Redis (None before the first): we log changes of
     /// this, not every failed tick.
@@ -336,12 +335,20 @@ impl LeaseLoop {
                         }
                     }
                     Ok(Wake::Acquired(_)) => {}
-                    // The lock was released: followers try at once.
-                    Ok(Wake::Released) => {
-                        if let Role::Follower { next_try } = &mut self.role {
-                            *next_try = Instant::now();
+                    // The lock was released: followers try at once. Our liveness subscription
+                    // is back: a follower competes again at once, a watcher renews at once to
+                    // raise its flag again.
+                    Ok(Wake::Released | Wake::LivenessUp) => match &mut self.role {
+                        Role::Follower { next_try } => *next_try = Instant::now(),
+                        Role::Watcher { next_renew, .. } => {
+                            if !self.shared.flag.load(Ordering::SeqCst) {
+                                *next_renew = Instant::now();
+                            }
                         }
-                    }
+                    },
+                    // The wake thread has already lowered the flag; the lease goes on until
+                    // the subscription is back or has been down for a renewal period.
+                    Ok(Wake::LivenessLost) => {}
                     // The wake thread is gone; followers still poll on the PTTL schedule.
                     Err(_) => wake = never(),
                 },
@@ -354,13 +361,16 @@ impl LeaseLoop {
     }
 
     /// Reads Redis's eviction policy again when it is due, and warns once if it changed. It
-    /// runs only on a lease connection that is open, and only when the next lease step is at
-    /// least a command timeout away, with that as its read timeout: it ends before the next
-    /// renewal is due, let alone its deadline. A failure is left to the next lease step, which
+    /// runs only on a lease connection that is open, and for a watcher only when the next lease
+    /// step is at least a command timeout away, with that as its read timeout: it ends before
+    /// the next renewal is due, let alone its deadline. A failure is left to the next lease step, which
     /// reconnects if it must.
     fn check_policy(&mut self, now: Instant) {
+        // A follower may spend a look's delay on it (it looks every liveness interval, which
+        // would otherwise never leave room); a watcher only time it does not need.
+        let follower = matches!(self.role, Role::Follower { .. });
         if now < self.next_policy_check
-            || self.due().saturating_duration_since(now) < self.io_timeout
+            || (!follower && self.due().saturating_duration_since(now) < self.io_timeout)
         {
             return;
         }
@@ -414,40 +424,94 @@ impl LeaseLoop {
                 }
             }
             Role::Follower { next_try } => {
-                if now >= next_try {
-                    self.try_acquire();
+                if now < next_try {
+                    return;
                 }
+                let Some(token) = self.gate.token() else {
+                    // Our liveness subscription is down: nobody could tell our death from a
+                    // pause, so we leave the lock to nodes they can see. The wake thread tells
+                    // us when it is back; until then look again now and then. (`open` is told
+                    // that the first attempt was made: it found us unable to compete yet.)
+                    self.role = Role::Follower {
+                        next_try: now + self.timing.retry,
+                    };
+                    if let Some(tx) = self.first_attempt.take() {
+                        let _ = tx.send(());
+                    }
+                    return;
+                };
+                // A look on a new connection cannot build on looks made on the old one.
+                if self.conn.as_ref().is_none_or(|c| c.is_broken()) {
+                    self.watch.forget();
+                }
+                let gone = self.watch.dead_holder(self.link, now).map(str::to_string);
+                self.try_acquire(token, gone);
             }
         }
     }
 
-    fn try_acquire(&mut self) {
+    /// One look at the lock: `acquire.lua`, or `take_over.lua` when the holder `gone` was seen
+    /// alive and then found gone an interval ago. Either takes the lock if it can.
+    fn try_acquire(&mut self, token: Token, gone: Option<String>) {
         let sent = Instant::now();
-        let reply = self.call(self.io_timeout, Which::Acquire);
+        let which = match &gone {
+            Some(gone) => Which::TakeOver { gone },
+            None => Which::Acquire,
+        };
+        let reply = self.call(self.io_timeout, which);
         let now = Instant::now();
         match reply.and_then(parse_acquire) {
-            Ok(Acquire::Won(epoch)) => {
+            Ok(Acquire::Won { epoch, subscribers }) => {
+                self.watch.forget();
+                self.renewed_unseen = 0;
                 self.shared.epoch.store(epoch, Ordering::SeqCst);
-                self.shared.flag.store(true, Ordering::SeqCst);
+                let raised = self.gate.raise(token, &self.shared.flag);
                 self.shared
                     .counters
                     .acquired
                     .fetch_add(1, Ordering::Relaxed);
+                metrics::lease(LeaseEvent::Acquired);
                 self.last_holder = Some(self.node_id.clone());
                 self.role = Role::Watcher {
                     epoch,
                     valid_until: self.timing.valid_until(sent),
                     next_renew: self.timing.next_renewal(sent),
                 };
-                info!(target: LOG_TARGET, "acquired watcher lock (node {}, epoch {epoch})", self.node_id);
+                match gone {
+                    Some(gone) => info!(
+                        target: LOG_TARGET,
+                        "acquired watcher lock (node {}, epoch {epoch}): previous holder {gone} is \
+                         gone (its liveness connection closed)",
+                        self.node_id
+                    ),
+                    None => info!(
+                        target: LOG_TARGET,
+                        "acquired watcher lock (node {}, epoch {epoch})",
+                        self.node_id
+                    ),
+                }
+                if !raised {
+                    debug!(target: LOG_TARGET, "liveness connection broke during the acquisition: flag down until it is back");
+                }
+                self.check_own_liveness(subscribers, token);
             }
-            Ok(Acquire::Held { pttl_ms, holder }) => {
+            Ok(Acquire::Held {
+                pttl_ms,
+                holder,
+                subscribers,
+            }) => {
                 if self.last_holder.as_deref() != Some(holder.as_str()) {
                     debug!(target: LOG_TARGET, "watcher lock held by {holder}; following");
-                    self.last_holder = Some(holder);
+                    self.last_holder = Some(holder.clone());
                 }
+                if let Some(gone) = gone {
+                    debug!(target: LOG_TARGET, "not taking over from {gone}: the lock is {holder}'s, with {subscribers:?} liveness subscribers");
+                }
+                self.watch.look(self.link, &holder, subscribers, now);
                 self.role = Role::Follower {
-                    next_try: now + self.timing.follower_wait(pttl_ms),
+                    next_try: self
+                        .watch
+                        .next_look(now, self.timing.follower_wait(pttl_ms)),
                 };
             }
             // The lock is ours on the primary, but a failover could lose it: not acting on it.
@@ -470,35 +534,57 @@ impl LeaseLoop {
     }
 
     fn renew(&mut self, epoch: u64, valid_until: Instant) {
+        // Without a token (our liveness subscription is down) the renewal keeps the lock while
+        // the wake thread reconnects, but cannot raise the flag.
+        let token = self.gate.token();
         let sent = Instant::now();
         let left = valid_until.saturating_duration_since(sent);
         let reply = self.call(self.io_timeout.min(left), Which::Renew { epoch });
         let now = Instant::now();
         match reply.and_then(parse_renew) {
-            Ok(renewed @ (Renew::Renewed | Renew::TakenBack(_))) => {
-                let epoch = match renewed {
-                    Renew::TakenBack(new_epoch) => {
+            Ok(renewed @ (Renew::Renewed(_) | Renew::TakenBack(..))) => {
+                let (epoch, subscribers) = match renewed {
+                    Renew::TakenBack(new_epoch, n) => {
                         // The flag stays up: nobody else could hold the lock meanwhile (the
                         // fence). Only the epoch moves on, which rejects our own calls sent
                         // under the old one.
                         self.shared.epoch.store(new_epoch, Ordering::SeqCst);
                         info!(target: LOG_TARGET, "watcher lock was deleted by hand; took it back (epoch {new_epoch})");
-                        new_epoch
+                        (new_epoch, n)
                     }
-                    _ => {
+                    Renew::Renewed(n) => {
                         debug!(target: LOG_TARGET, "watcher lock renewed");
-                        epoch
+                        (epoch, n)
                     }
+                    Renew::Lost(_) => (epoch, None),
                 };
+                match token {
+                    Some(token) => {
+                        self.renewed_unseen = 0;
+                        let was_up = self.shared.flag.load(Ordering::SeqCst);
+                        if self.gate.raise(token, &self.shared.flag) && !was_up {
+                            info!(target: LOG_TARGET, "watcher flag up again: the liveness connection is back and the lock is still ours");
+                        }
+                        self.check_own_liveness(subscribers, token);
+                    }
+                    None => self.renewed_unseen += 1,
+                }
                 self.shared
                     .counters
                     .renewals
                     .fetch_add(1, Ordering::Relaxed);
+                metrics::lease(LeaseEvent::Renewed);
                 self.role = Role::Watcher {
                     epoch,
                     valid_until: self.timing.valid_until(sent),
                     next_renew: self.timing.next_renewal(sent),
                 };
+                // Redis answers us, but our liveness subscription has not come back for a
+                // whole renewal period (the wake thread retries every 100 ms at most).
+                if self.renewed_unseen >= 2 {
+                    self.renewed_unseen = 0;
+                    self.give_up(epoch, self.gate.down_for(now).unwrap_or_default());
+                }
             }
             Ok(Renew::Lost(holder)) => {
                 let why = if holder.is_empty() {
@@ -518,6 +604,7 @@ impl LeaseLoop {
                     .counters
                     .failed_renewals
                     .fetch_add(1, Ordering::Relaxed);
+                metrics::lease(LeaseEvent::RenewalFailed);
                 self.role = Role::Watcher {
                     epoch,
                     valid_until,
@@ -527,9 +614,55 @@ impl LeaseLoop {
         }
     }
 
+    /// A watcher that renewed twice in a row (a renewal period) while its liveness subscription
+    /// was down: Redis answers, but no follower that comes to look could tell its death from a
+    /// pause, so it hands the lock to one they can see (release and wake them), and competes
+    /// again once its subscription is back.
+    fn give_up(&mut self, epoch: u64, down: Duration) {
+        self.step_down(&format!(
+            "the liveness connection has been down for {} ms; releasing the lock to a node the \
+             others can see",
+            down.as_millis()
+        ));
+        if let Ok(1) = self
+            .call(self.io_timeout, Which::Release { epoch })
+            .and_then(|v| codec::int(&v, "release"))
+        {
+            info!(target: LOG_TARGET, "released watcher lock");
+        }
+        self.role = Role::Follower {
+            next_try: Instant::now() + self.timing.retry,
+        };
+    }
+
+    /// An acquisition or renewal counted `subscribers` on our own liveness channel on the lock's
+    /// server while our subscription stood (`token`). None means it sits on another server (a
+    /// Cluster or Sentinel failover left it on the old primary) or the server dropped it without
+    /// our noticing: followers there cannot see us alive, so our crash would cost them the TTL.
+    /// The wake thread is asked once to subscribe again (which drops the flag until a renewal
+    /// sent after that, as any break); if that does not help (a proxy that sends pub/sub
+    /// elsewhere), it is said once and left as it is: the TTL path still works.
+    fn check_own_liveness(&mut self, subscribers: Option<u64>, token: Token) {
+        match subscribers {
+            Some(0) if self.gate.token() == Some(token) => {
+                if !self.own_check.asked {
+                    self.own_check.asked = true;
+                    info!(target: LOG_TARGET, "this node's liveness subscription is not on the lock's server; subscribing again");
+                    self.gate.request_resubscribe();
+                } else if !self.own_check.warned {
+                    self.own_check.warned = true;
+                    warn!(target: LOG_TARGET, "this node's liveness subscription does not show on the lock's server even after subscribing again (a proxy between the node and redis?): if this node dies, the others wait for the lock's TTL");
+                }
+            }
+            Some(n) if n > 0 => self.own_check = OwnCheck::default(),
+            _ => {}
+        }
+    }
+
     fn step_down(&mut self, why: &str) {
         self.shared.flag.store(false, Ordering::SeqCst);
         self.shared.counters.lost.fetch_add(1, Ordering::Relaxed);
+        metrics::lease(LeaseEvent::Lost);
         warn!(target: LOG_TARGET, "lost watcher lock: {why}");
     }
 
@@ -542,7 +675,13 @@ impl LeaseLoop {
         self.role = Role::Follower {
             next_try: Instant::now(),
         };
-        let reply = self.call(self.io_timeout, Which::Release { epoch })?;
+        let reply = match self.call(self.io_timeout, Which::Release { epoch }) {
+            // A link that broke while the thread had nothing to send (a network blip between
+            // two renewals) shows only now: once more on a new connection, or the lock would be
+            // left to expire. The script deletes only our own lock, so a repeat is harmless.
+            Err(Error::Unavailable(_)) => self.call(self.io_timeout, Which::Release { epoch })?,
+            reply => reply?,
+        };
         if codec::int(&reply, "release")? == 1 {
             info!(target: LOG_TARGET, "released watcher lock");
         }
@@ -550,7 +689,7 @@ impl LeaseLoop {
     }
 
     /// Runs one lease script, (re)connecting as needed; logs a change of link state once.
-    fn call(&mut self, timeout: Duration, which: Which) -> Result<redis::Value, Error> {
+    fn call(&mut self, timeout: Duration, which: Which<'_>) -> Result<redis::Value, Error> {
         let result = self.call_inner(timeout, which);
         match &result {
             Ok(_) if self.link_up != Some(true) => {
@@ -572,7 +711,7 @@ impl LeaseLoop {
         result
     }
 
-    fn call_inner(&mut self, timeout: Duration, which: Which) -> Result<redis::Value, Error> {
+    fn call_inner(&mut self, timeout: Duration, which: Which<'_>) -> Result<redis::Value, Error> {
         let deadline = Instant::now() + timeout;
         let no_time = || Error::Timeout("no time left before the lease deadline".into());
         if timeout.is_zero() {
@@ -583,10 +722,17 @@ impl LeaseLoop {
         }
         let conn = match &mut self.conn {
             Some(conn) => conn,
+            // A take-over rests on looks made on this connection: never on a new one.
+            None if matches!(which, Which::TakeOver { .. }) => {
+                return Err(Error::Unavailable(
+                    "the lease connection the holder was watched on is gone".into(),
+                ))
+            }
             None => {
                 // Connecting counts against the same budget: the deadline does not wait.
                 let conn = RedisConn::open(&self.target, timeout, self.io_timeout, &self.name)
                     .map_err(Error::from_redis)?;
+                self.link += 1;
                 self.conn.insert(conn)
             }
         };
@@ -596,9 +742,11 @@ impl LeaseLoop {
         }
         conn.set_read_timeout(left).map_err(Error::from_redis)?;
         let (scripts, node_id, ttl) = (&self.scripts, self.node_id.as_str(), self.timing.ttl);
+        let live = self.live.as_str();
         let call = match which {
-            Which::Acquire => scripts.acquire(node_id, ttl),
-            Which::Renew { epoch } => scripts.renew(node_id, epoch, ttl),
+            Which::Acquire => scripts.acquire(node_id, ttl, live),
+            Which::TakeOver { gone } => scripts.take_over(node_id, ttl, gone, live),
+            Which::Renew { epoch } => scripts.renew(node_id, epoch, ttl, live),
             Which::Release { epoch } => scripts.release(node_id, epoch),
         };
         // WAIT gets half of what is left, so the script and the reply fit in the other half.
@@ -609,190 +757,81 @@ impl LeaseLoop {
     }
 }
 
-/// Which lease script to run, with what only the caller knows (the node id and TTL are the
-/// loop's own).
+/// Which lease script to run, with what only the caller knows (the node id, TTL and liveness
+/// channels are the loop's own).
 #[derive(Clone, Copy)]
-enum Which {
+enum Which<'a> {
     Acquire,
-    Renew { epoch: u64 },
-    Release { epoch: u64 },
+    /// Take the lock from `gone`, found without its liveness subscription.
+    TakeOver {
+        gone: &'a str,
+    },
+    Renew {
+        epoch: u64,
+    },
+    Release {
+        epoch: u64,
+    },
 }
 
+/// The reply of `acquire.lua` and of `take_over.lua`. `subscribers` counts liveness
+/// subscriptions (ours when we won, the holder's otherwise); `None` when not asked.
 enum Acquire {
-    Won(u64),
-    Held { pttl_ms: i64, holder: String },
+    Won {
+        epoch: u64,
+        subscribers: Option<u64>,
+    },
+    Held {
+        pttl_ms: i64,
+        holder: String,
+        subscribers: Option<u64>,
+    },
+}
+
+/// A count of liveness subscribers as the scripts give it: `-1` when not asked.
+fn subscribers(v: &redis::Value) -> Result<Option<u64>, Error> {
+    let n = codec::int(v, "subscribers")?;
+    Ok((n >= 0).then_some(n as u64))
 }
 
 fn parse_acquire(v: redis::Value) -> Result<Acquire, Error> {
     let items = codec::array(v, "acquire")?;
     match items.as_slice() {
-        [won, epoch] if codec::int(won, "acquire")? == 1 => {
-            Ok(Acquire::Won(codec::uint(epoch, "epoch")?))
-        }
-        [_, pttl, holder] => Ok(Acquire::Held {
+        [won, epoch, n] if codec::int(won, "acquire")? == 1 => Ok(Acquire::Won {
+            epoch: codec::uint(epoch, "epoch")?,
+            subscribers: subscribers(n)?,
+        }),
+        [_, pttl, holder, n] => Ok(Acquire::Held {
             pttl_ms: codec::int(pttl, "pttl")?,
             holder: codec::text(holder, "holder")?,
+            subscribers: subscribers(n)?,
         }),
         _ => Err(Error::UnexpectedReply(format!("acquire: {items:?}").into())),
     }
 }
 
 enum Renew {
-    Renewed,
+    /// With our own liveness subscribers on the lock's server.
+    Renewed(Option<u64>),
     /// The lock had been deleted by hand; we took it back under this epoch.
-    TakenBack(u64),
+    TakenBack(u64, Option<u64>),
     /// Someone else holds it now (`""`: nobody).
     Lost(String),
 }
 
 fn parse_renew(v: redis::Value) -> Result<Renew, Error> {
     let items = codec::array(v, "renew")?;
-    match items.as_slice() {
-        [ok] if codec::int(ok, "renew")? == 1 => Ok(Renew::Renewed),
-        [code, epoch] if codec::int(code, "renew")? == 2 => {
-            Ok(Renew::TakenBack(codec::uint(epoch, "epoch")?))
-        }
-        [_, holder] => Ok(Renew::Lost(codec::text(holder, "holder")?)),
+    let code = match items.first() {
+        Some(code) => codec::int(code, "renew")?,
+        None => return Err(Error::UnexpectedReply("renew: an empty reply".into())),
+    };
+    match (code, items.as_slice()) {
+        (1, [_, n]) => Ok(Renew::Renewed(subscribers(n)?)),
+        (2, [_, epoch, n]) => Ok(Renew::TakenBack(
+            codec::uint(epoch, "epoch")?,
+            subscribers(n)?,
+        )),
+        (0, [_, holder]) => Ok(Renew::Lost(codec::text(holder, "holder")?)),
         _ => Err(Error::UnexpectedReply(format!("renew: {items:?}").into())),
-    }
-}
-
-/// What the wake channel says (see `acquire.lua`, `release.lua`, `reset_lock.lua`).
-#[derive(Debug, PartialEq, Eq)]
-enum Wake {
-    Released,
-    Acquired(String),
-}
-
-impl Wake {
-    fn parse(payload: &str) -> Wake {
-        match payload.strip_prefix("acquired ") {
-            Some(node) => Wake::Acquired(node.to_string()),
-            None => Wake::Released,
-        }
-    }
-}
-
-/// Forwards the wake channel's messages to the lease thread: a follower takes over within
-/// milliseconds of a graceful release instead of at its next poll, and a watcher whose lock
-/// was deleted by hand and taken by another node steps down at once.
-struct Waker {
-    target: Target,
-    channel: String,
-    connect_timeout: Duration,
-    retry: Duration,
-    name: String,
-    stop: Receiver<()>,
-    wake: Sender<Wake>,
-    /// Told once the first subscription is in place.
-    subscribed: Option<Sender<()>>,
-}
-
-/// How often a blocked subscriber read returns to check for shutdown.
-const WAKER_POLL: Duration = Duration::from_millis(100);
-
-impl Waker {
-    fn run(mut self) {
-        loop {
-            if let Err(e) = self.listen() {
-                debug!(target: LOG_TARGET, "wake channel unavailable, retrying: {e}");
-            }
-            select! {
-                recv(self.stop) -> _ => return,
-                default(self.retry) => {}
-            }
-        }
-    }
-
-    /// Returns `Ok` on shutdown, `Err` when the subscription broke.
-    fn listen(&mut self) -> Result<(), redis::RedisError> {
-        let mut conn = RedisConn::open(&self.target, self.connect_timeout, WAKER_POLL, &self.name)?;
-        let mut pubsub = conn.conn.as_pubsub();
-        pubsub.subscribe(&self.channel)?;
-        pubsub.set_read_timeout(Some(WAKER_POLL))?;
-        if let Some(subscribed) = self.subscribed.take() {
-            let _ = subscribed.send(());
-        }
-        let mut heard = Instant::now();
-        loop {
-            if !matches!(
-                self.stop.try_recv(),
-                Err(crossbeam_channel::TryRecvError::Empty)
-            ) {
-                return Ok(());
-            }
-            match pubsub.get_message() {
-                Ok(msg) => {
-                    heard = Instant::now();
-                    let payload: String = msg.get_payload().unwrap_or_default();
-                    // Never block on a lease thread that is busy; a dropped wake-up only
-                    // means the next poll does the work.
-                    let _ = self.wake.try_send(Wake::parse(&payload));
-                }
-                // A link that died silently only shows when we speak: ping now and then.
-                Err(e) if e.is_timeout() => {
-                    if heard.elapsed() >= self.retry {
-                        pubsub.ping::<redis::Value>()?;
-                        heard = Instant::now();
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flag_drops_before_the_key_can_expire() {
-        let t = LeaseTiming::new(Duration::from_secs(1));
-        let sent = Instant::now();
-        // The server cannot expire the key before sent + ttl.
-        assert!(t.valid_until(sent) < sent + t.ttl);
-        assert_eq!(t.valid_until(sent), sent + Duration::from_millis(900));
-        assert!(t.next_renewal(sent) < t.valid_until(sent));
-        // Two more renewal attempts fit before the deadline.
-        assert!(t.next_renewal(sent) + t.retry * 2 < t.valid_until(sent));
-    }
-
-    #[test]
-    fn renewal_retries_never_pass_the_deadline() {
-        let t = LeaseTiming::new(Duration::from_secs(1));
-        let now = Instant::now();
-        let deadline = now + Duration::from_millis(30);
-        assert_eq!(t.renewal_retry(now, deadline), deadline);
-        let deadline = now + Duration::from_secs(1);
-        assert_eq!(t.renewal_retry(now, deadline), now + t.retry);
-    }
-
-    #[test]
-    fn the_policy_is_read_again_every_three_ttls_within_bounds() {
-        let (ms, s) = (Duration::from_millis, Duration::from_secs);
-        for (ttl, every) in [
-            (s(10), s(30)),
-            (s(1), s(3)),
-            (ms(100), s(1)),
-            (s(60), s(30)),
-        ] {
-            assert_eq!(policy_check_every(ttl), every, "ttl {ttl:?}");
-        }
-    }
-
-    #[test]
-    fn wake_messages_say_who_acquired() {
-        assert_eq!(Wake::parse("released"), Wake::Released);
-        assert_eq!(Wake::parse("acquired abc"), Wake::Acquired("abc".into()));
-    }
-
-    #[test]
-    fn followers_wake_when_the_lock_can_expire() {
-        let t = LeaseTiming::new(Duration::from_secs(3));
-        assert_eq!(t.follower_wait(200), Duration::from_millis(201));
-        assert_eq!(t.follower_wait(5_000), Duration::from_secs(1));
-        assert_eq!(t.follower_wait(-1), Duration::from_secs(1));
-        assert_eq!(t.follower_wait(-2), Duration::ZERO);
     }
 }
