@@ -170,17 +170,7 @@ the PATH). RUST_LOG=debug adds the DEBUG lines.";
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), BoxError> {
-    match std::env::args().nth(1).as_deref() {
-        None => {}
-        Some("-h" | "--help") => {
-            println!("{USAGE}");
-            return Ok(());
-        }
-        Some(other) => {
-            eprintln!("async_host: unexpected argument {other:?}\n{USAGE}");
-            std::process::exit(2);
-        }
-    }
+    support::help_only("async_host", USAGE);
     // Only plain level names here: the `env-filter` feature (full RUST_LOG syntax) is not
     // enabled, to keep the example's dependencies small.
     let level = match std::env::var("RUST_LOG").as_deref() {

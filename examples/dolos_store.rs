@@ -609,17 +609,7 @@ PATH). RUST_LOG=debug adds the crate's DEBUG lines.";
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), BoxError> {
-    match std::env::args().nth(1).as_deref() {
-        None => {}
-        Some("-h" | "--help") => {
-            println!("{USAGE}");
-            return Ok(());
-        }
-        Some(other) => {
-            eprintln!("dolos_store: unexpected argument {other:?}\n{USAGE}");
-            std::process::exit(2);
-        }
-    }
+    support::help_only("dolos_store", USAGE);
     let level = match std::env::var("RUST_LOG").as_deref() {
         Ok("debug") => tracing::Level::DEBUG,
         _ => tracing::Level::INFO,

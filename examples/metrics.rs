@@ -31,17 +31,7 @@ node that received transactions, applied a block and renewed its lock. Build
 with --features metrics. Uses $REDIS_URL, else starts a private redis-server.";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    match std::env::args().nth(1).as_deref() {
-        None => {}
-        Some("-h" | "--help") => {
-            println!("{USAGE}");
-            return Ok(());
-        }
-        Some(other) => {
-            eprintln!("metrics: unexpected argument {other:?}\n{USAGE}");
-            std::process::exit(2);
-        }
-    }
+    support::help_only("metrics", USAGE);
     // The host's recorder, installed before the mempool opens.
     let prometheus = PrometheusBuilder::new().install_recorder()?;
 

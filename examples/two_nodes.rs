@@ -25,17 +25,7 @@ the other takes over at once. Uses $REDIS_URL, else starts a private redis-serve
 (redis-server on the PATH). RUST_LOG=dolos_redis=debug shows the lease lines.";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    match std::env::args().nth(1).as_deref() {
-        None => {}
-        Some("-h" | "--help") => {
-            println!("{USAGE}");
-            return Ok(());
-        }
-        Some(other) => {
-            eprintln!("two_nodes: unexpected argument {other:?}\n{USAGE}");
-            std::process::exit(2);
-        }
-    }
+    support::help_only("two_nodes", USAGE);
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
     // `REDIS_URL`, else a private server, kept alive for the whole run (killed when dropped).

@@ -242,15 +242,7 @@ impl InflightView {
 
     /// The tx of `hash` with this `score` in `P:inflight` and its stored `record`.
     pub fn tx(&self, hash: TxHash, score: u64, payload: EraCbor) -> Result<MempoolTx, Error> {
-        let status = self.status(score)?;
-        Ok(MempoolTx {
-            hash,
-            payload,
-            stage: status.stage,
-            confirmations: status.confirmations,
-            non_confirmations: status.non_confirmations,
-            confirmed_at: status.confirmed_at,
-        })
+        Ok(tx_with(hash, payload, self.status(score)?))
     }
 
     /// Stage and counters of an inflight tx from its score.
@@ -397,17 +389,19 @@ pub(crate) fn decode_log_entry(v: Value, keys: &Keys) -> Result<(u64, MempoolTx)
     };
     let (hash, status) = decode_log_status(&status.ok_or_else(|| missing("s"))?, &key)?;
     let payload = decode_record(record.ok_or_else(|| missing("b"))?, || key.clone())?;
-    Ok((
-        seq,
-        MempoolTx {
-            hash,
-            payload,
-            stage: status.stage,
-            confirmations: status.confirmations,
-            non_confirmations: status.non_confirmations,
-            confirmed_at: status.confirmed_at,
-        },
-    ))
+    Ok((seq, tx_with(hash, payload, status)))
+}
+
+/// A tx from its hash, payload and status: the one place the fields are put together.
+fn tx_with(hash: TxHash, payload: EraCbor, status: TxStatus) -> MempoolTx {
+    MempoolTx {
+        hash,
+        payload,
+        stage: status.stage,
+        confirmations: status.confirmations,
+        non_confirmations: status.non_confirmations,
+        confirmed_at: status.confirmed_at,
+    }
 }
 
 #[cfg(test)]

@@ -353,15 +353,7 @@ fn a_slot_moved_to_another_primary_is_followed() {
     // migrating on the source, then the new owner everywhere, the target first (which bumps
     // its config epoch, so its claim wins in gossip).
     let (from_id, to_id) = (cluster.node_id(from), cluster.node_id(to));
-    let setslot = |node: usize, args: &[&str]| {
-        let mut c = cluster.nodes[node].connection();
-        redis::cmd("CLUSTER")
-            .arg("SETSLOT")
-            .arg(slot)
-            .arg(args)
-            .query::<()>(&mut c)
-            .unwrap_or_else(|e| panic!("setslot {args:?} on node {node}: {e}"));
-    };
+    let setslot = |node: usize, args: &[&str]| set_slot(&cluster, node, slot, args);
     setslot(to, &["IMPORTING", &from_id]);
     setslot(from, &["MIGRATING", &to_id]);
     for node in [to, from, 3 - to - from] {
@@ -390,6 +382,17 @@ fn a_slot_moved_to_another_primary_is_followed() {
 
 /// The number of subscribers of `channel` on one cluster node (`PUBSUB NUMSUB` counts only that
 /// node's own).
+/// `CLUSTER SETSLOT <slot> <args>` on one node.
+fn set_slot(cluster: &Cluster, node: usize, slot: u16, args: &[&str]) {
+    let mut c = cluster.nodes[node].connection();
+    redis::cmd("CLUSTER")
+        .arg("SETSLOT")
+        .arg(slot)
+        .arg(args)
+        .query::<()>(&mut c)
+        .unwrap_or_else(|e| panic!("setslot {args:?} on node {node}: {e}"));
+}
+
 fn subscribers(node: &RedisServer, channel: &str) -> i64 {
     let mut c = node.connection();
     let (_, n): (String, i64) = redis::cmd("PUBSUB")
@@ -423,15 +426,7 @@ fn after_its_slot_moves_nobody_is_declared_dead_early_and_liveness_follows_the_l
     // Move the slot, keys and all: importing on the target, migrating on the source, the keys
     // over, then the new owner everywhere (the target first).
     let (from_id, to_id) = (cluster.node_id(from), cluster.node_id(to));
-    let setslot = |node: usize, args: &[&str]| {
-        let mut c = cluster.nodes[node].connection();
-        redis::cmd("CLUSTER")
-            .arg("SETSLOT")
-            .arg(slot)
-            .arg(args)
-            .query::<()>(&mut c)
-            .unwrap_or_else(|e| panic!("setslot {args:?} on node {node}: {e}"));
-    };
+    let setslot = |node: usize, args: &[&str]| set_slot(&cluster, node, slot, args);
     setslot(to, &["IMPORTING", &from_id]);
     setslot(from, &["MIGRATING", &to_id]);
     let mut source = cluster.nodes[from].connection();

@@ -24,30 +24,18 @@ pub struct Run {
 /// node processes have closed their pipes).
 pub fn run(cmd: &mut Command, timeout: Duration, last_words: &str) -> Run {
     let started = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the child process");
-    let output = Arc::new(Mutex::new(Vec::new()));
-    collect(child.stdout.take().expect("piped stdout"), output.clone());
-    collect(child.stderr.take().expect("piped stderr"), output.clone());
-
-    let mut status = None;
-    let finished = super::wait_until(timeout, || {
-        status = child.try_wait().expect("wait for the child process");
-        status.is_some()
-    });
-    if !finished {
-        let _ = child.kill();
-        let _ = child.wait();
+    let mut running = Running::spawn(cmd);
+    let status = running.wait_exit(timeout);
+    if status.is_none() {
+        let _ = running.child.kill();
+        let _ = running.child.wait();
     }
-    let text = || String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
-    super::wait_until(Duration::from_secs(5), || text().contains(last_words));
+    super::wait_until(Duration::from_secs(5), || {
+        running.output().contains(last_words)
+    });
     Run {
         status,
-        output: text(),
+        output: running.output(),
         elapsed: started.elapsed(),
     }
 }

@@ -84,3 +84,19 @@ pub fn init_logging() {
     // test already installed the logger.
     let _ = env_logger::builder().is_test(true).try_init();
 }
+
+/// The command line of an example that takes no arguments but `--help`: prints `usage` and
+/// exits 0 for `-h`/`--help`, names an unexpected argument and exits 2, returns otherwise.
+pub fn help_only(program: &str, usage: &str) {
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("-h" | "--help") => {
+            println!("{usage}");
+            std::process::exit(0);
+        }
+        Some(other) => {
+            eprintln!("{program}: unexpected argument {other:?}\n{usage}");
+            std::process::exit(2);
+        }
+    }
+}
