@@ -343,22 +343,11 @@ fn a_slot_moved_to_another_primary_is_followed() {
     let slot = cluster.keyslot(&prefix);
     let from = cluster.owner(&prefix);
     let to = (from + 1) % 3;
-    // An observer writes nothing by itself, so the slot stays empty and can move without
-    // migrating keys.
     let m = RedisMempool::open(cluster_config(&cluster, &prefix).watcher_candidate(false))
         .expect("open");
     assert!(!m.has_pending().expect("has_pending"));
-
-    // The documented way to move a slot, minus MIGRATE (no keys): importing on the target,
-    // migrating on the source, then the new owner everywhere, the target first (which bumps
-    // its config epoch, so its claim wins in gossip).
-    let (from_id, to_id) = (cluster.node_id(from), cluster.node_id(to));
-    let setslot = |node: usize, args: &[&str]| set_slot(&cluster, node, slot, args);
-    setslot(to, &["IMPORTING", &from_id]);
-    setslot(from, &["MIGRATING", &to_id]);
-    for node in [to, from, 3 - to - from] {
-        setslot(node, &["NODE", &to_id]);
-    }
+    // `open` wrote the layout marker: the slot holds a key, which moves with it.
+    move_slot(&cluster, slot, from, to);
 
     // The pooled connections still go to the old owner, which answers MOVED: a transient
     // error, and the connection is replaced by one to the new owner.
@@ -380,19 +369,52 @@ fn a_slot_moved_to_another_primary_is_followed() {
     assert_eq!(n, 1);
 }
 
-/// The number of subscribers of `channel` on one cluster node (`PUBSUB NUMSUB` counts only that
-/// node's own).
-/// `CLUSTER SETSLOT <slot> <args>` on one node.
-fn set_slot(cluster: &Cluster, node: usize, slot: u16, args: &[&str]) {
-    let mut c = cluster.nodes[node].connection();
-    redis::cmd("CLUSTER")
-        .arg("SETSLOT")
-        .arg(slot)
-        .arg(args)
-        .query::<()>(&mut c)
-        .unwrap_or_else(|e| panic!("setslot {args:?} on node {node}: {e}"));
+/// Moves `slot` from node `from` to node `to`, keys and all, the documented way: importing on
+/// the target, migrating on the source, the keys over (`MIGRATE`), then the new owner on every
+/// node, the target first (which bumps its config epoch, so its claim wins in gossip). The
+/// source refuses to give up a slot that still holds keys, so none may be left behind.
+fn move_slot(cluster: &Cluster, slot: u16, from: usize, to: usize) {
+    let (from_id, to_id) = (cluster.node_id(from), cluster.node_id(to));
+    let set_slot = |node: usize, args: &[&str]| {
+        let mut c = cluster.nodes[node].connection();
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg(args)
+            .query::<()>(&mut c)
+            .unwrap_or_else(|e| panic!("setslot {args:?} on node {node}: {e}"));
+    };
+    set_slot(to, &["IMPORTING", &from_id]);
+    set_slot(from, &["MIGRATING", &to_id]);
+    let mut source = cluster.nodes[from].connection();
+    loop {
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(100)
+            .query(&mut source)
+            .expect("getkeysinslot");
+        if keys.is_empty() {
+            break;
+        }
+        redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(cluster.nodes[to].port())
+            .arg("")
+            .arg(0)
+            .arg(5_000)
+            .arg("KEYS")
+            .arg(&keys)
+            .query::<()>(&mut source)
+            .expect("migrate");
+    }
+    for node in [to, from, 3 - to - from] {
+        set_slot(node, &["NODE", &to_id]);
+    }
 }
 
+/// The number of subscribers of `channel` on one cluster node (`PUBSUB NUMSUB` counts only that
+/// node's own).
 fn subscribers(node: &RedisServer, channel: &str) -> i64 {
     let mut c = node.connection();
     let (_, n): (String, i64) = redis::cmd("PUBSUB")
@@ -423,37 +445,7 @@ fn after_its_slot_moves_nobody_is_declared_dead_early_and_liveness_follows_the_l
     let live = format!("{prefix}:watcher:live:{}", watcher.node_id());
     assert_eq!(subscribers(&cluster.nodes[from], &live), 1);
 
-    // Move the slot, keys and all: importing on the target, migrating on the source, the keys
-    // over, then the new owner everywhere (the target first).
-    let (from_id, to_id) = (cluster.node_id(from), cluster.node_id(to));
-    let setslot = |node: usize, args: &[&str]| set_slot(&cluster, node, slot, args);
-    setslot(to, &["IMPORTING", &from_id]);
-    setslot(from, &["MIGRATING", &to_id]);
-    let mut source = cluster.nodes[from].connection();
-    loop {
-        let keys: Vec<String> = redis::cmd("CLUSTER")
-            .arg("GETKEYSINSLOT")
-            .arg(slot)
-            .arg(100)
-            .query(&mut source)
-            .expect("getkeysinslot");
-        if keys.is_empty() {
-            break;
-        }
-        redis::cmd("MIGRATE")
-            .arg("127.0.0.1")
-            .arg(cluster.nodes[to].port())
-            .arg("")
-            .arg(0)
-            .arg(5_000)
-            .arg("KEYS")
-            .arg(&keys)
-            .query::<()>(&mut source)
-            .expect("migrate");
-    }
-    for node in [to, from, 3 - to - from] {
-        setslot(node, &["NODE", &to_id]);
-    }
+    move_slot(&cluster, slot, from, to);
     let moved = Instant::now();
 
     // The watcher's liveness subscription is still on the old owner, and the follower's lease
