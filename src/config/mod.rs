@@ -1,6 +1,9 @@
 //! Settings of a [`RedisMempool`](crate::RedisMempool): what a node is given, with their
 //! defaults and setters. Checking them is `validate.rs` ([`Config::validate`], called when the
 //! mempool opens); reading them from a Dolos TOML table is `toml.rs` (feature `serde`).
+//!
+//! (A little over 500 lines: one setter per setting, each saying its default and what it is for,
+//! kept with the struct they fill.)
 
 use std::fmt;
 use std::path::PathBuf;

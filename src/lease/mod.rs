@@ -36,6 +36,10 @@
 //! Between lease steps, every [`policy_check_every`] and only when the next step is at least a
 //! command timeout away, the thread also reads Redis's eviction policy again (`INFO memory`) and
 //! warns once when it changed since `open` (see `src/memory.rs`).
+//!
+//! (Over 500 lines: the loop's steps, acquire, renew, take over, release and the flag's rule at
+//! each, stay in one `impl` so that the invariant above is checked by reading one place; what
+//! stands alone lives in the files named at the top.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
