@@ -13,7 +13,7 @@
 //!   each rollback with `rollback_to(point)`; a follower only keeps its chain.
 //! * **The reconcile step.** When it becomes the watcher, and after any call that failed or was
 //!   refused (it then cannot know what Redis holds), it first makes the applied chain in Redis
-//!   agree with its own chain ([`Node::reconcile`]) and then applies its blocks after the common
+//!   agree with its own chain (`Node::reconcile`) and then applies its blocks after the common
 //!   point. Until that has worked it applies nothing: an error never skips a block, the next
 //!   tick starts over from the reconcile.
 //! * A call Redis refuses for memory (`Error::OutOfMemory`: nothing was stored) is made again
