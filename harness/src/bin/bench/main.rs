@@ -32,7 +32,9 @@
 //!   alternation;
 //! * issue 10's table: the server time of each call in units of a plain `SET`'s, in Dolos's
 //!   steady state, with end-to-end latencies next to a `SET` made right after each call
-//!   (`steady.rs` says how);
+//!   (`steady.rs` says how), and the two bulk reads next to their floor on the same cold txs;
+//! * what 100 txs cost to read from cold memory kept as hash fields or as stream entries, on
+//!   keys of its own (`layouts.rs`);
 //! * the longest single command while a 100k-entry mempool is read whole (SLOWLOG);
 //! * Redis memory per tracked tx beyond its payload;
 //! * watcher takeover after kill -9 (at the default TTL of 10 s and at 1 s, and with liveness
@@ -42,6 +44,7 @@
 //! back afterwards with untimed calls (a rollback `confirm` returns inflight txs to the pending
 //! queue), so every iteration sees the same mempool size.
 
+mod layouts;
 mod options;
 mod report;
 mod steady;
@@ -1190,6 +1193,9 @@ fn main() -> ExitCode {
 
     if bench.opts.runs("steady") {
         res.steady = Some(bench.steady());
+    }
+    if bench.opts.runs("layouts") {
+        res.layouts = Some(bench.layouts());
     }
     if bench.opts.runs("memory") {
         res.memory = Some(bench.memory());

@@ -100,6 +100,7 @@ pub struct Results {
     pub scaling: Option<Scaling>,
     pub takeover: Option<Takeover>,
     pub steady: Option<crate::steady::Steady>,
+    pub layouts: Option<crate::layouts::Layouts>,
     /// What → its pages.
     pub longest: Option<BTreeMap<&'static str, crate::steady::Longest>>,
     pub profiles: Vec<(String, Call, usize, util::CommandStats)>,
@@ -279,6 +280,32 @@ impl Report {
                 server / st.set_us
             ));
         }
+        self.line("");
+        self.line(
+            "The bulk reads against their floor on the same txs, as cold (the least any layout \
+             storing bodies in a hash does for the call, run in the call's place on alternate \
+             blocks; see `COLD` in steady.rs), and the warm floor above:",
+        );
+        self.line("");
+        self.line("| call | call µs | cold floor µs | call / cold floor | warm floor µs |");
+        self.line("|---|---:|---:|---:|---:|");
+        let warm = st
+            .references
+            .get(2)
+            .map(|v| crate::steady::trimmed(v))
+            .unwrap_or(f64::NAN);
+        for ((row, label, _, _), v) in crate::steady::COLD.iter().zip(&st.cold) {
+            let call = st
+                .rows
+                .get(*row)
+                .map(|r| crate::steady::trimmed(&r.server))
+                .unwrap_or(f64::NAN);
+            let floor = crate::steady::trimmed(v);
+            self.line(format!(
+                "| {label} | {call:.1} | {floor:.1} | {:.2} | {warm:.1} |",
+                call / floor
+            ));
+        }
         let spread = util::sorted(&st.set_per_block);
         self.line("");
         self.line(format!(
@@ -293,6 +320,38 @@ impl Report {
             st.set_us,
             spread.first().copied().unwrap_or(f64::NAN),
             spread.last().copied().unwrap_or(f64::NAN)
+        ));
+        self.line("");
+    }
+
+    fn layouts(&mut self, res: &Results) {
+        let Some(l) = &res.layouts else {
+            return;
+        };
+        self.line("### 100 txs read from cold memory, by where their bodies are kept");
+        self.line("");
+        self.line("| 100 × 300 B read as | cold µs | warm µs | cold / warm |");
+        self.line("|---|---:|---:|---:|");
+        for (label, (cold, warm)) in [
+            (
+                "hash fields: script `ZRANGE` + `HMGET`, returned (this crate's layout)",
+                l.hash,
+            ),
+            ("stream entries: one `XRANGE … COUNT 100`", l.stream),
+        ] {
+            self.line(format!(
+                "| {label} | {cold:.1} | {warm:.1} | {:.2} |",
+                cold / warm
+            ));
+        }
+        self.line("");
+        self.line(format!(
+            "Plain Redis commands on keys of their own (`layouts.rs`): {} txs stored both ways, \
+             interleaved with other values; before each cold read the server scans a 64 MB \
+             string, the warm read is the same one again; medians of {} reads each (a `SET` \
+             made in these conditions is itself cold, so no `SET` units here).",
+            crate::layouts::TXS,
+            crate::layouts::TRIALS
         ));
         self.line("");
     }
@@ -712,6 +771,7 @@ pub fn report(res: &Results, opts: &Opts, elapsed: Duration) -> String {
     };
     r.machine(res, opts, elapsed);
     r.steady(res);
+    r.layouts(res);
     r.longest(res);
     r.per_call(res, opts);
     r.limit(res, opts);

@@ -90,6 +90,32 @@ pub const REFERENCES: [(&str, f64, Option<&str>); 5] = [
     ("plain `HMGET` of 100 × 300 B", 10.0, None),
 ];
 
+/// The floors of the two bulk reads, on the very txs the call reads and as cold: each script
+/// does the least any layout storing bodies in a hash must do for its call (the first 100 ids
+/// and, for the inflight set, the scores that carry each tx's stage; then `HMGET` of the
+/// bodies). On alternate blocks the script runs right before the call, where the call would run,
+/// and that block's call is not counted (the script has just warmed its txs); on the others the
+/// call runs alone and counts. The references above run at the end of the block, on a head that
+/// `peek_pending` and `mark_inflight` have just read: warm. Each is (row of [`ROWS`], label,
+/// script, its sorted set's key suffix).
+pub const COLD: [(usize, &str, &str, &str); 2] = [
+    (
+        1,
+        "`peek_pending(100)`",
+        "local h = redis.call('ZRANGE', KEYS[1], 0, 99) if #h == 0 then return {} end \
+         return {h, redis.call('HMGET', KEYS[2], unpack(h))}",
+        "pending",
+    ),
+    (
+        2,
+        "`peek_inflight(100)`",
+        "local r = redis.call('ZRANGE', KEYS[1], 0, 99, 'WITHSCORES') local h = {} \
+         for i = 1, #r, 2 do h[#h + 1] = r[i] end if #h == 0 then return {} end \
+         return {r, redis.call('HMGET', KEYS[2], unpack(h))}",
+        "inflight",
+    ),
+];
+
 /// What one row measured.
 pub struct Row {
     pub label: &'static str,
@@ -108,6 +134,8 @@ pub struct Steady {
     pub rows: Vec<Row>,
     /// Server µs of each of [`REFERENCES`], one figure per block.
     pub references: Vec<Vec<f64>>,
+    /// Server µs of each of [`COLD`], one figure per block.
+    pub cold: Vec<Vec<f64>>,
 }
 
 impl Steady {
@@ -295,6 +323,34 @@ impl Bench {
             .collect();
         let mut set_per_block = Vec::new();
         let mut references: Vec<Vec<f64>> = Vec::new();
+        let mut cold: Vec<Vec<f64>> = vec![Vec::new(); COLD.len()];
+        // Its own connection: the windows below hold the admin connection.
+        let mut cold_conn = redis::Client::open(self.url.as_str())
+            .and_then(|c| c.get_connection())
+            .expect("a connection for the cold references");
+        let cold_shas: Vec<String> = COLD
+            .iter()
+            .map(|(_, _, script, _)| {
+                redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(*script)
+                    .query(&mut cold_conn)
+                    .expect("SCRIPT LOAD")
+            })
+            .collect();
+        // Server µs of cold reference `i`.
+        let mut cold_floor = |i: usize| {
+            let mut c = redis::cmd("EVALSHA");
+            c.arg(&cold_shas[i])
+                .arg(2)
+                .arg(format!("{prefix}:{}", COLD[i].3))
+                .arg(format!("{prefix}:txs"));
+            let before = stats(&mut cold_conn);
+            let _: redis::Value = c.query(&mut cold_conn).expect("cold reference");
+            let after = stats(&mut cold_conn);
+            let (calls, us) = usec(&before, &after, "evalsha");
+            us as f64 / calls.max(1) as f64
+        };
         let set_key = format!("{prefix}:set");
         for block in 0..WARM_UP + blocks {
             let measured = block >= WARM_UP;
@@ -319,6 +375,9 @@ impl Bench {
                 mp.receive(util::tx(tag, next + k as u64)).expect("receive")
             });
             next += PER_BLOCK;
+            // On even blocks the cold floors run and their calls do not count (see [`COLD`]).
+            let floor_first = block % 2 == 0;
+            let cold_pending = if floor_first { cold_floor(0) } else { f64::NAN };
             window(1, "evalsha", 1, &mut |_| {
                 assert_eq!(mp.peek_pending(100).expect("peek_pending").len(), 100)
             });
@@ -332,6 +391,7 @@ impl Bench {
             window(5, "evalsha", 1, &mut |_| {
                 mp.mark_acknowledged(&batch).expect("mark_acknowledged")
             });
+            let cold_inflight = if floor_first { cold_floor(1) } else { f64::NAN };
             window(2, "evalsha", 1, &mut |_| {
                 let got = mp.peek_inflight(100).expect("peek_inflight").len();
                 assert!(got == 100 || !measured, "peek_inflight: {got}");
@@ -374,8 +434,16 @@ impl Bench {
             if measured {
                 references.push(refs);
                 set_per_block.push(set_usec as f64 / set_calls.max(1) as f64);
+                for (i, floor) in [cold_pending, cold_inflight].into_iter().enumerate() {
+                    if floor_first {
+                        cold[i].push(floor);
+                        block_rows[COLD[i].0] = (f64::NAN, Vec::new());
+                    }
+                }
                 for (row, (server, e2e)) in rows.iter_mut().zip(block_rows) {
-                    row.server.push(server);
+                    if !server.is_nan() {
+                        row.server.push(server);
+                    }
                     row.e2e.extend(e2e);
                 }
             }
@@ -401,6 +469,7 @@ impl Bench {
             set_per_block,
             rows,
             references,
+            cold,
         }
     }
 
