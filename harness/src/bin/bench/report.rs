@@ -627,9 +627,11 @@ impl Report {
         }
         self.line("");
         self.line(
-            "Per-key figures are `MEMORY USAGE … SAMPLES 0` per tx and include the payload where \
-             the key holds it (`txs`, `log`); the event stream grows with every transition \
-             until it reaches its configured length.",
+            "The delta leaves out the clients' buffers (`mem_clients_normal`), which hold what \
+             the connections last carried, not the data. Per-key figures are `MEMORY USAGE … \
+             SAMPLES 0` per tx and include the payload where the key holds it (`txs`, `log`); \
+             the event stream grows with every transition until it reaches its configured \
+             length.",
         );
         self.line("");
     }
