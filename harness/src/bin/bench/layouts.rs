@@ -29,13 +29,13 @@ pub const TRIALS: usize = 60;
 /// A tx's stage sits in the low bits of its inflight score, as in the crate.
 const STAGE_BITS: u64 = 131_072;
 
-/// Hash layout, queue or inflight read: 100 ids from a score on (with their scores if `ARGV[2]`
-/// is set), then the bodies.
+/// Hash layout, queue or inflight read: `ARGV[3]` ids from a score on (with their scores if
+/// `ARGV[2]` is set), then the bodies.
 const HASH_READ: &str = "\
 local r = ARGV[2] == '1'
-  and redis.call('ZRANGE', KEYS[1], ARGV[1], '+inf', 'BYSCORE', 'LIMIT', 0, 100, 'WITHSCORES')
-  or redis.call('ZRANGE', KEYS[1], ARGV[1], '+inf', 'BYSCORE', 'LIMIT', 0, 100)
-local step = ARGV[3] == '1' and 2 or 1
+  and redis.call('ZRANGE', KEYS[1], ARGV[1], '+inf', 'BYSCORE', 'LIMIT', 0, ARGV[3], 'WITHSCORES')
+  or redis.call('ZRANGE', KEYS[1], ARGV[1], '+inf', 'BYSCORE', 'LIMIT', 0, ARGV[3])
+local step = ARGV[2] == '1' and 2 or 1
 local h = {}
 for i = 1, #r, step do h[#h + 1] = r[i] end
 return {r, redis.call('HMGET', KEYS[2], unpack(h))}";
@@ -211,6 +211,7 @@ impl Bench {
                     .arg(key("txs"))
                     .arg(from)
                     .arg(if scores { "1" } else { "0" })
+                    .arg(READ)
                     .clone()
             };
             // The queue's read is one XRANGE from its first tx; the inflight set's adds its
