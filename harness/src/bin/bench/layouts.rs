@@ -102,15 +102,12 @@ fn server(
     names: &[&str],
     run: impl FnOnce(&mut redis::Connection),
 ) -> f64 {
-    let mut before = util::CommandStats::new();
-    util::add_command_stats(admin, &mut before);
+    let before = util::command_stats(admin);
     run(admin);
-    let mut after = util::CommandStats::new();
-    util::add_command_stats(admin, &mut after);
-    let usec = |s: &util::CommandStats, n: &str| s.get(n).copied().unwrap_or_default().1;
+    let after = util::command_stats(admin);
     names
         .iter()
-        .map(|n| (usec(&after, n) - usec(&before, n)) as f64)
+        .map(|n| util::usec(&before, &after, n).1 as f64)
         .sum()
 }
 

@@ -173,19 +173,6 @@ pub fn trimmed(v: &[f64]) -> f64 {
     mid.iter().sum::<f64>() / mid.len() as f64
 }
 
-/// `usec` of every command so far (`INFO commandstats`).
-fn stats(admin: &mut redis::Connection) -> util::CommandStats {
-    let mut s = util::CommandStats::new();
-    util::add_command_stats(admin, &mut s);
-    s
-}
-
-fn usec(before: &util::CommandStats, after: &util::CommandStats, cmd: &str) -> (u64, u64) {
-    let (c0, u0) = before.get(cmd).copied().unwrap_or_default();
-    let (c1, u1) = after.get(cmd).copied().unwrap_or_default();
-    (c1 - c0, u1 - u0)
-}
-
 fn open(url: &str, prefix: &str, max_finalized: usize) -> RedisMempool {
     let config = Config::new(url)
         .key_prefix(prefix)
@@ -267,10 +254,10 @@ fn reference(
             name = "hmget";
         }
     }
-    let before = stats(admin);
+    let before = util::command_stats(admin);
     let _: redis::Value = c.query(admin).expect("reference");
-    let after = stats(admin);
-    let (calls, us) = usec(&before, &after, name);
+    let after = util::command_stats(admin);
+    let (calls, us) = util::usec(&before, &after, name);
     us as f64 / calls.max(1) as f64
 }
 
@@ -345,10 +332,10 @@ impl Bench {
                 .arg(2)
                 .arg(format!("{prefix}:{}", COLD[i].3))
                 .arg(format!("{prefix}:txs"));
-            let before = stats(&mut cold_conn);
+            let before = util::command_stats(&mut cold_conn);
             let _: redis::Value = c.query(&mut cold_conn).expect("cold reference");
-            let after = stats(&mut cold_conn);
-            let (calls, us) = usec(&before, &after, "evalsha");
+            let after = util::command_stats(&mut cold_conn);
+            let (calls, us) = util::usec(&before, &after, "evalsha");
             us as f64 / calls.max(1) as f64
         };
         let set_key = format!("{prefix}:set");
@@ -359,14 +346,14 @@ impl Bench {
             let admin = &mut self.admin;
             // Runs `call` `n` times in one window; row `r` gets the mean server µs.
             let mut window = |r: usize, cmd: &str, n: usize, call: &mut dyn FnMut(usize)| {
-                let before = stats(admin);
+                let before = util::command_stats(admin);
                 let mut e2e = Vec::with_capacity(n);
                 for k in 0..n {
                     e2e.push(with_set(&mp, &set_key, || call(k)));
                 }
-                let after = stats(admin);
-                let (calls, us) = usec(&before, &after, cmd);
-                let (sc, su) = usec(&before, &after, "set");
+                let after = util::command_stats(admin);
+                let (calls, us) = util::usec(&before, &after, cmd);
+                let (sc, su) = util::usec(&before, &after, "set");
                 set_calls += sc;
                 set_usec += su;
                 block_rows[r] = (us as f64 / calls.max(1) as f64, e2e);

@@ -201,6 +201,20 @@ pub fn add_command_stats(admin: &mut redis::Connection, into: &mut CommandStats)
     }
 }
 
+/// `calls` and `usec` of every command so far (`INFO commandstats`).
+pub fn command_stats(admin: &mut redis::Connection) -> CommandStats {
+    let mut s = CommandStats::new();
+    add_command_stats(admin, &mut s);
+    s
+}
+
+/// How many calls of `cmd`, and how many µs of server time, between two readings.
+pub fn usec(before: &CommandStats, after: &CommandStats, cmd: &str) -> (u64, u64) {
+    let (c0, u0) = before.get(cmd).copied().unwrap_or_default();
+    let (c1, u1) = after.get(cmd).copied().unwrap_or_default();
+    (c1 - c0, u1 - u0)
+}
+
 /// One `SLOWLOG GET` entry reduced to what the benchmark needs.
 pub struct SlowEntry {
     pub micros: u64,
