@@ -32,7 +32,10 @@
 //!   alternation;
 //! * issue 10's table: the server time of each call in units of a plain `SET`'s, in Dolos's
 //!   steady state, with end-to-end latencies next to a `SET` made right after each call
-//!   (`steady.rs` says how), and the two bulk reads next to their floor on the same cold txs;
+//!   (`steady.rs` says how), and the two bulk reads next to their floor on the same cold txs
+//!   and next to the same reads made of plain commands in two round trips;
+//! * the issue's first table end to end: each call per item next to the least the reference
+//!   mempool can take on this machine (`per_item.rs`);
 //! * what 100 txs cost to read from cold memory kept as hash fields or as stream entries, on
 //!   keys of its own (`layouts.rs`);
 //! * the longest single command while a 100k-entry mempool is read whole (SLOWLOG);
@@ -46,6 +49,7 @@
 
 mod layouts;
 mod options;
+mod per_item;
 mod report;
 mod steady;
 mod takeover;
@@ -1196,6 +1200,9 @@ fn main() -> ExitCode {
     }
     if bench.opts.runs("layouts") {
         res.layouts = Some(bench.layouts());
+    }
+    if bench.opts.runs("per-item") {
+        res.per_item = Some(bench.per_item());
     }
     if bench.opts.runs("memory") {
         res.memory = Some(bench.memory());

@@ -101,6 +101,7 @@ pub struct Results {
     pub takeover: Option<Takeover>,
     pub steady: Option<crate::steady::Steady>,
     pub layouts: Option<crate::layouts::Layouts>,
+    pub per_item: Option<crate::per_item::PerItem>,
     /// What → its pages.
     pub longest: Option<BTreeMap<&'static str, crate::steady::Longest>>,
     pub profiles: Vec<(String, Call, usize, util::CommandStats)>,
@@ -283,27 +284,41 @@ impl Report {
         self.line("");
         self.line(
             "The bulk reads against their floor on the same txs, as cold (the least any layout \
-             storing bodies in a hash does for the call, run in the call's place on alternate \
-             blocks; see `COLD` in steady.rs), and the warm floor above:",
+             storing bodies in a hash does for the call, run in the call's place on one block \
+             in three; see `COLD` in steady.rs), the warm floor above, and the same read made \
+             of plain commands in two round trips (the ids, then `HMGET` of the bodies; on \
+             another block in three, see `plain_read`):",
         );
         self.line("");
-        self.line("| call | call µs | cold floor µs | call / cold floor | warm floor µs |");
-        self.line("|---|---:|---:|---:|---:|");
+        self.line(
+            "| call | call µs | cold floor µs | call / cold floor | warm floor µs | two plain \
+             round trips µs | in `SET`s | end to end µs: call / two plain round trips |",
+        );
+        self.line("|---|---:|---:|---:|---:|---:|---:|---:|");
         let warm = st
             .references
             .get(2)
             .map(|v| crate::steady::trimmed(v))
             .unwrap_or(f64::NAN);
-        for ((row, label, _, _), v) in crate::steady::COLD.iter().zip(&st.cold) {
-            let call = st
-                .rows
-                .get(*row)
+        for (((row, label, _, _), v), plain) in
+            crate::steady::COLD.iter().zip(&st.cold).zip(&st.plain)
+        {
+            let call_row = st.rows.get(*row);
+            let call = call_row
                 .map(|r| crate::steady::trimmed(&r.server))
                 .unwrap_or(f64::NAN);
+            let call_e2e = call_row
+                .map(|r| median(&r.e2e.iter().map(|(c, _)| *c).collect::<Vec<_>>()))
+                .unwrap_or(f64::NAN);
             let floor = crate::steady::trimmed(v);
+            let plain_server =
+                crate::steady::trimmed(&plain.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+            let plain_e2e = median(&plain.iter().map(|(_, (e, _))| *e).collect::<Vec<_>>());
             self.line(format!(
-                "| {label} | {call:.1} | {floor:.1} | {:.2} | {warm:.1} |",
-                call / floor
+                "| {label} | {call:.1} | {floor:.1} | {:.2} | {warm:.1} | {plain_server:.1} | \
+                 {:.1} | {call_e2e:.0} / {plain_e2e:.0} |",
+                call / floor,
+                plain_server / st.set_us
             ));
         }
         let spread = util::sorted(&st.set_per_block);
@@ -352,6 +367,60 @@ impl Report {
             crate::layouts::TXS,
             crate::layouts::TXS,
             crate::layouts::TRIALS
+        ));
+        self.line("");
+    }
+
+    fn per_item(&mut self, res: &Results) {
+        let Some(p) = &res.per_item else {
+            return;
+        };
+        let set = p.set_us();
+        self.line("### End to end per item, next to the reference (issue 10's first table)");
+        self.line("");
+        self.line(
+            "| call | µs here | per item | reference on its machine: round trips / µs | per \
+             item | the reference's least here | per item | counted as | |",
+        );
+        self.line("|---|---:|---:|---:|---:|---:|---:|---|---|");
+        for ((r, v), (least, how)) in crate::per_item::REFERENCES
+            .iter()
+            .zip(&p.calls)
+            .zip(p.least())
+        {
+            let here = median(&v.iter().map(|(c, _)| *c).collect::<Vec<_>>());
+            let items = r.items as f64;
+            let ok = here <= least;
+            self.line(format!(
+                "| {} | {here:.0} | {:.2} | {} / {:.0} | {:.2} | {least:.0} | {:.2} | {how} | {} |",
+                r.label,
+                here / items,
+                r.round_trips,
+                r.us,
+                r.us / items,
+                least / items,
+                check(ok)
+            ));
+            self.target(
+                format!(
+                    "{} end to end per item ≤ the reference's least here",
+                    r.label
+                ),
+                format!(
+                    "{:.2} vs {:.2} µs per item ({here:.0} vs {least:.0} µs: {how})",
+                    here / items,
+                    least / items
+                ),
+                ok,
+            );
+        }
+        self.line("");
+        self.line(format!(
+            "The reference's least here: its round trips, each at least a `SET`'s ({set:.0} µs, \
+             the median of the `SET`s made right after each call), and the one that carries the \
+             bodies at least a plain command returning as many. Medians of {} rounds, every \
+             call followed by a `SET` (`per_item.rs`).",
+            p.plain_inflight.len()
         ));
         self.line("");
     }
@@ -774,6 +843,7 @@ pub fn report(res: &Results, opts: &Opts, elapsed: Duration) -> String {
     r.machine(res, opts, elapsed);
     r.steady(res);
     r.layouts(res);
+    r.per_item(res);
     r.longest(res);
     r.per_call(res, opts);
     r.limit(res, opts);

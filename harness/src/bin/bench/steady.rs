@@ -93,9 +93,10 @@ pub const REFERENCES: [(&str, f64, Option<&str>); 5] = [
 /// The floors of the two bulk reads, on the very txs the call reads and as cold: each script
 /// does the least any layout storing bodies in a hash must do for its call (the first 100 ids
 /// and, for the inflight set, the scores that carry each tx's stage; then `HMGET` of the
-/// bodies). On alternate blocks the script runs right before the call, where the call would run,
-/// and that block's call is not counted (the script has just warmed its txs); on the others the
-/// call runs alone and counts. The references above run at the end of the block, on a head that
+/// bodies). Blocks take turns (see [`Variant`]): on one in three the script runs right before
+/// the call, where the call would run, and that block's call is not counted (the script has
+/// just warmed its txs); on another the same read runs as two plain round trips ([`plain_read`]);
+/// on the third the call runs alone and counts. The references above run at the end of the block, on a head that
 /// `peek_pending` and `mark_inflight` have just read: warm. Each is (row of [`ROWS`], label,
 /// script, its sorted set's key suffix).
 pub const COLD: [(usize, &str, &str, &str); 2] = [
@@ -136,6 +137,78 @@ pub struct Steady {
     pub references: Vec<Vec<f64>>,
     /// Server µs of each of [`COLD`], one figure per block.
     pub cold: Vec<Vec<f64>>,
+    /// The same reads as two plain round trips ([`plain_read`]), in the calls' place: server µs
+    /// and end-to-end µs (with the `SET` right after), one figure per block.
+    pub plain: Vec<Vec<(f64, (f64, f64))>>,
+}
+
+/// What runs in the bulk reads' place in a block: the call alone (counted), or before it (which
+/// then does not count) its floor script or the same read as two plain round trips.
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    Call,
+    Floor,
+    Plain,
+}
+
+/// The bulk read `i` of [`COLD`] without a script, as a layout storing bodies in a hash could
+/// serve it in two round trips: the ids (for the inflight set with their scores, and in the same
+/// `MULTI` what `peek_inflight` reads besides: `H`, the points and the marks), then a plain
+/// `HMGET` of their bodies. Returns the server µs (`INFO commandstats`: `zrange` or `exec`, plus
+/// `hmget`) and the end-to-end µs of the two round trips.
+fn plain_read(con: &mut redis::Connection, prefix: &str, i: usize) -> (f64, f64) {
+    let key = |k: &str| format!("{prefix}:{k}");
+    let before = util::command_stats(con);
+    let t = Instant::now();
+    let ids: Vec<Vec<u8>> = if i == 0 {
+        redis::cmd("ZRANGE")
+            .arg(key("pending"))
+            .arg(0)
+            .arg(99)
+            .query(con)
+            .expect("plain ZRANGE")
+    } else {
+        // The ids with their scores; `H`, the points and the marks are read and left.
+        type Snapshot = (
+            Vec<(Vec<u8>, f64)>,
+            redis::Value,
+            redis::Value,
+            redis::Value,
+        );
+        let (rows, _, _, _): Snapshot = redis::pipe()
+            .atomic()
+            .cmd("ZRANGE")
+            .arg(key("inflight"))
+            .arg(0)
+            .arg(99)
+            .arg("WITHSCORES")
+            .cmd("HGET")
+            .arg(key("meta"))
+            .arg("H")
+            .cmd("ZRANGE")
+            .arg(key("points"))
+            .arg(0)
+            .arg(-1)
+            .cmd("ZRANGE")
+            .arg(key("marks"))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query(con)
+            .expect("plain MULTI");
+        rows.into_iter().map(|(h, _)| h).collect()
+    };
+    let bodies: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+        .arg(key("txs"))
+        .arg(&ids)
+        .query(con)
+        .expect("plain HMGET");
+    let e2e = t.elapsed().as_secs_f64() * 1e6;
+    assert_eq!(bodies.len(), 100, "plain read: {} bodies", bodies.len());
+    let after = util::command_stats(con);
+    let first = if i == 0 { "zrange" } else { "exec" };
+    let us = util::usec(&before, &after, first).1 + util::usec(&before, &after, "hmget").1;
+    (us as f64, e2e)
 }
 
 impl Steady {
@@ -311,6 +384,10 @@ impl Bench {
         let mut set_per_block = Vec::new();
         let mut references: Vec<Vec<f64>> = Vec::new();
         let mut cold: Vec<Vec<f64>> = vec![Vec::new(); COLD.len()];
+        let mut plain: Vec<Vec<(f64, (f64, f64))>> = vec![Vec::new(); COLD.len()];
+        let mut cold_conn_plain = redis::Client::open(self.url.as_str())
+            .and_then(|c| c.get_connection())
+            .expect("a connection for the plain reads");
         // Its own connection: the windows below hold the admin connection.
         let mut cold_conn = redis::Client::open(self.url.as_str())
             .and_then(|c| c.get_connection())
@@ -362,9 +439,24 @@ impl Bench {
                 mp.receive(util::tx(tag, next + k as u64)).expect("receive")
             });
             next += PER_BLOCK;
-            // On even blocks the cold floors run and their calls do not count (see [`COLD`]).
-            let floor_first = block % 2 == 0;
-            let cold_pending = if floor_first { cold_floor(0) } else { f64::NAN };
+            // Blocks take turns: the call alone, or its floor or plain read first (see [`COLD`]).
+            let variant = [Variant::Call, Variant::Floor, Variant::Plain][block % 3];
+            let mut plain_now = |i: usize| {
+                let (us, e2e) = plain_read(&mut cold_conn_plain, &prefix, i);
+                let t = Instant::now();
+                mp.baseline_set(&set_key, &[0x5a; util::PAYLOAD_LEN])
+                    .expect("SET");
+                (us, (e2e, t.elapsed().as_secs_f64() * 1e6))
+            };
+            let mut plain_block = [(f64::NAN, (f64::NAN, f64::NAN)); 2];
+            if variant == Variant::Plain {
+                plain_block[0] = plain_now(0);
+            }
+            let cold_pending = if variant == Variant::Floor {
+                cold_floor(0)
+            } else {
+                f64::NAN
+            };
             window(1, "evalsha", 1, &mut |_| {
                 assert_eq!(mp.peek_pending(100).expect("peek_pending").len(), 100)
             });
@@ -378,7 +470,14 @@ impl Bench {
             window(5, "evalsha", 1, &mut |_| {
                 mp.mark_acknowledged(&batch).expect("mark_acknowledged")
             });
-            let cold_inflight = if floor_first { cold_floor(1) } else { f64::NAN };
+            if variant == Variant::Plain {
+                plain_block[1] = plain_now(1);
+            }
+            let cold_inflight = if variant == Variant::Floor {
+                cold_floor(1)
+            } else {
+                f64::NAN
+            };
             window(2, "evalsha", 1, &mut |_| {
                 let got = mp.peek_inflight(100).expect("peek_inflight").len();
                 assert!(got == 100 || !measured, "peek_inflight: {got}");
@@ -422,8 +521,12 @@ impl Bench {
                 references.push(refs);
                 set_per_block.push(set_usec as f64 / set_calls.max(1) as f64);
                 for (i, floor) in [cold_pending, cold_inflight].into_iter().enumerate() {
-                    if floor_first {
-                        cold[i].push(floor);
+                    match variant {
+                        Variant::Call => {}
+                        Variant::Floor => cold[i].push(floor),
+                        Variant::Plain => plain[i].push(plain_block[i]),
+                    }
+                    if variant != Variant::Call {
                         block_rows[COLD[i].0] = (f64::NAN, Vec::new());
                     }
                 }
@@ -457,6 +560,7 @@ impl Bench {
             rows,
             references,
             cold,
+            plain,
         }
     }
 
