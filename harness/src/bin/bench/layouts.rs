@@ -24,6 +24,8 @@ pub const TXS: u64 = 5000;
 const READ: u64 = 100;
 /// Txs per move.
 const MOVE: u64 = 50;
+/// Bodies read by the one plain `HMGET` that sizes a page of that many.
+const BIG_READ: u64 = 1000;
 /// Measurements of each kind.
 pub const TRIALS: usize = 60;
 /// A tx's stage sits in the low bits of its inflight score, as in the crate.
@@ -136,10 +138,12 @@ impl Bench {
         let admin = &mut self.admin;
         let mut rng = Rng::new(self.next_tag);
         let mut pipe = redis::pipe();
+        let mut all = Vec::with_capacity(2 * TXS as usize);
         // Hash layout: `hq`, `hi` (sorted sets), `txs` (bodies). Stream layout: `sq`, `si`
         // (sorted sets), `sqs`, `sis` (bodies, by queue and inflight number).
         for i in 1..=2 * TXS {
             let hash = rng.bytes32();
+            all.push(hash);
             let mut body = vec![0u8; util::PAYLOAD_LEN];
             rng.fill(&mut body);
             let queued = i <= TXS;
@@ -195,6 +199,7 @@ impl Bench {
         // Cold then warm, for each read; cold for each move.
         let mut reads: [Vec<(f64, f64)>; 4] = Default::default();
         let mut moves: [Vec<f64>; 2] = Default::default();
+        let mut big: Vec<f64> = Vec::new();
         let mut number = 10 * TXS;
         for trial in 0..TRIALS {
             // The reads' window lies past the queue's part that the moves take (its head).
@@ -289,6 +294,15 @@ impl Bench {
                 moves[layout].push(server(admin, &["evalsha"], run(&cmd)));
             }
             number += MOVE;
+            // One plain `HMGET` of BIG_READ bodies, the reference's way to read 1000 txs.
+            let from = rng.below(2 * TXS - BIG_READ) as usize;
+            let mut hmget = redis::cmd("HMGET");
+            hmget.arg(key("txs"));
+            for h in &all[from..from + BIG_READ as usize] {
+                hmget.arg(&h[..]);
+            }
+            flush(admin);
+            big.push(server(admin, &["hmget"], run(&hmget)));
         }
         util::delete_prefix(admin, &prefix);
         let labels = [
@@ -318,6 +332,11 @@ impl Bench {
             label: "`mark_inflight(50)`'s core: stream entries, each body copied to the \
                     inflight stream",
             cold: median(&moves[1]),
+            warm: None,
+        });
+        rows.push(Measured {
+            label: "1000 bodies in one plain `HMGET` (the reference's read of 1000 txs)",
+            cold: median(&big),
             warm: None,
         });
         Layouts { rows }

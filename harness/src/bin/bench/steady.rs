@@ -223,6 +223,10 @@ impl Steady {
     }
 }
 
+/// The longest-command phase's comparison row: not a call of the crate but the reference's
+/// way to read many txs, a plain `HMGET` of 1000 bodies (no target of ours).
+pub const PLAIN_HMGET: &str = "HMGET of 1000 bodies at a time, plain (the reference's read)";
+
 /// One large read, page by page (SLOWLOG, µs).
 pub struct Longest {
     pub txs: usize,
@@ -587,10 +591,12 @@ impl Bench {
         });
         let all: Vec<TxHash> = (0..n).map(|i| util::tx_hash(tag, i)).collect();
         let mut out = BTreeMap::new();
+        // `top`: the pages' command; `client`: the end of the name of the connection sending
+        // them (the pool's, or the plain reads' below).
         let mut measure = |admin: &mut redis::Connection,
                            what: &'static str,
-                           top: &str,
-                           call: &dyn Fn() -> usize| {
+                           (top, client): (&str, &str),
+                           call: &mut dyn FnMut() -> usize| {
             let old_len = util::config_get(admin, "slowlog-max-len");
             let old_threshold = util::config_get(admin, "slowlog-log-slower-than");
             util::config_set(admin, "slowlog-max-len", "1000000");
@@ -613,7 +619,7 @@ impl Bench {
             // commands it ran, which are logged too).
             let pages: Vec<f64> = entries
                 .iter()
-                .filter(|e| e.command == top && e.client_name.ends_with(":pool"))
+                .filter(|e| e.command == top && e.client_name.ends_with(client))
                 .map(|e| e.micros as f64)
                 .collect();
             let longest = entries.iter().map(|e| e.micros).max().unwrap_or(0);
@@ -636,8 +642,8 @@ impl Bench {
         measure(
             &mut self.admin,
             "peek_pending(usize::MAX)",
-            "evalsha",
-            &|| mp.peek_pending(usize::MAX).expect("peek_pending").len(),
+            ("evalsha", ":pool"),
+            &mut || mp.peek_pending(usize::MAX).expect("peek_pending").len(),
         );
         for chunk in all.chunks(256) {
             mp.mark_inflight(chunk).expect("mark_inflight");
@@ -646,8 +652,37 @@ impl Bench {
         measure(
             &mut self.admin,
             "peek_inflight(usize::MAX)",
-            "evalsha",
-            &|| mp.peek_inflight(usize::MAX).expect("peek_inflight").len(),
+            ("evalsha", ":pool"),
+            &mut || mp.peek_inflight(usize::MAX).expect("peek_inflight").len(),
+        );
+        // The reference's way to read many txs, for comparison: one plain `HMGET` of 1000
+        // bodies, here of every inflight tx, 1000 at a time (their order in the hash is random).
+        progress("longest command: plain HMGET of 1000 bodies at a time");
+        let mut plain = redis::Client::open(self.url.as_str())
+            .and_then(|c| c.get_connection())
+            .expect("a connection for the plain HMGETs");
+        let _: () = redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg("bench-plain-hmget")
+            .query(&mut plain)
+            .expect("CLIENT SETNAME");
+        let txs = format!("{prefix}:txs");
+        measure(
+            &mut self.admin,
+            PLAIN_HMGET,
+            ("hmget", "plain-hmget"),
+            &mut || {
+                let mut read = 0;
+                for chunk in all.chunks(1000) {
+                    let bodies: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+                        .arg(&txs)
+                        .arg(chunk.iter().map(|h| &h.as_bytes()[..]).collect::<Vec<_>>())
+                        .query(&mut plain)
+                        .expect("HMGET");
+                    read += bodies.iter().flatten().count();
+                }
+                read
+            },
         );
         progress(format!(
             "longest command: finalizing {n} txs, 250 per block"
@@ -660,8 +695,8 @@ impl Bench {
         measure(
             &mut self.admin,
             "dump_finalized(0, usize::MAX)",
-            "xrange",
-            &|| {
+            ("xrange", ":pool"),
+            &mut || {
                 mp.dump_finalized(0, usize::MAX)
                     .expect("dump_finalized")
                     .items
