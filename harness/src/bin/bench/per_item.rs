@@ -12,11 +12,12 @@
 //! `receive` grows. Each round times every call once, each followed by a `SET`; medians over
 //! the rounds.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dolos_redis::{ChainPoint, Config, ConfirmOutcome, RedisMempool, TxHash};
 use dolos_redis_testkit as support;
 
+use crate::steady::with_set;
 use crate::util::{self, median};
 use crate::{progress, Bench, NEVER};
 
@@ -84,40 +85,10 @@ pub struct PerItem {
 /// the bodies), then a plain `HMGET` of the bodies. Returns how many txs it read.
 fn read_plain_pages(con: &mut redis::Connection, prefix: &str) -> usize {
     let key = |k: &str| format!("{prefix}:{k}");
-    type Snapshot = (
-        Vec<(Vec<u8>, f64)>,
-        redis::Value,
-        redis::Value,
-        redis::Value,
-    );
     let mut from = "-inf".to_string();
     let mut read = 0;
     loop {
-        let (rows, _, _, _): Snapshot = redis::pipe()
-            .atomic()
-            .cmd("ZRANGE")
-            .arg(key("inflight"))
-            .arg(&from)
-            .arg("+inf")
-            .arg("BYSCORE")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(PAGE)
-            .arg("WITHSCORES")
-            .cmd("HGET")
-            .arg(key("meta"))
-            .arg("H")
-            .cmd("ZRANGE")
-            .arg(key("points"))
-            .arg(0)
-            .arg(-1)
-            .cmd("ZRANGE")
-            .arg(key("marks"))
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .query(con)
-            .expect("plain MULTI");
+        let rows = util::inflight_snapshot(con, prefix, &from, PAGE);
         let Some((_, last)) = rows.last() else {
             return read;
         };
@@ -169,17 +140,6 @@ impl PerItem {
             })
             .collect()
     }
-}
-
-/// µs of `f`, then of a `SET` through `mp`'s pool.
-fn with_set(mp: &RedisMempool, key: &str, f: impl FnOnce()) -> (f64, f64) {
-    let t = Instant::now();
-    f();
-    let call = t.elapsed().as_secs_f64() * 1e6;
-    let t = Instant::now();
-    mp.baseline_set(key, &[0x5a; util::PAYLOAD_LEN])
-        .expect("SET");
-    (call, t.elapsed().as_secs_f64() * 1e6)
 }
 
 impl Bench {

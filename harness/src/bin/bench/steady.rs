@@ -168,35 +168,10 @@ fn plain_read(con: &mut redis::Connection, prefix: &str, i: usize) -> (f64, f64)
             .query(con)
             .expect("plain ZRANGE")
     } else {
-        // The ids with their scores; `H`, the points and the marks are read and left.
-        type Snapshot = (
-            Vec<(Vec<u8>, f64)>,
-            redis::Value,
-            redis::Value,
-            redis::Value,
-        );
-        let (rows, _, _, _): Snapshot = redis::pipe()
-            .atomic()
-            .cmd("ZRANGE")
-            .arg(key("inflight"))
-            .arg(0)
-            .arg(99)
-            .arg("WITHSCORES")
-            .cmd("HGET")
-            .arg(key("meta"))
-            .arg("H")
-            .cmd("ZRANGE")
-            .arg(key("points"))
-            .arg(0)
-            .arg(-1)
-            .cmd("ZRANGE")
-            .arg(key("marks"))
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .query(con)
-            .expect("plain MULTI");
-        rows.into_iter().map(|(h, _)| h).collect()
+        util::inflight_snapshot(con, prefix, "-inf", 100)
+            .into_iter()
+            .map(|(h, _)| h)
+            .collect()
     };
     let bodies: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
         .arg(key("txs"))
@@ -339,7 +314,7 @@ fn reference(
 }
 
 /// Times one call and the `SET` after it; returns their latencies in µs.
-fn with_set(mp: &RedisMempool, key: &str, call: impl FnOnce()) -> (f64, f64) {
+pub fn with_set(mp: &RedisMempool, key: &str, call: impl FnOnce()) -> (f64, f64) {
     let t = Instant::now();
     call();
     let call_us = t.elapsed().as_secs_f64() * 1e6;
@@ -452,15 +427,13 @@ impl Bench {
                     .expect("SET");
                 (us, (e2e, t.elapsed().as_secs_f64() * 1e6))
             };
-            let mut plain_block = [(f64::NAN, (f64::NAN, f64::NAN)); 2];
-            if variant == Variant::Plain {
-                plain_block[0] = plain_now(0);
-            }
-            let cold_pending = if variant == Variant::Floor {
-                cold_floor(0)
-            } else {
-                f64::NAN
+            // What runs in bulk read `i`'s place first: its floor, or its plain read.
+            let mut before_read = |i: usize| match variant {
+                Variant::Call => (f64::NAN, (f64::NAN, (f64::NAN, f64::NAN))),
+                Variant::Floor => (cold_floor(i), (f64::NAN, (f64::NAN, f64::NAN))),
+                Variant::Plain => (f64::NAN, plain_now(i)),
             };
+            let (cold_pending, plain_pending) = before_read(0);
             window(1, "evalsha", 1, &mut |_| {
                 assert_eq!(mp.peek_pending(100).expect("peek_pending").len(), 100)
             });
@@ -474,14 +447,7 @@ impl Bench {
             window(5, "evalsha", 1, &mut |_| {
                 mp.mark_acknowledged(&batch).expect("mark_acknowledged")
             });
-            if variant == Variant::Plain {
-                plain_block[1] = plain_now(1);
-            }
-            let cold_inflight = if variant == Variant::Floor {
-                cold_floor(1)
-            } else {
-                f64::NAN
-            };
+            let (cold_inflight, plain_inflight) = before_read(1);
             window(2, "evalsha", 1, &mut |_| {
                 let got = mp.peek_inflight(100).expect("peek_inflight").len();
                 assert!(got == 100 || !measured, "peek_inflight: {got}");
@@ -528,7 +494,7 @@ impl Bench {
                     match variant {
                         Variant::Call => {}
                         Variant::Floor => cold[i].push(floor),
-                        Variant::Plain => plain[i].push(plain_block[i]),
+                        Variant::Plain => plain[i].push([plain_pending, plain_inflight][i]),
                     }
                     if variant != Variant::Call {
                         block_rows[COLD[i].0] = (f64::NAN, Vec::new());

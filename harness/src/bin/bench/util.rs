@@ -329,3 +329,49 @@ pub fn load_average() -> String {
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
 }
+
+/// What `peek_inflight` reads of a page besides the bodies, as plain commands in one `MULTI`
+/// block on the mempool under `prefix`: `count` ids with their scores from the score `from` on
+/// (`-inf`, or `(<score>` after the last one read), `H`, the points and the marks (read, and
+/// left: the benchmark needs only the ids). For the plain reads the benchmark compares the
+/// scripts with.
+pub fn inflight_snapshot(
+    con: &mut redis::Connection,
+    prefix: &str,
+    from: &str,
+    count: usize,
+) -> Vec<(Vec<u8>, f64)> {
+    type Snapshot = (
+        Vec<(Vec<u8>, f64)>,
+        redis::Value,
+        redis::Value,
+        redis::Value,
+    );
+    let key = |k: &str| format!("{prefix}:{k}");
+    let (rows, _, _, _): Snapshot = redis::pipe()
+        .atomic()
+        .cmd("ZRANGE")
+        .arg(key("inflight"))
+        .arg(from)
+        .arg("+inf")
+        .arg("BYSCORE")
+        .arg("LIMIT")
+        .arg(0)
+        .arg(count)
+        .arg("WITHSCORES")
+        .cmd("HGET")
+        .arg(key("meta"))
+        .arg("H")
+        .cmd("ZRANGE")
+        .arg(key("points"))
+        .arg(0)
+        .arg(-1)
+        .cmd("ZRANGE")
+        .arg(key("marks"))
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query(con)
+        .expect("plain MULTI");
+    rows
+}
