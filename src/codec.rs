@@ -128,7 +128,7 @@ pub(crate) fn tx_record(payload: &EraCbor) -> Vec<u8> {
 /// Reads a stored record back (see [`tx_record`]); `key` names it in the error.
 pub(crate) fn decode_record(v: Value, key: impl Fn() -> String) -> Result<EraCbor, Error> {
     let bad = |detail: String| Error::Corrupt { key: key(), detail };
-    let record = match v {
+    let mut record = match v {
         Value::BulkString(b) => b,
         Value::Nil => return Err(bad("the tx has no record".into())),
         other => return Err(unexpected("tx record", &other)),
@@ -138,7 +138,12 @@ pub(crate) fn decode_record(v: Value, key: impl Fn() -> String) -> Result<EraCbo
         .position(|&b| b == b'|')
         .and_then(|bar| Some((std::str::from_utf8(&record[..bar]).ok()?.parse().ok()?, bar)));
     match era {
-        Some((era, bar)) => Ok(EraCbor(era, record[bar + 1..].to_vec())),
+        // The body stays in the reply's buffer (no copy of it: a read returns up to a
+        // thousand at a time).
+        Some((era, bar)) => {
+            record.drain(..=bar);
+            Ok(EraCbor(era, record))
+        }
         None => Err(bad(format!(
             "not a record: {:?}",
             String::from_utf8_lossy(&record[..record.len().min(32)])
@@ -158,6 +163,16 @@ pub(crate) fn hash(v: &Value, what: &str) -> Result<TxHash, Error> {
 
 /// A sorted-set score that must be a whole number (event numbers, sequences, heights).
 pub(crate) fn score(v: &Value, key: &str) -> Result<u64, Error> {
+    // The common case, a whole number in a bulk string, without an allocation (a read decodes
+    // up to a thousand scores at a time).
+    if let Value::BulkString(b) = v {
+        if let Some(n) = std::str::from_utf8(b)
+            .ok()
+            .and_then(|t| t.parse::<u64>().ok())
+        {
+            return Ok(n);
+        }
+    }
     let text = text(v, "score")?;
     let bad = || Error::Corrupt {
         key: key.to_string(),
@@ -271,11 +286,11 @@ impl InflightView {
                 confirmed_at: Some(*at),
             });
         }
-        let hi = self
-            .marks
-            .iter()
-            .rev()
-            .find(|(first, _)| *first <= n)
+        // The last mark at or below `n` (marks are sorted by their first number).
+        let below = self.marks.partition_point(|(first, _)| *first <= n);
+        let hi = below
+            .checked_sub(1)
+            .and_then(|i| self.marks.get(i))
             .map(|(_, at)| *at)
             .filter(|at| *at <= h)
             .ok_or_else(|| Error::Corrupt {

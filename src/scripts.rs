@@ -314,6 +314,28 @@ pub(crate) fn plain(
     conn.run(cmd).map_err(|e| explain(conn, e, keys, read))
 }
 
+/// Plain reads sent together in one round trip (a `MULTI` when `pipe` is atomic, so they see
+/// one moment); `read` as for [`plain`].
+pub(crate) fn plain_pipeline(
+    conn: &mut RedisConn,
+    pipe: &redis::Pipeline,
+    keys: &Keys,
+    read: &[Key],
+) -> Result<Vec<Value>, Error> {
+    conn.run_pipeline(pipe).map_err(|e| {
+        // A command of the pipeline refused (say WRONGTYPE) comes wrapped as a pipeline
+        // failure: sort its first server error as a lone command's.
+        let first = e
+            .clone()
+            .into_server_errors()
+            .and_then(|errors| errors.first().map(|(_, err)| err.clone()));
+        match first {
+            Some(err) => explain(conn, redis::RedisError::from(err), keys, read),
+            None => explain(conn, e, keys, read),
+        }
+    })
+}
+
 /// Sorts an error of a call on `used` keys: a bare `WRONGTYPE` names the key at fault, a
 /// counter of `P:meta` that is not a number is corrupt data.
 fn explain(conn: &mut RedisConn, e: redis::RedisError, keys: &Keys, used: &[Key]) -> Error {

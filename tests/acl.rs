@@ -68,6 +68,9 @@ const NODE_COMMANDS: &[&str] = &[
     "+punsubscribe",
     "+ping",
     "+xread",
+    // Large reads of the pending queue and the inflight set: plain commands, partly in a MULTI.
+    "+multi",
+    "+exec",
     "+type",
     "+client|setname",
 ];

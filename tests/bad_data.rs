@@ -84,6 +84,7 @@ fn a_key_of_the_wrong_type_is_named_and_other_calls_keep_working() {
     assert_eq!(m.check_status(&c).unwrap().stage, MempoolTxStage::Unknown);
     m.receive(tx(1)).unwrap();
     assert_eq!(m.peek_pending(10).unwrap()[0].hash, c);
+    assert_eq!(m.peek_pending(100).unwrap()[0].hash, c);
     assert_eq!(
         m.confirm(&ChainPoint::Slot(1), &[b], &[], 6, 2).unwrap(),
         ConfirmOutcome::Applied
@@ -191,6 +192,11 @@ fn any_key_of_the_wrong_type_is_named_by_every_call_that_fails() {
             ("receive", m.receive(tx(4)).map(|v| format!("{v:?}"))),
             ("has_pending", m.has_pending().map(|v| format!("{v:?}"))),
             ("peek_pending", m.peek_pending(10).map(|v| format!("{v:?}"))),
+            // Past 32 txs a read is plain commands, not a script: the same rule holds.
+            (
+                "peek_pending (plain)",
+                m.peek_pending(100).map(|v| format!("{v:?}")),
+            ),
             (
                 "find_inflight",
                 m.find_inflight(&i1).map(|v| format!("{v:?}")),
@@ -198,6 +204,10 @@ fn any_key_of_the_wrong_type_is_named_by_every_call_that_fails() {
             (
                 "peek_inflight",
                 m.peek_inflight(10).map(|v| format!("{v:?}")),
+            ),
+            (
+                "peek_inflight (plain)",
+                m.peek_inflight(100).map(|v| format!("{v:?}")),
             ),
             (
                 "check_status p",
@@ -309,6 +319,7 @@ fn a_corrupt_record_is_named_and_isolated() {
     // not need it.
     assert_corrupt(m.find_inflight(&a), &key);
     assert_corrupt(m.peek_inflight(10), &key);
+    assert_corrupt(m.peek_inflight(100), &key);
     assert_eq!(
         m.check_status(&a).unwrap().stage,
         MempoolTxStage::Propagated
@@ -324,6 +335,7 @@ fn a_corrupt_record_is_named_and_isolated() {
     assert_eq!(m.find_inflight(&b).unwrap().unwrap().confirmations, 1);
     assert_eq!(m.check_status(&c).unwrap().stage, MempoolTxStage::Pending);
     assert_eq!(m.peek_pending(10).unwrap()[0].hash, c);
+    assert_eq!(m.peek_pending(100).unwrap()[0].hash, c);
     m.mark_inflight(&[c]).unwrap();
     m.mark_acknowledged(&[c]).unwrap();
     assert_eq!(
@@ -440,6 +452,26 @@ fn corrupt_values_are_reported_not_acted_on() {
         m.peek_pending(10).map(|v| format!("{v:?}")),
         &key,
     );
+    expect_corrupt(
+        "payload: peek_pending (plain)",
+        m.peek_pending(100).map(|v| format!("{v:?}")),
+        &key,
+    );
+
+    // A pending tx and an inflight one whose records are gone: corrupt, not a departure (a
+    // plain read asks again whether they are still there before it leaves a tx out).
+    let (m, p, i1, _) = setup("no-record");
+    raw(&["HDEL", "no-record:txs"], p.as_bytes(), b"");
+    raw(&["HDEL", "no-record:txs"], i1.as_bytes(), b"");
+    for (what, result, tx) in [
+        ("no record: peek_pending", m.peek_pending(10), p),
+        ("no record: peek_pending (plain)", m.peek_pending(100), p),
+        ("no record: peek_inflight", m.peek_inflight(10), i1),
+        ("no record: peek_inflight (plain)", m.peek_inflight(100), i1),
+    ] {
+        let key = format!("no-record:txs {}", tx.to_hex());
+        expect_corrupt(what, result.map(|v| format!("{v:?}")), &key);
+    }
 
     // The stage bits of an inflight tx that no script writes, and a tx whose marks are gone.
     let (m, _, i1, _) = setup("corrupt-score");
@@ -463,6 +495,11 @@ fn corrupt_values_are_reported_not_acted_on() {
     expect_corrupt(
         "marks: peek_inflight",
         m.peek_inflight(10).map(|v| format!("{v:?}")),
+        "corrupt-marks:marks",
+    );
+    expect_corrupt(
+        "marks: peek_inflight (plain)",
+        m.peek_inflight(100).map(|v| format!("{v:?}")),
         "corrupt-marks:marks",
     );
 

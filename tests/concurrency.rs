@@ -67,6 +67,13 @@ fn expect_ok<T>(what: &str, r: Result<T, Error>) -> T {
 }
 
 /// One worker: random calls on `node` until `stop`.
+fn assert_once(what: &str, read: &[MempoolTx]) {
+    let mut seen = HashSet::new();
+    for tx in read {
+        assert!(seen.insert(tx.hash), "{what} returned {} twice", tx.hash);
+    }
+}
+
 fn work(node: RedisMempool, mut rng: Rng, slots: &AtomicU64, stop: &AtomicBool, tally: &Tally) {
     while !stop.load(Ordering::Relaxed) {
         tally.calls.fetch_add(1, Ordering::Relaxed);
@@ -97,15 +104,19 @@ fn work(node: RedisMempool, mut rng: Rng, slots: &AtomicU64, stop: &AtomicBool, 
                 expect_ok("mark_acknowledged", node.mark_acknowledged(&hashes));
             }
             60..=69 => confirm(&node, &mut rng, slots, tally),
+            // Reads of up to 32 txs are one script; larger ones are plain commands, between which
+            // the other threads move and retire txs: they must still neither fail nor repeat.
             70..=81 => {
-                expect_ok("peek_pending", node.peek_pending(rng.below(20) as usize));
+                let read = expect_ok("peek_pending", node.peek_pending(rng.below(80) as usize));
+                assert_once("peek_pending", &read);
             }
             82..=91 => {
                 let h = hash(any_id(&mut rng));
                 expect_ok("check_status", node.check_status(&h));
             }
             92..=96 => {
-                expect_ok("peek_inflight", node.peek_inflight(10));
+                let read = expect_ok("peek_inflight", node.peek_inflight(rng.below(80) as usize));
+                assert_once("peek_inflight", &read);
             }
             _ => {
                 let h = hash(any_id(&mut rng));

@@ -1,37 +1,48 @@
 //! No call holds Redis for long, whatever its size: on a 20k-entry mempool, `peek_pending`,
-//! `peek_inflight` and `dump_finalized` with `usize::MAX` are served in bounded pages (one
-//! command each, never more than a page of txs), and `mark_inflight` of 20k hashes goes in
+//! `peek_inflight` and `dump_finalized` with `usize::MAX` are served in bounded pages (no
+//! command asks for more than a page of txs), and `mark_inflight` of 20k hashes goes in
 //! bounded batches. The proof counts what each command asks for in the `MONITOR` feed, not how
 //! long it takes: nothing here depends on the machine's speed.
 
 mod common;
 use dolos_redis_testkit as support;
 
+use std::collections::HashSet;
+
 use common::{config, hash, lone_watcher, point, tx};
 use dolos_redis::{MempoolTxStage, TxHash};
-use support::monitor::{Monitor, Seen};
+use support::monitor::{client_names, Monitor, Seen};
 use support::RedisServer;
 
 /// The crate's page sizes, as its documentation states them.
-const READ_PAGE: usize = 250;
+const READ_PAGE: usize = 1000;
 const LOG_PAGE: usize = 500;
 const WRITE_BATCH: usize = 256;
 
 const TXS: u32 = 20_000;
 
+/// The addresses of the mempool's pooled connections (not the lease thread's, whose renewals
+/// may land in any window).
+fn pool(admin: &mut redis::Connection) -> HashSet<String> {
+    client_names(admin)
+        .into_iter()
+        .filter(|(_, name)| name.starts_with("dolos-redis:") && name.ends_with(":pool"))
+        .map(|(addr, _)| addr)
+        .collect()
+}
+
 /// The commands of the window that came from the mempool's pool (not from a script, not from
-/// this test's markers), with what each one asks for: the `count` argument of a page script,
-/// the number of hashes of a batch, the `COUNT` of an `XRANGE`.
-fn sizes(window: &[Seen], what: &str) -> Vec<usize> {
+/// this test's markers), with what each one asks for: the `LIMIT` of a page's `ZRANGE`, the
+/// hashes of its `HMGET`, the number of hashes of a batch, the `COUNT` of an `XRANGE`.
+fn sizes(window: &[Seen], what: &str, pool: &HashSet<String>) -> Vec<usize> {
     window
         .iter()
-        .filter(|s| s.addr != "lua" && s.cmd != "ECHO")
+        .filter(|s| pool.contains(&s.addr))
         .filter_map(|s| match (what, s.cmd.as_str()) {
+            // ZRANGE key from +inf BYSCORE LIMIT 0 count WITHSCORES
+            ("page", "ZRANGE") if s.args.len() == 8 => s.args.get(6)?.parse().ok(),
+            ("bodies", "HMGET") => Some(s.args.len() - 1),
             // EVALSHA sha numkeys keys... event_history args...
-            ("page", "EVALSHA") => {
-                let keys: usize = s.args[1].parse().ok()?;
-                s.args.get(2 + keys + 2)?.parse().ok()
-            }
             ("batch", "EVALSHA") => {
                 let keys: usize = s.args[1].parse().ok()?;
                 Some(s.args.len() - 2 - keys - 1)
@@ -63,7 +74,8 @@ fn large_reads_and_batches_are_served_in_bounded_pages() {
     let window = monitor.window(&mut admin, &mut || {
         pending = m.peek_pending(usize::MAX).unwrap();
     });
-    let pages = sizes(&window, "page");
+    let pages = sizes(&window, "page", &pool(&mut admin));
+    let bodies = sizes(&window, "bodies", &pool(&mut admin));
     println!("peek_pending(usize::MAX) of {TXS}: {} pages", pages.len());
     assert!(
         same(pending.iter().map(|t| t.hash), &all),
@@ -71,9 +83,11 @@ fn large_reads_and_batches_are_served_in_bounded_pages() {
     );
     assert!(pages.len() >= TXS as usize / READ_PAGE, "{pages:?}");
     assert!(pages.iter().all(|&n| n <= READ_PAGE), "{pages:?}");
+    assert_eq!(bodies.iter().sum::<usize>(), TXS as usize, "{bodies:?}");
+    assert!(bodies.iter().all(|&n| n <= READ_PAGE), "{bodies:?}");
 
     let window = monitor.window(&mut admin, &mut || m.mark_inflight(&all).unwrap());
-    let batches = sizes(&window, "batch");
+    let batches = sizes(&window, "batch", &pool(&mut admin));
     println!("mark_inflight of {TXS}: {} batches", batches.len());
     assert_eq!(batches.iter().sum::<usize>(), TXS as usize);
     assert!(batches.iter().all(|&n| n <= WRITE_BATCH), "{batches:?}");
@@ -82,7 +96,8 @@ fn large_reads_and_batches_are_served_in_bounded_pages() {
     let window = monitor.window(&mut admin, &mut || {
         inflight = m.peek_inflight(usize::MAX).unwrap();
     });
-    let pages = sizes(&window, "page");
+    let pages = sizes(&window, "page", &pool(&mut admin));
+    let bodies = sizes(&window, "bodies", &pool(&mut admin));
     println!("peek_inflight(usize::MAX) of {TXS}: {} pages", pages.len());
     assert!(
         same(inflight.iter().map(|t| t.hash), &all),
@@ -93,6 +108,8 @@ fn large_reads_and_batches_are_served_in_bounded_pages() {
         .all(|t| t.stage == MempoolTxStage::Propagated));
     assert!(pages.len() >= TXS as usize / READ_PAGE, "{pages:?}");
     assert!(pages.iter().all(|&n| n <= READ_PAGE), "{pages:?}");
+    assert_eq!(bodies.iter().sum::<usize>(), TXS as usize, "{bodies:?}");
+    assert!(bodies.iter().all(|&n| n <= READ_PAGE), "{bodies:?}");
 
     // Blocks of 250 txs, each final at once (F = 1): the log fills with 20k entries.
     for (i, block) in all.chunks(250).enumerate() {
@@ -104,7 +121,7 @@ fn large_reads_and_batches_are_served_in_bounded_pages() {
         log = Some(m.dump_finalized(0, usize::MAX).unwrap());
     });
     let log = log.unwrap();
-    let pages = sizes(&window, "xrange");
+    let pages = sizes(&window, "xrange", &pool(&mut admin));
     println!(
         "dump_finalized(0, usize::MAX) of {TXS}: {} pages",
         pages.len()

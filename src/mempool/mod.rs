@@ -301,6 +301,13 @@ impl RedisMempool {
         scripts::plain(&mut conn, cmd, &self.inner.keys, read)
     }
 
+    /// Sends plain read commands as one pipeline (a `MULTI` when `pipe` is atomic) on a pooled
+    /// connection, returning their replies (`read`: the keys they read).
+    fn plain_pipeline(&self, pipe: &redis::Pipeline, read: &[Key]) -> Result<Vec<Value>, Error> {
+        let mut conn = self.conn()?;
+        scripts::plain_pipeline(&mut conn, pipe, &self.inner.keys, read)
+    }
+
     /// Every change to the shared mempool — made by any node sharing the prefix — in commit
     /// order: transitions of transactions and changes of watcher. See [`MempoolEvent`].
     ///

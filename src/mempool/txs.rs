@@ -2,8 +2,9 @@
 //! inflight set, move them along, and read a status or the finalized log.
 //!
 //! No call holds Redis for long, whatever its size: a read of more than a page is served in
-//! pages of [`READ_PAGE`] txs ([`LOG_PAGE`] log entries), one round trip each, and a batch of
-//! more than [`WRITE_BATCH`] hashes is moved in batches of that size, each one script.
+//! pages of [`READ_PAGE`] txs (two plain round trips each) or [`LOG_PAGE`] log entries (one
+//! each), and a batch of more than [`WRITE_BATCH`] hashes is moved in batches of that size,
+//! each one script. Reads of up to [`SCRIPT_READ`] txs are one script.
 
 use std::collections::HashSet;
 
@@ -12,13 +13,19 @@ use redis::Value;
 use super::RedisMempool;
 use crate::codec;
 use crate::keys::Key;
-use crate::types::{MempoolPage, MempoolTx, MempoolTxStage, TxHash, TxStatus};
+use crate::types::{EraCbor, MempoolPage, MempoolTx, MempoolTxStage, TxHash, TxStatus};
 use crate::Error;
 
-/// Txs per page of `peek_pending`/`peek_inflight`: one script returns at most this many (about
-/// half a millisecond of server time for 300-byte txs on a shared 2-core machine, see
-/// BENCHMARKS.md).
-pub(crate) const READ_PAGE: usize = 250;
+/// The largest read of `peek_pending`/`peek_inflight` served by a script in one round trip.
+/// Larger reads go as plain commands, two round trips a page: a script costs Redis about 1 µs
+/// more per tx, each body crossing Lua twice, which beyond this many txs outweighs the round
+/// trip it saves (see DESIGN.md, "Cost of a call").
+pub(crate) const SCRIPT_READ: usize = 32;
+
+/// Txs per page of a plain read of `peek_pending`/`peek_inflight`: one `HMGET` of this many
+/// 300-byte bodies costs Redis about half a millisecond on a 100k-tx mempool, within the 2 ms a
+/// command may hold it (see BENCHMARKS.md).
+pub(crate) const READ_PAGE: usize = 1000;
 
 /// Log entries per page of `dump_finalized`: one `XRANGE` returns at most this many.
 pub(crate) const LOG_PAGE: usize = 500;
@@ -91,11 +98,13 @@ impl RedisMempool {
 
     /// The first `limit` pending transactions in queue order, with payloads; nothing is removed.
     ///
-    /// Up to 250 txs are one atomic read. A larger `limit` is read in pages of 250, one round
-    /// trip each, every page going on after the last tx of the one before: writes that land
-    /// between pages show as they would to calls made one after the other. The result then holds
-    /// every tx that stayed pending throughout, in queue order, once each; a tx that left the
-    /// queue meanwhile may be missing, and txs that joined meanwhile may follow at the end.
+    /// A read of up to 32 txs is one script: one round trip, atomic. A larger read goes as
+    /// plain commands, in pages of up to 1000 txs, each page two round trips: the page's hashes
+    /// (one `ZRANGE`), then their bodies (one `HMGET`). Writes that land meanwhile show as they
+    /// would to calls made one after the other: the result holds every tx that stayed pending
+    /// throughout, in queue order, once each; a tx that left the queue meanwhile may still be
+    /// there or missing (missing only if it also left the mempool), and txs that joined
+    /// meanwhile may follow at the end.
     ///
     /// ```no_run
     /// # use dolos_redis::{Config, RedisMempool, TxHash};
@@ -109,30 +118,56 @@ impl RedisMempool {
     /// # }
     /// ```
     pub fn peek_pending(&self, limit: usize) -> Result<Vec<MempoolTx>, Error> {
-        let mut out = Vec::new();
-        let mut once = HashSet::new();
-        let mut after = "-inf".to_string();
-        while out.len() < limit {
-            let want = limit - out.len();
-            let count = want.min(READ_PAGE);
-            let more = want > count;
-            let call = self.inner.scripts.peek_pending(&after, count as u64, more);
-            let [hashes, records, last] = codec::tuple(self.exec(call)?, "peek_pending")?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        if limit <= SCRIPT_READ {
+            let call = self.inner.scripts.peek_pending(limit as u64);
+            let [hashes, records] = codec::tuple(self.exec(call)?, "peek_pending")?;
             let hashes = codec::array(hashes, "pending hashes")?;
             let records = codec::array(records, "pending records")?;
-            let full = hashes.len() == count;
+            let mut out = Vec::with_capacity(hashes.len());
             for (hash, record) in hashes.iter().zip(records) {
                 let hash = codec::hash(hash, "pending hash")?;
                 let payload =
                     codec::decode_record(record, || format!("{} {hash}", self.inner.keys.txs))?;
-                if once.insert(hash) {
-                    out.push(MempoolTx::new(hash, payload));
+                out.push(MempoolTx::new(hash, payload));
+            }
+            return Ok(out);
+        }
+        let keys = &self.inner.keys;
+        let mut out = Vec::new();
+        // A tx comes back under a new score after a rollback, so a later page may hold it
+        // again; one page never holds a tx twice, and needs no set to say so.
+        let single = limit <= READ_PAGE;
+        let mut once = HashSet::new();
+        let mut after = "-inf".to_string();
+        while out.len() < limit {
+            let count = (limit - out.len()).min(READ_PAGE);
+            let mut page = redis::cmd("ZRANGE");
+            page.arg(&keys.pending)
+                .arg(&after)
+                .arg("+inf")
+                .arg("BYSCORE");
+            page.arg("LIMIT").arg(0).arg(count).arg("WITHSCORES");
+            let rows = codec::array(self.plain(&page, &[Key::Pending])?, "pending page")?;
+            let mut hashes = Vec::with_capacity(rows.len() / 2);
+            for pair in rows.chunks(2) {
+                let [hash, score] = pair else {
+                    return Err(Error::UnexpectedReply(format!("pending: {pair:?}").into()));
+                };
+                hashes.push(codec::hash(hash, "pending hash")?);
+                after = format!("({}", codec::text(score, "score")?);
+            }
+            for (hash, payload) in hashes.iter().zip(self.bodies(&hashes, Key::Pending)?) {
+                if let Some(payload) = payload {
+                    if single || once.insert(*hash) {
+                        out.push(MempoolTx::new(*hash, payload));
+                    }
                 }
             }
-            match last {
-                Value::Nil => break,
-                last if full && more => after = format!("({}", codec::text(&last, "score")?),
-                _ => break,
+            if hashes.len() < count {
+                break;
             }
         }
         Ok(out)
@@ -141,8 +176,12 @@ impl RedisMempool {
     /// Up to `limit` inflight transactions (Propagated, Acknowledged or Confirmed) in the order
     /// they were propagated, with payloads.
     ///
-    /// Read in pages of 250 txs like [`peek_pending`](RedisMempool::peek_pending): each page is
-    /// atomic, a stage change between pages shows in the later pages only, and no tx comes twice.
+    /// Read like [`peek_pending`](RedisMempool::peek_pending): up to 32 txs in one atomic
+    /// script, more in pages of up to 1000, each page two round trips (the page's hashes with
+    /// what their stages and counters derive from, in one `MULTI`; then their bodies). A tx's
+    /// stage and counters are those of the moment its page's hashes were read; a stage change
+    /// after that shows in later pages only, no tx comes twice, and a tx that left the mempool
+    /// before its body was read is missing.
     ///
     /// ```no_run
     /// # use dolos_redis::{Config, RedisMempool};
@@ -155,55 +194,164 @@ impl RedisMempool {
     /// # }
     /// ```
     pub fn peek_inflight(&self, limit: usize) -> Result<Vec<MempoolTx>, Error> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        if limit <= SCRIPT_READ {
+            let call = self.inner.scripts.peek_inflight(limit as u64);
+            let reply = codec::array(self.exec(call)?, "peek_inflight")?;
+            let Ok([height, rows, records, points, marks]) = <[Value; 5]>::try_from(reply) else {
+                return Ok(Vec::new());
+            };
+            return self.inflight_txs(&height, rows, records, points, marks);
+        }
+        let keys = &self.inner.keys;
         let mut out = Vec::new();
+        // A tx comes back under a new score after a rollback, so a later page may hold it
+        // again; one page never holds a tx twice, and needs no set to say so.
+        let single = limit <= READ_PAGE;
         let mut once = HashSet::new();
         let mut from = 0;
         while out.len() < limit {
             let count = (limit - out.len()).min(READ_PAGE);
-            let reply = codec::array(
-                self.exec(self.inner.scripts.peek_inflight(from, count as u64))?,
-                "peek_inflight",
-            )?;
-            let Ok([height, rows, records, points, marks]) = <[Value; 5]>::try_from(reply) else {
-                break;
+            let mut page = redis::pipe();
+            page.atomic();
+            page.cmd("ZRANGE").arg(&keys.inflight).arg(from).arg("+inf");
+            page.arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(count)
+                .arg("WITHSCORES");
+            page.cmd("HGET").arg(&keys.meta).arg("H");
+            page.cmd("ZRANGE")
+                .arg(keys.name(Key::Points))
+                .arg(0)
+                .arg(-1);
+            page.cmd("ZRANGE")
+                .arg(keys.name(Key::Marks))
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES");
+            let read = [Key::Inflight, Key::Meta, Key::Points, Key::Marks];
+            let reply = self.plain_pipeline(&page, &read)?;
+            let [rows, height, points, marks] = codec::tuple(Value::Array(reply), "inflight page")?;
+            let height = match height {
+                Value::Nil => Value::BulkString(b"0".to_vec()),
+                h => h,
             };
-            let (page, last) = self.inflight_rows(&height, rows, records, points, marks)?;
-            let full = page.len() == count;
-            out.extend(page.into_iter().filter(|tx| once.insert(tx.hash)));
-            match last {
-                Some(score) if full => from = (score / codec::STAGE_BITS + 1) * codec::STAGE_BITS,
+            let view = codec::InflightView::new(&height, points, marks, keys)?;
+            let rows = self.inflight_rows(rows)?;
+            let hashes: Vec<TxHash> = rows.iter().map(|(hash, _)| *hash).collect();
+            for ((hash, score), payload) in rows.iter().zip(self.bodies(&hashes, Key::Inflight)?) {
+                if let Some(payload) = payload {
+                    if single || once.insert(*hash) {
+                        out.push(view.tx(*hash, *score, payload)?);
+                    }
+                }
+            }
+            match rows.last() {
+                // Stage changes move a score only within its number's 2^17 (see src/keys.rs):
+                // going on from the next number never skips nor repeats a tx.
+                Some(&(_, score)) if rows.len() == count => {
+                    from = (score / codec::STAGE_BITS + 1) * codec::STAGE_BITS
+                }
                 _ => break,
             }
         }
         Ok(out)
     }
 
-    /// Decodes a page of inflight txs (see `peek_inflight.lua`); also returns the last score.
-    fn inflight_rows(
+    /// Decodes what `peek_inflight.lua` and `find_inflight.lua` return.
+    fn inflight_txs(
         &self,
         height: &Value,
         rows: Value,
         records: Value,
         points: Value,
         marks: Value,
-    ) -> Result<(Vec<MempoolTx>, Option<u64>), Error> {
-        let keys = &self.inner.keys;
-        let view = codec::InflightView::new(height, points, marks, keys)?;
-        let rows = codec::array(rows, "inflight rows")?;
+    ) -> Result<Vec<MempoolTx>, Error> {
+        let view = codec::InflightView::new(height, points, marks, &self.inner.keys)?;
+        let rows = self.inflight_rows(rows)?;
         let records = codec::array(records, "inflight records")?;
-        let mut out = Vec::with_capacity(records.len());
-        let mut last = None;
-        for (pair, record) in rows.chunks(2).zip(records) {
+        let mut out = Vec::with_capacity(rows.len());
+        for ((hash, score), record) in rows.into_iter().zip(records) {
+            let payload =
+                codec::decode_record(record, || format!("{} {hash}", self.inner.keys.txs))?;
+            out.push(view.tx(hash, score, payload)?);
+        }
+        Ok(out)
+    }
+
+    /// The (hash, score) pairs of a `ZRANGE … WITHSCORES` of `P:inflight`.
+    fn inflight_rows(&self, rows: Value) -> Result<Vec<(TxHash, u64)>, Error> {
+        let rows = codec::array(rows, "inflight rows")?;
+        let mut out = Vec::with_capacity(rows.len() / 2);
+        for pair in rows.chunks(2) {
             let [hash, score] = pair else {
                 return Err(Error::UnexpectedReply(format!("inflight: {pair:?}").into()));
             };
             let hash = codec::hash(hash, "inflight hash")?;
-            let score = codec::score(score, &keys.inflight)?;
-            let payload = codec::decode_record(record, || format!("{} {hash}", keys.txs))?;
-            out.push(view.tx(hash, score, payload)?);
-            last = Some(score);
+            out.push((hash, codec::score(score, &self.inner.keys.inflight)?));
         }
-        Ok((out, last))
+        Ok(out)
+    }
+
+    /// The bodies of `hashes`, read with one plain `HMGET` after their hashes were read from
+    /// `set` (`P:pending` or `P:inflight`): `None` for a tx that left the mempool in between.
+    /// A body missing for another reason is corrupt data, not a departure: the rare read that
+    /// finds one missing asks again, atomically, whether those txs are still in `set`.
+    fn bodies(&self, hashes: &[TxHash], set: Key) -> Result<Vec<Option<EraCbor>>, Error> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = &self.inner.keys;
+        let mut read = redis::cmd("HMGET");
+        read.arg(&keys.txs);
+        for hash in hashes {
+            read.arg(&hash.as_bytes()[..]);
+        }
+        let records = codec::array(self.plain(&read, &[Key::Txs])?, "tx records")?;
+        if records.len() != hashes.len() {
+            return Err(Error::UnexpectedReply(
+                format!("HMGET of {} returned {}", hashes.len(), records.len()).into(),
+            ));
+        }
+        let gone: Vec<&TxHash> = hashes
+            .iter()
+            .zip(&records)
+            .filter(|(_, r)| matches!(r, Value::Nil))
+            .map(|(hash, _)| hash)
+            .collect();
+        if !gone.is_empty() {
+            let mut again = redis::pipe();
+            again.atomic();
+            again.cmd("ZMSCORE").arg(keys.name(set));
+            for hash in &gone {
+                again.arg(&hash.as_bytes()[..]);
+            }
+            again.cmd("HMGET").arg(&keys.txs);
+            for hash in &gone {
+                again.arg(&hash.as_bytes()[..]);
+            }
+            let reply = self.plain_pipeline(&again, &[set, Key::Txs])?;
+            let [scores, records] = codec::tuple(Value::Array(reply), "records again")?;
+            let scores = codec::array(scores, "scores again")?;
+            let records = codec::array(records, "records again")?;
+            for ((hash, score), record) in gone.iter().zip(scores).zip(records) {
+                if score != Value::Nil && record == Value::Nil {
+                    // Still in the set without a record: Err(Corrupt) naming the field.
+                    codec::decode_record(record, || format!("{} {hash}", keys.txs))?;
+                }
+            }
+        }
+        hashes
+            .iter()
+            .zip(records)
+            .map(|(hash, record)| match record {
+                Value::Nil => Ok(None),
+                record => codec::decode_record(record, || format!("{} {hash}", keys.txs)).map(Some),
+            })
+            .collect()
     }
 
     /// Moves each pending hash to Propagated (out of the pending queue; its miss count starts
@@ -273,7 +421,7 @@ impl RedisMempool {
             Value::Nil => Ok(None),
             v => {
                 let [height, rows, records, points, marks] = codec::tuple(v, "find_inflight")?;
-                let (txs, _) = self.inflight_rows(&height, rows, records, points, marks)?;
+                let txs = self.inflight_txs(&height, rows, records, points, marks)?;
                 Ok(txs.into_iter().next())
             }
         }

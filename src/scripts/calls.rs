@@ -71,18 +71,12 @@ impl Scripts {
             .text("max_pending", max_pending)
     }
 
-    /// `after` is `-inf` or `(<score>`; with `more`, a full page also returns its last score.
-    pub fn peek_pending<'a>(&'a self, after: &'a str, count: u64, more: bool) -> Call<'a> {
-        Call::new(&self.peek_pending)
-            .bytes("after", after.as_bytes())
-            .text("count", count)
-            .text("more", u8::from(more))
+    pub fn peek_pending(&self, count: u64) -> Call<'_> {
+        Call::new(&self.peek_pending).text("count", count)
     }
 
-    pub fn peek_inflight(&self, min_score: u64, count: u64) -> Call<'_> {
-        Call::new(&self.peek_inflight)
-            .text("min_score", min_score)
-            .text("count", count)
+    pub fn peek_inflight(&self, count: u64) -> Call<'_> {
+        Call::new(&self.peek_inflight).text("count", count)
     }
 
     pub fn mark_inflight<'a>(&'a self, hashes: &'a [TxHash]) -> Call<'a> {
@@ -234,8 +228,8 @@ mod tests {
         let hh = [h, h];
         let calls = [
             ("receive", s.receive(&h, b"6|body", 10)),
-            ("peek_pending", s.peek_pending("-inf", 10, false)),
-            ("peek_inflight", s.peek_inflight(0, 10)),
+            ("peek_pending", s.peek_pending(10)),
+            ("peek_inflight", s.peek_inflight(10)),
             ("mark_inflight", s.mark_inflight(&hh)),
             ("mark_acknowledged", s.mark_acknowledged(&hh[..1])),
             ("find_inflight", s.find_inflight(&h)),

@@ -43,6 +43,8 @@ need('publish', K.wake, 'm'); need('subscribe', K.wake); need('unsubscribe', K.w
 if live ~= '' then
   need('subscribe', live); need('pubsub', 'numsub', live)
 end
+-- Large reads: plain commands, some in a MULTI (src/mempool/txs.rs).
+need('multi'); need('exec')
 need('ping')
 -- The memory figures (stats.lua, and the lease thread now and then).
 need('info', 'memory')
