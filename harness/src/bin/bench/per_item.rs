@@ -27,8 +27,6 @@ const ROUNDS: usize = 60;
 const INFLIGHT: u64 = 1000;
 /// Txs seen by each `confirm`.
 const SEEN: usize = 50;
-/// The crate's page of `peek_inflight` (`READ_PAGE` in src/mempool/txs.rs).
-const PAGE: usize = 250;
 
 /// One row of the first table: the call, its items per call, and the reference's round
 /// trips and µs end to end on the machine.
@@ -74,35 +72,6 @@ pub struct PerItem {
     pub plain_inflight: Vec<(f64, f64)>,
     /// A plain `HMGET` of 100 bodies: µs, and of the `SET` right after.
     pub hmget100: Vec<(f64, f64)>,
-    /// `peek_inflight(1000)` as plain commands in pages of 250 (the crate's page), two round
-    /// trips each ([`read_plain_pages`]): µs, and of the `SET` right after.
-    pub plain_pages: Vec<(f64, f64)>,
-}
-
-/// Reads the whole inflight set as a layout keeping bodies in a hash could without a script,
-/// within the crate's page of 250 txs: per page, a `MULTI` block with the ids and scores from
-/// the last score read on, `H`, the points and the marks (what `peek_inflight` reads besides
-/// the bodies), then a plain `HMGET` of the bodies. Returns how many txs it read.
-fn read_plain_pages(con: &mut redis::Connection, prefix: &str) -> usize {
-    let key = |k: &str| format!("{prefix}:{k}");
-    let mut from = "-inf".to_string();
-    let mut read = 0;
-    loop {
-        let rows = util::inflight_snapshot(con, prefix, &from, PAGE);
-        let Some((_, last)) = rows.last() else {
-            return read;
-        };
-        from = format!("({last}");
-        let bodies: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
-            .arg(key("txs"))
-            .arg(rows.iter().map(|(h, _)| &h[..]).collect::<Vec<_>>())
-            .query(con)
-            .expect("plain HMGET");
-        read += bodies.iter().flatten().count();
-        if rows.len() < PAGE {
-            return read;
-        }
-    }
 }
 
 impl PerItem {
@@ -114,7 +83,6 @@ impl PerItem {
             .flatten()
             .chain(&self.plain_inflight)
             .chain(&self.hmget100)
-            .chain(&self.plain_pages)
             .map(|(_, s)| *s)
             .collect();
         median(&all)
@@ -185,7 +153,6 @@ impl Bench {
         let mut calls: Vec<Vec<(f64, f64)>> = vec![Vec::new(); REFERENCES.len()];
         let mut plain_inflight = Vec::new();
         let mut hmget100 = Vec::new();
-        let mut plain_pages = Vec::new();
         for round in 0..ROUNDS {
             calls[0].push(with_set(&mp, &set_key, || {
                 mp.receive(util::tx(received, round as u64))
@@ -219,9 +186,6 @@ impl Bench {
                     .expect("HGET");
                 assert_eq!(bodies.len(), INFLIGHT as usize);
             }));
-            plain_pages.push(with_set(&mp, &set_key, || {
-                assert_eq!(read_plain_pages(&mut con, &prefix), INFLIGHT as usize);
-            }));
             hmget100.push(with_set(&mp, &set_key, || {
                 let bodies: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
                     .arg(key("txs"))
@@ -251,7 +215,6 @@ impl Bench {
             calls,
             plain_inflight,
             hmget100,
-            plain_pages,
         }
     }
 }

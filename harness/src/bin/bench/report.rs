@@ -241,7 +241,7 @@ impl Report {
             let sets: Vec<f64> = row.e2e.iter().map(|(_, s)| *s).collect();
             let ratios: Vec<f64> = row.e2e.iter().map(|(c, s)| c / s).collect();
             let ok = units <= row.target;
-            let factor = if row.label.starts_with("`dump") {
+            let factor = if row.label.starts_with("`dump") || row.label.starts_with("`peek") {
                 plain_factor
             } else {
                 script_factor
@@ -283,42 +283,31 @@ impl Report {
         }
         self.line("");
         self.line(
-            "The bulk reads against their floor on the same txs, as cold (the least any layout \
-             storing bodies in a hash does for the call, run in the call's place on one block \
-             in three; see `COLD` in steady.rs), the warm floor above, and the same read made \
-             of plain commands in two round trips (the ids, then `HMGET` of the bodies; on \
-             another block in three, see `plain_read`):",
+            "The bulk reads (past 32 txs plain commands: the ids, then `HMGET` of the bodies) \
+             against the least a script does for them on the same txs, as cold (run in the \
+             call's place on every other block; see `COLD` in steady.rs), and the warm floor \
+             above:",
         );
         self.line("");
         self.line(
-            "| call | call µs | cold floor µs | call / cold floor | warm floor µs | two plain \
-             round trips µs | in `SET`s | end to end µs: call / two plain round trips |",
+            "| call | call µs | cold script floor µs | call / cold script floor | warm floor µs |",
         );
-        self.line("|---|---:|---:|---:|---:|---:|---:|---:|");
+        self.line("|---|---:|---:|---:|---:|");
         let warm = st
             .references
             .get(2)
             .map(|v| crate::steady::trimmed(v))
             .unwrap_or(f64::NAN);
-        for (((row, label, _, _), v), plain) in
-            crate::steady::COLD.iter().zip(&st.cold).zip(&st.plain)
-        {
-            let call_row = st.rows.get(*row);
-            let call = call_row
+        for ((row, label, _, _), v) in crate::steady::COLD.iter().zip(&st.cold) {
+            let call = st
+                .rows
+                .get(*row)
                 .map(|r| crate::steady::trimmed(&r.server))
                 .unwrap_or(f64::NAN);
-            let call_e2e = call_row
-                .map(|r| median(&r.e2e.iter().map(|(c, _)| *c).collect::<Vec<_>>()))
-                .unwrap_or(f64::NAN);
             let floor = crate::steady::trimmed(v);
-            let plain_server =
-                crate::steady::trimmed(&plain.iter().map(|(s, _)| *s).collect::<Vec<_>>());
-            let plain_e2e = median(&plain.iter().map(|(_, (e, _))| *e).collect::<Vec<_>>());
             self.line(format!(
-                "| {label} | {call:.1} | {floor:.1} | {:.2} | {warm:.1} | {plain_server:.1} | \
-                 {:.1} | {call_e2e:.0} / {plain_e2e:.0} |",
-                call / floor,
-                plain_server / st.set_us
+                "| {label} | {call:.1} | {floor:.1} | {:.2} | {warm:.1} |",
+                call / floor
             ));
         }
         let spread = util::sorted(&st.set_per_block);
@@ -326,11 +315,11 @@ impl Report {
         self.line(format!(
             "\"≈ the issue's `SET`s\" divides by the median here/issue factor of the four \
              reference scripts ({script_factor:.2}; the plain `HMGET`'s, {plain_factor:.2}, for \
-             `dump_finalized`, a plain command): an estimate, as the references disagree. \
+             the calls made of plain commands: both reads and `dump_finalized`): an estimate, as the references disagree. \
              `SET` unit: {:.2} µs of server time (median of the blocks' means; blocks ranged \
              {:.2}–{:.2} µs). Server µs: mean of the middle half of the blocks; each block's \
-             figure is an `INFO commandstats` difference around the call (`evalsha`, or `xrange` \
-             for `dump_finalized`). End to end: medians over every call, and of the ratio to the \
+             figure is an `INFO commandstats` difference around the call (`evalsha`; `zrange` and \
+             `hmget`, or `exec` and `hmget`, for the reads; `xrange` for `dump_finalized`). End to end: medians over every call, and of the ratio to the \
              `SET` made right after each one.",
             st.set_us,
             spread.first().copied().unwrap_or(f64::NAN),
@@ -418,13 +407,10 @@ impl Report {
         self.line(format!(
             "The reference's least here: its round trips, each at least a `SET`'s ({set:.0} µs, \
              the median of the `SET`s made right after each call), and the one that carries the \
-             bodies at least a plain command returning as many. The same 1000 inflight txs read \
-             as plain commands within the crate's pages of 250, two round trips a page (ids \
-             and scores in a `MULTI` block with `H`, the points and the marks, then `HMGET`): \
-             {:.0} µs, {:.2} µs per tx. Medians of {} rounds, every call followed by a `SET` \
-             (`per_item.rs`).",
-            median(&p.plain_pages.iter().map(|(c, _)| *c).collect::<Vec<_>>()),
-            median(&p.plain_pages.iter().map(|(c, _)| *c).collect::<Vec<_>>()) / 1000.0,
+             bodies at least a plain command returning as many. `peek_inflight(1000)` is one \
+             page of plain commands: a `MULTI` block with the ids and scores, `H`, the points \
+             and the marks, then `HMGET` of the bodies. Medians of {} rounds, every call \
+             followed by a `SET` (`per_item.rs`).",
             p.plain_inflight.len()
         ));
         self.line("");

@@ -93,10 +93,10 @@ pub const REFERENCES: [(&str, f64, Option<&str>); 5] = [
 /// The floors of the two bulk reads, on the very txs the call reads and as cold: each script
 /// does the least any layout storing bodies in a hash must do for its call (the first 100 ids
 /// and, for the inflight set, the scores that carry each tx's stage; then `HMGET` of the
-/// bodies). Blocks take turns (see [`Variant`]): on one in three the script runs right before
-/// the call, where the call would run, and that block's call is not counted (the script has
-/// just warmed its txs); on another the same read runs as two plain round trips ([`plain_read`]);
-/// on the third the call runs alone and counts. The references above run at the end of the block, on a head that
+/// bodies). Blocks take turns (see [`Variant`]): on every other block the script runs right
+/// before the call, where the call would run, and that block's call is not counted (the script
+/// has just warmed its txs); on the others the call runs alone and counts. Since reads of more
+/// than 32 txs are plain commands, these floors are what a script would cost at least. The references above run at the end of the block, on a head that
 /// `peek_pending` and `mark_inflight` have just read: warm. Each is (row of [`ROWS`], label,
 /// script, its sorted set's key suffix).
 pub const COLD: [(usize, &str, &str, &str); 2] = [
@@ -137,53 +137,14 @@ pub struct Steady {
     pub references: Vec<Vec<f64>>,
     /// Server µs of each of [`COLD`], one figure per block.
     pub cold: Vec<Vec<f64>>,
-    /// The same reads as two plain round trips ([`plain_read`]), in the calls' place: server µs
-    /// and end-to-end µs (with the `SET` right after), one figure per block.
-    pub plain: Vec<Vec<(f64, (f64, f64))>>,
 }
 
 /// What runs in the bulk reads' place in a block: the call alone (counted), or before it (which
-/// then does not count) its floor script or the same read as two plain round trips.
+/// then does not count) its floor script.
 #[derive(Clone, Copy, PartialEq)]
 enum Variant {
     Call,
     Floor,
-    Plain,
-}
-
-/// The bulk read `i` of [`COLD`] without a script, as a layout storing bodies in a hash could
-/// serve it in two round trips: the ids (for the inflight set with their scores, and in the same
-/// `MULTI` what `peek_inflight` reads besides: `H`, the points and the marks), then a plain
-/// `HMGET` of their bodies. Returns the server µs (`INFO commandstats`: `zrange` or `exec`, plus
-/// `hmget`) and the end-to-end µs of the two round trips.
-fn plain_read(con: &mut redis::Connection, prefix: &str, i: usize) -> (f64, f64) {
-    let key = |k: &str| format!("{prefix}:{k}");
-    let before = util::command_stats(con);
-    let t = Instant::now();
-    let ids: Vec<Vec<u8>> = if i == 0 {
-        redis::cmd("ZRANGE")
-            .arg(key("pending"))
-            .arg(0)
-            .arg(99)
-            .query(con)
-            .expect("plain ZRANGE")
-    } else {
-        util::inflight_snapshot(con, prefix, "-inf", 100)
-            .into_iter()
-            .map(|(h, _)| h)
-            .collect()
-    };
-    let bodies: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
-        .arg(key("txs"))
-        .arg(&ids)
-        .query(con)
-        .expect("plain HMGET");
-    let e2e = t.elapsed().as_secs_f64() * 1e6;
-    assert_eq!(bodies.len(), 100, "plain read: {} bodies", bodies.len());
-    let after = util::command_stats(con);
-    let first = if i == 0 { "zrange" } else { "exec" };
-    let us = util::usec(&before, &after, first).1 + util::usec(&before, &after, "hmget").1;
-    (us as f64, e2e)
 }
 
 impl Steady {
@@ -363,10 +324,6 @@ impl Bench {
         let mut set_per_block = Vec::new();
         let mut references: Vec<Vec<f64>> = Vec::new();
         let mut cold: Vec<Vec<f64>> = vec![Vec::new(); COLD.len()];
-        let mut plain: Vec<Vec<(f64, (f64, f64))>> = vec![Vec::new(); COLD.len()];
-        let mut cold_conn_plain = redis::Client::open(self.url.as_str())
-            .and_then(|c| c.get_connection())
-            .expect("a connection for the plain reads");
         // Its own connection: the windows below hold the admin connection.
         let mut cold_conn = redis::Client::open(self.url.as_str())
             .and_then(|c| c.get_connection())
@@ -400,65 +357,58 @@ impl Bench {
             let mut block_rows: Vec<(f64, Vec<(f64, f64)>)> = vec![(0.0, Vec::new()); ROWS.len()];
             let (mut set_calls, mut set_usec) = (0u64, 0u64);
             let admin = &mut self.admin;
-            // Runs `call` `n` times in one window; row `r` gets the mean server µs.
-            let mut window = |r: usize, cmd: &str, n: usize, call: &mut dyn FnMut(usize)| {
+            // Runs `call` `n` times in one window; row `r` gets the mean server µs of the calls'
+            // commands `cmds` (counted by the first: `exec` covers the commands of its MULTI).
+            let mut window = |r: usize, cmds: &[&str], n: usize, call: &mut dyn FnMut(usize)| {
                 let before = util::command_stats(admin);
                 let mut e2e = Vec::with_capacity(n);
                 for k in 0..n {
                     e2e.push(with_set(&mp, &set_key, || call(k)));
                 }
                 let after = util::command_stats(admin);
-                let (calls, us) = util::usec(&before, &after, cmd);
+                let calls = util::usec(&before, &after, cmds[0]).0;
+                let us: u64 = cmds.iter().map(|c| util::usec(&before, &after, c).1).sum();
                 let (sc, su) = util::usec(&before, &after, "set");
                 set_calls += sc;
                 set_usec += su;
                 block_rows[r] = (us as f64 / calls.max(1) as f64, e2e);
             };
-            window(0, "evalsha", PER_BLOCK as usize, &mut |k| {
+            window(0, &["evalsha"], PER_BLOCK as usize, &mut |k| {
                 mp.receive(util::tx(tag, next + k as u64)).expect("receive")
             });
             next += PER_BLOCK;
-            // Blocks take turns: the call alone, or its floor or plain read first (see [`COLD`]).
-            let variant = [Variant::Call, Variant::Floor, Variant::Plain][block % 3];
-            let mut plain_now = |i: usize| {
-                let (us, e2e) = plain_read(&mut cold_conn_plain, &prefix, i);
-                let t = Instant::now();
-                mp.baseline_set(&set_key, &[0x5a; util::PAYLOAD_LEN])
-                    .expect("SET");
-                (us, (e2e, t.elapsed().as_secs_f64() * 1e6))
-            };
-            // What runs in bulk read `i`'s place first: its floor, or its plain read.
+            // Blocks take turns: the call alone, or its floor first (see [`COLD`]).
+            let variant = [Variant::Call, Variant::Floor][block % 2];
             let mut before_read = |i: usize| match variant {
-                Variant::Call => (f64::NAN, (f64::NAN, (f64::NAN, f64::NAN))),
-                Variant::Floor => (cold_floor(i), (f64::NAN, (f64::NAN, f64::NAN))),
-                Variant::Plain => (f64::NAN, plain_now(i)),
+                Variant::Call => f64::NAN,
+                Variant::Floor => cold_floor(i),
             };
-            let (cold_pending, plain_pending) = before_read(0);
-            window(1, "evalsha", 1, &mut |_| {
+            let cold_pending = before_read(0);
+            window(1, &["zrange", "hmget"], 1, &mut |_| {
                 assert_eq!(mp.peek_pending(100).expect("peek_pending").len(), 100)
             });
             let batch: Vec<TxHash> = (head..head + SEEN as u64).map(hash).collect();
             let extra: Vec<TxHash> = (head + SEEN as u64..head + PER_BLOCK).map(hash).collect();
             head += PER_BLOCK;
-            window(4, "evalsha", 1, &mut |_| {
+            window(4, &["evalsha"], 1, &mut |_| {
                 mp.mark_inflight(&batch).expect("mark_inflight")
             });
             mp.mark_inflight(&extra).expect("mark_inflight");
-            window(5, "evalsha", 1, &mut |_| {
+            window(5, &["evalsha"], 1, &mut |_| {
                 mp.mark_acknowledged(&batch).expect("mark_acknowledged")
             });
-            let (cold_inflight, plain_inflight) = before_read(1);
-            window(2, "evalsha", 1, &mut |_| {
+            let cold_inflight = before_read(1);
+            window(2, &["exec", "hmget"], 1, &mut |_| {
                 let got = mp.peek_inflight(100).expect("peek_inflight").len();
                 assert!(got == 100 || !measured, "peek_inflight: {got}");
             });
-            window(3, "xrange", 1, &mut |_| {
+            window(3, &["xrange"], 1, &mut |_| {
                 let page = mp.dump_finalized(0, 100).expect("dump_finalized");
                 assert!(page.items.len() == 100 || !measured);
             });
             slot += 10;
             let seen = std::mem::replace(&mut previous, batch);
-            window(6, "evalsha", 1, &mut |_| {
+            window(6, &["evalsha"], 1, &mut |_| {
                 let outcome = mp
                     .confirm(&ChainPoint::Slot(slot), &seen, &[], F, D)
                     .expect("confirm");
@@ -468,7 +418,7 @@ impl Bench {
             let k = (block * SEEN) % 1000;
             let rb_batch = &rb_all[k..k + SEEN];
             let rb_point = ChainPoint::Slot(slot);
-            window(7, "evalsha", 1, &mut |_| {
+            window(7, &["evalsha"], 1, &mut |_| {
                 let outcome = rb
                     .confirm(&rb_point, rb_batch, &[], NEVER, NEVER)
                     .expect("confirm");
@@ -491,12 +441,8 @@ impl Bench {
                 references.push(refs);
                 set_per_block.push(set_usec as f64 / set_calls.max(1) as f64);
                 for (i, floor) in [cold_pending, cold_inflight].into_iter().enumerate() {
-                    match variant {
-                        Variant::Call => {}
-                        Variant::Floor => cold[i].push(floor),
-                        Variant::Plain => plain[i].push([plain_pending, plain_inflight][i]),
-                    }
-                    if variant != Variant::Call {
+                    if variant == Variant::Floor {
+                        cold[i].push(floor);
                         block_rows[COLD[i].0] = (f64::NAN, Vec::new());
                     }
                 }
@@ -530,7 +476,6 @@ impl Bench {
             rows,
             references,
             cold,
-            plain,
         }
     }
 
@@ -608,7 +553,7 @@ impl Bench {
         measure(
             &mut self.admin,
             "peek_pending(usize::MAX)",
-            ("evalsha", ":pool"),
+            ("hmget", ":pool"),
             &mut || mp.peek_pending(usize::MAX).expect("peek_pending").len(),
         );
         for chunk in all.chunks(256) {
@@ -618,7 +563,7 @@ impl Bench {
         measure(
             &mut self.admin,
             "peek_inflight(usize::MAX)",
-            ("evalsha", ":pool"),
+            ("hmget", ":pool"),
             &mut || mp.peek_inflight(usize::MAX).expect("peek_inflight").len(),
         );
         // The reference's way to read many txs, for comparison: one plain `HMGET` of 1000
