@@ -39,8 +39,10 @@ fn sizes(window: &[Seen], what: &str, pool: &HashSet<String>) -> Vec<usize> {
         .iter()
         .filter(|s| pool.contains(&s.addr))
         .filter_map(|s| match (what, s.cmd.as_str()) {
-            // ZRANGE key from +inf BYSCORE LIMIT 0 count WITHSCORES
-            ("page", "ZRANGE") if s.args.len() == 8 => s.args.get(6)?.parse().ok(),
+            // ZRANGE key from +inf BYSCORE LIMIT 0 count [WITHSCORES]
+            ("page", "ZRANGE") if s.args.get(3).map(String::as_str) == Some("BYSCORE") => {
+                s.args.get(6)?.parse().ok()
+            }
             ("bodies", "HMGET") => Some(s.args.len() - 1),
             // EVALSHA sha numkeys keys... event_history args...
             ("batch", "EVALSHA") => {

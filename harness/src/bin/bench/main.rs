@@ -671,7 +671,21 @@ impl Bench {
                     .iter()
                     .filter(|s| s.addr != "lua" && names.get(&s.addr) == Some(&pool))
                     .collect();
-                rt.per_call.push(ours.len());
+                // A MULTI block is sent at once: one round trip, however many commands.
+                let mut round_trips = 0;
+                let mut queued = false;
+                for s in &ours {
+                    match s.cmd.as_str() {
+                        "MULTI" => {
+                            round_trips += 1;
+                            queued = true
+                        }
+                        "EXEC" => queued = false,
+                        _ if queued => {}
+                        _ => round_trips += 1,
+                    }
+                }
+                rt.per_call.push(round_trips);
                 rt.names.extend(ours.iter().map(|s| s.cmd.clone()));
                 rt.inner += window.iter().filter(|s| s.addr == "lua").count() as f64;
             }
