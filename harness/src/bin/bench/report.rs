@@ -460,9 +460,10 @@ impl Report {
         }
         self.line("");
         self.line(
-            "SLOWLOG at a 0 µs threshold during the call: a page is one top-level command \
-             (the script's entry covers what it ran). On a shared 2-core machine the longest \
-             entry includes whatever preemption hit it; the median and p99 say what a page costs.",
+            "SLOWLOG at a 0 µs threshold during the call: a page's figure is its costliest \
+             command, the `HMGET` of its bodies for the two reads, the `XRANGE` for the log; the \
+             longest command is over every entry. On a shared 2-core machine the longest entry \
+             includes whatever preemption hit it; the median and p99 say what a page costs.",
         );
         self.line("");
     }
