@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use common::{config, hash, lone_watcher, open};
 use dolos_redis::{ChainPoint, ConfirmOutcome, EraCbor, MempoolTx, MempoolTxStage, TxHash};
-use support::monitor::{client_names, Monitor, Seen};
+use support::monitor::{client_names, round_trips, Monitor, Seen};
 use support::RedisServer;
 
 /// Long enough that the lease thread renews (every TTL/3) at most once during the test; its
@@ -128,22 +128,8 @@ struct Row {
 }
 
 impl Row {
-    /// Round trips: commands, a `MULTI` … `EXEC` block counting as one (it is sent at once).
     fn round_trips(&self) -> usize {
-        let mut n = 0;
-        let mut queued = false;
-        for s in &self.commands {
-            match s.cmd.as_str() {
-                "MULTI" => {
-                    n += 1;
-                    queued = true
-                }
-                "EXEC" => queued = false,
-                _ if queued => {}
-                _ => n += 1,
-            }
-        }
-        n
+        round_trips(&self.commands)
     }
 }
 

@@ -40,6 +40,25 @@ pub struct Seen {
     pub args: Vec<String>,
 }
 
+/// Round trips among `commands` (one client's top-level commands, in order): one each, but a
+/// `MULTI` … `EXEC` block counts once, as it is sent at once.
+pub fn round_trips<'a>(commands: impl IntoIterator<Item = &'a Seen>) -> usize {
+    let mut n = 0;
+    let mut queued = false;
+    for s in commands {
+        match s.cmd.as_str() {
+            "MULTI" => {
+                n += 1;
+                queued = true
+            }
+            "EXEC" => queued = false,
+            _ if queued => {}
+            _ => n += 1,
+        }
+    }
+    n
+}
+
 pub struct Monitor {
     stream: TcpStream,
     lines: Receiver<Seen>,

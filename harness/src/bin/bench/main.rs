@@ -63,7 +63,7 @@ use std::time::{Duration, Instant};
 
 use dolos_redis::{ChainPoint, Config, ConfirmOutcome, MempoolTxStage, RedisMempool, TxHash};
 use dolos_redis_harness::cli;
-use dolos_redis_testkit::monitor::Monitor;
+use dolos_redis_testkit::monitor::{self, Monitor};
 use dolos_redis_testkit::{self as support, Rng};
 
 use options::Opts;
@@ -671,21 +671,7 @@ impl Bench {
                     .iter()
                     .filter(|s| s.addr != "lua" && names.get(&s.addr) == Some(&pool))
                     .collect();
-                // A MULTI block is sent at once: one round trip, however many commands.
-                let mut round_trips = 0;
-                let mut queued = false;
-                for s in &ours {
-                    match s.cmd.as_str() {
-                        "MULTI" => {
-                            round_trips += 1;
-                            queued = true
-                        }
-                        "EXEC" => queued = false,
-                        _ if queued => {}
-                        _ => round_trips += 1,
-                    }
-                }
-                rt.per_call.push(round_trips);
+                rt.per_call.push(monitor::round_trips(ours.iter().copied()));
                 rt.names.extend(ours.iter().map(|s| s.cmd.clone()));
                 rt.inner += window.iter().filter(|s| s.addr == "lua").count() as f64;
             }
