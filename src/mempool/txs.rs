@@ -103,8 +103,8 @@ impl RedisMempool {
     /// (one `ZRANGE`), then their bodies (one `HMGET`). Writes that land meanwhile show as they
     /// would to calls made one after the other: the result holds every tx that stayed pending
     /// throughout, in queue order, once each; a tx that left the queue meanwhile may still be
-    /// there or missing (missing only if it also left the mempool), and txs that joined
-    /// meanwhile may follow at the end.
+    /// there or missing (missing only if it also left the mempool, which can leave the result
+    /// short of `limit`), and txs that joined meanwhile may follow at the end.
     ///
     /// ```no_run
     /// # use dolos_redis::{Config, RedisMempool, TxHash};
@@ -191,7 +191,7 @@ impl RedisMempool {
     /// what their stages and counters derive from, in one `MULTI`; then their bodies). A tx's
     /// stage and counters are those of the moment its page's hashes were read; a stage change
     /// after that shows in later pages only, no tx comes twice, and a tx that left the mempool
-    /// before its body was read is missing.
+    /// before its body was read is missing (the result may then fall short of `limit`).
     ///
     /// ```no_run
     /// # use dolos_redis::{Config, RedisMempool};
