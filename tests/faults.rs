@@ -417,6 +417,11 @@ fn every_call_fails_while_redis_is_unreachable_then_recovers() {
             "peek_pending",
             Box::new(|| m.peek_pending(10).map(|v| format!("{v:?}"))),
         ),
+        // Past 32 txs the reads are plain commands, not a script.
+        (
+            "peek_pending (plain)",
+            Box::new(|| m.peek_pending(100).map(|v| format!("{v:?}"))),
+        ),
         (
             "check_status",
             Box::new(|| m.check_status(&a).map(|v| format!("{v:?}"))),
@@ -448,6 +453,10 @@ fn every_call_fails_while_redis_is_unreachable_then_recovers() {
         (
             "peek_inflight",
             Box::new(|| m.peek_inflight(10).map(|v| format!("{v:?}"))),
+        ),
+        (
+            "peek_inflight (plain)",
+            Box::new(|| m.peek_inflight(100).map(|v| format!("{v:?}"))),
         ),
         (
             "watcher_info",
@@ -485,6 +494,7 @@ fn every_call_fails_while_redis_is_unreachable_then_recovers() {
     m.receive(tx(2)).unwrap();
     assert_eq!(m.check_status(&h).unwrap().stage, MempoolTxStage::Pending);
     assert_eq!(m.peek_pending(10).unwrap().len(), 1);
+    assert_eq!(m.peek_pending(100).unwrap().len(), 1);
 }
 
 #[test]
@@ -493,14 +503,17 @@ fn a_call_to_a_stalled_server_times_out_and_later_calls_get_their_own_replies() 
     let server = RedisServer::start();
     let m = RedisMempool::open(config_with(&server, "stalled", LONG_TTL, IO_TIMEOUT).pool_size(2))
         .unwrap();
-    let a = hash(0);
+    let (a, b) = (hash(0), hash(1));
     m.receive(tx(0)).unwrap();
+    m.receive(tx(1)).unwrap();
+    m.mark_inflight(&[b]).unwrap();
 
     server.pause();
     let started = Instant::now();
     let err = m.peek_pending(10).unwrap_err();
     let took = started.elapsed();
-    let err2 = m.has_pending().unwrap_err();
+    // A large read is a MULTI block and then an HMGET: its connection goes the same way.
+    let err2 = m.peek_inflight(100).unwrap_err();
     server.resume();
     println!("call to a stopped server failed after {took:?}: {err}");
     assert!(err.is_transient(), "{err:?}");
@@ -515,6 +528,9 @@ fn a_call_to_a_stalled_server_times_out_and_later_calls_get_their_own_replies() 
         let pending = m.peek_pending(10).unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].hash, a);
+        let inflight = m.peek_inflight(100).unwrap();
+        assert_eq!(inflight.len(), 1);
+        assert_eq!(inflight[0].hash, b);
         assert!(m.watcher_info().unwrap().epoch >= 1);
     }
 }
