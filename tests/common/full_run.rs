@@ -69,6 +69,14 @@ pub fn full_run(config: &dyn Fn() -> Config) -> Report {
         .map(|t| t.hash)
         .collect();
     assert_eq!(pending, vec![hash(1), hash(2), hash(3)]);
+    // Past 32 txs a read is plain commands (ZRANGE, HMGET), not a script: the same answer.
+    let plain: Vec<TxHash> = a
+        .peek_pending(100)
+        .expect("peek_pending (plain)")
+        .iter()
+        .map(|t| t.hash)
+        .collect();
+    assert_eq!(plain, pending);
 
     // Propagate and acknowledge.
     b.mark_inflight(&[hash(1), hash(2), hash(3)])
@@ -76,6 +84,11 @@ pub fn full_run(config: &dyn Fn() -> Config) -> Report {
     a.mark_acknowledged(&[hash(1)]).expect("mark_acknowledged");
     assert!(!a.has_pending().expect("has_pending"));
     assert_eq!(b.peek_inflight(10).expect("peek_inflight").len(), 3);
+    // The plain read: a MULTI block, then HMGET.
+    assert_eq!(
+        a.peek_inflight(100).expect("peek_inflight (plain)"),
+        b.peek_inflight(10).expect("peek_inflight")
+    );
     let found = a
         .find_inflight(&hash(1))
         .expect("find_inflight")
