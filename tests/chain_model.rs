@@ -598,9 +598,22 @@ fn read(m: &RedisMempool) -> Result<View, Error> {
     let log = m.dump_finalized(0, usize::MAX)?;
     assert_eq!(log.next_cursor, None, "the whole log in one page");
     let s = m.stats()?;
+    let (pending, inflight) = (m.peek_pending(usize::MAX)?, m.peek_inflight(usize::MAX)?);
+    // Up to 32 txs a read is a script, past that plain commands: both must agree.
+    let head = |v: &[MempoolTx]| v[..v.len().min(32)].to_vec();
+    assert_eq!(
+        m.peek_pending(32)?,
+        head(&pending),
+        "peek_pending(32) (script)"
+    );
+    assert_eq!(
+        m.peek_inflight(32)?,
+        head(&inflight),
+        "peek_inflight(32) (script)"
+    );
     Ok(View {
-        pending: m.peek_pending(usize::MAX)?,
-        inflight: m.peek_inflight(usize::MAX)?,
+        pending,
+        inflight,
         log: log.items,
         applied: m.applied_points(usize::MAX)?,
         statuses: (0..IDS)
