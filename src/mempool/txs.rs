@@ -17,9 +17,11 @@ use crate::types::{EraCbor, MempoolPage, MempoolTx, MempoolTxStage, TxHash, TxSt
 use crate::Error;
 
 /// The largest read of `peek_pending`/`peek_inflight` served by a script in one round trip.
-/// Larger reads go as plain commands, two round trips a page: a script costs Redis about 1 µs
-/// more per tx, each body crossing Lua twice, which beyond this many txs outweighs the round
-/// trip it saves (see DESIGN.md, "Cost of a call").
+/// A script costs Redis about 1 µs more per tx than plain commands (each body crosses Lua
+/// twice), plain commands cost the caller a second round trip. Redis's time is what every node
+/// and the lease share, so past a small read the plain commands win; a small read, such as the
+/// next few txs to propagate, keeps its single round trip (see DESIGN.md, "Large reads are
+/// plain commands").
 pub(crate) const SCRIPT_READ: usize = 32;
 
 /// Txs per page of a plain read of `peek_pending`/`peek_inflight`: one `HMGET` of this many
