@@ -7,11 +7,13 @@
 //! to Redis is a `#!lua` header line (Redis ≥ 7, see [`Header`]), that `K` line, the shared
 //! fragments the script uses (`common.lua`, `undo.lua`; the lease's scripts `prelude.lua`, then
 //! `liveness.lua` for those that count liveness subscribers), and its own file, in that order.
-//! redis-rs sends `EVALSHA` and loads a script on `NOSCRIPT` by itself; [`Scripts::load_all`]
-//! loads them when the mempool opens so that the steady state is one round trip per call.
+//! A call is one `EVALSHA` ([`run`]), which loads its script and sends the call again on
+//! `NOSCRIPT`; [`Scripts::load_all`] loads them when the mempool opens so that the steady state
+//! is one round trip per call.
 //!
 //! Reads that one plain command answers atomically (`has_pending`, `applied_points`,
-//! `dump_finalized`) are sent as that command, through [`plain`].
+//! `dump_finalized`) are sent as that command, through [`plain`]; large reads of the pending
+//! queue and the inflight set as plain commands too, through [`plain`] and [`plain_pipeline`].
 //!
 //! (A little over 500 lines: the table of scripts with their keys, and the tests that hold it to
 //! the `.lua` files, are kept together.)
@@ -291,16 +293,29 @@ pub(crate) fn run(
     if let Some((replicas, timeout)) = wait.filter(|_| lua.writes) {
         return run_and_wait(conn, lua, keys, event_history, args, replicas, timeout);
     }
-    let mut inv = lua.script.prepare_invoke();
+    // One `EVALSHA` built in place: redis-rs's `ScriptInvocation` copies every argument twice
+    // more (a body too) before packing it, which shows in the 8-thread `receive` rate, where the
+    // clients share the cores with Redis.
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(lua.script.get_hash()).arg(lua.keys.len());
     for key in lua.keys {
-        inv.key(keys.name(*key));
+        cmd.arg(keys.name(*key));
     }
-    inv.arg(event_history);
+    cmd.arg(event_history);
     for arg in args {
-        inv.arg(arg);
+        cmd.arg(arg);
     }
-    conn.invoke(&inv)
-        .map_err(|e| explain(conn, e, keys, lua.keys))
+    match conn.run(&cmd) {
+        // The server lost its scripts (a restart, a failover to a node that never loaded
+        // them): the script did not run; load it and send the call again, once.
+        Err(e) if e.code() == Some("NOSCRIPT") => {
+            conn.run::<String>(redis::cmd("SCRIPT").arg("LOAD").arg(&lua.source))
+                .map_err(Error::from_redis)?;
+            conn.run(&cmd)
+        }
+        other => other,
+    }
+    .map_err(|e| explain(conn, e, keys, lua.keys))
 }
 
 /// A read that one plain command answers (atomically, as every single command is): `keys` are

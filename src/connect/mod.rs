@@ -81,15 +81,6 @@ impl RedisConn {
         self.note(result)
     }
 
-    /// Runs a script invocation (EVALSHA, loading the script on NOSCRIPT).
-    pub fn invoke(
-        &mut self,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> redis::RedisResult<redis::Value> {
-        let result = invocation.invoke(&mut self.conn);
-        self.note(result)
-    }
-
     /// Runs a pipeline as one round trip.
     pub fn run_pipeline<T: redis::FromRedisValue>(
         &mut self,
