@@ -127,27 +127,42 @@ pub(crate) fn tx_record(payload: &EraCbor) -> Vec<u8> {
 
 /// Reads a stored record back (see [`tx_record`]); `key` names it in the error.
 pub(crate) fn decode_record(v: Value, key: impl Fn() -> String) -> Result<EraCbor, Error> {
-    let bad = |detail: String| Error::Corrupt { key: key(), detail };
-    let mut record = match v {
-        Value::BulkString(b) => b,
-        Value::Nil => return Err(bad("the tx has no record".into())),
-        other => return Err(unexpected("tx record", &other)),
-    };
-    let era = record
-        .iter()
-        .position(|&b| b == b'|')
-        .and_then(|bar| Some((std::str::from_utf8(&record[..bar]).ok()?.parse().ok()?, bar)));
+    match v {
+        Value::BulkString(record) => record_from(record, 0, key),
+        Value::Nil => Err(Error::Corrupt {
+            key: key(),
+            detail: "the tx has no record".into(),
+        }),
+        other => Err(unexpected("tx record", &other)),
+    }
+}
+
+/// The record that starts at `start` in `raw` (a log entry's holds its status line first).
+fn record_from(mut raw: Vec<u8>, start: usize, key: impl Fn() -> String) -> Result<EraCbor, Error> {
+    let era = raw.get(start..).and_then(|record| {
+        let bar = record.iter().position(|&b| b == b'|')?;
+        Some((
+            std::str::from_utf8(&record[..bar]).ok()?.parse().ok()?,
+            start + bar,
+        ))
+    });
     match era {
         // The body stays in the reply's buffer (no copy of it: a read returns up to a
         // thousand at a time).
         Some((era, bar)) => {
-            record.drain(..=bar);
-            Ok(EraCbor(era, record))
+            raw.drain(..=bar);
+            Ok(EraCbor(era, raw))
         }
-        None => Err(bad(format!(
-            "not a record: {:?}",
-            String::from_utf8_lossy(&record[..record.len().min(32)])
-        ))),
+        None => {
+            let shown = &raw[start.min(raw.len())..];
+            Err(Error::Corrupt {
+                key: key(),
+                detail: format!(
+                    "not a record: {:?}",
+                    String::from_utf8_lossy(&shown[..shown.len().min(32)])
+                ),
+            })
+        }
     }
 }
 
@@ -326,35 +341,53 @@ pub(crate) fn split_height<'a>(member: &'a str, key: &str) -> Result<(u64, &'a s
 pub(crate) struct StreamEntry {
     /// `n`: the log sequence or the event number.
     pub seq: u64,
-    /// `<stream> <id>`, to name the entry in a `Corrupt` error.
-    pub key: String,
+    /// The entry's id as Redis sent it, to name the entry in an error ([`StreamEntry::key`]).
+    id: Vec<u8>,
     /// Field names and values, alternating.
     pub fields: Vec<Value>,
+}
+
+impl StreamEntry {
+    /// `<stream> <id>`, naming the entry in a `Corrupt` error. Built only when needed: a read
+    /// of the log decodes up to 500 entries a page.
+    pub fn key(&self, stream: &str) -> String {
+        entry_key(stream, &self.id)
+    }
+}
+
+fn entry_key(stream: &str, id: &[u8]) -> String {
+    format!("{stream} {}", String::from_utf8_lossy(id))
 }
 
 /// Splits a raw `XRANGE`/`XREAD` entry `[id, [field, value, ...]]` of `stream`.
 pub(crate) fn stream_entry(v: Value, stream: &str) -> Result<StreamEntry, Error> {
     let [id, fields] = tuple(v, "stream entry")?;
-    let id = text(&id, "stream entry id")?;
-    let key = format!("{stream} {id}");
+    let id = bytes(id, "stream entry id")?;
     let seq = id
-        .split_once('-')
-        .and_then(|(n, _)| n.parse().ok())
-        .ok_or_else(|| Error::Corrupt {
-            key: key.clone(),
+        .iter()
+        .position(|&b| b == b'-')
+        .and_then(|dash| std::str::from_utf8(&id[..dash]).ok()?.parse().ok());
+    let Some(seq) = seq else {
+        return Err(Error::Corrupt {
+            key: entry_key(stream, &id),
             detail: "bad entry id".into(),
-        })?;
+        });
+    };
     Ok(StreamEntry {
         seq,
-        key,
+        id,
         fields: array(fields, "stream entry fields")?,
     })
 }
 
-/// The status part of a log record, its `s` field: `<F|D><hash, 32 bytes><c>|<m>|<point>`.
-pub(crate) fn decode_log_status(raw: &[u8], key: &str) -> Result<(TxHash, TxStatus), Error> {
+/// The status line of a log entry (what precedes its line break; `check_status.lua` returns
+/// only it): `<F|D><hash, 32 bytes><c>|<m>|<point>`.
+pub(crate) fn decode_log_status(
+    raw: &[u8],
+    key: impl Fn() -> String,
+) -> Result<(TxHash, TxStatus), Error> {
     let bad = || Error::Corrupt {
-        key: key.to_string(),
+        key: key(),
         detail: format!(
             "not a log status: {:?}",
             String::from_utf8_lossy(&raw[..raw.len().min(48)])
@@ -380,30 +413,44 @@ pub(crate) fn decode_log_status(raw: &[u8], key: &str) -> Result<(TxHash, TxStat
             stage,
             confirmations: c.parse().map_err(|_| bad())?,
             non_confirmations: m.parse().map_err(|_| bad())?,
-            confirmed_at: decode_point(at, key)?,
+            confirmed_at: decode_point(at, "").map_err(|_| bad())?,
         },
     ))
 }
 
-/// Decodes one raw `XRANGE` entry of the finalized log (fields `s` and `b`, see
-/// [`decode_log_status`] and [`tx_record`]) into its sequence and tx.
+/// Decodes one raw `XRANGE` entry of the finalized log into its sequence and tx. Its one field
+/// `t` holds the status line ([`decode_log_status`]), a line break, and the tx's record
+/// ([`tx_record`]).
 pub(crate) fn decode_log_entry(v: Value, keys: &Keys) -> Result<(u64, MempoolTx), Error> {
-    let StreamEntry { seq, key, fields } = stream_entry(v, &keys.log)?;
+    let StreamEntry { seq, id, fields } = stream_entry(v, &keys.log)?;
+    // Named only in errors: no string is built for an entry that decodes.
+    let key = || entry_key(&keys.log, &id);
+    let corrupt = |detail: &str| Error::Corrupt {
+        key: key(),
+        detail: detail.to_string(),
+    };
     let mut fields = fields.into_iter();
-    let (mut status, mut record) = (None, None);
+    let mut t = None;
     while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
-        match text(&name, "log field name")?.as_str() {
-            "s" => status = Some(bytes(value, "log status")?),
-            "b" => record = Some(value),
-            _ => {}
+        if matches!(&name, Value::BulkString(n) if n == b"t") {
+            t = Some(value);
+            break;
         }
     }
-    let missing = |f: &str| Error::Corrupt {
-        key: key.clone(),
-        detail: format!("field {f} missing"),
+    let raw = match t {
+        Some(Value::BulkString(raw)) => raw,
+        Some(other) => return Err(unexpected("log entry", &other)),
+        None => return Err(corrupt("field t missing")),
     };
-    let (hash, status) = decode_log_status(&status.ok_or_else(|| missing("s"))?, &key)?;
-    let payload = decode_record(record.ok_or_else(|| missing("b"))?, || key.clone())?;
+    // The status line ends at the first line break after the hash (raw bytes, which may hold
+    // one); a point never holds one.
+    let nl = raw
+        .get(33..)
+        .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+        .map(|i| i + 33)
+        .ok_or_else(|| corrupt("no line break after the status"))?;
+    let (hash, status) = decode_log_status(&raw[..nl], key)?;
+    let payload = record_from(raw, nl + 1, key)?;
     Ok((seq, tx_with(hash, payload, status)))
 }
 
@@ -456,12 +503,12 @@ mod tests {
         raw.extend_from_slice(hash.as_bytes());
         raw.extend_from_slice(b"6|0|12:");
         raw.extend_from_slice(BlockHash::from([1; 32]).to_string().as_bytes());
-        let (h, status) = decode_log_status(&raw, "k").unwrap();
+        let (h, status) = decode_log_status(&raw, || "k".into()).unwrap();
         assert_eq!(h, hash);
         assert_eq!(status.stage, MempoolTxStage::Finalized);
         assert_eq!(status.confirmations, 6);
         assert_eq!(status.confirmed_at.map(|p| p.slot()), Some(12));
-        assert!(decode_log_status(b"X", "k").is_err());
+        assert!(decode_log_status(b"X", || "k".into()).is_err());
     }
 
     #[test]

@@ -473,7 +473,9 @@ impl Reader {
                 last = self.resync(conn, n - 1)?;
             }
             let raw = entry.clone();
-            let codec::StreamEntry { key, fields, .. } = codec::stream_entry(entry, &stream)?;
+            let entry = codec::stream_entry(entry, &stream)?;
+            let key = entry.key(&stream);
+            let fields = entry.fields;
             let partial = self.catching_up.is_some();
             match entries::decode(n, fields, &key, &mut self.confirmed, partial)? {
                 Ok(decoded) => {

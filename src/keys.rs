@@ -20,7 +20,7 @@
 //! | `P:marks`              | zset   | height (12 digits) scored by the first event number propagated at it: a tx's `hi` (the `H` it became inflight at) is the mark with the greatest score at or below its `n`; a few entries |
 //! | `P:confirmed`          | zset   | one member per block that first confirmed txs still Confirmed: `<hc, 12 digits><their hashes>` scored by `hc` |
 //! | `P:points`             | zset   | the point of each such block: `<hc, 12 digits><point>` scored by `hc` (`confirmed_at`, which may be older than the retained chain) |
-//! | `P:log`                | stream | finalized log: entry id `<seq>-0`, fields `s` = `<F\|D><hash><c>\|<m>\|<point>` and `b` = the tx's `<era>\|<body>` |
+//! | `P:log`                | stream | finalized log: entry id `<seq>-0`, one field `t` = the status line `<F\|D><hash><c>\|<m>\|<point>`, a line break, and the tx's `<era>\|<body>` |
 //! | `P:done`               | zset   | tx hash scored `2·seq + 1` (Finalized) or `2·seq` (Dropped): where the tx sits in the retained log |
 //! | `P:events`             | stream | one entry per call, carrying its transitions, appended by the script that makes them: entry id `<n>-0`, `n` the number of its first event; trimmed to about `event_history` entries (see `events.rs`) |
 //!
@@ -33,8 +33,9 @@
 //! `confirm` touches only the block's txs and the txs that finalize or drop in it.
 
 /// The version of the layout above, stored as `layout` in `P:meta`. `open` refuses a prefix
-/// that holds another one, or the keys of the first layout (which had no version).
-pub(crate) const LAYOUT: u32 = 2;
+/// that holds another one, or the keys of the first layout (which had no version). Layout 3
+/// changed only the log's entries (one field where layout 2 had a status and a record).
+pub(crate) const LAYOUT: u32 = 3;
 
 /// Keys only the first layout had: finding one of them means the prefix holds data this version
 /// cannot read.

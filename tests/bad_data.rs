@@ -506,15 +506,7 @@ fn corrupt_values_are_reported_not_acted_on() {
     // The index of the finalized log pointing at nonsense, and at an entry that is gone.
     let (m, _, _, f) = setup("corrupt-done");
     let key = format!("corrupt-done:done {}", f.to_hex());
-    run(&[
-        "XADD",
-        "corrupt-done:log",
-        "500-0",
-        "s",
-        "garbage",
-        "b",
-        "6|x",
-    ]);
+    run(&["XADD", "corrupt-done:log", "500-0", "t", "garbage\n6|x"]);
     raw(&["ZADD", "corrupt-done:done", "1001"], f.as_bytes(), b"");
     expect_corrupt(
         "done: check_status (garbage)",
@@ -527,6 +519,31 @@ fn corrupt_values_are_reported_not_acted_on() {
         m.check_status(&f).map(|v| format!("{v:?}")),
         &key,
     );
+
+    // Log entries that `dump_finalized` cannot read: each is named by its id.
+    for (i, fields) in [
+        &["t", "garbage\n6|x"][..],
+        &[
+            "t",
+            "F0123456789abcdef0123456789abcdef1|0|5 and no line break",
+        ],
+        &["t", "F0123456789abcdef0123456789abcdef1|0|5\nno era"],
+        &["s", "an older layout's field"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let prefix = format!("corrupt-log-{i}");
+        let (m, ..) = setup(&prefix);
+        let mut args = vec!["XADD".to_string(), format!("{prefix}:log"), "500-0".into()];
+        args.extend(fields.iter().map(|f| f.to_string()));
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        expect_corrupt(
+            &format!("log: dump_finalized ({fields:?})"),
+            m.dump_finalized(0, 10).map(|v| format!("{v:?}")),
+            &format!("{prefix}:log 500-0"),
+        );
+    }
 
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

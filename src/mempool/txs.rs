@@ -476,7 +476,7 @@ impl RedisMempool {
                 let key = format!("{} {hash}", keys.done);
                 match next() {
                     Value::BulkString(raw) => {
-                        let (logged, status) = codec::decode_log_status(&raw, &key)?;
+                        let (logged, status) = codec::decode_log_status(&raw, || key.clone())?;
                         if logged != *hash {
                             return Err(Error::Corrupt {
                                 key,

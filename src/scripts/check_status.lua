@@ -1,7 +1,8 @@
 -- check_status(hash) -> false (unknown) | {'P'} | {'I', H, score, points, marks}
---   | {'L', log status field | false, done score}
+--   | {'L', log status line | false, done score}
 -- A live tx (pending or inflight) wins over an older entry of the same hash in the log. For a
--- logged tx, the `s` field of its log entry (`<F|D><hash><c>|<m>|<point>`, decoded in Rust).
+-- logged tx, the status line of its log entry (`<F|D><hash><c>|<m>|<point>`, decoded in Rust),
+-- without the record after it (an entry without the line break comes whole: Rust finds it bad).
 local hash = ARGV[2]
 if redis.call('ZSCORE', K.pending, hash) then return {'P'} end
 local score = redis.call('ZSCORE', K.inflight, hash)
@@ -13,4 +14,7 @@ local done = redis.call('ZSCORE', K.done, hash)
 if not done then return false end
 local id = string.format('%d-0', math.floor(tonumber(done) / 2))
 local entry = redis.call('XRANGE', K.log, id, id)[1]
-return {'L', entry and entry[2][2] or false, done}
+if not entry then return {'L', false, done} end
+local t = entry[2][2]
+local nl = string.find(t, '\n', 34, true)
+return {'L', nl and string.sub(t, 1, nl - 1) or t, done}
