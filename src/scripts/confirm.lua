@@ -126,13 +126,19 @@ if H - D >= 0 then
   if #candidates > 0 then
     local marks = redis.call('ZRANGE', K.marks, B and string.format('(%d', B) or '+inf', '-inf',
       'BYSCORE', 'REV', 'WITHSCORES')
+    -- As numbers once, not once per candidate.
+    local mh, mn = {}, {}
+    for j = 1, #marks, 2 do
+      mh[#mh + 1] = tonumber(marks[j])
+      mn[#mn + 1] = tonumber(marks[j + 1])
+    end
     for i = 1, #candidates, 2 do
       local hash, s = candidates[i], tonumber(candidates[i + 1])
       local x = s % S
       if x < 2 and not seen_set[hash] then
         local n, hi = (s - x) / S, nil
-        for j = 1, #marks, 2 do
-          if tonumber(marks[j + 1]) <= n then hi = tonumber(marks[j]); break end
+        for j = 1, #mn do
+          if mn[j] <= n then hi = mh[j]; break end
         end
         if not hi then corrupt(K.marks, 'no mark at or below event ' .. string.format('%d', n)) end
         drop[#drop + 1] = hash
@@ -181,7 +187,7 @@ end
 if #confirmed_now > 0 then
   local add = {}
   for i, hash in ipairs(confirmed_now) do
-    add[2 * i - 1] = newly_score[i]
+    add[2 * i - 1] = int(newly_score[i])
     add[2 * i] = hash
   end
   variadic('ZADD', K.inflight, 'XX', add)
@@ -203,10 +209,10 @@ if #retire > 0 then
     local seq, entry = lseq + i, nil
     if i <= #fin then
       entry = 'F' .. hash .. string.format('%d|0|', fin_c[i]) .. fin_at[i] .. '\n' .. records[i]
-      done[2 * i - 1] = 2 * seq + 1
+      done[2 * i - 1] = int(2 * seq + 1)
     else
       entry = 'D' .. hash .. string.format('0|%d|', drop_m[i - #fin]) .. '\n' .. records[i]
-      done[2 * i - 1] = 2 * seq
+      done[2 * i - 1] = int(2 * seq)
     end
     done[2 * i] = hash
     redis.call('XADD', K.log, seq .. '-0', 't', entry)

@@ -20,16 +20,22 @@ if k == 0 then return 0 end
 local H = meta_number('H', redis.call('HGET', K.meta, 'H'))
 -- Newest first: the first mark at or below a tx's number is its height.
 local marks = redis.call('ZRANGE', K.marks, top / S, '-inf', 'BYSCORE', 'REV', 'WITHSCORES')
+-- As numbers once, not once per tx.
+local mh, mn = {}, {}
+for j = 1, #marks, 2 do
+  mh[#mh + 1] = tonumber(marks[j])
+  mn[#mn + 1] = tonumber(marks[j + 1])
+end
 local misses, add, same = {}, {}, true
 for i = 1, k do
   local n, hi = scores[i] / S, nil
-  for j = 1, #marks, 2 do
-    if tonumber(marks[j + 1]) <= n then hi = tonumber(marks[j]); break end
+  for j = 1, #mn do
+    if mn[j] <= n then hi = mh[j]; break end
   end
   if not hi then corrupt(K.marks, 'no mark at or below event ' .. n .. ' (tx ' .. hex(moved[i]) .. ')') end
   misses[i] = H - hi
   if misses[i] ~= misses[1] then same = false end
-  add[2 * i - 1] = scores[i] + 1
+  add[2 * i - 1] = int(scores[i] + 1)
   add[2 * i] = moved[i]
 end
 

@@ -24,7 +24,7 @@ redis.call('XADD', K.events, 'MAXLEN', '~', ARGV[1], first .. '-0', 'R', table.c
 redis.call('ZREM', K.pending, unpack(moved))
 local add = {}
 for i, hash in ipairs(moved) do
-  add[2 * i - 1] = (first + i - 1) * 131072
+  add[2 * i - 1] = int((first + i - 1) * 131072)
   add[2 * i] = hash
 end
 redis.call('ZADD', K.inflight, unpack(add))

@@ -92,7 +92,7 @@ local function undo_from(h, unseen, node_id, epoch)
     variadic('ZREM', K.inflight, nil, back)
     local add = {}
     for i, hash in ipairs(back) do
-      add[2 * i - 1] = first + #undone + i - 1
+      add[2 * i - 1] = int(first + #undone + i - 1)
       add[2 * i] = hash
     end
     variadic('ZADD', K.pending, nil, add)
