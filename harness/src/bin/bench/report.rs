@@ -322,11 +322,15 @@ impl Report {
             "\"≈ the issue's `SET`s\" divides by the median here/issue factor of the four \
              reference scripts ({script_factor:.2}; the plain `HMGET`'s, {plain_factor:.2}, for \
              the calls made of plain commands: both reads and `dump_finalized`): an estimate, as the references disagree. \
+             Each reference runs {} times back to back in its window, as a benchmark of it \
+             alone would (once, right after the window's `INFO`, it ran cold and cost up to \
+             twice as much). \
              `SET` unit: {:.2} µs of server time (median of the blocks' means; blocks ranged \
              {:.2}–{:.2} µs). Server µs: mean of the middle half of the blocks; each block's \
              figure is an `INFO commandstats` difference around the call (`evalsha`; `zrange` and \
              `hmget`, or `exec` and `hmget`, for the reads; `xrange` for `dump_finalized`). End to end: medians over every call, and of the ratio to the \
              `SET` made right after each one.",
+            crate::steady::REFERENCE_RUNS,
             st.set_us,
             spread.first().copied().unwrap_or(f64::NAN),
             spread.last().copied().unwrap_or(f64::NAN)
