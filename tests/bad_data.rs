@@ -503,6 +503,26 @@ fn corrupt_values_are_reported_not_acted_on() {
         "corrupt-marks:marks",
     );
 
+    // A mark that is not a height, the first at or below a tx's number: found, never skipped
+    // for the next one.
+    let (m, _, i1, _) = setup("bogus-mark");
+    cmd(&[
+        "EVAL",
+        "local s = redis.call('ZSCORE', KEYS[2], ARGV[1]) \
+         return redis.call('ZADD', KEYS[1], math.floor(s / 131072), 'garbage')",
+        "2",
+        "bogus-mark:marks",
+        "bogus-mark:inflight",
+    ])
+    .arg(i1.as_bytes())
+    .query::<()>(&mut server.connection())
+    .unwrap();
+    expect_corrupt(
+        "marks: mark_acknowledged (not a height)",
+        m.mark_acknowledged(&[i1]).map(|v| format!("{v:?}")),
+        "bogus-mark:marks",
+    );
+
     // The index of the finalized log pointing at nonsense, and at an entry that is gone.
     let (m, _, _, f) = setup("corrupt-done");
     let key = format!("corrupt-done:done {}", f.to_hex());

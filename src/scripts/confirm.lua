@@ -126,18 +126,19 @@ if H - D >= 0 then
   if #candidates > 0 then
     local marks = redis.call('ZRANGE', K.marks, B and string.format('(%d', B) or '+inf', '-inf',
       'BYSCORE', 'REV', 'WITHSCORES')
-    -- As numbers once, not once per candidate.
-    local mh, mn = {}, {}
-    for j = 1, #marks, 2 do
-      mh[#mh + 1] = tonumber(marks[j])
-      mn[#mn + 1] = tonumber(marks[j + 1])
+    -- As numbers once, not once per candidate; indexed, not appended: a mark that is not a number
+    -- leaves a hole (found below as no mark), never shifts the others.
+    local mh, mn, nm = {}, {}, #marks / 2
+    for m = 1, nm do
+      mh[m] = tonumber(marks[2 * m - 1])
+      mn[m] = tonumber(marks[2 * m])
     end
     for i = 1, #candidates, 2 do
       local hash, s = candidates[i], tonumber(candidates[i + 1])
       local x = s % S
       if x < 2 and not seen_set[hash] then
         local n, hi = (s - x) / S, nil
-        for j = 1, #mn do
+        for j = 1, nm do
           if mn[j] <= n then hi = mh[j]; break end
         end
         if not hi then corrupt(K.marks, 'no mark at or below event ' .. string.format('%d', n)) end

@@ -20,16 +20,17 @@ if k == 0 then return 0 end
 local H = meta_number('H', redis.call('HGET', K.meta, 'H'))
 -- Newest first: the first mark at or below a tx's number is its height.
 local marks = redis.call('ZRANGE', K.marks, top / S, '-inf', 'BYSCORE', 'REV', 'WITHSCORES')
--- As numbers once, not once per tx.
-local mh, mn = {}, {}
-for j = 1, #marks, 2 do
-  mh[#mh + 1] = tonumber(marks[j])
-  mn[#mn + 1] = tonumber(marks[j + 1])
+-- As numbers once, not once per tx; indexed, not appended: a mark that is not a number
+-- leaves a hole (found below as no mark), never shifts the others.
+local mh, mn, nm = {}, {}, #marks / 2
+for m = 1, nm do
+  mh[m] = tonumber(marks[2 * m - 1])
+  mn[m] = tonumber(marks[2 * m])
 end
 local misses, add, same = {}, {}, true
 for i = 1, k do
   local n, hi = scores[i] / S, nil
-  for j = 1, #mn do
+  for j = 1, nm do
     if mn[j] <= n then hi = mh[j]; break end
   end
   if not hi then corrupt(K.marks, 'no mark at or below event ' .. n .. ' (tx ' .. hex(moved[i]) .. ')') end
