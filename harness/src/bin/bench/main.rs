@@ -86,7 +86,7 @@ const ROUND: usize = 100;
 // The calls
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Call {
+pub enum Call {
     Set,
     Receive,
     HasPending,

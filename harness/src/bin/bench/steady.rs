@@ -31,7 +31,7 @@ use dolos_redis::{ChainPoint, Config, ConfirmOutcome, RedisMempool, TxHash};
 use dolos_redis_testkit as support;
 
 use crate::util::{self, median};
-use crate::{progress, Bench, NEVER, POOL};
+use crate::{progress, Bench, Call, NEVER, POOL};
 
 /// Dolos's thresholds.
 const F: u32 = 6;
@@ -52,6 +52,18 @@ pub const ROWS: [(&str, f64); 8] = [
     ("`mark_acknowledged(50)`", 80.0),
     ("`confirm` (50 seen, steady state)", 300.0),
     ("`confirm` (50 seen, rolled back each time)", 300.0),
+];
+
+/// The call behind each row of [`ROWS`], for the `--profile` table.
+const PROFILED: [Call; 8] = [
+    Call::Receive,
+    Call::PeekPending,
+    Call::PeekInflight,
+    Call::DumpFinalized,
+    Call::MarkInflight,
+    Call::MarkAcknowledged,
+    Call::Confirm,
+    Call::Confirm,
 ];
 
 /// The measurements of what Redis itself needs (Redis 7.0.15, its machine), in its SET
@@ -360,6 +372,10 @@ impl Bench {
             us as f64 / calls.max(1) as f64
         };
         let set_key = format!("{prefix}:set");
+        // With `--profile`: per row, the calls measured and every command's counters in their
+        // windows, the `SET`s after each call left out.
+        let profile = self.opts.profile;
+        let mut profiles: Vec<(usize, util::CommandStats)> = vec![Default::default(); ROWS.len()];
         for block in 0..WARM_UP + blocks {
             let measured = block >= WARM_UP;
             let mut block_rows: Vec<(f64, Vec<(f64, f64)>)> = vec![(0.0, Vec::new()); ROWS.len()];
@@ -380,6 +396,21 @@ impl Bench {
                 set_calls += sc;
                 set_usec += su;
                 block_rows[r] = (us as f64 / calls.max(1) as f64, e2e);
+                if profile && measured {
+                    let (count, stats) = &mut profiles[r];
+                    *count += calls as usize;
+                    for (cmd, (c1, u1)) in &after {
+                        if cmd == "set" {
+                            continue;
+                        }
+                        let (c, u) = util::usec(&before, &after, cmd);
+                        if c > 0 && *c1 > 0 && *u1 > 0 {
+                            let e = stats.entry(cmd.clone()).or_default();
+                            e.0 += c;
+                            e.1 += u;
+                        }
+                    }
+                }
             };
             window(0, &["evalsha"], PER_BLOCK as usize, &mut |k| {
                 mp.receive(util::tx(tag, next + k as u64)).expect("receive")
@@ -470,6 +501,16 @@ impl Bench {
             stats.confirmed,
             stats.finalized_log
         ));
+        if profile {
+            for (r, (n, stats)) in profiles.into_iter().enumerate() {
+                let at = if r == 7 {
+                    "steady, rolled back"
+                } else {
+                    "steady state"
+                };
+                self.profiles.push((at.to_string(), PROFILED[r], n, stats));
+            }
+        }
         drop(mp);
         drop(rb);
         util::delete_prefix(&mut self.admin, &prefix);
