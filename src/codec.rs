@@ -128,7 +128,7 @@ pub(crate) fn tx_record(payload: &EraCbor) -> Vec<u8> {
 /// Reads a stored record back (see [`tx_record`]); `key` names it in the error.
 pub(crate) fn decode_record(v: Value, key: impl Fn() -> String) -> Result<EraCbor, Error> {
     match v {
-        Value::BulkString(record) => record_from(record, 0, key),
+        Value::BulkString(record) => record_from(record, key),
         Value::Nil => Err(Error::Corrupt {
             key: key(),
             detail: "the tx has no record".into(),
@@ -137,15 +137,12 @@ pub(crate) fn decode_record(v: Value, key: impl Fn() -> String) -> Result<EraCbo
     }
 }
 
-/// The record that starts at `start` in `raw` (a log entry's holds its status line first).
-fn record_from(mut raw: Vec<u8>, start: usize, key: impl Fn() -> String) -> Result<EraCbor, Error> {
-    let era = raw.get(start..).and_then(|record| {
-        let bar = record.iter().position(|&b| b == b'|')?;
-        Some((
-            std::str::from_utf8(&record[..bar]).ok()?.parse().ok()?,
-            start + bar,
-        ))
-    });
+/// The record in `raw`, the bytes of a `P:txs` value.
+fn record_from(mut raw: Vec<u8>, key: impl Fn() -> String) -> Result<EraCbor, Error> {
+    let era = {
+        let bar = raw.iter().position(|&b| b == b'|');
+        bar.and_then(|bar| Some((std::str::from_utf8(&raw[..bar]).ok()?.parse().ok()?, bar)))
+    };
     match era {
         // The body stays in the reply's buffer (no copy of it: a read returns up to a
         // thousand at a time).
@@ -154,7 +151,7 @@ fn record_from(mut raw: Vec<u8>, start: usize, key: impl Fn() -> String) -> Resu
             Ok(EraCbor(era, raw))
         }
         None => {
-            let shown = &raw[start.min(raw.len())..];
+            let shown = &raw[..];
             Err(Error::Corrupt {
                 key: key(),
                 detail: format!(
@@ -380,8 +377,7 @@ pub(crate) fn stream_entry(v: Value, stream: &str) -> Result<StreamEntry, Error>
     })
 }
 
-/// The status line of a log entry (what precedes its line break; `check_status.lua` returns
-/// only it): `<F|D><hash, 32 bytes><c>|<m>|<point>`.
+/// One status line of a log entry ([`LogEntry`]): `<F|D><hash, 32 bytes><c>|<m>|<point>`.
 pub(crate) fn decode_log_status(
     raw: &[u8],
     key: impl Fn() -> String,
@@ -418,17 +414,93 @@ pub(crate) fn decode_log_status(
     ))
 }
 
-/// Decodes one raw `XRANGE` entry of the finalized log into its sequence and tx. Its one field
-/// `t` holds the status line ([`decode_log_status`]), a line break, and the tx's record
-/// ([`tx_record`]).
-pub(crate) fn decode_log_entry(v: Value, keys: &Keys) -> Result<(u64, MempoolTx), Error> {
-    let StreamEntry { seq, id, fields } = stream_entry(v, &keys.log)?;
-    // Named only in errors: no string is built for an entry that decodes.
-    let key = || entry_key(&keys.log, &id);
+/// One entry of the finalized log: the status lines ([`decode_log_status`]) of the txs one
+/// `confirm` let go (up to 256 of them), sequences `first..=last` (its id is `<last>-<first>`),
+/// separated by line breaks. A line ends at the first line break after its hash, whose raw
+/// bytes may hold one; a point never does.
+pub(crate) struct LogEntry {
+    /// The sequence of its first line.
+    pub first: u64,
+    /// The sequence of its last line.
+    pub last: u64,
+    id: Vec<u8>,
+    t: Vec<u8>,
+}
+
+impl LogEntry {
+    /// `<log> <id>`, naming the entry in a `Corrupt` error.
+    pub fn key(&self, log: &str) -> String {
+        entry_key(log, &self.id)
+    }
+
+    /// Its lines, oldest first; `Corrupt` unless there are as many as its id says.
+    pub fn lines(&self, log: &str) -> Result<Vec<LogLine<'_>>, Error> {
+        let t = &self.t[..];
+        let mut out = Vec::with_capacity((self.last - self.first + 1).min(256) as usize);
+        let mut p = 0;
+        while p < t.len() {
+            let short = || Error::Corrupt {
+                key: self.key(log),
+                detail: format!("line {} is too short", out.len() + 1),
+            };
+            let hash = t.get(p + 1..p + 33).ok_or_else(short)?;
+            let hash = TxHash::from(<[u8; 32]>::try_from(hash).map_err(|_| short())?);
+            let end = t[p + 33..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(t.len(), |i| p + 33 + i);
+            out.push(LogLine {
+                seq: self.first + out.len() as u64,
+                hash,
+                line: &t[p..end],
+            });
+            p = end + 1;
+        }
+        if out.len() as u64 != self.last - self.first + 1 {
+            return Err(Error::Corrupt {
+                key: self.key(log),
+                detail: format!(
+                    "holds {} lines, its id says {}",
+                    out.len(),
+                    self.last - self.first + 1
+                ),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// One line of a [`LogEntry`].
+pub(crate) struct LogLine<'a> {
+    pub seq: u64,
+    /// The tx the line is about (its bytes 1 to 32).
+    pub hash: TxHash,
+    /// The whole status line ([`decode_log_status`]).
+    pub line: &'a [u8],
+}
+
+/// Splits a raw `XRANGE` entry of the finalized log `log` (see [`LogEntry`]).
+pub(crate) fn log_entry(v: Value, log: &str) -> Result<LogEntry, Error> {
+    let StreamEntry {
+        seq: last,
+        id,
+        fields,
+    } = stream_entry(v, log)?;
     let corrupt = |detail: &str| Error::Corrupt {
-        key: key(),
+        key: entry_key(log, &id),
         detail: detail.to_string(),
     };
+    let first = id
+        .iter()
+        .position(|&b| b == b'-')
+        .and_then(|dash| {
+            std::str::from_utf8(&id[dash + 1..])
+                .ok()?
+                .parse::<u64>()
+                .ok()
+        })
+        .filter(|first| (1..=last).contains(first))
+        .ok_or_else(|| corrupt("bad entry id"))?;
     let mut fields = fields.into_iter();
     let mut t = None;
     while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
@@ -437,21 +509,45 @@ pub(crate) fn decode_log_entry(v: Value, keys: &Keys) -> Result<(u64, MempoolTx)
             break;
         }
     }
-    let raw = match t {
-        Some(Value::BulkString(raw)) => raw,
-        Some(other) => return Err(unexpected("log entry", &other)),
-        None => return Err(corrupt("field t missing")),
-    };
-    // The status line ends at the first line break after the hash (raw bytes, which may hold
-    // one); a point never holds one.
-    let nl = raw
-        .get(33..)
-        .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
-        .map(|i| i + 33)
-        .ok_or_else(|| corrupt("no line break after the status"))?;
-    let (hash, status) = decode_log_status(&raw[..nl], key)?;
-    let payload = record_from(raw, nl + 1, key)?;
-    Ok((seq, tx_with(hash, payload, status)))
+    match t {
+        Some(Value::BulkString(t)) => Ok(LogEntry { first, last, id, t }),
+        Some(other) => Err(unexpected("log entry", &other)),
+        None => Err(corrupt("field t missing")),
+    }
+}
+
+/// The members of a `ZRANGE` of `P:replaced` (named `key` in errors): `<seq, 16 digits><record>`
+/// each, as (seq, record).
+pub(crate) fn replaced_records(v: Value, key: &str) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+    array(v, "replaced records")?
+        .into_iter()
+        .map(|member| {
+            let mut raw = bytes(member, "replaced record")?;
+            let seq = raw
+                .get(..16)
+                .and_then(|digits| std::str::from_utf8(digits).ok()?.parse().ok())
+                .ok_or_else(|| Error::Corrupt {
+                    key: key.to_string(),
+                    detail: format!(
+                        "not a replaced record: {:?}",
+                        String::from_utf8_lossy(&raw[..raw.len().min(32)])
+                    ),
+                })?;
+            raw.drain(..16);
+            Ok((seq, raw))
+        })
+        .collect()
+}
+
+/// A logged tx from its status line and its record.
+pub(crate) fn logged_tx(
+    line: &[u8],
+    record: Value,
+    line_key: impl Fn() -> String,
+    record_key: impl Fn() -> String,
+) -> Result<MempoolTx, Error> {
+    let (hash, status) = decode_log_status(line, line_key)?;
+    Ok(tx_with(hash, decode_record(record, record_key)?, status))
 }
 
 /// A tx from its hash, payload and status: the one place the fields are put together.

@@ -12,16 +12,17 @@
 //! | `P:watcher:wake`       | pub/sub channel | `released` when the lock is released, `acquired <node>` when taken: followers take over at once, a deposed watcher steps down at once |
 //! | `P:watcher:fence`      | string | the watcher's node id again, same TTL, kept by acquire/renew: outlives a lock deleted by hand, so nobody else takes it while the watcher lives (deleted by release and by the operator's reset) |
 //! | `P:watcher:live:<node>` | pub/sub channel | never published on: each candidate node subscribes to its own while it runs, so `PUBSUB NUMSUB` tells the others whether its connection is still open (see `src/lease/liveness.rs`) |
-//! | `P:meta`               | hash   | `layout` (the version of this layout, see [`LAYOUT`]), `H` (the applied chain's height), `ev` (the last event number), `cur` (the drop cursor, see `confirm.lua`), `ack` (Acknowledged txs), `nconf` (Confirmed txs), `lseq` (the last log sequence) |
+//! | `P:meta`               | hash   | `layout` (the version of this layout, see [`LAYOUT`]), `H` (the applied chain's height), `ev` (the last event number), `cur` (the drop cursor, see `confirm.lua`), `ack` (Acknowledged txs), `nconf` (Confirmed txs), `lseq` (the last log sequence), `lfirst` (the first sequence the log retains; absent: 1) |
 //! | `P:chain`              | zset   | the applied chain: `<slot, 20 digits>[:<block hash>]` of each applied block scored by its height; the newest `applied_history` blocks |
-//! | `P:txs`                | hash   | tx hash → `<era>\|<CBOR body>`, for every pending and inflight tx; written once by `receive`, never rewritten |
+//! | `P:txs`                | hash   | tx hash → `<era>\|<CBOR body>`, for every pending and inflight tx, and every tx of the retained log (its record stays where it was: `confirm` copies no body); written by `receive` (again only for a Dropped tx that comes back) |
 //! | `P:pending`            | zset   | the pending queue: tx hash scored by the number of the event that queued it |
 //! | `P:inflight`           | zset   | inflight txs scored `n·2¹⁷ + x`: `n` the number of the event that propagated them (their order), `x` the stage: 0 Propagated, 1 Acknowledged, `2 + (hc mod 131070)` Confirmed at height `hc` |
 //! | `P:marks`              | zset   | height (12 digits) scored by the first event number propagated at it: a tx's `hi` (the `H` it became inflight at) is the mark with the greatest score at or below its `n`; a few entries |
 //! | `P:confirmed`          | zset   | one member per block that first confirmed txs still Confirmed: `<hc, 12 digits><their hashes>` scored by `hc` |
 //! | `P:points`             | zset   | the point of each such block: `<hc, 12 digits><point>` scored by `hc` (`confirmed_at`, which may be older than the retained chain) |
-//! | `P:log`                | stream | finalized log: entry id `<seq>-0`, one field `t` = the status line `<F\|D><hash><c>\|<m>\|<point>`, a line break, and the tx's `<era>\|<body>` |
-//! | `P:done`               | zset   | tx hash scored `2·seq + 1` (Finalized) or `2·seq` (Dropped): where the tx sits in the retained log |
+//! | `P:log`                | stream | finalized log: one entry per `confirm` that lets txs go (per 256 of them), id `<last seq>-<first seq>`, one field `t` = their status lines `<F\|D><hash><c>\|<m>\|<point>` in sequence order, separated by line breaks; lines below `lfirst` are no longer retained |
+//! | `P:done`               | zset   | tx hash scored `2·seq + 1` (Finalized) or `2·seq` (Dropped): where the tx sits in the retained log; a Dropped tx received again leaves it |
+//! | `P:replaced`           | zset   | the record a Dropped tx of the retained log had when it came back with another one: `<seq, 16 digits><era>\|<body>` scored by its line's `seq`; usually empty |
 //! | `P:events`             | stream | one entry per call, carrying its transitions, appended by the script that makes them: entry id `<n>-0`, `n` the number of its first event; trimmed to about `event_history` entries (see `events.rs`) |
 //!
 //! Scores are doubles: `n·2¹⁷ + x` stays exact while `n` is below 2³⁶ (69 billion events), and
@@ -34,8 +35,9 @@
 
 /// The version of the layout above, stored as `layout` in `P:meta`. `open` refuses a prefix
 /// that holds another one, or the keys of the first layout (which had no version). Layout 3
-/// changed only the log's entries (one field where layout 2 had a status and a record).
-pub(crate) const LAYOUT: u32 = 3;
+/// changed only the log's entries (one field where layout 2 had a status and a record); layout
+/// 4 keeps the records of logged txs in `P:txs` and one log entry per `confirm`.
+pub(crate) const LAYOUT: u32 = 4;
 
 /// Keys only the first layout had: finding one of them means the prefix holds data this version
 /// cannot read.
@@ -59,12 +61,13 @@ pub(crate) enum Key {
     Points,
     Log,
     Done,
+    Replaced,
     Events,
 }
 
 impl Key {
     /// Every key.
-    pub const ALL: [Key; 15] = [
+    pub const ALL: [Key; 16] = [
         Key::Lock,
         Key::Epoch,
         Key::Wake,
@@ -79,6 +82,7 @@ impl Key {
         Key::Points,
         Key::Log,
         Key::Done,
+        Key::Replaced,
         Key::Events,
     ];
 
@@ -99,6 +103,7 @@ impl Key {
             Key::Points => "points",
             Key::Log => "log",
             Key::Done => "done",
+            Key::Replaced => "replaced",
             Key::Events => "events",
         }
     }

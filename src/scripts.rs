@@ -141,6 +141,7 @@ pub(crate) struct Scripts {
     confirm: Lua,
     rollback_to: Lua,
     check_status: Lua,
+    dump_finalized: Lua,
     watcher_info: Lua,
     events_snapshot: Lua,
     acquire: Lua,
@@ -164,7 +165,12 @@ impl Scripts {
     pub fn new(headers: bool) -> Scripts {
         let h = headers;
         Scripts {
-            receive: lua!(Writes, h, "receive.lua", [Txs, Pending, Done, Meta, Events]),
+            receive: lua!(
+                Writes,
+                h,
+                "receive.lua",
+                [Txs, Pending, Done, Replaced, Meta, Events]
+            ),
             peek_pending: lua!(Reads, h, "peek_pending.lua", [Pending, Txs]),
             peek_inflight: lua!(
                 Reads,
@@ -198,7 +204,7 @@ impl Scripts {
                 "confirm.lua",
                 [
                     Lock, Epoch, Chain, Meta, Txs, Pending, Inflight, Marks, Confirmed, Points,
-                    Log, Done, Events
+                    Log, Done, Replaced, Events
                 ],
                 with "common.lua",
                 with "undo.lua"
@@ -217,6 +223,13 @@ impl Scripts {
                 "check_status.lua",
                 [Pending, Inflight, Meta, Points, Marks, Done, Log]
             ),
+            dump_finalized: lua!(
+                Reads,
+                h,
+                "dump_finalized.lua",
+                [Meta, Log, Txs, Replaced],
+                with "common.lua"
+            ),
             watcher_info: lua!(Reads, h, "watcher_info.lua", [Lock, Epoch, Chain]),
             events_snapshot: lua!(Reads, h, "events_snapshot.lua", [Meta, Confirmed, Points]),
             acquire: lua!(KeepsLock, h, "acquire.lua", [Lock, Fence, Epoch, Wake, Meta, Events], with "prelude.lua", with "liveness.lua"),
@@ -227,7 +240,7 @@ impl Scripts {
                 Reads,
                 h,
                 "stats.lua",
-                [Pending, Inflight, Meta, Log, Lock, Epoch, Chain]
+                [Pending, Inflight, Meta, Lock, Epoch, Chain]
             ),
             reset_lock: lua!(KeepsLock, h, "reset_lock.lua", [Lock, Fence, Epoch, Wake, Meta, Events], with "prelude.lua"),
             check_access: lua!(
@@ -236,13 +249,13 @@ impl Scripts {
                 "check_access.lua",
                 [
                     Lock, Epoch, Wake, Fence, Meta, Chain, Txs, Pending, Inflight, Marks,
-                    Confirmed, Points, Log, Done, Events
+                    Confirmed, Points, Log, Done, Replaced, Events
                 ]
             ),
         }
     }
 
-    fn all(&self) -> [&Lua; 17] {
+    fn all(&self) -> [&Lua; 18] {
         [
             &self.receive,
             &self.peek_pending,
@@ -253,6 +266,7 @@ impl Scripts {
             &self.confirm,
             &self.rollback_to,
             &self.check_status,
+            &self.dump_finalized,
             &self.watcher_info,
             &self.events_snapshot,
             &self.acquire,
@@ -540,6 +554,7 @@ mod tests {
             &with.peek_inflight,
             &with.find_inflight,
             &with.check_status,
+            &with.dump_finalized,
             &with.watcher_info,
             &with.events_snapshot,
             &with.stats,
@@ -556,7 +571,7 @@ mod tests {
                 assert_eq!(lua.writes, may_write, "{line}");
             }
         }
-        assert_eq!(keeps_lock.len() + writes.len() + reads.len(), 18);
+        assert_eq!(keeps_lock.len() + writes.len() + reads.len(), 19);
         // Redis 6.2 cannot compile the header: none at all, the keys first.
         let without = Scripts::new(false);
         for lua in without.all() {

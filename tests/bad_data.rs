@@ -7,7 +7,7 @@ mod common;
 use dolos_redis_testkit as support;
 
 use common::{cmd, config, hash, lone_watcher, tx, LONG_TTL};
-use dolos_redis::{ChainPoint, ConfirmOutcome, Error, MempoolTxStage, RedisMempool};
+use dolos_redis::{ChainPoint, ConfirmOutcome, Error, MempoolTxStage, RedisMempool, TxHash};
 use support::RedisServer;
 
 /// A watcher node of `prefix`, which keeps its lock for the whole test.
@@ -324,14 +324,7 @@ fn a_corrupt_record_is_named_and_isolated() {
         m.check_status(&a).unwrap().stage,
         MempoolTxStage::Propagated
     );
-    // A block that drops `a` (D = 1) must log its record: it changes nothing at all.
-    assert_corrupt(m.confirm(&ChainPoint::Slot(11), &[b], &[], 6, 1), &key);
-    assert_eq!(height(), h_before);
-    assert_eq!(m.check_status(&b).unwrap(), b_before);
-    assert_eq!(m.watcher_info().unwrap().applied_slot, Some(10));
-    assert!(m.dump_finalized(0, 10).unwrap().items.is_empty());
-
-    // Other txs keep working, and so does a block that does not touch the corrupt record.
+    // Other txs keep working.
     assert_eq!(m.find_inflight(&b).unwrap().unwrap().confirmations, 1);
     assert_eq!(m.check_status(&c).unwrap().stage, MempoolTxStage::Pending);
     assert_eq!(m.peek_pending(10).unwrap()[0].hash, c);
@@ -342,11 +335,19 @@ fn a_corrupt_record_is_named_and_isolated() {
         m.check_status(&c).unwrap().stage,
         MempoolTxStage::Acknowledged
     );
+    assert_eq!(height(), h_before);
+    assert_eq!(m.check_status(&b).unwrap(), b_before);
+
+    // A block that drops `a` (D = 1) does not read its record (the record stays where it is,
+    // see src/keys.rs): `a` is Dropped, and the log's readers name the record.
     assert!(m
-        .confirm(&ChainPoint::Slot(11), &[b], &[], 6, 5)
+        .confirm(&ChainPoint::Slot(11), &[b, c], &[], 6, 1)
         .unwrap()
         .is_applied());
     assert_eq!(m.check_status(&b).unwrap().confirmations, 2);
+    assert_eq!(m.check_status(&a).unwrap().stage, MempoolTxStage::Dropped);
+    assert_corrupt(m.dump_finalized(0, 10), &key);
+    assert_corrupt(m.dump_finalized(0, 100), &key);
 }
 
 /// Values that no script writes: each is reported as `Corrupt` naming where it sits, by the
@@ -523,13 +524,24 @@ fn corrupt_values_are_reported_not_acted_on() {
         "bogus-mark:marks",
     );
 
-    // The index of the finalized log pointing at nonsense, and at an entry that is gone.
+    // The index of the finalized log pointing at another tx's line, at a line that is gone,
+    // and at an entry that cannot be read (named by its id).
     let (m, _, _, f) = setup("corrupt-done");
     let key = format!("corrupt-done:done {}", f.to_hex());
-    run(&["XADD", "corrupt-done:log", "500-0", "t", "garbage\n6|x"]);
+    let line = |hash: TxHash, rest: &str| {
+        let mut line = b"F".to_vec();
+        line.extend_from_slice(hash.as_bytes());
+        line.extend_from_slice(rest.as_bytes());
+        line
+    };
+    raw(
+        &["XADD", "corrupt-done:log", "500-500", "t"],
+        &line(hash(9), "6|0|5"),
+        b"",
+    );
     raw(&["ZADD", "corrupt-done:done", "1001"], f.as_bytes(), b"");
     expect_corrupt(
-        "done: check_status (garbage)",
+        "done: check_status (another tx's line)",
         m.check_status(&f).map(|v| format!("{v:?}")),
         &key,
     );
@@ -539,29 +551,53 @@ fn corrupt_values_are_reported_not_acted_on() {
         m.check_status(&f).map(|v| format!("{v:?}")),
         &key,
     );
+    run(&["XADD", "corrupt-done:log", "600-600", "t", "garbage"]);
+    raw(&["ZADD", "corrupt-done:done", "1201"], f.as_bytes(), b"");
+    expect_corrupt(
+        "done: check_status (unreadable entry)",
+        m.check_status(&f).map(|v| format!("{v:?}")),
+        "corrupt-done:log 600-600",
+    );
 
-    // Log entries that `dump_finalized` cannot read: each is named by its id.
-    for (i, fields) in [
-        &["t", "garbage\n6|x"][..],
-        &[
-            "t",
-            "F0123456789abcdef0123456789abcdef1|0|5 and no line break",
-        ],
-        &["t", "F0123456789abcdef0123456789abcdef1|0|5\nno era"],
-        &["s", "an older layout's field"],
+    // Log entries that `dump_finalized` cannot read, each named by its id (the setup logged
+    // line 1), and a line whose record is gone, named by the record's field.
+    let good = String::from_utf8(line(TxHash::from([b'a'; 32]), "1|0|5")).unwrap();
+    let two = format!("{good}\n{good}");
+    for (i, (id, fields)) in [
+        ("2-2", vec!["t", "garbage\n6|x"]),
+        (
+            "2-2",
+            vec!["t", "Faaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1|0|5 and no point"],
+        ),
+        ("2-2", vec!["t", two.as_str()]),
+        ("3-2", vec!["t", good.as_str()]),
+        ("2-0", vec!["t", good.as_str()]),
+        ("2-2", vec!["s", "an older layout's field"]),
     ]
     .into_iter()
     .enumerate()
     {
         let prefix = format!("corrupt-log-{i}");
         let (m, ..) = setup(&prefix);
-        let mut args = vec!["XADD".to_string(), format!("{prefix}:log"), "500-0".into()];
-        args.extend(fields.iter().map(|f| f.to_string()));
-        run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let log = format!("{prefix}:log");
+        let mut args = vec!["XADD", log.as_str(), id];
+        args.extend(fields.iter());
+        run(&args);
+        for limit in [10, 100] {
+            expect_corrupt(
+                &format!("log: dump_finalized({limit}) ({id} {fields:?})"),
+                m.dump_finalized(0, limit).map(|v| format!("{v:?}")),
+                &format!("{prefix}:log {id}"),
+            );
+        }
+    }
+    let (m, ..) = setup("no-log-record");
+    run(&["XADD", "no-log-record:log", "2-2", "t", &good]);
+    for limit in [10, 100] {
         expect_corrupt(
-            &format!("log: dump_finalized ({fields:?})"),
-            m.dump_finalized(0, 10).map(|v| format!("{v:?}")),
-            &format!("{prefix}:log 500-0"),
+            &format!("log: dump_finalized({limit}) (no record)"),
+            m.dump_finalized(0, limit).map(|v| format!("{v:?}")),
+            &format!("no-log-record:txs {}", TxHash::from([b'a'; 32]).to_hex()),
         );
     }
 

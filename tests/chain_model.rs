@@ -611,6 +611,11 @@ fn read(m: &RedisMempool) -> Result<View, Error> {
         head(&inflight),
         "peek_inflight(32) (script)"
     );
+    assert_eq!(
+        m.dump_finalized(0, 32)?.items,
+        head(&log.items),
+        "dump_finalized(0, 32) (script)"
+    );
     Ok(View {
         pending,
         inflight,

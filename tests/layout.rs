@@ -39,7 +39,7 @@ fn a_new_prefix_gets_the_layout_and_another_layout_is_refused() {
 
     let m = lone_watcher(config(&server, "fresh"));
     m.receive(tx(1)).unwrap();
-    assert_eq!(meta_layout(&server, "fresh").as_deref(), Some("3"));
+    assert_eq!(meta_layout(&server, "fresh").as_deref(), Some("4"));
     // Opening again finds its own layout.
     let again = RedisMempool::open(config(&server, "fresh").watcher_candidate(false)).unwrap();
     assert_eq!(again.peek_pending(10).unwrap().len(), 1);
@@ -62,13 +62,13 @@ fn a_new_prefix_gets_the_layout_and_another_layout_is_refused() {
     redis::cmd("HSET")
         .arg("next:meta")
         .arg("layout")
-        .arg("4")
+        .arg("5")
         .query::<()>(&mut con)
         .unwrap();
     assert_refused(
         RedisMempool::open(config(&server, "next")),
         "next",
-        "layout 4",
+        "layout 5",
     );
-    assert_eq!(meta_layout(&server, "next").as_deref(), Some("4"));
+    assert_eq!(meta_layout(&server, "next").as_deref(), Some("5"));
 }

@@ -843,6 +843,47 @@ fn retention_of_a_tx_logged_twice_follows_its_newest_entry() {
     assert_eq!(status_of(&m, 1), TxStatus::unknown());
 }
 
+/// A logged tx's record stays in `P:txs` while the log holds its line (see src/keys.rs), and
+/// leaves with it; so does the record a Dropped tx had when it came back with another one.
+#[test]
+fn records_leave_with_the_lines_that_hold_them() {
+    let server = RedisServer::start();
+    let m = lone_watcher(config(&server, "records").max_finalized(2));
+    let size = |key: &str, cmd: &str| -> usize {
+        redis::cmd(cmd)
+            .arg(format!("records:{key}"))
+            .query(&mut server.connection())
+            .unwrap()
+    };
+    // Tx 1 drops (line 1) and comes back with another body, which its line does not take.
+    propagate(&m, &[1]);
+    apply(&m, 1, &[], &[]);
+    apply(&m, 2, &[], &[]);
+    let revived = MempoolTx::new(hash(1), EraCbor(7, vec![9, 9]));
+    m.receive(revived.clone()).unwrap();
+    assert_eq!(size("txs", "HLEN"), 1);
+    assert_eq!(size("replaced", "ZCARD"), 1);
+    for limit in [1, 100] {
+        let page = m.dump_finalized(0, limit).unwrap();
+        assert_eq!(page.items[0].payload, tx(1).payload, "limit {limit}");
+    }
+    assert_eq!(m.peek_pending(1).unwrap(), vec![revived]);
+
+    // Lines 2 and 3: line 1 and the old body go; tx 1 keeps its new one.
+    finalize_one_by_one(&m, &[2, 3], 3);
+    assert_eq!(log_hashes(&m), hashes(&[2, 3]));
+    assert_eq!(size("replaced", "ZCARD"), 0);
+    assert_eq!(size("txs", "HLEN"), 3);
+    // Line 4: the record of tx 2 goes with its line.
+    finalize_one_by_one(&m, &[4], 5);
+    assert_eq!(log_hashes(&m), hashes(&[3, 4]));
+    assert_eq!(size("txs", "HLEN"), 3);
+    assert_eq!(
+        m.peek_pending(1).unwrap()[0].payload,
+        EraCbor(7, vec![9, 9])
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rule 9: fencing (the simple part; lost locks are covered by the watcher tests)
 // ---------------------------------------------------------------------------------------------

@@ -138,7 +138,9 @@ impl Row {
 fn commands_of(call: &str, n: usize) -> Vec<&'static str> {
     match call {
         c if c.starts_with("has_pending") || c.starts_with("control") => vec!["ZCARD"; n],
-        c if c.starts_with("dump_finalized") => vec!["XRANGE"; n],
+        c if c.starts_with("dump_finalized (plain)") => {
+            vec!["EVALSHA", "MULTI", "HMGET", "ZRANGE", "HGET", "EXEC"]
+        }
         c if c.starts_with("applied_points") => vec!["ZRANGE"; n],
         c if c.starts_with("peek_pending (plain)") => vec!["ZRANGE", "HMGET"],
         c if c.starts_with("peek_inflight (plain)") => {
@@ -241,11 +243,17 @@ fn each_call_is_one_round_trip() {
     assert_eq!(r.unwrap().stage, MempoolTxStage::Finalized);
     row("check_status (finalized)", 1, c);
 
+    let (r, c) = meter.measure(|| watcher.dump_finalized(0, 32));
+    let page = r.unwrap();
+    assert_eq!(page.items.len(), 32);
+    assert_eq!(page.next_cursor, Some(33));
+    row("dump_finalized(0, 32)", 1, c);
+
     let (r, c) = meter.measure(|| watcher.dump_finalized(0, 100));
     let page = r.unwrap();
     assert_eq!(page.items.len(), 50);
     assert_eq!(page.next_cursor, None);
-    row("dump_finalized(0, 100)", 1, c);
+    row("dump_finalized (plain) (0, 100)", 2, c);
 
     let (r, c) = meter.measure(|| watcher.watcher_info());
     assert!(r.unwrap().is_self);

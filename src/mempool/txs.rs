@@ -474,22 +474,29 @@ impl RedisMempool {
             }
             "L" => {
                 let key = format!("{} {hash}", keys.done);
-                match next() {
-                    Value::BulkString(raw) => {
-                        let (logged, status) = codec::decode_log_status(&raw, || key.clone())?;
-                        if logged != *hash {
-                            return Err(Error::Corrupt {
-                                key,
-                                detail: format!("points at the log entry of {logged}"),
-                            });
-                        }
-                        Ok(status)
-                    }
-                    _ => Err(Error::Corrupt {
-                        key,
-                        detail: format!("points at a missing log entry ({:?})", next()),
-                    }),
+                let (id, fields, done) = (next(), next(), next());
+                let seq = codec::score(&done, &keys.done)? / 2;
+                let missing = || Error::Corrupt {
+                    key: key.clone(),
+                    detail: format!("points at a missing log line ({seq})"),
+                };
+                if id == Value::Nil {
+                    return Err(missing());
                 }
+                let entry = codec::log_entry(Value::Array(vec![id, fields]), &keys.log)?;
+                let lines = entry.lines(&keys.log)?;
+                let Some(line) = lines.iter().find(|line| line.seq == seq) else {
+                    return Err(missing());
+                };
+                let (logged, status) =
+                    codec::decode_log_status(line.line, || entry.key(&keys.log))?;
+                if logged != *hash {
+                    return Err(Error::Corrupt {
+                        key,
+                        detail: format!("points at the log line of {logged}"),
+                    });
+                }
+                Ok(status)
             }
             _ => Err(Error::UnexpectedReply(
                 format!("check_status: {kind}").into(),
@@ -502,9 +509,10 @@ impl RedisMempool {
     /// never reused; pass `next_cursor` back to read on. The log keeps the newest
     /// `max_finalized` entries.
     ///
-    /// Up to 500 entries are one `XRANGE` (one atomic read); more are read 500 at a time, one
-    /// round trip each, every page going on at the sequence after the last one read: entries
-    /// logged between pages show at the end, and entries trimmed meanwhile may be missing.
+    /// Read like [`peek_pending`](RedisMempool::peek_pending): up to 32 entries in one atomic
+    /// script, more in pages of up to 500, each page two round trips (the page's status lines,
+    /// then the records). Every page goes on at the sequence after the last one read: entries
+    /// logged between pages show at the end, and entries trimmed meanwhile are missing.
     ///
     /// ```no_run
     /// # use dolos_redis::{Config, RedisMempool};
@@ -527,36 +535,108 @@ impl RedisMempool {
     pub fn dump_finalized(&self, cursor: u64, limit: usize) -> Result<MempoolPage, Error> {
         let keys = &self.inner.keys;
         let mut items = Vec::new();
-        let mut from = cursor;
+        // Sequences stay far below 2^52, where the scripts' numbers are exact.
+        let mut from = cursor.min(1 << 52);
+        let small = limit <= SCRIPT_READ;
         loop {
-            // One entry more than the page needs tells the next cursor.
-            let count = (limit - items.len()).saturating_add(1).min(LOG_PAGE);
-            let cmd = redis::cmd("XRANGE")
-                .arg(&keys.log)
-                .arg(format!("{from}-0"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(count)
-                .to_owned();
-            let entries = codec::array(self.plain(&cmd, &[Key::Log])?, "dump_finalized")?;
-            let got = entries.len();
-            for entry in entries {
-                let (seq, tx) = codec::decode_log_entry(entry, keys)?;
-                if items.len() == limit {
+            let want = (limit - items.len()).min(LOG_PAGE);
+            let call = self.inner.scripts.dump_finalized(from, want as u64, small);
+            let [lfirst, entries, records, replaced] =
+                codec::tuple(self.exec(call)?, "dump_finalized")?;
+            // The script starts at the log's first line when `from` is below it.
+            from = from.max(codec::uint(&lfirst, "the log's first line")?);
+            let last = from + want as u64;
+            let mut next = None;
+            let mut lines = Vec::with_capacity(want);
+            let entries: Vec<codec::LogEntry> = codec::array(entries, "log entries")?
+                .into_iter()
+                .map(|entry| codec::log_entry(entry, &keys.log))
+                .collect::<Result<_, _>>()?;
+            'entries: for entry in &entries {
+                for line in entry.lines(&keys.log)? {
+                    if line.seq >= last {
+                        next = Some(last);
+                        break 'entries;
+                    }
+                    if line.seq >= from {
+                        lines.push((line, entry));
+                    }
+                }
+            }
+            let (records, replaced) = if small {
+                (codec::array(records, "log records")?, replaced)
+            } else {
+                self.log_records(&lines, from, last)?
+            };
+            if records.len() != lines.len() {
+                return Err(Error::UnexpectedReply(
+                    format!("{} log lines, {} records", lines.len(), records.len()).into(),
+                ));
+            }
+            let replaced = codec::replaced_records(replaced, keys.name(Key::Replaced))?;
+            for ((line, entry), record) in lines.iter().zip(records) {
+                let record = match replaced.iter().find(|(seq, _)| *seq == line.seq) {
+                    Some((_, older)) => Value::BulkString(older.clone()),
+                    // A record trimmed between the two round trips of a large page.
+                    None if record == Value::Int(0) => continue,
+                    None => record,
+                };
+                items.push(codec::logged_tx(
+                    line.line,
+                    record,
+                    || entry.key(&keys.log),
+                    || format!("{} {}", keys.txs, line.hash),
+                )?);
+            }
+            match next {
+                Some(next) if items.len() < limit => from = next,
+                next => {
                     return Ok(MempoolPage {
                         items,
-                        next_cursor: Some(seq),
-                    });
+                        next_cursor: next,
+                    })
                 }
-                items.push(tx);
-                from = seq + 1;
-            }
-            if got < count {
-                return Ok(MempoolPage {
-                    items,
-                    next_cursor: None,
-                });
             }
         }
+    }
+
+    /// The records of log lines `from..last`, read with plain commands after the lines, in one
+    /// `MULTI`: their `P:txs` records (`Value::Int(0)` for a line the log let go in between;
+    /// missing for another reason, corrupt data), and the range's `P:replaced` members.
+    fn log_records(
+        &self,
+        lines: &[(codec::LogLine<'_>, &codec::LogEntry)],
+        from: u64,
+        last: u64,
+    ) -> Result<(Vec<Value>, Value), Error> {
+        if lines.is_empty() {
+            return Ok((Vec::new(), Value::Array(Vec::new())));
+        }
+        let keys = &self.inner.keys;
+        let mut read = redis::pipe();
+        read.atomic();
+        read.cmd("HMGET").arg(&keys.txs);
+        for (line, _) in lines {
+            read.arg(&line.hash.as_bytes()[..]);
+        }
+        read.cmd("ZRANGE")
+            .arg(keys.name(Key::Replaced))
+            .arg(from)
+            .arg(last - 1)
+            .arg("BYSCORE");
+        read.cmd("HGET").arg(&keys.meta).arg("lfirst");
+        let reply = self.plain_pipeline(&read, &[Key::Txs, Key::Replaced, Key::Meta])?;
+        let [records, replaced, lfirst] = codec::tuple(Value::Array(reply), "log records")?;
+        let mut records = codec::array(records, "log records")?;
+        let lfirst = match lfirst {
+            Value::Nil => 1,
+            v => codec::uint(&v, "the log's first line")?,
+        };
+        for (record, (line, _)) in records.iter_mut().zip(lines) {
+            if *record == Value::Nil && line.seq < lfirst {
+                *record = Value::Int(0);
+            }
+        }
+        Ok((records, replaced))
     }
 }

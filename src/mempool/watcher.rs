@@ -98,9 +98,9 @@ impl RedisMempool {
     /// # }
     /// ```
     pub fn stats(&self) -> Result<MempoolStats, Error> {
-        let [pending, inflight, meta, log_len, holder, pttl, epoch, tip, info] =
+        let [pending, inflight, meta, holder, pttl, epoch, tip, info] =
             codec::tuple(self.exec(self.inner.scripts.stats())?, "stats")?;
-        let [height, acknowledged, confirmed] = codec::tuple(meta, "stats meta")?;
+        let [height, acknowledged, confirmed, lseq, lfirst] = codec::tuple(meta, "stats meta")?;
         let meta_count = |v: &Value, field: &str| -> Result<u64, Error> {
             match codec::opt_text(v, field)? {
                 None => Ok(0),
@@ -121,7 +121,9 @@ impl RedisMempool {
             propagated: inflight.saturating_sub(acknowledged + confirmed),
             acknowledged,
             confirmed,
-            finalized_log: codec::uint(&log_len, "log length")?,
+            // The log holds the lines `lfirst` (1 until it is first trimmed) to `lseq`.
+            finalized_log: (meta_count(&lseq, "lseq")? + 1)
+                .saturating_sub(meta_count(&lfirst, "lfirst")?.max(1)),
             applied_blocks: meta_count(&height, "H")?,
             watcher: self.decode_watcher(&holder, &pttl, &epoch, &tip)?,
             is_watcher: self.is_watcher(),

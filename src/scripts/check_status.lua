@@ -1,8 +1,8 @@
 -- check_status(hash) -> false (unknown) | {'P'} | {'I', H, score, points, marks}
---   | {'L', log status line | false, done score}
--- A live tx (pending or inflight) wins over an older entry of the same hash in the log. For a
--- logged tx, the status line of its log entry (`<F|D><hash><c>|<m>|<point>`, decoded in Rust),
--- without the record after it (an entry without the line break comes whole: Rust finds it bad).
+--   | {'L', log entry id | false, its fields, done score}
+-- A live tx (pending or inflight) wins over an older line of the same hash in the log. For a
+-- logged tx, the log entry that holds its line (the first whose id, `<last seq>-<first seq>`,
+-- is at or above its sequence; decoded in Rust, which picks the line).
 local hash = ARGV[2]
 if redis.call('ZSCORE', K.pending, hash) then return {'P'} end
 local score = redis.call('ZSCORE', K.inflight, hash)
@@ -12,9 +12,7 @@ if score then
 end
 local done = redis.call('ZSCORE', K.done, hash)
 if not done then return false end
-local id = string.format('%d-0', math.floor(tonumber(done) / 2))
-local entry = redis.call('XRANGE', K.log, id, id)[1]
-if not entry then return {'L', false, done} end
-local t = entry[2][2]
-local nl = string.find(t, '\n', 34, true)
-return {'L', nl and string.sub(t, 1, nl - 1) or t, done}
+local seq = math.floor(tonumber(done) / 2)
+local entry = redis.call('XRANGE', K.log, string.format('%d-0', seq), '+', 'COUNT', 1)[1]
+if not entry then return {'L', false, {}, done} end
+return {'L', entry[1], entry[2], done}

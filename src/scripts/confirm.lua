@@ -17,6 +17,7 @@
 -- entry per block, and the event entry carries only this block's transitions plus how many txs
 -- stay Confirmed (`kept`), from which readers derive one Confirmed event each (src/events.rs).
 local S, SC = 131072, 131070
+local LOG_LINES = 256
 local node_id, epoch, member, point = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local F, D = tonumber(ARGV[6]), tonumber(ARGV[7])
 local max_log, history = tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -28,8 +29,9 @@ if redis.call('GET', K.lock) ~= node_id or redis.call('GET', K.epoch) ~= epoch t
 end
 -- Every key written below that no read below types (P:chain and P:meta are read first).
 expect_types({K.events, 'stream', K.log, 'stream', K.done, 'zset', K.txs, 'hash',
-  K.pending, 'zset', K.inflight, 'zset', K.marks, 'zset', K.confirmed, 'zset', K.points, 'zset'})
-local meta = redis.call('HMGET', K.meta, 'H', 'cur', 'lseq', 'nconf')
+  K.pending, 'zset', K.inflight, 'zset', K.marks, 'zset', K.confirmed, 'zset', K.points, 'zset',
+  K.replaced, 'zset'})
+local meta = redis.call('HMGET', K.meta, 'H', 'cur', 'lseq', 'nconf', 'lfirst')
 local H0 = meta_number('H', meta[1])
 
 if #ARGV >= first_unseen then
@@ -55,6 +57,7 @@ end
 local H = H0 + 1
 local cur, lseq, nconf = meta_number('cur', meta[2]), meta_number('lseq', meta[3]),
   meta_number('nconf', meta[4])
+local lfirst = math.max(meta_number('lfirst', meta[5]), 1)
 local acked = 0
 
 -- The block's inflight txs that were not Confirmed yet (stage bits 0 or 1) become Confirmed at H.
@@ -150,20 +153,12 @@ if H - D >= 0 then
   end
 end
 
--- The records of the txs that leave: they go into the log as they are.
+-- The txs that leave. Their records stay in P:txs while the log holds them (see src/keys.rs): no
+-- body crosses Lua here, where copying 300 bytes into a Lua string costs about 0.4 µs (Redis's
+-- Lua hashes every byte of a new string).
 local retire = {}
 for i = 1, #fin do retire[i] = fin[i] end
 for i = 1, #drop do retire[#retire + 1] = drop[i] end
-local records = {}
-if #retire > 0 then
-  records = variadic('HMGET', K.txs, nil, retire)
-  for i = 1, #retire do
-    if not records[i] or not string.find(records[i], '^%d+|') then
-      corrupt(K.txs .. ' ' .. hex(retire[i]), 'not a record: '
-        .. string.format('%q', string.sub(records[i] or '(none)', 1, 32)))
-    end
-  end
-end
 
 -- Counts and misses as one number when they are all the same (the usual case), else a list.
 local function compact(list)
@@ -202,21 +197,26 @@ end
 redis.call('ZREMRANGEBYSCORE', K.points, '-inf', H - F + 1)
 if #retire > 0 then
   variadic('ZREM', K.inflight, nil, retire)
-  variadic('HDEL', K.txs, nil, retire)
-  local done = {}
+  -- One log entry per call, `<last seq>-<first seq>`, its status lines in sequence order (one
+  -- XADD where one per tx cost Redis about three times as much); a call that lets more than
+  -- LOG_LINES txs go writes an entry per LOG_LINES, so that a reader never copies a huge entry
+  -- for a few of its lines.
+  local done, lines = {}, {}
   for i, hash in ipairs(retire) do
-    -- One field per entry, its status line and the record: a field more would cost Redis
-    -- and every reader a value more per entry (a quarter of a log read's server time).
-    local seq, entry = lseq + i, nil
+    local seq = lseq + i
     if i <= #fin then
-      entry = 'F' .. hash .. string.format('%d|0|', fin_c[i]) .. fin_at[i] .. '\n' .. records[i]
+      lines[i] = 'F' .. hash .. string.format('%d|0|', fin_c[i]) .. fin_at[i]
       done[2 * i - 1] = int(2 * seq + 1)
     else
-      entry = 'D' .. hash .. string.format('0|%d|', drop_m[i - #fin]) .. '\n' .. records[i]
+      lines[i] = 'D' .. hash .. string.format('0|%d|', drop_m[i - #fin])
       done[2 * i - 1] = int(2 * seq)
     end
     done[2 * i] = hash
-    redis.call('XADD', K.log, seq .. '-0', 't', entry)
+  end
+  for i = 1, #lines, LOG_LINES do
+    local j = math.min(i + LOG_LINES - 1, #lines)
+    redis.call('XADD', K.log, int(lseq + j) .. '-' .. int(lseq + i), 't',
+      table.concat(lines, '\n', i, j))
   end
   variadic('ZADD', K.done, nil, done)
   lseq = lseq + #retire
@@ -235,13 +235,23 @@ if H - D >= 0 then
     redis.call('DEL', K.marks)
   end
 end
+-- The log keeps the newest max_log txs, from `lfirst` on: the txs below it leave P:done and,
+-- with it, their records leave P:txs (a Dropped tx received again is no longer in P:done, see
+-- receive.lua, and keeps its record), as do their P:replaced records; the entries whose every
+-- line is below it go. An entry across `lfirst` stays whole, and readers skip its lines below
+-- it.
+if lseq - max_log + 1 > lfirst then
+  lfirst = lseq - max_log + 1
+  local below = string.format('(%d', 2 * lfirst)
+  local gone = redis.call('ZRANGE', K.done, '-inf', below, 'BYSCORE')
+  if #gone > 0 then variadic('HDEL', K.txs, nil, gone) end
+  redis.call('ZREMRANGEBYSCORE', K.done, '-inf', below)
+  redis.call('ZREMRANGEBYSCORE', K.replaced, '-inf', string.format('(%d', lfirst))
+  redis.call('XTRIM', K.log, 'MINID', int(lfirst) .. '-0')
+  set[#set + 1] = 'lfirst'
+  set[#set + 1] = int(lfirst)
+end
 redis.call('HSET', K.meta, unpack(set))
 if acked ~= 0 then redis.call('HINCRBY', K.meta, 'ack', acked) end
--- Keep the newest max_log log entries, and their P:done entries: both ranges by sequence.
-if lseq > max_log then
-  local keep_from = lseq - max_log + 1
-  redis.call('XTRIM', K.log, 'MINID', keep_from .. '-0')
-  redis.call('ZREMRANGEBYSCORE', K.done, '-inf', string.format('(%d', 2 * keep_from))
-end
 
 return {'applied', H, #newly, 0, #fin, #drop, 0}

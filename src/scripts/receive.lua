@@ -8,10 +8,29 @@ local hash = ARGV[2]
 local done = redis.call('ZSCORE', K.done, hash)
 if done and tonumber(done) % 2 == 1 then return 'dup' end
 if redis.call('ZCARD', K.pending) >= tonumber(ARGV[4]) then return 'full' end
-if redis.call('HEXISTS', K.txs, hash) == 1 then return 'dup' end
+-- A record in P:txs is a live tx's, or a logged one's (see src/keys.rs): a Dropped tx in the
+-- retained log keeps its record there, and coming back it leaves P:done (so that trimming the
+-- log does not take the record of a live tx).
+if not done and redis.call('HEXISTS', K.txs, hash) == 1 then return 'dup' end
+-- A Dropped tx coming back: its line in the log keeps the record it had, so a new record moves
+-- the old one to P:replaced (which ZCARD types before the first write). Rare: a tx comes back
+-- after a drop, and seldom changed.
+local old
+if done then
+  old = redis.call('HGET', K.txs, hash)
+  if old == ARGV[3] then old = nil end
+  if old then redis.call('ZCARD', K.replaced) end
+end
 
 local n = redis.call('HINCRBY', K.meta, 'ev', 1)
 redis.call('XADD', K.events, 'MAXLEN', '~', ARGV[1], n .. '-0', 'P', hash)
 redis.call('HSET', K.txs, hash, ARGV[3])
 redis.call('ZADD', K.pending, n, hash)
+if done then
+  redis.call('ZREM', K.done, hash)
+  if old then
+    local seq = math.floor(tonumber(done) / 2)
+    redis.call('ZADD', K.replaced, seq, string.format('%016d', seq) .. old)
+  end
+end
 return 'ok'

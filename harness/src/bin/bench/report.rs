@@ -199,10 +199,10 @@ impl Report {
              between the latency rounds).",
         );
         self.line("");
-        // Reads of more than 32 pending or inflight txs are plain commands: the hashes, then
-        // the bodies (src/mempool/txs.rs).
+        // Reads of more than 32 txs are plain commands: the hashes (a script for the log's
+        // lines), then the bodies (src/mempool/txs.rs).
         let expected = |c: &Call| match c {
-            Call::PeekPending | Call::PeekInflight => 2,
+            Call::PeekPending | Call::PeekInflight | Call::DumpFinalized => 2,
             _ => 1,
         };
         let bad: Vec<&str> = API_CALLS
@@ -213,7 +213,9 @@ impl Report {
         self.target(
             "exactly 1 round trip per call (2 for reads of more than 32 txs)",
             if bad.is_empty() {
-                "1 for every call, 2 for `peek_pending(50)` and `peek_inflight(100)`".to_string()
+                "1 for every call, 2 for `peek_pending(50)`, `peek_inflight(100)` and \
+                 `dump_finalized(0, 100)`"
+                    .to_string()
             } else {
                 format!("not as expected: {}", bad.join(", "))
             },
@@ -328,7 +330,7 @@ impl Report {
              `SET` unit: {:.2} µs of server time (median of the blocks' means; blocks ranged \
              {:.2}–{:.2} µs). Server µs: mean of the middle half of the blocks; each block's \
              figure is an `INFO commandstats` difference around the call (`evalsha`; `zrange` and \
-             `hmget`, or `exec` and `hmget`, for the reads; `xrange` for `dump_finalized`). End to end: medians over every call, and of the ratio to the \
+             `hmget`, or `exec` and `hmget`, for the reads; `evalsha` and `exec` for `dump_finalized`). End to end: medians over every call, and of the ratio to the \
              `SET` made right after each one.",
             crate::steady::REFERENCE_RUNS,
             st.set_us,
@@ -465,7 +467,7 @@ impl Report {
         self.line("");
         self.line(
             "SLOWLOG at a 0 µs threshold during the call: a page's figure is its costliest \
-             command, the `HMGET` of its bodies for the two reads, the `XRANGE` for the log; the \
+             command, the `HMGET` of its bodies (its records, for the log); the \
              longest command is over every entry. On a shared 2-core machine the longest entry \
              includes whatever preemption hit it; the median and p99 say what a page costs.",
         );
