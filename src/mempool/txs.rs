@@ -564,7 +564,8 @@ impl RedisMempool {
                 }
             }
             let (records, replaced) = if small {
-                (codec::array(records, "log records")?, replaced)
+                let records = codec::array(records, "log records")?;
+                (records.into_iter().map(Some).collect(), replaced)
             } else {
                 self.log_records(&lines, from, last)?
             };
@@ -575,11 +576,11 @@ impl RedisMempool {
             }
             let replaced = codec::replaced_records(replaced, keys.name(Key::Replaced))?;
             for ((line, entry), record) in lines.iter().zip(records) {
-                let record = match replaced.iter().find(|(seq, _)| *seq == line.seq) {
-                    Some((_, older)) => Value::BulkString(older.clone()),
-                    // A record trimmed between the two round trips of a large page.
-                    None if record == Value::Int(0) => continue,
-                    None => record,
+                let record = match (replaced.iter().find(|(seq, _)| *seq == line.seq), record) {
+                    (Some((_, older)), _) => Value::BulkString(older.clone()),
+                    (None, Some(record)) => record,
+                    // A line the log let go between the two round trips of a large page.
+                    (None, None) => continue,
                 };
                 items.push(codec::logged_tx(
                     line.line,
@@ -601,14 +602,14 @@ impl RedisMempool {
     }
 
     /// The records of log lines `from..last`, read with plain commands after the lines, in one
-    /// `MULTI`: their `P:txs` records (`Value::Int(0)` for a line the log let go in between;
-    /// missing for another reason, corrupt data), and the range's `P:replaced` members.
+    /// `MULTI`: their `P:txs` records (`None` for a line the log let go in between; missing for
+    /// another reason, corrupt data), and the range's `P:replaced` members.
     fn log_records(
         &self,
         lines: &[(codec::LogLine<'_>, &codec::LogEntry)],
         from: u64,
         last: u64,
-    ) -> Result<(Vec<Value>, Value), Error> {
+    ) -> Result<(Vec<Option<Value>>, Value), Error> {
         if lines.is_empty() {
             return Ok((Vec::new(), Value::Array(Vec::new())));
         }
@@ -627,16 +628,17 @@ impl RedisMempool {
         read.cmd("HGET").arg(&keys.meta).arg("lfirst");
         let reply = self.plain_pipeline(&read, &[Key::Txs, Key::Replaced, Key::Meta])?;
         let [records, replaced, lfirst] = codec::tuple(Value::Array(reply), "log records")?;
-        let mut records = codec::array(records, "log records")?;
         let lfirst = match lfirst {
             Value::Nil => 1,
             v => codec::uint(&v, "the log's first line")?,
         };
-        for (record, (line, _)) in records.iter_mut().zip(lines) {
-            if *record == Value::Nil && line.seq < lfirst {
-                *record = Value::Int(0);
-            }
-        }
+        let records = codec::array(records, "log records")?
+            .into_iter()
+            .zip(lines)
+            .map(|(record, (line, _))| {
+                (record != Value::Nil || line.seq >= lfirst).then_some(record)
+            })
+            .collect();
         Ok((records, replaced))
     }
 }
