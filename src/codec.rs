@@ -445,6 +445,7 @@ impl LogEntry {
             };
             let hash = t.get(p + 1..p + 33).ok_or_else(short)?;
             let hash = TxHash::from(<[u8; 32]>::try_from(hash).map_err(|_| short())?);
+            // In bounds: the hash just read ends at p + 33, and `end` stays within `t`.
             let end = t[p + 33..]
                 .iter()
                 .position(|&b| b == b'\n')
