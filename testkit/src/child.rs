@@ -7,6 +7,7 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,8 +41,13 @@ pub fn run(cmd: &mut Command, timeout: Duration, last_words: &str) -> Run {
     }
 }
 
-/// Collects a child's output stream on a thread.
-fn collect(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) {
+/// Collects a child's output stream on a thread, which counts itself in `ended` at the
+/// stream's end.
+fn collect(
+    mut from: impl Read + Send + 'static,
+    into: Arc<Mutex<Vec<u8>>>,
+    ended: Arc<AtomicUsize>,
+) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 8192];
         while let Ok(n) = from.read(&mut buf) {
@@ -50,6 +56,7 @@ fn collect(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) {
             }
             into.lock().unwrap().extend_from_slice(&buf[..n]);
         }
+        ended.fetch_add(1, Ordering::SeqCst);
     });
 }
 
@@ -80,6 +87,8 @@ pub fn example_binary(name: &str) -> PathBuf {
 pub struct Running {
     child: Child,
     output: Arc<Mutex<Vec<u8>>>,
+    /// How many of its two output streams have been read to their end.
+    ended: Arc<AtomicUsize>,
 }
 
 impl Running {
@@ -92,9 +101,16 @@ impl Running {
             .spawn()
             .expect("start the child process");
         let output = Arc::new(Mutex::new(Vec::new()));
-        collect(child.stdout.take().expect("piped stdout"), output.clone());
-        collect(child.stderr.take().expect("piped stderr"), output.clone());
-        Running { child, output }
+        let ended = Arc::new(AtomicUsize::new(0));
+        let stdout = child.stdout.take().expect("piped stdout");
+        collect(stdout, output.clone(), ended.clone());
+        let stderr = child.stderr.take().expect("piped stderr");
+        collect(stderr, output.clone(), ended.clone());
+        Running {
+            child,
+            output,
+            ended,
+        }
     }
 
     /// Its process id.
@@ -113,12 +129,22 @@ impl Running {
     }
 
     /// Waits for it to exit; `None` if it still runs after `timeout` (it is left running).
+    /// Once it has exited, also waits (up to 5 s) until what it printed last has been read:
+    /// the reader threads lag behind the exit, so a line written just before it (a log line
+    /// on stderr, say) may not be in [`output`](Running::output) yet when the exit shows.
+    /// Processes it started and that outlive it may hold the streams open; then the wait ends
+    /// at the 5 s.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let mut status = None;
         super::wait_until(timeout, || {
             status = self.child.try_wait().expect("wait for the child process");
             status.is_some()
         });
+        if status.is_some() {
+            super::wait_until(Duration::from_secs(5), || {
+                self.ended.load(Ordering::SeqCst) == 2
+            });
+        }
         status
     }
 }
