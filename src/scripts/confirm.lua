@@ -55,6 +55,8 @@ end
 -- This block is the H-th of the applied chain. Phase 1 reads everything the call changes, so
 -- that bad data fails it before the first write.
 local H = H0 + 1
+-- Numbers go to Redis as text made here (see `int` in common.lua).
+local Hs, fin_top = int(H), int(H - F + 1)
 local cur, lseq, nconf = meta_number('cur', meta[2]), meta_number('lseq', meta[3]),
   meta_number('nconf', meta[4])
 local lfirst = math.max(meta_number('lfirst', meta[5]), 1)
@@ -83,10 +85,10 @@ end
 -- Confirmed txs reaching F confirmations: the entries of the blocks at or below H - F + 1,
 -- oldest block first, each block's txs in the order it listed them.
 local fin, fin_c, fin_at = {}, {}, {}
-local fin_entries = redis.call('ZRANGE', K.confirmed, '-inf', H - F + 1, 'BYSCORE')
+local fin_entries = redis.call('ZRANGE', K.confirmed, '-inf', fin_top, 'BYSCORE')
 if #fin_entries > 0 then
   local points = {}
-  for _, p in ipairs(redis.call('ZRANGE', K.points, '-inf', H - F + 1, 'BYSCORE')) do
+  for _, p in ipairs(redis.call('ZRANGE', K.points, '-inf', fin_top, 'BYSCORE')) do
     points[string.sub(p, 1, 12)] = string.sub(p, 13)
   end
   for _, e in ipairs(fin_entries) do
@@ -120,12 +122,12 @@ end
 local drop, drop_m = {}, {}
 local B
 if H - D >= 0 then
-  local top = redis.call('ZRANGE', K.marks, 0, D, 'REV', 'WITHSCORES')
+  local top = redis.call('ZRANGE', K.marks, '0', int(D), 'REV', 'WITHSCORES')
   for i = 1, #top, 2 do
     if tonumber(top[i]) > H - D then B = tonumber(top[i + 1]) else break end
   end
   local upto = B and string.format('(%d', B * S) or '+inf'
-  local candidates = redis.call('ZRANGE', K.inflight, cur * S, upto, 'BYSCORE', 'WITHSCORES')
+  local candidates = redis.call('ZRANGE', K.inflight, int(cur * S), upto, 'BYSCORE', 'WITHSCORES')
   if #candidates > 0 then
     local marks = redis.call('ZRANGE', K.marks, B and string.format('(%d', B) or '+inf', '-inf',
       'BYSCORE', 'REV', 'WITHSCORES')
@@ -163,7 +165,11 @@ for i = 1, #drop do retire[#retire + 1] = drop[i] end
 -- Counts and misses as one number when they are all the same (the usual case), else a list.
 local function compact(list)
   for i = 2, #list do
-    if list[i] ~= list[1] then return table.concat(list, ',') end
+    if list[i] ~= list[1] then
+      local text = {}
+      for j = 1, #list do text[j] = int(list[j]) end
+      return table.concat(text, ',')
+    end
   end
   return list[1] and string.format('%d', list[1]) or ''
 end
@@ -171,14 +177,14 @@ end
 -- Phase 2: write. The event entry comes first (a failure after the counter leaves only a gap).
 local confirmed_now = F > 1 and newly or {}
 local k = 1 + kept + #confirmed_now + #fin + #drop
-local first = redis.call('HINCRBY', K.meta, 'ev', k) - k + 1
-redis.call('XADD', K.events, 'MAXLEN', '~', ARGV[1], first .. '-0', 'b', point, 'h', H,
-  'node', node_id, 'epoch', epoch, 'kept', kept, 'C', table.concat(confirmed_now),
+local first = redis.call('HINCRBY', K.meta, 'ev', int(k)) - k + 1
+redis.call('XADD', K.events, 'MAXLEN', '~', ARGV[1], int(first) .. '-0', 'b', point, 'h', Hs,
+  'node', node_id, 'epoch', epoch, 'kept', int(kept), 'C', table.concat(confirmed_now),
   'F', table.concat(fin), 'Fc', compact(fin_c), 'D', table.concat(drop), 'Dm', compact(drop_m))
-redis.call('ZADD', K.chain, H, member)
+redis.call('ZADD', K.chain, Hs, member)
 -- The chain's heights are contiguous, so keeping the newest `history` is a range by score.
 if retained + 1 > history then
-  redis.call('ZREMRANGEBYSCORE', K.chain, '-inf', H - history)
+  redis.call('ZREMRANGEBYSCORE', K.chain, '-inf', int(H - history))
 end
 if #confirmed_now > 0 then
   local add = {}
@@ -188,13 +194,13 @@ if #confirmed_now > 0 then
   end
   variadic('ZADD', K.inflight, 'XX', add)
   local tag = string.format('%012d', H)
-  redis.call('ZADD', K.confirmed, H, tag .. table.concat(confirmed_now))
-  redis.call('ZADD', K.points, H, tag .. point)
+  redis.call('ZADD', K.confirmed, Hs, tag .. table.concat(confirmed_now))
+  redis.call('ZADD', K.points, Hs, tag .. point)
 end
 if #fin_entries > 0 then
-  redis.call('ZREMRANGEBYSCORE', K.confirmed, '-inf', H - F + 1)
+  redis.call('ZREMRANGEBYSCORE', K.confirmed, '-inf', fin_top)
 end
-redis.call('ZREMRANGEBYSCORE', K.points, '-inf', H - F + 1)
+redis.call('ZREMRANGEBYSCORE', K.points, '-inf', fin_top)
 if #retire > 0 then
   variadic('ZREM', K.inflight, nil, retire)
   -- One log entry per call, `<last seq>-<first seq>`, its status lines in sequence order (one
@@ -221,13 +227,13 @@ if #retire > 0 then
   variadic('ZADD', K.done, nil, done)
   lseq = lseq + #retire
 end
-local set = {'H', H, 'lseq', lseq, 'nconf', kept + #confirmed_now}
+local set = {'H', Hs, 'lseq', int(lseq), 'nconf', int(kept + #confirmed_now)}
 if H - D >= 0 then
   -- Everything numbered below B is dealt with; without a mark above H - D, everything so far.
   local next_cur = B or (first + k)
   if next_cur > cur then
     set[#set + 1] = 'cur'
-    set[#set + 1] = next_cur
+    set[#set + 1] = int(next_cur)
   end
   if B then
     redis.call('ZREMRANGEBYSCORE', K.marks, '-inf', string.format('(%d', B))
@@ -252,6 +258,6 @@ if lseq - max_log + 1 > lfirst then
   set[#set + 1] = int(lfirst)
 end
 redis.call('HSET', K.meta, unpack(set))
-if acked ~= 0 then redis.call('HINCRBY', K.meta, 'ack', acked) end
+if acked ~= 0 then redis.call('HINCRBY', K.meta, 'ack', int(acked)) end
 
 return {'applied', H, #newly, 0, #fin, #drop, 0}

@@ -19,7 +19,7 @@ local k = #moved
 if k == 0 then return 0 end
 local H = meta_number('H', redis.call('HGET', K.meta, 'H'))
 -- Newest first: the first mark at or below a tx's number is its height.
-local marks = redis.call('ZRANGE', K.marks, top / S, '-inf', 'BYSCORE', 'REV', 'WITHSCORES')
+local marks = redis.call('ZRANGE', K.marks, int(top / S), '-inf', 'BYSCORE', 'REV', 'WITHSCORES')
 -- As numbers once, not once per tx; indexed, not appended: a mark that is not a number
 -- leaves a hole (found below as no mark), never shifts the others.
 local mh, mn, nm = {}, {}, #marks / 2
@@ -40,9 +40,15 @@ for i = 1, k do
   add[2 * i] = moved[i]
 end
 
-local first = redis.call('HINCRBY', K.meta, 'ev', k) - k + 1
-redis.call('XADD', K.events, 'MAXLEN', '~', ARGV[1], first .. '-0', 'A', table.concat(moved),
-  'm', same and misses[1] or table.concat(misses, ','))
-redis.call('HINCRBY', K.meta, 'ack', k)
+if same then
+  misses = int(misses[1])
+else
+  for i = 1, k do misses[i] = int(misses[i]) end
+  misses = table.concat(misses, ',')
+end
+local first = redis.call('HINCRBY', K.meta, 'ev', int(k)) - k + 1
+redis.call('XADD', K.events, 'MAXLEN', '~', ARGV[1], int(first) .. '-0', 'A', table.concat(moved),
+  'm', misses)
+redis.call('HINCRBY', K.meta, 'ack', int(k))
 redis.call('ZADD', K.inflight, 'XX', unpack(add))
 return k

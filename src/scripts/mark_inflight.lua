@@ -19,8 +19,8 @@ if k == 0 then return 0 end
 expect_types({K.inflight, 'zset', K.marks, 'zset'})
 local H = meta_number('H', redis.call('HGET', K.meta, 'H'))
 
-local first = redis.call('HINCRBY', K.meta, 'ev', k) - k + 1
-redis.call('XADD', K.events, 'MAXLEN', '~', ARGV[1], first .. '-0', 'R', table.concat(moved))
+local first = redis.call('HINCRBY', K.meta, 'ev', int(k)) - k + 1
+redis.call('XADD', K.events, 'MAXLEN', '~', ARGV[1], int(first) .. '-0', 'R', table.concat(moved))
 redis.call('ZREM', K.pending, unpack(moved))
 local add = {}
 for i, hash in ipairs(moved) do
@@ -28,5 +28,5 @@ for i, hash in ipairs(moved) do
   add[2 * i] = hash
 end
 redis.call('ZADD', K.inflight, unpack(add))
-redis.call('ZADD', K.marks, 'NX', first, string.format('%012d', H))
+redis.call('ZADD', K.marks, 'NX', int(first), string.format('%012d', H))
 return k

@@ -14,9 +14,11 @@
 local function undo_from(h, unseen, node_id, epoch)
   local S = 131072
   local new_h = h - 1
+  -- Numbers go to Redis as text made here (see `int` in common.lua).
+  local hs, new_hs = int(h), int(h - 1)
 
   -- Phase 1: read everything, so that bad data fails the call before any write.
-  local undone = redis.call('ZRANGE', K.chain, h, '+inf', 'BYSCORE')
+  local undone = redis.call('ZRANGE', K.chain, hs, '+inf', 'BYSCORE')
   local back, in_back = {}, {}
   local acked, confirmed = 0, 0
   -- Unseen txs Confirmed by a block that stays: their entry in P:confirmed is rewritten.
@@ -38,7 +40,7 @@ local function undo_from(h, unseen, node_id, epoch)
     end
   end
   local by_block = {}
-  for _, e in ipairs(redis.call('ZRANGE', K.confirmed, h, '+inf', 'BYSCORE')) do
+  for _, e in ipairs(redis.call('ZRANGE', K.confirmed, hs, '+inf', 'BYSCORE')) do
     if (#e - 12) % 32 ~= 0 then corrupt(K.confirmed, 'bad entry ' .. hex(string.sub(e, 1, 12))) end
     for j = 13, #e, 32 do
       local hash = string.sub(e, j, j + 31)
@@ -61,7 +63,7 @@ local function undo_from(h, unseen, node_id, epoch)
   end
   local rewrite = {}
   if next(below) then
-    for _, e in ipairs(redis.call('ZRANGE', K.confirmed, '-inf', '(' .. h, 'BYSCORE')) do
+    for _, e in ipairs(redis.call('ZRANGE', K.confirmed, '-inf', '(' .. hs, 'BYSCORE')) do
       local keep, changed = {string.sub(e, 1, 12)}, false
       for j = 13, #e, 32 do
         local hash = string.sub(e, j, j + 31)
@@ -71,7 +73,7 @@ local function undo_from(h, unseen, node_id, epoch)
     end
   end
   local above, lowest = {}, nil
-  local tail = redis.call('ZRANGE', K.marks, 0, #undone + 1, 'REV', 'WITHSCORES')
+  local tail = redis.call('ZRANGE', K.marks, '0', int(#undone + 1), 'REV', 'WITHSCORES')
   for i = 1, #tail, 2 do
     if tonumber(tail[i]) > new_h then
       above[#above + 1] = tail[i]
@@ -83,11 +85,11 @@ local function undo_from(h, unseen, node_id, epoch)
   -- first, each with the height the chain has once it is gone) and the txs back to pending
   -- (`B`), whose numbers follow the blocks' and order the queue.
   local k = #undone + #back
-  local first = redis.call('HINCRBY', K.meta, 'ev', k) - k + 1
-  redis.call('XADD', K.events, 'MAXLEN', '~', ARGV[1], first .. '-0', 'u', table.concat(undone, ','),
-    'h', new_h, 'node', node_id, 'epoch', epoch, 'B', table.concat(back))
-  redis.call('HSET', K.meta, 'H', new_h)
-  redis.call('ZREMRANGEBYSCORE', K.chain, h, '+inf')
+  local first = redis.call('HINCRBY', K.meta, 'ev', int(k)) - k + 1
+  redis.call('XADD', K.events, 'MAXLEN', '~', ARGV[1], int(first) .. '-0', 'u', table.concat(undone, ','),
+    'h', new_hs, 'node', node_id, 'epoch', epoch, 'B', table.concat(back))
+  redis.call('HSET', K.meta, 'H', new_hs)
+  redis.call('ZREMRANGEBYSCORE', K.chain, hs, '+inf')
   if #back > 0 then
     variadic('ZREM', K.inflight, nil, back)
     local add = {}
@@ -97,17 +99,17 @@ local function undo_from(h, unseen, node_id, epoch)
     end
     variadic('ZADD', K.pending, nil, add)
   end
-  redis.call('ZREMRANGEBYSCORE', K.confirmed, h, '+inf')
-  redis.call('ZREMRANGEBYSCORE', K.points, h, '+inf')
+  redis.call('ZREMRANGEBYSCORE', K.confirmed, hs, '+inf')
+  redis.call('ZREMRANGEBYSCORE', K.points, hs, '+inf')
   for _, r in ipairs(rewrite) do
     redis.call('ZREM', K.confirmed, r[1])
-    if #r[2] > 12 then redis.call('ZADD', K.confirmed, tonumber(string.sub(r[2], 1, 12)), r[2]) end
+    if #r[2] > 12 then redis.call('ZADD', K.confirmed, int(tonumber(string.sub(r[2], 1, 12))), r[2]) end
   end
   if #above > 0 then
     redis.call('ZREM', K.marks, unpack(above))
     redis.call('ZADD', K.marks, 'NX', lowest, string.format('%012d', new_h))
   end
-  if acked ~= 0 then redis.call('HINCRBY', K.meta, 'ack', acked) end
-  if confirmed ~= 0 then redis.call('HINCRBY', K.meta, 'nconf', confirmed) end
+  if acked ~= 0 then redis.call('HINCRBY', K.meta, 'ack', int(acked)) end
+  if confirmed ~= 0 then redis.call('HINCRBY', K.meta, 'nconf', int(confirmed)) end
   return #back, #undone
 end
