@@ -68,7 +68,7 @@ pub(crate) fn opt_text(v: &Value, what: &str) -> Result<Option<String>, Error> {
     }
 }
 
-fn bytes(v: Value, what: &str) -> Result<Vec<u8>, Error> {
+pub(crate) fn bytes(v: Value, what: &str) -> Result<Vec<u8>, Error> {
     match v {
         Value::BulkString(b) => Ok(b),
         other => Err(unexpected(what, &other)),

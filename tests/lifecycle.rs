@@ -884,6 +884,34 @@ fn records_leave_with_the_lines_that_hold_them() {
     );
 }
 
+/// A Dropped tx received again with the same body leaves `P:done` but keeps its line: a large
+/// read of the log, which finds the records of the other lines through `P:done`, still shows it
+/// with its record (its own round trip), next to the small read's answer.
+#[test]
+fn a_line_whose_tx_came_back_keeps_its_record() {
+    let server = RedisServer::start();
+    let m = lone_watcher(config(&server, "came-back"));
+    propagate(&m, &[1, 2]);
+    apply(&m, 1, &[], &[]);
+    apply(&m, 2, &[], &[]);
+    m.receive(tx(1)).unwrap();
+    for limit in [10, 100] {
+        let page = m.dump_finalized(0, limit).unwrap();
+        let got: Vec<_> = page.items.iter().map(|t| (t.hash, t.stage)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (hash(1), MempoolTxStage::Dropped),
+                (hash(2), MempoolTxStage::Dropped)
+            ],
+            "limit {limit}"
+        );
+        assert_eq!(page.items[0].payload, tx(1).payload, "limit {limit}");
+        assert_eq!(page.items[1].payload, tx(2).payload, "limit {limit}");
+    }
+    assert_eq!(status_of(&m, 1).stage, MempoolTxStage::Pending);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rule 9: fencing (the simple part; lost locks are covered by the watcher tests)
 // ---------------------------------------------------------------------------------------------

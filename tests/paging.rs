@@ -40,7 +40,10 @@ fn sizes(window: &[Seen], what: &str, pool: &HashSet<String>) -> Vec<usize> {
         .filter(|s| pool.contains(&s.addr))
         .filter_map(|s| match (what, s.cmd.as_str()) {
             // ZRANGE key from +inf BYSCORE LIMIT 0 count [WITHSCORES]
-            ("page", "ZRANGE") if s.args.get(3).map(String::as_str) == Some("BYSCORE") => {
+            ("page", "ZRANGE")
+                if s.args.get(3).map(String::as_str) == Some("BYSCORE")
+                    && !s.args[0].ends_with(":done") =>
+            {
                 s.args.get(6)?.parse().ok()
             }
             ("bodies", "HMGET") => Some(s.args.len() - 1),
@@ -49,8 +52,10 @@ fn sizes(window: &[Seen], what: &str, pool: &HashSet<String>) -> Vec<usize> {
                 let keys: usize = s.args[1].parse().ok()?;
                 Some(s.args.len() - 2 - keys - 1)
             }
-            // EVALSHA sha numkeys keys... event_history from lines with_records
-            ("log page", "EVALSHA") => s.args.get(s.args.len().checked_sub(2)?)?.parse().ok(),
+            // ZRANGE <prefix>:done from +inf BYSCORE LIMIT 0 lines
+            ("log page", "ZRANGE") if s.args.first()?.ends_with(":done") => {
+                s.args.get(6)?.parse().ok()
+            }
             _ => None,
         })
         .collect()

@@ -139,7 +139,10 @@ fn commands_of(call: &str, n: usize) -> Vec<&'static str> {
     match call {
         c if c.starts_with("has_pending") || c.starts_with("control") => vec!["ZCARD"; n],
         c if c.starts_with("dump_finalized (plain)") => {
-            vec!["EVALSHA", "MULTI", "HMGET", "ZRANGE", "HGET", "EXEC"]
+            vec![
+                "MULTI", "HGET", "ZRANGE", "EXEC", "MULTI", "XRANGE", "XRANGE", "ZRANGE", "HGET",
+                "HMGET", "EXEC",
+            ]
         }
         c if c.starts_with("applied_points") => vec!["ZRANGE"; n],
         c if c.starts_with("peek_pending (plain)") => vec!["ZRANGE", "HMGET"],

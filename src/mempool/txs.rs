@@ -2,11 +2,11 @@
 //! inflight set, move them along, and read a status or the finalized log.
 //!
 //! No call holds Redis for long, whatever its size: a read of more than a page is served in
-//! pages of [`READ_PAGE`] txs (two plain round trips each) or [`LOG_PAGE`] log entries (one
-//! each), and a batch of more than [`WRITE_BATCH`] hashes is moved in batches of that size,
+//! pages of [`READ_PAGE`] txs or [`LOG_PAGE`] lines of the log (two plain round trips each),
+//! and a batch of more than [`WRITE_BATCH`] hashes is moved in batches of that size,
 //! each one script. Reads of up to [`SCRIPT_READ`] txs are one script.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use redis::Value;
 
@@ -29,7 +29,8 @@ pub(crate) const SCRIPT_READ: usize = 32;
 /// command may hold it (see BENCHMARKS.md).
 pub(crate) const READ_PAGE: usize = 1000;
 
-/// Log entries per page of `dump_finalized`: one `XRANGE` returns at most this many.
+/// Lines of the log per page of `dump_finalized`: its `HMGET` reads at most this many records,
+/// cold ones (last touched when the tx was received), within the 2 ms a command may hold Redis.
 pub(crate) const LOG_PAGE: usize = 500;
 
 /// Hashes per script of `mark_inflight`/`mark_acknowledged`.
@@ -510,8 +511,8 @@ impl RedisMempool {
     /// `max_finalized` entries.
     ///
     /// Read like [`peek_pending`](RedisMempool::peek_pending): up to 32 entries in one atomic
-    /// script, more in pages of up to 500, each page two round trips (the page's status lines,
-    /// then the records). Every page goes on at the sequence after the last one read: entries
+    /// script, more in pages of up to 500, each page two round trips of plain commands (the
+    /// hashes of the page's txs, then in one `MULTI` their status lines and records). Every page goes on at the sequence after the last one read: entries
     /// logged between pages show at the end, and entries trimmed meanwhile are missing.
     ///
     /// ```no_run
@@ -533,62 +534,16 @@ impl RedisMempool {
     /// # }
     /// ```
     pub fn dump_finalized(&self, cursor: u64, limit: usize) -> Result<MempoolPage, Error> {
-        let keys = &self.inner.keys;
         let mut items = Vec::new();
         // Sequences stay far below 2^52, where the scripts' numbers are exact.
         let mut from = cursor.min(1 << 52);
-        let small = limit <= SCRIPT_READ;
         loop {
-            let want = (limit - items.len()).min(LOG_PAGE);
-            let call = self.inner.scripts.dump_finalized(from, want as u64, small);
-            let [lfirst, entries, records, replaced] =
-                codec::tuple(self.exec(call)?, "dump_finalized")?;
-            // The script starts at the log's first line when `from` is below it.
-            from = from.max(codec::uint(&lfirst, "the log's first line")?);
-            let last = from + want as u64;
-            let mut next = None;
-            let mut lines = Vec::with_capacity(want);
-            let entries: Vec<codec::LogEntry> = codec::array(entries, "log entries")?
-                .into_iter()
-                .map(|entry| codec::log_entry(entry, &keys.log))
-                .collect::<Result<_, _>>()?;
-            'entries: for entry in &entries {
-                for line in entry.lines(&keys.log)? {
-                    if line.seq >= last {
-                        next = Some(last);
-                        break 'entries;
-                    }
-                    if line.seq >= from {
-                        lines.push((line, entry));
-                    }
-                }
-            }
-            let (records, replaced) = if small {
-                let records = codec::array(records, "log records")?;
-                (records.into_iter().map(Some).collect(), replaced)
+            let want = (limit - items.len()).min(LOG_PAGE) as u64;
+            let next = if limit <= SCRIPT_READ {
+                self.log_page_script(from, want, &mut items)?
             } else {
-                self.log_records(&lines, from, last)?
+                self.log_page(from, want, &mut items)?
             };
-            if records.len() != lines.len() {
-                return Err(Error::UnexpectedReply(
-                    format!("{} log lines, {} records", lines.len(), records.len()).into(),
-                ));
-            }
-            let replaced = codec::replaced_records(replaced, keys.name(Key::Replaced))?;
-            for ((line, entry), record) in lines.iter().zip(records) {
-                let record = match (replaced.iter().find(|(seq, _)| *seq == line.seq), record) {
-                    (Some((_, older)), _) => Value::BulkString(older.clone()),
-                    (None, Some(record)) => record,
-                    // A line the log let go between the two round trips of a large page.
-                    (None, None) => continue,
-                };
-                items.push(codec::logged_tx(
-                    line.line,
-                    record,
-                    || entry.key(&keys.log),
-                    || format!("{} {}", keys.txs, line.hash),
-                )?);
-            }
             match next {
                 Some(next) if items.len() < limit => from = next,
                 next => {
@@ -601,44 +556,236 @@ impl RedisMempool {
         }
     }
 
-    /// The records of log lines `from..last`, read with plain commands after the lines, in one
-    /// `MULTI`: their `P:txs` records (`None` for a line the log let go in between; missing for
-    /// another reason, corrupt data), and the range's `P:replaced` members.
-    fn log_records(
+    /// A small page of the log (lines `from..from + want`, `from` raised to the first line the
+    /// log retains) in one script, appended to `items`; returns the cursor after it.
+    fn log_page_script(
         &self,
-        lines: &[(codec::LogLine<'_>, &codec::LogEntry)],
         from: u64,
-        last: u64,
-    ) -> Result<(Vec<Option<Value>>, Value), Error> {
-        if lines.is_empty() {
-            return Ok((Vec::new(), Value::Array(Vec::new())));
-        }
+        want: u64,
+        items: &mut Vec<MempoolTx>,
+    ) -> Result<Option<u64>, Error> {
         let keys = &self.inner.keys;
-        let mut read = redis::pipe();
-        read.atomic();
-        read.cmd("HMGET").arg(&keys.txs);
-        for (line, _) in lines {
-            read.arg(&line.hash.as_bytes()[..]);
+        let call = self.inner.scripts.dump_finalized(from, want);
+        let [lfirst, entries, records, replaced] =
+            codec::tuple(self.exec(call)?, "dump_finalized")?;
+        // The script starts at the log's first line when `from` is below it.
+        let from = from.max(codec::uint(&lfirst, "the log's first line")?);
+        let entries = log_entries(entries, &keys.log)?;
+        let (lines, next) = page_lines(&entries, from, from + want, &keys.log)?;
+        let records = codec::array(records, "log records")?;
+        if records.len() != lines.len() {
+            return Err(Error::UnexpectedReply(
+                format!("{} log lines, {} records", lines.len(), records.len()).into(),
+            ));
         }
-        read.cmd("ZRANGE")
+        let replaced = codec::replaced_records(replaced, keys.name(Key::Replaced))?;
+        for ((line, entry), record) in lines.iter().zip(records) {
+            let record = replaced_record(&replaced, line.seq).unwrap_or(record);
+            items.push(self.logged_tx(line, entry, record)?);
+        }
+        Ok(next)
+    }
+
+    /// A page of a large read of the log, appended to `items`, as plain commands in two round
+    /// trips (three in a rare case); returns the cursor after it. A script would copy every
+    /// line and record through Lua, which costs Redis more than the commands themselves.
+    ///
+    /// 1. Where the log starts (`lfirst`), and the hashes of the first `want` txs of `P:done`
+    ///    from `from` on: the logged txs in sequence order, so that their records can be read
+    ///    with the lines instead of after them.
+    /// 2. In one `MULTI`: the entries holding lines `from..from + want` (`from` raised to
+    ///    `lfirst`) and the one reaching past them, the records of those hashes, the page's
+    ///    `P:replaced` records (which take precedence), and `lfirst` again.
+    /// 3. Only for lines whose tx was not in that list (a Dropped tx received again leaves
+    ///    `P:done`, its line stays; or a line logged between the round trips): their records.
+    ///
+    /// A line below the `lfirst` of the last round trip was let go meanwhile and is left out.
+    fn log_page(
+        &self,
+        from: u64,
+        want: u64,
+        items: &mut Vec<MempoolTx>,
+    ) -> Result<Option<u64>, Error> {
+        let keys = &self.inner.keys;
+        let mut head = redis::pipe();
+        head.atomic();
+        head.cmd("HGET").arg(&keys.meta).arg("lfirst");
+        head.cmd("ZRANGE")
+            .arg(&keys.done)
+            .arg(2 * from)
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(want);
+        let reply = self.plain_pipeline(&head, &[Key::Meta, Key::Done])?;
+        let [lfirst, hashes] = codec::tuple(Value::Array(reply), "log page")?;
+        let from = from.max(first_line(lfirst)?);
+        let last = from + want;
+        let hashes = codec::array(hashes, "logged txs")?
+            .into_iter()
+            .map(|hash| codec::bytes(hash, "logged tx"))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut body = redis::pipe();
+        body.atomic();
+        body.cmd("XRANGE")
+            .arg(&keys.log)
+            .arg(format!("{from}-0"))
+            .arg(last);
+        body.cmd("XRANGE")
+            .arg(&keys.log)
+            .arg(format!("{}-0", last + 1))
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
+        body.cmd("ZRANGE")
             .arg(keys.name(Key::Replaced))
             .arg(from)
             .arg(last - 1)
             .arg("BYSCORE");
-        read.cmd("HGET").arg(&keys.meta).arg("lfirst");
-        let reply = self.plain_pipeline(&read, &[Key::Txs, Key::Replaced, Key::Meta])?;
-        let [records, replaced, lfirst] = codec::tuple(Value::Array(reply), "log records")?;
-        let lfirst = match lfirst {
-            Value::Nil => 1,
-            v => codec::uint(&v, "the log's first line")?,
+        body.cmd("HGET").arg(&keys.meta).arg("lfirst");
+        if !hashes.is_empty() {
+            body.cmd("HMGET").arg(&keys.txs).arg(&hashes);
+        }
+        let reply = self.plain_pipeline(&body, &[Key::Log, Key::Replaced, Key::Meta, Key::Txs])?;
+        let mut reply = reply.into_iter();
+        let mut next_reply = || {
+            reply
+                .next()
+                .ok_or_else(|| Error::UnexpectedReply("log page: too few replies".into()))
         };
-        let records = codec::array(records, "log records")?
-            .into_iter()
-            .zip(lines)
-            .map(|(record, (line, _))| {
-                (record != Value::Nil || line.seq >= lfirst).then_some(record)
-            })
+        let mut entries = codec::array(next_reply()?, "log entries")?;
+        entries.extend(codec::array(next_reply()?, "log entries")?);
+        let entries = log_entries(Value::Array(entries), &keys.log)?;
+        let mut replaced = codec::replaced_records(next_reply()?, keys.name(Key::Replaced))?;
+        let mut lfirst = first_line(next_reply()?)?;
+        let records = match hashes.is_empty() {
+            true => Vec::new(),
+            false => codec::array(next_reply()?, "log records")?,
+        };
+        if records.len() != hashes.len() {
+            return Err(Error::UnexpectedReply(
+                format!("{} hashes, {} records", hashes.len(), records.len()).into(),
+            ));
+        }
+        let mut known: HashMap<Vec<u8>, Value> = hashes.into_iter().zip(records).collect();
+        let (lines, next) = page_lines(&entries, from, last, &keys.log)?;
+
+        let mut missing: Vec<&[u8]> = lines
+            .iter()
+            .filter(|(line, _)| line.seq >= lfirst)
+            .filter(|(line, _)| replaced_record(&replaced, line.seq).is_none())
+            .map(|(line, _)| &line.hash.as_bytes()[..])
+            .filter(|hash| !known.contains_key(*hash))
             .collect();
-        Ok((records, replaced))
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            let mut more = redis::pipe();
+            more.atomic();
+            more.cmd("HMGET").arg(&keys.txs).arg(&missing);
+            more.cmd("ZRANGE")
+                .arg(keys.name(Key::Replaced))
+                .arg(from)
+                .arg(last - 1)
+                .arg("BYSCORE");
+            more.cmd("HGET").arg(&keys.meta).arg("lfirst");
+            let reply = self.plain_pipeline(&more, &[Key::Txs, Key::Replaced, Key::Meta])?;
+            let [records, now_replaced, now_lfirst] =
+                codec::tuple(Value::Array(reply), "log records")?;
+            let records = codec::array(records, "log records")?;
+            if records.len() != missing.len() {
+                return Err(Error::UnexpectedReply(
+                    format!("{} hashes, {} records", missing.len(), records.len()).into(),
+                ));
+            }
+            known.extend(missing.into_iter().map(<[u8]>::to_vec).zip(records));
+            replaced = codec::replaced_records(now_replaced, keys.name(Key::Replaced))?;
+            lfirst = first_line(now_lfirst)?;
+        }
+
+        for (line, entry) in &lines {
+            // Let go between the round trips, with its record.
+            if line.seq < lfirst {
+                continue;
+            }
+            let record = match replaced_record(&replaced, line.seq) {
+                Some(record) => record,
+                // A line at or above `lfirst` has its record (or it is corrupt data, which
+                // `logged_tx` names).
+                None => known
+                    .get(&line.hash.as_bytes()[..])
+                    .cloned()
+                    .unwrap_or(Value::Nil),
+            };
+            items.push(self.logged_tx(line, entry, record)?);
+        }
+        Ok(next)
+    }
+
+    /// A logged tx from its line and record, naming where either sits if it is unreadable.
+    fn logged_tx(
+        &self,
+        line: &codec::LogLine<'_>,
+        entry: &codec::LogEntry,
+        record: Value,
+    ) -> Result<MempoolTx, Error> {
+        let keys = &self.inner.keys;
+        codec::logged_tx(
+            line.line,
+            record,
+            || entry.key(&keys.log),
+            || format!("{} {}", keys.txs, line.hash),
+        )
+    }
+}
+
+/// The entries of an `XRANGE` of the finalized log `log`.
+fn log_entries(v: Value, log: &str) -> Result<Vec<codec::LogEntry>, Error> {
+    codec::array(v, "log entries")?
+        .into_iter()
+        .map(|entry| codec::log_entry(entry, log))
+        .collect()
+}
+
+/// A line of a page of the log, with the entry that holds it.
+type PageLine<'e> = (codec::LogLine<'e>, &'e codec::LogEntry);
+
+/// The lines `from..last` of `entries` (oldest first), and the cursor after them: `last` when
+/// the entries hold that line (the log goes on), else none.
+fn page_lines<'e>(
+    entries: &'e [codec::LogEntry],
+    from: u64,
+    last: u64,
+    log: &str,
+) -> Result<(Vec<PageLine<'e>>, Option<u64>), Error> {
+    let mut lines = Vec::new();
+    for entry in entries {
+        for line in entry.lines(log)? {
+            if line.seq >= last {
+                return Ok((lines, Some(last)));
+            }
+            if line.seq >= from {
+                lines.push((line, entry));
+            }
+        }
+    }
+    Ok((lines, None))
+}
+
+/// The record a line had when its tx came back with another one (see `receive.lua`).
+fn replaced_record(replaced: &[(u64, Vec<u8>)], seq: u64) -> Option<Value> {
+    replaced
+        .iter()
+        .find(|(at, _)| *at == seq)
+        .map(|(_, older)| Value::BulkString(older.clone()))
+}
+
+/// The first line the log retains, from `P:meta`'s `lfirst` (absent: 1).
+fn first_line(v: Value) -> Result<u64, Error> {
+    match v {
+        Value::Nil => Ok(1),
+        v => Ok(codec::uint(&v, "the log's first line")?.max(1)),
     }
 }

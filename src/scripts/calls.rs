@@ -133,12 +133,10 @@ impl Scripts {
         Call::new(&self.check_status).bytes("hash", hash.as_bytes())
     }
 
-    /// `with_records`: the page is small enough for its records to come in the same reply.
-    pub fn dump_finalized(&self, from: u64, lines: u64, with_records: bool) -> Call<'_> {
+    pub fn dump_finalized(&self, from: u64, lines: u64) -> Call<'_> {
         Call::new(&self.dump_finalized)
             .text("from", from)
             .text("lines", lines)
-            .text("with_records", u8::from(with_records))
     }
 
     pub fn watcher_info(&self) -> Call<'_> {
@@ -247,7 +245,7 @@ mod tests {
             ),
             ("rollback_to", s.rollback_to("n", 1, "m")),
             ("check_status", s.check_status(&h)),
-            ("dump_finalized", s.dump_finalized(1, 10, true)),
+            ("dump_finalized", s.dump_finalized(1, 10)),
             ("watcher_info", s.watcher_info()),
             ("events_snapshot", s.events_snapshot()),
             ("acquire", s.acquire("n", ttl, "l")),

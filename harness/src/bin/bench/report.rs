@@ -330,7 +330,7 @@ impl Report {
              `SET` unit: {:.2} µs of server time (median of the blocks' means; blocks ranged \
              {:.2}–{:.2} µs). Server µs: mean of the middle half of the blocks; each block's \
              figure is an `INFO commandstats` difference around the call (`evalsha`; `zrange` and \
-             `hmget`, or `exec` and `hmget`, for the reads; `evalsha` and `exec` for `dump_finalized`). End to end: medians over every call, and of the ratio to the \
+             `hmget`, or `exec` and `hmget`, for the reads; the two `exec`s of `dump_finalized`). End to end: medians over every call, and of the ratio to the \
              `SET` made right after each one.",
             crate::steady::REFERENCE_RUNS,
             st.set_us,
