@@ -307,8 +307,10 @@ impl Error {
         }
         if err.kind() == redis::ErrorKind::AuthenticationFailed
             || matches!(err.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
-            // A command, key or channel of a script refused by the ACL: a plain ERR.
+            // A command, key or channel of a script refused by the ACL: a plain ERR, worded
+            // one way up to Redis 7.0 and another from 7.2 on.
             || err.to_string().contains("The user executing the script can't")
+            || err.to_string().contains("ACL failure in script")
         {
             return Error::Auth(err.to_string().into());
         }

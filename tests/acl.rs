@@ -451,9 +451,11 @@ fn the_users_password_never_shows_in_debug_errors_or_logs() {
 }
 
 /// Whether Redis refused `e` for lack of permission: `NOPERM` for a command, key or channel
-/// the user may not use, or the error a script gets when one of its commands is refused.
+/// the user may not use, or the error a script gets when one of its commands is refused
+/// (worded one way up to Redis 7.0, another from 7.2 on).
 fn is_acl_refusal(e: &redis::RedisError) -> bool {
+    let text = e.to_string();
     e.code() == Some("NOPERM")
-        || e.to_string()
-            .contains("The user executing the script can't")
+        || text.contains("The user executing the script can't")
+        || text.contains("ACL failure in script")
 }
