@@ -21,7 +21,7 @@
 //! | `P:confirmed`          | zset   | one member per block that first confirmed txs still Confirmed: `<hc, 12 digits><their hashes>` scored by `hc` |
 //! | `P:points`             | zset   | the point of each such block: `<hc, 12 digits><point>` scored by `hc` (`confirmed_at`, which may be older than the retained chain) |
 //! | `P:log`                | stream | finalized log: one entry per `confirm` that lets txs go (per 256 of them), id `<last seq>-<first seq>`, one field `t` = their status lines `<F\|D><hash><c>\|<m>\|<point>` in sequence order, separated by line breaks; lines below `lfirst` are no longer retained |
-//! | `P:done`               | zset   | tx hash scored `2·seq + 1` (Finalized) or `2·seq` (Dropped): where the tx sits in the retained log; a Dropped tx received again leaves it |
+//! | `P:done`               | zset   | tx hash scored `2·seq + 1` (Finalized) or `2·seq` (Dropped): where the tx sits in the retained log; a Dropped tx received again leaves it. Read for a duplicate `receive`, `check_status`, and the hashes of a large page of `dump_finalized` |
 //! | `P:replaced`           | zset   | the record a Dropped tx of the retained log had when it came back with another one: `<seq, 16 digits><era>\|<body>` scored by its line's `seq`; usually empty |
 //! | `P:events`             | stream | one entry per call, carrying its transitions, appended by the script that makes them: entry id `<n>-0`, `n` the number of its first event; trimmed to about `event_history` entries (see `events.rs`) |
 //!
