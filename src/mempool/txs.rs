@@ -572,12 +572,7 @@ impl RedisMempool {
         let from = from.max(codec::uint(&lfirst, "the log's first line")?);
         let entries = log_entries(entries, &keys.log)?;
         let (lines, next) = page_lines(&entries, from, from + want, &keys.log)?;
-        let records = codec::array(records, "log records")?;
-        if records.len() != lines.len() {
-            return Err(Error::UnexpectedReply(
-                format!("{} log lines, {} records", lines.len(), records.len()).into(),
-            ));
-        }
+        let records = records_of(records, lines.len())?;
         let replaced = codec::replaced_records(replaced, keys.name(Key::Replaced))?;
         for ((line, entry), record) in lines.iter().zip(records) {
             let record = replaced_record(&replaced, line.seq).unwrap_or(record);
@@ -639,12 +634,7 @@ impl RedisMempool {
             .arg("+")
             .arg("COUNT")
             .arg(1);
-        body.cmd("ZRANGE")
-            .arg(keys.name(Key::Replaced))
-            .arg(from)
-            .arg(last - 1)
-            .arg("BYSCORE");
-        body.cmd("HGET").arg(&keys.meta).arg("lfirst");
+        self.replaced_and_first_line(&mut body, from, last);
         if !hashes.is_empty() {
             body.cmd("HMGET").arg(&keys.txs).arg(&hashes);
         }
@@ -662,13 +652,8 @@ impl RedisMempool {
         let mut lfirst = first_line(next_reply()?)?;
         let records = match hashes.is_empty() {
             true => Vec::new(),
-            false => codec::array(next_reply()?, "log records")?,
+            false => records_of(next_reply()?, hashes.len())?,
         };
-        if records.len() != hashes.len() {
-            return Err(Error::UnexpectedReply(
-                format!("{} hashes, {} records", hashes.len(), records.len()).into(),
-            ));
-        }
         let mut known: HashMap<Vec<u8>, Value> = hashes.into_iter().zip(records).collect();
         let (lines, next) = page_lines(&entries, from, last, &keys.log)?;
 
@@ -685,21 +670,11 @@ impl RedisMempool {
             let mut more = redis::pipe();
             more.atomic();
             more.cmd("HMGET").arg(&keys.txs).arg(&missing);
-            more.cmd("ZRANGE")
-                .arg(keys.name(Key::Replaced))
-                .arg(from)
-                .arg(last - 1)
-                .arg("BYSCORE");
-            more.cmd("HGET").arg(&keys.meta).arg("lfirst");
+            self.replaced_and_first_line(&mut more, from, last);
             let reply = self.plain_pipeline(&more, &[Key::Txs, Key::Replaced, Key::Meta])?;
             let [records, now_replaced, now_lfirst] =
                 codec::tuple(Value::Array(reply), "log records")?;
-            let records = codec::array(records, "log records")?;
-            if records.len() != missing.len() {
-                return Err(Error::UnexpectedReply(
-                    format!("{} hashes, {} records", missing.len(), records.len()).into(),
-                ));
-            }
+            let records = records_of(records, missing.len())?;
             known.extend(missing.into_iter().map(<[u8]>::to_vec).zip(records));
             replaced = codec::replaced_records(now_replaced, keys.name(Key::Replaced))?;
             lfirst = first_line(now_lfirst)?;
@@ -722,6 +697,18 @@ impl RedisMempool {
             items.push(self.logged_tx(line, entry, record)?);
         }
         Ok(next)
+    }
+
+    /// Adds to `pipe` the reads every round trip of a page needs along with its records: the
+    /// `P:replaced` records of lines `from..last`, then `lfirst`.
+    fn replaced_and_first_line(&self, pipe: &mut redis::Pipeline, from: u64, last: u64) {
+        let keys = &self.inner.keys;
+        pipe.cmd("ZRANGE")
+            .arg(keys.name(Key::Replaced))
+            .arg(from)
+            .arg(last - 1)
+            .arg("BYSCORE");
+        pipe.cmd("HGET").arg(&keys.meta).arg("lfirst");
     }
 
     /// A logged tx from its line and record, naming where either sits if it is unreadable.
@@ -772,6 +759,17 @@ fn page_lines<'e>(
         }
     }
     Ok((lines, None))
+}
+
+/// The `n` records of a reply that reads that many.
+fn records_of(v: Value, n: usize) -> Result<Vec<Value>, Error> {
+    let records = codec::array(v, "log records")?;
+    if records.len() != n {
+        return Err(Error::UnexpectedReply(
+            format!("{} log records for {n}", records.len()).into(),
+        ));
+    }
+    Ok(records)
 }
 
 /// The record a line had when its tx came back with another one (see `receive.lua`).
