@@ -512,8 +512,9 @@ impl RedisMempool {
     ///
     /// Read like [`peek_pending`](RedisMempool::peek_pending): up to 32 entries in one atomic
     /// script, more in pages of up to 500, each page two round trips of plain commands (the
-    /// hashes of the page's txs, then in one `MULTI` their status lines and records). Every page goes on at the sequence after the last one read: entries
-    /// logged between pages show at the end, and entries trimmed meanwhile are missing.
+    /// hashes of the page's txs, then in one `MULTI` their status lines and records). Every
+    /// page goes on at the sequence after the last one read: entries logged between pages show
+    /// at the end, and entries trimmed meanwhile are missing.
     ///
     /// ```no_run
     /// # use dolos_redis::{Config, RedisMempool};

@@ -29,6 +29,19 @@ local function int(n)
   return string.format('%d', n)
 end
 
+-- Counts or misses of an event entry, one per tx: as one number when they are all the same
+-- (the usual case), else comma-separated (src/events/entries.rs reads both).
+local function compact(list)
+  for i = 2, #list do
+    if list[i] ~= list[1] then
+      local text = {}
+      for j = 1, #list do text[j] = int(list[j]) end
+      return table.concat(text, ',')
+    end
+  end
+  return list[1] and int(list[1]) or ''
+end
+
 -- A numeric field of P:meta (absent: 0).
 local function meta_number(field, value)
   if not value then return 0 end

@@ -162,18 +162,6 @@ local retire = {}
 for i = 1, #fin do retire[i] = fin[i] end
 for i = 1, #drop do retire[#retire + 1] = drop[i] end
 
--- Counts and misses as one number when they are all the same (the usual case), else a list.
-local function compact(list)
-  for i = 2, #list do
-    if list[i] ~= list[1] then
-      local text = {}
-      for j = 1, #list do text[j] = int(list[j]) end
-      return table.concat(text, ',')
-    end
-  end
-  return list[1] and string.format('%d', list[1]) or ''
-end
-
 -- Phase 2: write. The event entry comes first (a failure after the counter leaves only a gap).
 local confirmed_now = F > 1 and newly or {}
 local k = 1 + kept + #confirmed_now + #fin + #drop

@@ -27,7 +27,7 @@ for m = 1, nm do
   mh[m] = tonumber(marks[2 * m - 1])
   mn[m] = tonumber(marks[2 * m])
 end
-local misses, add, same = {}, {}, true
+local misses, add = {}, {}
 for i = 1, k do
   local n, hi = scores[i] / S, nil
   for j = 1, nm do
@@ -35,20 +35,13 @@ for i = 1, k do
   end
   if not hi then corrupt(K.marks, 'no mark at or below event ' .. n .. ' (tx ' .. hex(moved[i]) .. ')') end
   misses[i] = H - hi
-  if misses[i] ~= misses[1] then same = false end
   add[2 * i - 1] = int(scores[i] + 1)
   add[2 * i] = moved[i]
 end
 
-if same then
-  misses = int(misses[1])
-else
-  for i = 1, k do misses[i] = int(misses[i]) end
-  misses = table.concat(misses, ',')
-end
 local first = redis.call('HINCRBY', K.meta, 'ev', int(k)) - k + 1
 redis.call('XADD', K.events, 'MAXLEN', '~', ARGV[1], int(first) .. '-0', 'A', table.concat(moved),
-  'm', misses)
+  'm', compact(misses))
 redis.call('HINCRBY', K.meta, 'ack', int(k))
 redis.call('ZADD', K.inflight, 'XX', unpack(add))
 return k
