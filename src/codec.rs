@@ -54,6 +54,17 @@ pub(crate) fn tuple<const N: usize>(v: Value, what: &str) -> Result<[Value; N], 
         .map_err(|items: Vec<Value>| Error::UnexpectedReply(format!("{what}: {items:?}").into()))
 }
 
+/// Fails unless a reply's records match its hashes one for one (a zip would drop the extra
+/// ones without a word).
+pub(crate) fn same_len(hashes: usize, records: usize, what: &str) -> Result<(), Error> {
+    if hashes == records {
+        return Ok(());
+    }
+    Err(Error::UnexpectedReply(
+        format!("{what}: {hashes} hashes but {records} records").into(),
+    ))
+}
+
 /// The first item of a script's reply, as text: the word that says what the call did (`ok`,
 /// `applied`, …); `None` for an empty reply.
 pub(crate) fn status(reply: &[Value], what: &str) -> Result<Option<String>, Error> {

@@ -129,6 +129,7 @@ impl RedisMempool {
             let [hashes, records] = codec::tuple(self.exec(call)?, "peek_pending")?;
             let hashes = codec::array(hashes, "pending hashes")?;
             let records = codec::array(records, "pending records")?;
+            codec::same_len(hashes.len(), records.len(), "peek_pending")?;
             let mut out = Vec::with_capacity(hashes.len());
             for (hash, record) in hashes.iter().zip(records) {
                 let hash = codec::hash(hash, "pending hash")?;
@@ -213,9 +214,12 @@ impl RedisMempool {
         if limit <= SCRIPT_READ {
             let call = self.inner.scripts.peek_inflight(limit as u64);
             let reply = codec::array(self.exec(call)?, "peek_inflight")?;
-            let Ok([height, rows, records, points, marks]) = <[Value; 5]>::try_from(reply) else {
+            // `{}` when nothing is inflight; any other shape is an error, never "none".
+            if reply.is_empty() {
                 return Ok(Vec::new());
-            };
+            }
+            let [height, rows, records, points, marks] =
+                codec::tuple(Value::Array(reply), "peek_inflight")?;
             return self.inflight_txs(&height, rows, records, points, marks);
         }
         let keys = &self.inner.keys;
@@ -286,6 +290,7 @@ impl RedisMempool {
         let view = codec::InflightView::new(height, points, marks, &self.inner.keys)?;
         let rows = self.inflight_rows(rows)?;
         let records = codec::array(records, "inflight records")?;
+        codec::same_len(rows.len(), records.len(), "peek_inflight")?;
         let mut out = Vec::with_capacity(rows.len());
         for ((hash, score), record) in rows.into_iter().zip(records) {
             let payload =
