@@ -36,6 +36,8 @@
 //!   and next to the same reads made of plain commands in two round trips;
 //! * the first table end to end: each call per item next to the least the reference
 //!   mempool can take on this machine (`per_item.rs`);
+//! * what the server's Lua engine charges per item, and the two marks next to the least a
+//!   script doing their job costs on the same txs (`floors.rs`);
 //! * what 100 txs cost to read from cold memory kept as hash fields or as stream entries, on
 //!   keys of its own (`layouts.rs`);
 //! * the longest single command while a 100k-entry mempool is read whole (SLOWLOG);
@@ -47,6 +49,7 @@
 //! back afterwards with untimed calls (a rollback `confirm` returns inflight txs to the pending
 //! queue), so every iteration sees the same mempool size.
 
+mod floors;
 mod layouts;
 mod options;
 mod per_item;
@@ -1197,6 +1200,9 @@ fn main() -> ExitCode {
 
     if bench.opts.runs("steady") {
         res.steady = Some(bench.steady());
+    }
+    if bench.opts.runs("floors") {
+        res.floors = Some(bench.floors());
     }
     if bench.opts.runs("layouts") {
         res.layouts = Some(bench.layouts());

@@ -29,8 +29,9 @@ pub struct Opts {
     pub only: Option<Vec<String>>,
 }
 
-const PHASES: [&str; 9] = [
+const PHASES: [&str; 10] = [
     "steady",
+    "floors",
     "layouts",
     "per-item",
     "longest",
@@ -53,8 +54,8 @@ usage: cargo perf [options]
                       run crash trials one after the other (default: staggered in parallel)
   --blocks N          measured blocks of the steady state (default 60; --full 300)
   --longest-txs N     txs read whole by the longest-command phase (default 100000)
-  --only P,...        run only these phases: steady, layouts, per-item, longest, memory,
-                      calls, throughput, scaling, takeover
+  --only P,...        run only these phases: steady, floors, layouts, per-item, longest,
+                      memory, calls, throughput, scaling, takeover
   --profile           break each call's server time down by the commands its script runs
                       (CONFIG RESETSTAT + INFO commandstats around every measured call)
   -h, --help          this text

@@ -100,6 +100,7 @@ pub struct Results {
     pub scaling: Option<Scaling>,
     pub takeover: Option<Takeover>,
     pub steady: Option<crate::steady::Steady>,
+    pub floors: Option<crate::floors::Floors>,
     pub layouts: Option<crate::layouts::Layouts>,
     pub per_item: Option<crate::per_item::PerItem>,
     /// What → its pages.
@@ -336,6 +337,50 @@ impl Report {
             st.set_us,
             spread.first().copied().unwrap_or(f64::NAN),
             spread.last().copied().unwrap_or(f64::NAN)
+        ));
+        self.line("");
+    }
+
+    fn floors(&mut self, res: &Results) {
+        let Some(f) = &res.floors else {
+            return;
+        };
+        self.line("### What the Lua engine charges per item, and the marks against their least");
+        self.line("");
+        self.line("| step, per item | µs | in `SET`s |");
+        self.line("|---|---:|---:|");
+        for s in &f.steps {
+            self.line(format!("| {} | {:.3} | {:.2} |", s.label, s.us, s.sets));
+        }
+        self.line("");
+        self.line(
+            "| call | target (the issue's `SET`s) | the call | its floor | its floor with the \
+             event entry | call / floor with event |",
+        );
+        self.line("|---|---:|---:|---:|---:|---:|");
+        for c in &f.calls {
+            self.line(format!(
+                "| {} | ≤ {:.0} | {:.1} | {:.1} | {:.1} | {:.2} |",
+                c.call,
+                c.target,
+                c.measured,
+                c.floor,
+                c.floor_event,
+                c.measured / c.floor_event
+            ));
+        }
+        self.line("");
+        self.line(format!(
+            "Server time in `SET`s of this run (a `SET` of 300 B through the pool right after \
+             each measured call, as in the steady state: {:.2} µs, median); medians of {} \
+             rounds. Steps: scripts on no keys with {} arguments, each \
+             against one that differs only by that step (`floors.rs`). Floors: on a mempool of \
+             its own, each call and two scripts doing the least it must — one lookup and one \
+             write per tx; then also the one event entry every writing call owes its \
+             subscribers — on batches of their own, drawn at random and put back after.",
+            f.set_us,
+            crate::floors::ROUNDS,
+            crate::floors::BATCH,
         ));
         self.line("");
     }
@@ -849,6 +894,7 @@ pub fn report(res: &Results, opts: &Opts, elapsed: Duration) -> String {
     };
     r.machine(res, opts, elapsed);
     r.steady(res);
+    r.floors(res);
     r.layouts(res);
     r.per_item(res);
     r.longest(res);
