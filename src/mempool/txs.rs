@@ -390,7 +390,7 @@ impl RedisMempool {
         if hashes.is_empty() {
             return Ok(());
         }
-        for batch in hashes.chunks(WRITE_BATCH) {
+        for batch in once_each(hashes).chunks(WRITE_BATCH) {
             let moved = self.exec(self.inner.scripts.mark_inflight(batch))?;
             codec::int(&moved, "moved")?;
         }
@@ -414,7 +414,7 @@ impl RedisMempool {
         if hashes.is_empty() {
             return Ok(());
         }
-        for batch in hashes.chunks(WRITE_BATCH) {
+        for batch in once_each(hashes).chunks(WRITE_BATCH) {
             let moved = self.exec(self.inner.scripts.mark_acknowledged(batch))?;
             codec::int(&moved, "moved")?;
         }
@@ -792,4 +792,13 @@ fn first_line(v: Value) -> Result<u64, Error> {
         Value::Nil => Ok(1),
         v => Ok(codec::uint(&v, "the log's first line")?.max(1)),
     }
+}
+
+/// `hashes` with each hash kept at its first place only. The marks' scripts move each hash
+/// they are given: a duplicate would be moved twice (two events, the second number winning),
+/// so the batch is deduplicated here, where a set costs nothing on the server (in the script it
+/// cost a Lua table insert per tx on every call).
+fn once_each(hashes: &[TxHash]) -> Vec<TxHash> {
+    let mut seen = HashSet::with_capacity(hashes.len());
+    hashes.iter().copied().filter(|h| seen.insert(*h)).collect()
 }

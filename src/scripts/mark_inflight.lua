@@ -1,20 +1,19 @@
 -- mark_inflight(hash...) -> number of txs that moved
 -- Pending txs become Propagated; anything else is left alone, so an inflight or finalized tx is
--- never overwritten. Duplicates in the batch move once. One event entry for the batch (`R`, the
--- hashes in order): its first number n goes to the first tx, n + 1 to the next, and each tx's
+-- never overwritten. The batch holds each hash once (the Rust side sees to it). One event entry
+-- for the batch (`R`, the hashes in order): its first number n goes to the first tx, n + 1 to the
+-- next, and each tx's
 -- number times 2^17 is its P:inflight score (propagation order; stage bits zero: Propagated).
 -- Where its misses count from (`hi`, the height now) is the mark of this height: P:marks keeps
 -- the first number propagated at each height (NX: an older mark of this height stays).
-local moved, once = {}, {}
+local moved, k = {}, 0
 local scores = redis.call('ZMSCORE', K.pending, unpack(ARGV, 2))
 for i = 2, #ARGV do
-  local hash = ARGV[i]
-  if scores[i - 1] and not once[hash] then
-    once[hash] = true
-    moved[#moved + 1] = hash
+  if scores[i - 1] then
+    k = k + 1
+    moved[k] = ARGV[i]
   end
 end
-local k = #moved
 if k == 0 then return 0 end
 expect_types({K.inflight, 'zset', K.marks, 'zset'})
 local H = meta_number('H', redis.call('HGET', K.meta, 'H'))

@@ -27,7 +27,7 @@ use crate::{progress, Bench};
 /// Items per batch, as in the issue's `mark_*(50)`.
 pub const BATCH: usize = 50;
 /// Rounds; each measures every row once (the primitives [`REPS`] times back to back).
-pub const ROUNDS: usize = 40;
+pub const ROUNDS: usize = 300;
 /// Back-to-back runs of each engine step (each followed by a `SET`) per round.
 const REPS: usize = 10;
 /// Inflight (Propagated) and pending txs of the scratch mempool.
