@@ -78,27 +78,13 @@ const STEPS: [(&str, &str, &str, bool); 6] = [
     ),
 ];
 
-/// `mark_acknowledged`'s least: each Propagated tx's score + 1. KEYS: inflight. ARGV: hashes.
+/// `mark_acknowledged`'s least: each Propagated tx's score + 1, and with `ARGV[1]` = `1` the
+/// call's one event entry. KEYS: inflight, meta, events. ARGV: the flag, hashes.
 const ACK_FLOOR: &str = "\
-local s = redis.call('ZMSCORE', KEYS[1], unpack(ARGV))
-local add, k = {}, 0
-for i = 1, #ARGV do
-  local x = tonumber(s[i])
-  if x and x % 131072 == 0 then
-    add[k + 1] = string.format('%d', x + 1)
-    add[k + 2] = ARGV[i]
-    k = k + 2
-  end
-end
-if k > 0 then redis.call('ZADD', KEYS[1], 'XX', unpack(add)) end
-return k / 2";
-
-/// The same with the call's one event entry. KEYS: inflight, meta, events.
-const ACK_FLOOR_EVENT: &str = "\
-local s = redis.call('ZMSCORE', KEYS[1], unpack(ARGV))
+local s = redis.call('ZMSCORE', KEYS[1], unpack(ARGV, 2))
 local add, moved, k = {}, {}, 0
-for i = 1, #ARGV do
-  local x = tonumber(s[i])
+for i = 2, #ARGV do
+  local x = tonumber(s[i - 1])
   if x and x % 131072 == 0 then
     k = k + 1
     moved[k] = ARGV[i]
@@ -107,42 +93,29 @@ for i = 1, #ARGV do
   end
 end
 if k == 0 then return 0 end
-local n = redis.call('HINCRBY', KEYS[2], 'ev', string.format('%d', k)) - k + 1
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', '10000', string.format('%d-0', n), 'A',
-  table.concat(moved))
+if ARGV[1] == '1' then
+  local n = redis.call('HINCRBY', KEYS[2], 'ev', string.format('%d', k)) - k + 1
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', '10000', string.format('%d-0', n), 'A',
+    table.concat(moved))
+end
 redis.call('ZADD', KEYS[1], 'XX', unpack(add))
 return k";
 
 /// `mark_inflight`'s least: queued txs leave the queue and join the inflight set under
-/// consecutive numbers. KEYS: pending, inflight, meta. ARGV: hashes.
+/// consecutive numbers, and with `ARGV[1]` = `1` the call's one event entry. KEYS: pending,
+/// inflight, meta, events. ARGV: the flag, hashes.
 const PROP_FLOOR: &str = "\
-local s = redis.call('ZMSCORE', KEYS[1], unpack(ARGV))
+local s = redis.call('ZMSCORE', KEYS[1], unpack(ARGV, 2))
 local moved, k = {}, 0
-for i = 1, #ARGV do
-  if s[i] then k = k + 1; moved[k] = ARGV[i] end
+for i = 2, #ARGV do
+  if s[i - 1] then k = k + 1; moved[k] = ARGV[i] end
 end
 if k == 0 then return 0 end
 local n = redis.call('HINCRBY', KEYS[3], 'ev', string.format('%d', k)) - k + 1
-local add = {}
-for i = 1, k do
-  add[2 * i - 1] = string.format('%d', (n + i - 1) * 131072)
-  add[2 * i] = moved[i]
+if ARGV[1] == '1' then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', '10000', string.format('%d-0', n), 'R',
+    table.concat(moved))
 end
-redis.call('ZREM', KEYS[1], unpack(moved))
-redis.call('ZADD', KEYS[2], unpack(add))
-return k";
-
-/// The same with the call's one event entry. KEYS: pending, inflight, meta, events.
-const PROP_FLOOR_EVENT: &str = "\
-local s = redis.call('ZMSCORE', KEYS[1], unpack(ARGV))
-local moved, k = {}, 0
-for i = 1, #ARGV do
-  if s[i] then k = k + 1; moved[k] = ARGV[i] end
-end
-if k == 0 then return 0 end
-local n = redis.call('HINCRBY', KEYS[3], 'ev', string.format('%d', k)) - k + 1
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', '10000', string.format('%d-0', n), 'R',
-  table.concat(moved))
 local add = {}
 for i = 1, k do
   add[2 * i - 1] = string.format('%d', (n + i - 1) * 131072)
@@ -174,14 +147,6 @@ pub struct Floors {
     pub calls: Vec<CallFloors>,
     /// Median server µs of a `SET` of 300 B over the rounds.
     pub set_us: f64,
-}
-
-fn load(admin: &mut redis::Connection, script: &str) -> String {
-    redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(script)
-        .query(admin)
-        .expect("SCRIPT LOAD")
 }
 
 /// Server µs of the `EVALSHA`s that `run` makes, and of the `SET`s it makes through the pool
@@ -231,10 +196,12 @@ impl Bench {
 
         let steps: Vec<(String, String, bool)> = STEPS
             .iter()
-            .map(|(_, s, b, h)| (load(admin, s), load(admin, b), *h))
+            .map(|(_, s, b, h)| (util::script_load(admin, s), util::script_load(admin, b), *h))
             .collect();
-        let floors =
-            [ACK_FLOOR, ACK_FLOOR_EVENT, PROP_FLOOR, PROP_FLOOR_EVENT].map(|s| load(admin, s));
+        let (ack_floor, prop_floor) = (
+            util::script_load(admin, ACK_FLOOR),
+            util::script_load(admin, PROP_FLOOR),
+        );
         let set_key = key("floors:set");
         let unit_set = || {
             node.mp
@@ -301,15 +268,12 @@ impl Bench {
                         return;
                     }
                     let mut c = redis::cmd("EVALSHA");
-                    if which == 1 {
-                        c.arg(&floors[0]).arg(1).arg(&inflight);
-                    } else {
-                        c.arg(&floors[1])
-                            .arg(3)
-                            .arg(&inflight)
-                            .arg(&meta)
-                            .arg(&events);
-                    }
+                    c.arg(&ack_floor)
+                        .arg(3)
+                        .arg(&inflight)
+                        .arg(&meta)
+                        .arg(&events)
+                        .arg(if which == 2 { "1" } else { "0" });
                     for h in &batch {
                         c.arg(&h.as_bytes()[..]);
                     }
@@ -353,20 +317,13 @@ impl Bench {
                         return;
                     }
                     let mut c = redis::cmd("EVALSHA");
-                    if which == 1 {
-                        c.arg(&floors[2])
-                            .arg(3)
-                            .arg(&pending)
-                            .arg(&inflight)
-                            .arg(&meta);
-                    } else {
-                        c.arg(&floors[3])
-                            .arg(4)
-                            .arg(&pending)
-                            .arg(&inflight)
-                            .arg(&meta)
-                            .arg(&events);
-                    }
+                    c.arg(&prop_floor)
+                        .arg(4)
+                        .arg(&pending)
+                        .arg(&inflight)
+                        .arg(&meta)
+                        .arg(&events)
+                        .arg(if which == 2 { "1" } else { "0" });
                     for h in &batch {
                         c.arg(&h.as_bytes()[..]);
                     }

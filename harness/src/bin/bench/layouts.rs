@@ -120,14 +120,6 @@ fn run(cmd: &redis::Cmd) -> impl FnOnce(&mut redis::Connection) + '_ {
     }
 }
 
-fn load(admin: &mut redis::Connection, script: &str) -> String {
-    redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(script)
-        .query(admin)
-        .expect("SCRIPT LOAD")
-}
-
 impl Bench {
     pub fn layouts(&mut self) -> Layouts {
         progress(format!(
@@ -187,9 +179,9 @@ impl Bench {
             .ignore();
         let () = pipe.query(admin).expect("fill the layouts");
         let (read, hash_move, stream_move) = (
-            load(admin, HASH_READ),
-            load(admin, HASH_MOVE),
-            load(admin, STREAM_MOVE),
+            util::script_load(admin, HASH_READ),
+            util::script_load(admin, HASH_MOVE),
+            util::script_load(admin, STREAM_MOVE),
         );
         let flush = redis::cmd("BITCOUNT").arg(key("flush")).clone();
         let flush = |admin: &mut redis::Connection| {

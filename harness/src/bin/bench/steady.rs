@@ -243,11 +243,7 @@ fn reference(
     let name;
     match script {
         Some(source) => {
-            let sha: String = redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(source)
-                .query(admin)
-                .expect("SCRIPT LOAD");
+            let sha = util::script_load(admin, source);
             c = redis::cmd("EVALSHA");
             c.arg(sha);
             match i {
@@ -350,13 +346,7 @@ impl Bench {
             .expect("a connection for the cold references");
         let cold_shas: Vec<String> = COLD
             .iter()
-            .map(|(_, _, script, _)| {
-                redis::cmd("SCRIPT")
-                    .arg("LOAD")
-                    .arg(*script)
-                    .query(&mut cold_conn)
-                    .expect("SCRIPT LOAD")
-            })
+            .map(|(_, _, script, _)| util::script_load(&mut cold_conn, script))
             .collect();
         // Server µs of cold reference `i`.
         let mut cold_floor = |i: usize| {

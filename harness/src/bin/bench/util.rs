@@ -265,6 +265,15 @@ pub fn slowlog(admin: &mut redis::Connection, n: usize) -> Vec<SlowEntry> {
 }
 
 /// `CONFIG GET name` (None when the server refuses, e.g. a managed Redis).
+/// Loads `script` (`SCRIPT LOAD`); returns its SHA for `EVALSHA`.
+pub fn script_load(admin: &mut redis::Connection, script: &str) -> String {
+    redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(script)
+        .query(admin)
+        .expect("SCRIPT LOAD")
+}
+
 pub fn config_get(admin: &mut redis::Connection, name: &str) -> Option<String> {
     let pair: Vec<String> = redis::cmd("CONFIG")
         .arg("GET")
