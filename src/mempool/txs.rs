@@ -373,8 +373,8 @@ impl RedisMempool {
     }
 
     /// Moves each pending hash to Propagated (out of the pending queue; its miss count starts
-    /// now). Hashes that are not pending are ignored. Up to 256 hashes are one atomic call; more
-    /// are moved 256 at a time, each batch atomic.
+    /// now). Hashes that are not pending are ignored, and a hash given twice moves once. Up to
+    /// 256 distinct hashes are one atomic call; more are moved 256 at a time, each batch atomic.
     ///
     /// ```no_run
     /// # use dolos_redis::{Config, RedisMempool, TxHash};
@@ -397,8 +397,8 @@ impl RedisMempool {
         Ok(())
     }
 
-    /// Moves each Propagated hash to Acknowledged; others are ignored. Batches of 256, as
-    /// [`mark_inflight`](RedisMempool::mark_inflight).
+    /// Moves each Propagated hash to Acknowledged; others are ignored, and a hash given twice
+    /// moves once. Batches of 256, as [`mark_inflight`](RedisMempool::mark_inflight).
     ///
     /// ```no_run
     /// # use dolos_redis::{Config, RedisMempool, TxHash};
