@@ -165,6 +165,44 @@ fn server_us(
     (per("evalsha"), per("set"))
 }
 
+/// Server µs of one turn on `batch`, and of the `SET` after it: the call itself (`which` 0)
+/// or the floor script `sha` on `keys`, without (1) or with (2) the call's event entry.
+fn turn(
+    admin: &mut redis::Connection,
+    which: usize,
+    call: impl FnOnce(),
+    sha: &str,
+    keys: &[&String],
+    batch: &[TxHash],
+    unit_set: &impl Fn(),
+) -> (f64, f64) {
+    server_us(admin, |a| {
+        if which == 0 {
+            call();
+        } else {
+            let mut c = redis::cmd("EVALSHA");
+            c.arg(sha)
+                .arg(keys.len())
+                .arg(keys)
+                .arg(if which == 2 { "1" } else { "0" });
+            for h in batch {
+                c.arg(&h.as_bytes()[..]);
+            }
+            let _: redis::Value = c.query(a).expect("a floor script");
+        }
+        unit_set();
+    })
+}
+
+/// The scores of `batch` in the sorted set `key` (plain `ZMSCORE`, not measured).
+fn scores_of(admin: &mut redis::Connection, key: &str, batch: &[TxHash]) -> Vec<Option<u64>> {
+    redis::cmd("ZMSCORE")
+        .arg(key)
+        .arg(batch.iter().map(|h| &h.as_bytes()[..]).collect::<Vec<_>>())
+        .query(admin)
+        .expect("ZMSCORE")
+}
+
 /// `k` distinct indices below `n`.
 fn pick(rng: &mut Rng, n: u64, k: usize) -> Vec<u64> {
     let mut out: Vec<u64> = Vec::with_capacity(k);
@@ -259,35 +297,17 @@ impl Bench {
                     .into_iter()
                     .map(hash_of)
                     .collect();
-                let (us, unit) = server_us(admin, |a| {
-                    if which == 0 {
-                        node.mp
-                            .mark_acknowledged(&batch)
-                            .expect("mark_acknowledged");
-                        unit_set();
-                        return;
-                    }
-                    let mut c = redis::cmd("EVALSHA");
-                    c.arg(&ack_floor)
-                        .arg(3)
-                        .arg(&inflight)
-                        .arg(&meta)
-                        .arg(&events)
-                        .arg(if which == 2 { "1" } else { "0" });
-                    for h in &batch {
-                        c.arg(&h.as_bytes()[..]);
-                    }
-                    let _: redis::Value = c.query(a).expect("mark_acknowledged's floor");
-                    unit_set();
-                });
+                let keys = [&inflight, &meta, &events];
+                let call = || {
+                    node.mp
+                        .mark_acknowledged(&batch)
+                        .expect("mark_acknowledged");
+                };
+                let (us, unit) = turn(admin, which, call, &ack_floor, &keys, &batch, &unit_set);
                 set_us.push(unit);
                 calls[0][which].push(us / unit);
                 // Back to Propagated: the stage bits of each score cleared.
-                let scores: Vec<Option<u64>> = redis::cmd("ZMSCORE")
-                    .arg(&inflight)
-                    .arg(batch.iter().map(|h| &h.as_bytes()[..]).collect::<Vec<_>>())
-                    .query(admin)
-                    .expect("ZMSCORE (reset)");
+                let scores = scores_of(admin, &inflight, &batch);
                 let mut reset = redis::cmd("ZADD");
                 reset.arg(&inflight).arg("XX");
                 for (h, s) in batch.iter().zip(scores) {
@@ -305,31 +325,10 @@ impl Bench {
                     .into_iter()
                     .map(|i| hash_of(INFLIGHT + i))
                     .collect();
-                let queued: Vec<Option<u64>> = redis::cmd("ZMSCORE")
-                    .arg(&pending)
-                    .arg(batch.iter().map(|h| &h.as_bytes()[..]).collect::<Vec<_>>())
-                    .query(admin)
-                    .expect("ZMSCORE (numbers)");
-                let (us, unit) = server_us(admin, |a| {
-                    if which == 0 {
-                        node.mp.mark_inflight(&batch).expect("mark_inflight");
-                        unit_set();
-                        return;
-                    }
-                    let mut c = redis::cmd("EVALSHA");
-                    c.arg(&prop_floor)
-                        .arg(4)
-                        .arg(&pending)
-                        .arg(&inflight)
-                        .arg(&meta)
-                        .arg(&events)
-                        .arg(if which == 2 { "1" } else { "0" });
-                    for h in &batch {
-                        c.arg(&h.as_bytes()[..]);
-                    }
-                    let _: redis::Value = c.query(a).expect("mark_inflight's floor");
-                    unit_set();
-                });
+                let queued = scores_of(admin, &pending, &batch);
+                let keys = [&pending, &inflight, &meta, &events];
+                let call = || node.mp.mark_inflight(&batch).expect("mark_inflight");
+                let (us, unit) = turn(admin, which, call, &prop_floor, &keys, &batch, &unit_set);
                 set_us.push(unit);
                 calls[1][which].push(us / unit);
                 let mut back = redis::pipe();
