@@ -1,16 +1,19 @@
 //! What the server's Lua engine charges per item, and the least a script can cost for each of
-//! the two marks on the very txs the calls move (issue 10, BENCHMARKS.md run m).
+//! the two marks and for `receive` on the very txs the calls move (issue 10, BENCHMARKS.md runs
+//! m and n; `confirm`, whose block cannot be put back, has its own file, `confirm_floor.rs`).
 //!
 //! The batch calls' server time is mostly Lua carrying data, not the commands it runs (see
 //! `--profile`): every argument becomes a Lua string, every reply item another, every number
 //! sent back is formatted. The first table prices each of those steps with small scripts on no
 //! keys, 50 items at a time as a batch call has them, each measured against a script that
-//! differs only by that step. The second puts `mark_acknowledged(50)` and `mark_inflight(50)`
-//! next to scripts doing the least that call must do on the crate's own keys: the floor moves
-//! the txs (one lookup and one write per tx, nothing else), the floor with its event adds the
-//! one stream entry every writing call owes its subscribers (`HINCRBY` of the event counter,
-//! `XADD` of the hashes). A target below that floor cannot be met by any script doing the
-//! call's job on this server.
+//! differs only by that step. The second puts `mark_acknowledged(50)`, `mark_inflight(50)` and
+//! `receive` next to scripts doing the least that call must do on the crate's own keys: the
+//! floor moves the txs (one lookup and one write per tx, nothing else; for `receive`, the record
+//! stored and the tx queued under the next number), the floor with its event adds the one
+//! stream entry every writing call owes its subscribers (`HINCRBY` of the event counter, `XADD`
+//! of the hashes). A target below that floor cannot be met by any script doing the call's job
+//! on this server and this key layout; another layout moves the work, not always away
+//! (BENCHMARKS.md run n: a tx's stage kept in a hash instead of its score).
 //!
 //! Server time from `INFO commandstats` differences, as everywhere in the benchmark; the `SET`
 //! unit from the `SET`s of 300 B made through the pool right after each measured call, as in
@@ -125,6 +128,18 @@ redis.call('ZREM', KEYS[1], unpack(moved))
 redis.call('ZADD', KEYS[2], unpack(add))
 return k";
 
+/// `receive`'s least: the record stored and the tx queued under the next event number, and with
+/// `ARGV[1]` = `1` its event entry. KEYS: txs, pending, meta, events. ARGV: the flag, the hash,
+/// the record.
+const RECV_FLOOR: &str = "\
+local n = string.format('%d', redis.call('HINCRBY', KEYS[3], 'ev', '1'))
+if ARGV[1] == '1' then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', '10000', n .. '-0', 'P', ARGV[2])
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[2], n, ARGV[2])
+return 1";
+
 /// One engine step: per item, in µs and in `SET`s.
 pub struct Step {
     pub label: &'static str,
@@ -151,7 +166,7 @@ pub struct Floors {
 
 /// Server µs of the `EVALSHA`s that `run` makes, and of the `SET`s it makes through the pool
 /// after each measured call (as in the steady state, `steady.rs`), each per call.
-fn server_us(
+pub fn server_us(
     admin: &mut redis::Connection,
     run: impl FnOnce(&mut redis::Connection),
 ) -> (f64, f64) {
@@ -236,10 +251,14 @@ impl Bench {
             .iter()
             .map(|(_, s, b, h)| (util::script_load(admin, s), util::script_load(admin, b), *h))
             .collect();
-        let (ack_floor, prop_floor) = (
+        let (ack_floor, prop_floor, recv_floor) = (
             util::script_load(admin, ACK_FLOOR),
             util::script_load(admin, PROP_FLOOR),
+            util::script_load(admin, RECV_FLOOR),
         );
+        let txs = key("txs");
+        // Txs received by the `receive` rows, each new (and removed again after).
+        let mut fresh = total;
         let set_key = key("floors:set");
         let unit_set = || {
             node.mp
@@ -250,8 +269,8 @@ impl Bench {
         let mut set_us = Vec::new();
         let mut step_sets: Vec<Vec<f64>> = vec![Vec::new(); STEPS.len()];
         let mut step_us: Vec<Vec<f64>> = vec![Vec::new(); STEPS.len()];
-        // [call, floor, floor with event] for mark_acknowledged then mark_inflight.
-        let mut calls: [[Vec<f64>; 3]; 2] = Default::default();
+        // [call, floor, floor with event] for mark_acknowledged, mark_inflight, receive.
+        let mut calls: [[Vec<f64>; 3]; 3] = Default::default();
         for round in 0..ROUNDS {
             // The engine's steps, on 50 inflight hashes (or 50 numbers).
             let batch: Vec<TxHash> = pick(&mut rng, INFLIGHT, BATCH)
@@ -343,6 +362,39 @@ impl Bench {
                 }
                 let () = back.query(admin).expect("back to the queue");
             }
+
+            // receive (300 B): the call and its floors, each on a new tx, which leaves again.
+            for k in 0..3 {
+                let which = (k + round) % 3;
+                let tx = util::tx(node.tag, fresh);
+                fresh += 1;
+                let hash = &tx.hash.as_bytes()[..];
+                // As the crate stores it: `<era>|<body>`.
+                let mut record = format!("{}|", tx.payload.0).into_bytes();
+                record.extend_from_slice(&tx.payload.1);
+                let (us, unit) = server_us(admin, |a| {
+                    if which == 0 {
+                        node.mp.receive(tx.clone()).expect("receive");
+                    } else {
+                        let _: i64 = redis::cmd("EVALSHA")
+                            .arg(&recv_floor)
+                            .arg(4)
+                            .arg(&[&txs, &pending, &meta, &events][..])
+                            .arg(if which == 2 { "1" } else { "0" })
+                            .arg(hash)
+                            .arg(&record)
+                            .query(a)
+                            .expect("the receive floor");
+                    }
+                    unit_set();
+                });
+                set_us.push(unit);
+                calls[2][which].push(us / unit);
+                let mut gone = redis::pipe();
+                gone.cmd("ZREM").arg(&pending).arg(hash);
+                gone.cmd("HDEL").arg(&txs).arg(hash);
+                let () = gone.query(admin).expect("the received tx leaves");
+            }
         }
         let prefix = node.prefix.clone();
         drop(node);
@@ -360,6 +412,7 @@ impl Bench {
         let calls = [
             ("`mark_acknowledged(50)`", 80.0),
             ("`mark_inflight(50)`", 120.0),
+            ("`receive` (300 B)", 15.0),
         ]
         .iter()
         .zip(&calls)

@@ -37,7 +37,8 @@
 //! * the first table end to end: each call per item next to the least the reference
 //!   mempool can take on this machine (`per_item.rs`);
 //! * what the server's Lua engine charges per item, and the two marks next to the least a
-//!   script doing their job costs on the same txs (`floors.rs`);
+//!   script doing their job costs on the same txs (`floors.rs`), and the steady state's
+//!   `confirm` next to the least a script doing a block's work costs (`confirm_floor.rs`);
 //! * what 100 txs cost to read from cold memory kept as hash fields or as stream entries, on
 //!   keys of its own (`layouts.rs`);
 //! * the longest single command while a 100k-entry mempool is read whole (SLOWLOG);
@@ -49,6 +50,7 @@
 //! back afterwards with untimed calls (a rollback `confirm` returns inflight txs to the pending
 //! queue), so every iteration sees the same mempool size.
 
+mod confirm_floor;
 mod floors;
 mod layouts;
 mod options;
@@ -1202,7 +1204,9 @@ fn main() -> ExitCode {
         res.steady = Some(bench.steady());
     }
     if bench.opts.runs("floors") {
-        res.floors = Some(bench.floors());
+        let mut floors = bench.floors();
+        floors.calls.push(bench.confirm_floor());
+        res.floors = Some(floors);
     }
     if bench.opts.runs("layouts") {
         res.layouts = Some(bench.layouts());

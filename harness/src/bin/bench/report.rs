@@ -345,7 +345,9 @@ impl Report {
         let Some(f) = &res.floors else {
             return;
         };
-        self.line("### What the Lua engine charges per item, and the marks against their least");
+        self.line(
+            "### What the Lua engine charges per item, and the batch calls against their least",
+        );
         self.line("");
         self.line("| step, per item | µs | in `SET`s |");
         self.line("|---|---:|---:|");
@@ -375,12 +377,19 @@ impl Report {
              each measured call, as in the steady state: {:.2} µs, median); medians of {} \
              rounds. Steps: scripts on no keys with {} arguments, each \
              against one that differs only by that step (`floors.rs`). Floors: on a mempool of \
-             its own, each call and two scripts doing the least it must — one lookup and one \
+             its own, each mark and two scripts doing the least it must — one lookup and one \
              write per tx; then also the one event entry every writing call owes its \
-             subscribers — on batches of their own, drawn at random and put back after.",
+             subscribers — on batches of their own, drawn at random and put back after. \
+             `confirm`: three mempools in the steady state side by side, {} blocks, one \
+             confirming with the call, two with a script doing only a block's per-tx work \
+             (the seen txs Confirmed, the block F - 1 back finalized into the log, the log's \
+             oldest txs gone with their records; no drops, fence, applied chain or type checks: \
+             the call's guarantees, which the ratio prices), the second with the event entry \
+             (`confirm_floor.rs`).",
             f.set_us,
             crate::floors::ROUNDS,
             crate::floors::BATCH,
+            crate::confirm_floor::BLOCKS,
         ));
         self.line("");
     }

@@ -34,13 +34,15 @@ use crate::util::{self, median};
 use crate::{progress, Bench, Call, NEVER, POOL};
 
 /// Dolos's thresholds.
-const F: u32 = 6;
-const D: u32 = 2;
+pub const F: u32 = 6;
+pub const D: u32 = 2;
 /// Txs received per block; the first [`SEEN`] of those propagated are confirmed a block later.
-const PER_BLOCK: u64 = 55;
-const SEEN: usize = 50;
+pub const PER_BLOCK: u64 = 55;
+pub const SEEN: usize = 50;
 /// Blocks run before measuring, so that the Confirmed set and the log are full.
-const WARM_UP: usize = 12;
+pub const WARM_UP: usize = 12;
+/// Txs the finalized log keeps (`max_finalized`), so that it trims every block.
+pub const LOG: usize = 2000;
 
 /// The calls of the table, with the targets in SET units.
 pub const ROWS: [(&str, f64); 8] = [
@@ -204,7 +206,7 @@ pub fn trimmed(v: &[f64]) -> f64 {
     mid.iter().sum::<f64>() / mid.len() as f64
 }
 
-fn open(url: &str, prefix: &str, max_finalized: usize) -> RedisMempool {
+pub fn open(url: &str, prefix: &str, max_finalized: usize) -> RedisMempool {
     let config = Config::new(url)
         .key_prefix(prefix)
         .pool_size(POOL)
@@ -309,7 +311,7 @@ impl Bench {
         ));
         let tag = self.tag();
         let prefix = format!("{}:steady", self.root);
-        let mp = open(&self.url, &prefix, 2000);
+        let mp = open(&self.url, &prefix, LOG);
         let hash = |i: u64| util::tx_hash(tag, i);
         // The rolled-back row's mempool: 1000 inflight.
         let rb_tag = self.tag();
