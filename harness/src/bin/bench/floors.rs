@@ -233,7 +233,7 @@ fn pick(rng: &mut Rng, n: u64, k: usize) -> Vec<u64> {
 impl Bench {
     pub fn floors(&mut self) -> Floors {
         progress(format!(
-            "floors: the engine's steps, and the marks against their least ({INFLIGHT} \
+            "floors: the engine's steps, and the marks and receive against their least ({INFLIGHT} \
              inflight, {PENDING} pending)"
         ));
         let node = self.node("floors", 1000);
