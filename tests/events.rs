@@ -98,6 +98,64 @@ fn sentinel(writer: &RedisMempool, rx: &Receiver<MempoolEvent>, id: u32) -> u64 
 }
 
 #[test]
+fn a_lowered_finalize_threshold_finalizes_several_blocks_each_with_its_own_count_and_point() {
+    const D: u32 = 100;
+    let server = RedisServer::start();
+    let a = lone_watcher(config(&server, "events"));
+    let rx = a.subscribe();
+    let txs = [hash(1), hash(2), hash(3), hash(4)];
+    for i in 1..=4 {
+        a.receive(tx(i)).unwrap();
+    }
+    a.mark_inflight(&txs).unwrap();
+    // Blocks 1-3 confirm a tx each (the third two) under F = 6; block 4, under F = 2, finalizes
+    // all three blocks at once, at depths 4, 3 and 2.
+    let confirm = |slot, seen: &[TxHash], f| {
+        let outcome = a.confirm(&point(slot), seen, &[], f, D).unwrap();
+        assert_eq!(outcome, ConfirmOutcome::Applied, "block at slot {slot}");
+    };
+    confirm(1, &txs[..1], 6);
+    confirm(2, &txs[1..2], 6);
+    confirm(3, &txs[2..], 6);
+    confirm(4, &[], 2);
+
+    let expected = [
+        (txs[0], 4, point(1)),
+        (txs[1], 3, point(2)),
+        (txs[2], 2, point(3)),
+        (txs[3], 2, point(3)),
+    ];
+    // 4 Pending, 4 Propagated; blocks 1-3 with 1, 2 and 4 Confirmed; block 4 with 4 Finalized.
+    let events = collect(&rx, 4 + 4 + 2 + 3 + 5 + 5, SETTLE);
+    assert_eq!(events.len(), 23, "events: {events:#?}");
+    let finalized: Vec<(TxHash, u32, ChainPoint)> = events
+        .iter()
+        .filter_map(|e| match e {
+            MempoolEvent::Tx { tx, .. } if tx.stage == Finalized => {
+                Some((tx.hash, tx.confirmations, tx.confirmed_at?))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finalized, expected, "events: {events:#?}");
+    // The log says the same, line by line and through each tx's status.
+    let page = a.dump_finalized(0, 10).unwrap();
+    let logged: Vec<(TxHash, u32, ChainPoint)> = page
+        .items
+        .iter()
+        .map(|t| (t.hash, t.confirmations, t.confirmed_at.expect("a point")))
+        .collect();
+    assert_eq!(logged, expected);
+    for (h, c, p) in expected {
+        let st = a.check_status(&h).unwrap();
+        assert_eq!(
+            (st.stage, st.confirmations, st.confirmed_at),
+            (Finalized, c, Some(p))
+        );
+    }
+}
+
+#[test]
 fn a_lifecycle_driven_from_two_nodes_reaches_both_subscribers_in_the_same_order() {
     const F: u32 = 3;
     const D: u32 = 2;

@@ -62,20 +62,30 @@ local cur, lseq, nconf = meta_number('cur', meta[2]), meta_number('lseq', meta[3
 local lfirst = math.max(meta_number('lfirst', meta[5]), 1)
 local acked = 0
 
--- The block's inflight txs that were not Confirmed yet (stage bits 0 or 1) become Confirmed at H.
-local newly, newly_score, seen_set = {}, {}, {}
+-- The block's inflight txs that were not Confirmed yet (stage bits 0 or 1) become Confirmed at H;
+-- `add` holds their new scores and hashes, as the ZADD below takes them. A block of a usual
+-- size is read from ARGV in place, without a copy.
+local newly, add, seen_set = {}, {}, {}
 if first_unseen > first_seen then
-  local seen = {}
-  for i = first_seen, first_unseen - 1 do seen[#seen + 1] = ARGV[i] end
-  local scores = variadic('ZMSCORE', K.inflight, nil, seen)
-  for i, hash in ipairs(seen) do
-    local s = tonumber(scores[i])
+  local scores
+  if first_unseen - first_seen <= 4000 then
+    scores = redis.call('ZMSCORE', K.inflight, unpack(ARGV, first_seen, first_unseen - 1))
+  else
+    local seen = {}
+    for i = first_seen, first_unseen - 1 do seen[#seen + 1] = ARGV[i] end
+    scores = variadic('ZMSCORE', K.inflight, nil, seen)
+  end
+  local at = first_seen - 1
+  for i = 1, first_unseen - first_seen do
+    local hash, s = ARGV[at + i], tonumber(scores[i])
     if s and not seen_set[hash] then
       seen_set[hash] = true
       local x = s % S
       if x < 2 then
-        newly[#newly + 1] = hash
-        newly_score[#newly] = s - x + 2 + H % SC
+        local k = #newly + 1
+        newly[k] = hash
+        add[2 * k - 1] = int(s - x + 2 + H % SC)
+        add[2 * k] = hash
         if x == 1 then acked = acked - 1 end
       end
     end
@@ -83,8 +93,10 @@ if first_unseen > first_seen then
 end
 
 -- Confirmed txs reaching F confirmations: the entries of the blocks at or below H - F + 1,
--- oldest block first, each block's txs in the order it listed them.
-local fin, fin_c, fin_at = {}, {}, {}
+-- oldest block first, each block's txs in the order it listed them. The txs of one block share
+-- their count and point: `groups` holds, per block, its last tx's index in `fin`, the count and
+-- the point (not one of each per tx).
+local fin, groups = {}, {}
 local fin_entries = redis.call('ZRANGE', K.confirmed, '-inf', fin_top, 'BYSCORE')
 if #fin_entries > 0 then
   local points = {}
@@ -97,20 +109,31 @@ if #fin_entries > 0 then
     if not at or not height or (#e - 12) % 32 ~= 0 then
       corrupt(K.confirmed, 'bad entry for height ' .. string.format('%q', hc))
     end
-    for j = 13, #e, 32 do
-      fin[#fin + 1] = string.sub(e, j, j + 31)
-      fin_c[#fin] = H - height + 1
-      fin_at[#fin] = at
-    end
+    for j = 13, #e, 32 do fin[#fin + 1] = string.sub(e, j, j + 31) end
+    groups[#groups + 1] = {#fin, H - height + 1, at}
   end
 end
 local kept = nconf - #fin
 -- With F <= 1 a tx is final in the block that confirms it.
-if F <= 1 then
-  for _, hash in ipairs(newly) do
-    fin[#fin + 1] = hash
-    fin_c[#fin] = 1
-    fin_at[#fin] = point
+if F <= 1 and #newly > 0 then
+  for _, hash in ipairs(newly) do fin[#fin + 1] = hash end
+  groups[#groups + 1] = {#fin, 1, point}
+end
+-- The finalized txs' counts for the event entry: one number when the blocks share it (see
+-- `compact`), else one per tx.
+local fin_counts = ''
+if #groups > 0 then
+  local c, same = groups[1][2], true
+  for g = 2, #groups do same = same and groups[g][2] == c end
+  if same then
+    fin_counts = int(c)
+  else
+    local list, from = {}, 1
+    for _, g in ipairs(groups) do
+      for i = from, g[1] do list[i] = g[2] end
+      from = g[1] + 1
+    end
+    fin_counts = compact(list)
   end
 end
 
@@ -168,18 +191,13 @@ local k = 1 + kept + #confirmed_now + #fin + #drop
 local first = redis.call('HINCRBY', K.meta, 'ev', int(k)) - k + 1
 redis.call('XADD', K.events, 'MAXLEN', '~', ARGV[1], int(first) .. '-0', 'b', point, 'h', Hs,
   'node', node_id, 'epoch', epoch, 'kept', int(kept), 'C', table.concat(confirmed_now),
-  'F', table.concat(fin), 'Fc', compact(fin_c), 'D', table.concat(drop), 'Dm', compact(drop_m))
+  'F', table.concat(fin), 'Fc', fin_counts, 'D', table.concat(drop), 'Dm', compact(drop_m))
 redis.call('ZADD', K.chain, Hs, member)
 -- The chain's heights are contiguous, so keeping the newest `history` is a range by score.
 if retained + 1 > history then
   redis.call('ZREMRANGEBYSCORE', K.chain, '-inf', int(H - history))
 end
 if #confirmed_now > 0 then
-  local add = {}
-  for i, hash in ipairs(confirmed_now) do
-    add[2 * i - 1] = int(newly_score[i])
-    add[2 * i] = hash
-  end
   variadic('ZADD', K.inflight, 'XX', add)
   local tag = string.format('%012d', H)
   redis.call('ZADD', K.confirmed, Hs, tag .. table.concat(confirmed_now))
@@ -195,11 +213,17 @@ if #retire > 0 then
   -- XADD where one per tx cost Redis about three times as much); a call that lets more than
   -- LOG_LINES txs go writes an entry per LOG_LINES, so that a reader never copies a huge entry
   -- for a few of its lines.
-  local done, lines = {}, {}
+  -- A finalized tx's line ends with its block's count and point, made once per block.
+  local done, lines, g, tail = {}, {}, 0, nil
   for i, hash in ipairs(retire) do
     local seq = lseq + i
     if i <= #fin then
-      lines[i] = 'F' .. hash .. string.format('%d|0|', fin_c[i]) .. fin_at[i]
+      if g == 0 or i > groups[g][1] then
+        -- (`repeat`: a block entry without txs, which only bad data holds, has no lines.)
+        repeat g = g + 1 until i <= groups[g][1]
+        tail = string.format('%d|0|', groups[g][2]) .. groups[g][3]
+      end
+      lines[i] = 'F' .. hash .. tail
       done[2 * i - 1] = int(2 * seq + 1)
     else
       lines[i] = 'D' .. hash .. string.format('0|%d|', drop_m[i - #fin])
