@@ -2,7 +2,8 @@
 //! `peek_inflight` and `dump_finalized` with `usize::MAX` are served in bounded pages (no
 //! command asks for more than a page of txs), and `mark_inflight` of 20k hashes goes in
 //! bounded batches. The proof counts what each command asks for in the `MONITOR` feed, not how
-//! long it takes: nothing here depends on the machine's speed.
+//! long it takes: nothing here depends on the machine's speed. And a block of more txs than one
+//! command inside a script takes is applied, and undone, whole.
 
 mod common;
 use dolos_redis_testkit as support;
@@ -144,4 +145,35 @@ fn large_reads_and_batches_are_served_in_bounded_pages() {
     assert!(pages.iter().all(|&n| n <= LOG_PAGE), "{pages:?}");
     assert_eq!(bodies.iter().sum::<usize>(), TXS as usize, "{bodies:?}");
     assert!(bodies.iter().all(|&n| n <= LOG_PAGE), "{bodies:?}");
+}
+
+/// A block whose seen (or unseen) list is longer than one script command takes at once: the
+/// script splits its reads and writes, and the block is applied, and undone, whole.
+#[test]
+fn a_block_of_more_txs_than_one_command_takes_is_applied_and_undone_whole() {
+    support::init_logging();
+    const BLOCK: u32 = 4_500;
+    let server = RedisServer::start();
+    let m = lone_watcher(config(&server, "paging-block"));
+    let all: Vec<TxHash> = (0..BLOCK).map(hash).collect();
+    for i in 0..BLOCK {
+        m.receive(tx(i)).unwrap();
+    }
+    m.mark_inflight(&all).unwrap();
+    assert!(m.confirm(&point(1), &all, &[], 6, 2).unwrap().is_applied());
+    let stats = m.stats().unwrap();
+    assert_eq!((stats.confirmed, stats.propagated), (BLOCK as u64, 0));
+    assert!(m.confirm(&point(1), &[], &all, 6, 2).unwrap().is_applied());
+    let stats = m.stats().unwrap();
+    assert_eq!((stats.pending, stats.confirmed), (BLOCK as u64, 0));
+    let back: Vec<TxHash> = m
+        .peek_pending(usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|t| t.hash)
+        .collect();
+    assert!(
+        same(back.into_iter(), &all),
+        "back to pending, in unseen's order"
+    );
 }

@@ -63,17 +63,18 @@ local function expect_types(list)
   end
 end
 
--- Runs a command whose tail `args` may be longer than Lua's unpack takes (a few thousand
--- values): in chunks of `step` (even, so pairs stay together), concatenating array replies.
-local function variadic(cmd, key, opt, args, step)
-  step = step or 4000
-  if #args <= step then
-    if opt then return redis.call(cmd, key, opt, unpack(args)) end
-    return redis.call(cmd, key, unpack(args))
+-- Runs a command whose tail, `args[from..to]` (by default all of `args`; a slice of ARGV needs
+-- no copy), may be longer than Lua's unpack takes (a few thousand values): in chunks of `step`
+-- (even, so pairs stay together), concatenating array replies.
+local function variadic(cmd, key, opt, args, step, from, to)
+  step, from, to = step or 4000, from or 1, to or #args
+  if to - from < step then
+    if opt then return redis.call(cmd, key, opt, unpack(args, from, to)) end
+    return redis.call(cmd, key, unpack(args, from, to))
   end
   local out = {}
-  for i = 1, #args, step do
-    local last = math.min(i + step - 1, #args)
+  for i = from, to, step do
+    local last = math.min(i + step - 1, to)
     local r
     if opt then r = redis.call(cmd, key, opt, unpack(args, i, last))
     else r = redis.call(cmd, key, unpack(args, i, last)) end

@@ -63,18 +63,10 @@ local lfirst = math.max(meta_number('lfirst', meta[5]), 1)
 local acked = 0
 
 -- The block's inflight txs that were not Confirmed yet (stage bits 0 or 1) become Confirmed at H;
--- `add` holds their new scores and hashes, as the ZADD below takes them. A block of a usual
--- size is read from ARGV in place, without a copy.
+-- `add` holds their new scores and hashes, as the ZADD below takes them.
 local newly, add, seen_set = {}, {}, {}
 if first_unseen > first_seen then
-  local scores
-  if first_unseen - first_seen <= 4000 then
-    scores = redis.call('ZMSCORE', K.inflight, unpack(ARGV, first_seen, first_unseen - 1))
-  else
-    local seen = {}
-    for i = first_seen, first_unseen - 1 do seen[#seen + 1] = ARGV[i] end
-    scores = variadic('ZMSCORE', K.inflight, nil, seen)
-  end
+  local scores = variadic('ZMSCORE', K.inflight, nil, ARGV, nil, first_seen, first_unseen - 1)
   local at = first_seen - 1
   for i = 1, first_unseen - first_seen do
     local hash, s = ARGV[at + i], tonumber(scores[i])
