@@ -4,18 +4,20 @@
 -- entry: `A` the hashes, `m` their misses (one number when they share it, else one per tx,
 -- comma-separated), from the marks at or below the batch's numbers.
 local S = 131072
--- `add` holds each moving tx's score and hash, the score made its new one below.
+-- `add` holds each moving tx's new score and hash, as the ZADD below takes them; `low` and `top`
+-- are the lowest and highest of their old scores, `low_k` the tx with the lowest.
 local moved, add, k = {}, {}, 0
 local found = redis.call('ZMSCORE', K.inflight, unpack(ARGV, 2))
-local top = -1
+local low, top, low_k = nil, -1, nil
 for i = 2, #ARGV do
   local s = tonumber(found[i - 1])
   if s and s % S == 0 then
     k = k + 1
     moved[k] = ARGV[i]
-    add[2 * k - 1] = s
+    add[2 * k - 1] = int(s + 1)
     add[2 * k] = ARGV[i]
     if s > top then top = s end
+    if not low or s < low then low, low_k = s, k end
   end
 end
 if k == 0 then return 0 end
@@ -29,21 +31,39 @@ for m = 1, nm do
   mh[m] = tonumber(marks[2 * m - 1])
   mn[m] = tonumber(marks[2 * m])
 end
-local misses = {}
-for i = 1, k do
-  local s = add[2 * i - 1]
-  local n, hi = s / S, nil
+-- The index of the mark of number `n`, and its height (nil: none, or not a number).
+local function mark_of(n)
   for j = 1, nm do
-    if mn[j] <= n then hi = mh[j]; break end
+    if mn[j] <= n then return j, mh[j] end
   end
-  if not hi then corrupt(K.marks, 'no mark at or below event ' .. n .. ' (tx ' .. hex(moved[i]) .. ')') end
-  misses[i] = H - hi
-  add[2 * i - 1] = int(s + 1)
+end
+local function no_mark(n, hash)
+  corrupt(K.marks, 'no mark at or below event ' .. n .. ' (tx ' .. hex(hash) .. ')')
+end
+-- The misses, one number when the txs share them: a batch propagated together (the usual one)
+-- lies under one mark, as does every number between its lowest and its highest.
+local misses
+local jl, hl = mark_of(low / S)
+if not hl then no_mark(low / S, moved[low_k]) end
+if jl == mark_of(top / S) then
+  misses = int(H - hl)
+else
+  local list, m = {}, 0
+  for i = 2, #ARGV do
+    local s = tonumber(found[i - 1])
+    if s and s % S == 0 then
+      m = m + 1
+      local _, hi = mark_of(s / S)
+      if not hi then no_mark(s / S, moved[m]) end
+      list[m] = H - hi
+    end
+  end
+  misses = compact(list)
 end
 
 local first = redis.call('HINCRBY', K.meta, 'ev', int(k)) - k + 1
 redis.call('XADD', K.events, 'MAXLEN', '~', ARGV[1], int(first) .. '-0', 'A', table.concat(moved),
-  'm', compact(misses))
+  'm', misses)
 redis.call('HINCRBY', K.meta, 'ack', int(k))
 redis.call('ZADD', K.inflight, 'XX', unpack(add))
 return k
