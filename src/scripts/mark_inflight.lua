@@ -6,12 +6,20 @@
 -- number times 2^17 is its P:inflight score (propagation order; stage bits zero: Propagated).
 -- Where its misses count from (`hi`, the height now) is the mark of this height: P:marks keeps
 -- the first number propagated at each height (NX: an older mark of this height stays).
-local moved, k = {}, 0
 local scores = redis.call('ZMSCORE', K.pending, unpack(ARGV, 2))
-for i = 2, #ARGV do
-  if scores[i - 1] then
-    k = k + 1
-    moved[k] = ARGV[i]
+-- The batch's pending txs, in its order, are `moved[from..]`: the usual batch is all pending
+-- (Dolos propagates the head of its queue), and then they are ARGV itself from 2, not a copy.
+local moved, from, k = ARGV, 2, #ARGV - 1
+for i = 1, k do
+  if not scores[i] then
+    moved, from, k = {}, 1, 0
+    for j = 2, #ARGV do
+      if scores[j - 1] then
+        k = k + 1
+        moved[k] = ARGV[j]
+      end
+    end
+    break
   end
 end
 if k == 0 then return 0 end
@@ -19,12 +27,13 @@ expect_types({K.inflight, 'zset', K.marks, 'zset'})
 local H = meta_number('H', redis.call('HGET', K.meta, 'H'))
 
 local first = redis.call('HINCRBY', K.meta, 'ev', int(k)) - k + 1
-redis.call('XADD', K.events, 'MAXLEN', '~', ARGV[1], int(first) .. '-0', 'R', table.concat(moved))
-redis.call('ZREM', K.pending, unpack(moved))
+redis.call('XADD', K.events, 'MAXLEN', '~', ARGV[1], int(first) .. '-0', 'R',
+  table.concat(moved, '', from))
+redis.call('ZREM', K.pending, unpack(moved, from))
 local add = {}
-for i, hash in ipairs(moved) do
+for i = 1, k do
   add[2 * i - 1] = int((first + i - 1) * 131072)
-  add[2 * i] = hash
+  add[2 * i] = moved[from + i - 1]
 end
 redis.call('ZADD', K.inflight, unpack(add))
 redis.call('ZADD', K.marks, 'NX', int(first), string.format('%012d', H))
