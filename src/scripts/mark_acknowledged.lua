@@ -48,6 +48,8 @@ if not hl then no_mark(low / S, moved[low_k]) end
 if jl == mark_of(top / S) then
   misses = int(H - hl)
 else
+  -- The moved txs again, by the first pass's test (not kept from it: the usual batch needs none
+  -- of this, and a table of numbers would cost it a slot per tx).
   local list, m = {}, 0
   for i = 2, #ARGV do
     local s = tonumber(found[i - 1])
