@@ -25,6 +25,11 @@
 //! | `P:replaced`           | zset   | the record a Dropped tx of the retained log had when it came back with another one: `<seq, 16 digits><era>\|<body>` scored by its line's `seq`; usually empty |
 //! | `P:events`             | stream | one entry per call, carrying its transitions, appended by the script that makes them: entry id `<n>-0`, `n` the number of its first event; trimmed to about `event_history` entries (see `events.rs`) |
 //!
+//! A tx with a record in `P:txs` sits in exactly one of `P:pending`, `P:inflight` and `P:done`,
+//! and a tx in none of them has no record: every script that moves a tx moves it from one to
+//! another, and a record leaves only with a place in `P:done` trimmed. `mark_inflight` relies
+//! on it to tell, after taking a batch out of the queue, which of its txs were there.
+//!
 //! Scores are doubles: `n·2¹⁷ + x` stays exact while `n` is below 2³⁶ (69 billion events), and
 //! the confirming height is recovered exactly while a tx stays Confirmed fewer than 131070
 //! blocks (Dolos finalizes after a handful).

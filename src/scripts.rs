@@ -182,7 +182,7 @@ impl Scripts {
                 Writes,
                 h,
                 "mark_inflight.lua",
-                [Pending, Inflight, Marks, Meta, Events],
+                [Pending, Inflight, Marks, Meta, Events, Done, Txs],
                 with "common.lua"
             ),
             mark_acknowledged: lua!(

@@ -101,9 +101,10 @@ fn a_key_of_the_wrong_type_is_named_and_other_calls_keep_working() {
     // Empty queues: these calls never reach `txs`, so they may answer truly (nothing there).
     assert!(matches!(m.peek_pending(10).as_deref(), Ok([])));
     assert!(matches!(m.peek_inflight(10).as_deref(), Ok([])));
+    // `mark_inflight` types every key before its first write, the removal from the queue.
+    assert_wrong_type(m.mark_inflight(&[d]), &key);
     // Calls that never reach `txs` with nothing to move or find answer truly; a block with
     // nothing to retire does not need it either.
-    m.mark_inflight(&[d]).unwrap();
     m.mark_acknowledged(&[d]).unwrap();
     assert_eq!(m.find_inflight(&d).unwrap(), None);
     assert_eq!(m.check_status(&d).unwrap().stage, MempoolTxStage::Unknown);
@@ -473,6 +474,25 @@ fn corrupt_values_are_reported_not_acted_on() {
         let key = format!("no-record:txs {}", tx.to_hex());
         expect_corrupt(what, result.map(|v| format!("{v:?}")), &key);
     }
+
+    // An inflight tx also in the queue: `mark_inflight` takes the batch out of the queue
+    // without reading scores first, and tells which txs were there from where the others are;
+    // a tx in two places breaks that, and the call says so instead of moving the wrong ones.
+    // The removal stands (the queue no longer holds `p` or `i1`), and nothing else is written.
+    let (m, p, i1, _) = setup("pending-twice");
+    raw(&["ZADD", "pending-twice:pending", "0"], i1.as_bytes(), b"");
+    expect_corrupt(
+        "pending and inflight: mark_inflight",
+        m.mark_inflight(&[p, i1, hash(9)]).map(|v| format!("{v:?}")),
+        "pending-twice:pending",
+    );
+    assert!(!m.has_pending().unwrap());
+    assert_eq!(
+        m.check_status(&i1).unwrap().stage,
+        MempoolTxStage::Propagated
+    );
+    assert_eq!(m.find_inflight(&p).unwrap(), None);
+    assert_eq!(m.find_inflight(&hash(9)).unwrap(), None);
 
     // The stage bits of an inflight tx that no script writes, and a tx whose marks are gone.
     let (m, _, i1, _) = setup("corrupt-score");

@@ -8,8 +8,9 @@
 //! keys, 50 items at a time as a batch call has them, each measured against a script that
 //! differs only by that step. The second puts `mark_acknowledged(50)`, `mark_inflight(50)` and
 //! `receive` next to scripts doing the least that call must do on the crate's own keys: the
-//! floor moves the txs (one lookup and one write per tx, nothing else; for `receive`, the record
-//! stored and the tx queued under the next number), the floor with its event adds the one
+//! floor moves the txs (one lookup and one write per tx, nothing else; for `mark_inflight` the
+//! removal from the queue is the lookup; for `receive`, the record stored and the tx queued
+//! under the next number), the floor with its event adds the one
 //! stream entry every writing call owes its subscribers (`HINCRBY` of the event counter, `XADD`
 //! of the hashes). A target below that floor cannot be met by any script doing the call's job
 //! on this server and this key layout; another layout moves the work, not always away
@@ -105,26 +106,22 @@ redis.call('ZADD', KEYS[1], 'XX', unpack(add))
 return k";
 
 /// `mark_inflight`'s least: queued txs leave the queue and join the inflight set under
-/// consecutive numbers, and with `ARGV[1]` = `1` the call's one event entry. KEYS: pending,
-/// inflight, meta, events. ARGV: the flag, hashes.
+/// consecutive numbers, and with `ARGV[1]` = `1` the call's one event entry. The removal is
+/// the lookup: its count tells that the whole batch was queued (the floor's batches are), as
+/// in the call. KEYS: pending, inflight, meta, events. ARGV: the flag, hashes.
 const PROP_FLOOR: &str = "\
-local s = redis.call('ZMSCORE', KEYS[1], unpack(ARGV, 2))
-local moved, k = {}, 0
-for i = 2, #ARGV do
-  if s[i - 1] then k = k + 1; moved[k] = ARGV[i] end
-end
+local k = redis.call('ZREM', KEYS[1], unpack(ARGV, 2))
 if k == 0 then return 0 end
 local n = redis.call('HINCRBY', KEYS[3], 'ev', string.format('%d', k)) - k + 1
 if ARGV[1] == '1' then
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', '10000', string.format('%d-0', n), 'R',
-    table.concat(moved))
+    table.concat(ARGV, '', 2))
 end
 local add = {}
 for i = 1, k do
   add[2 * i - 1] = string.format('%d', (n + i - 1) * 131072)
-  add[2 * i] = moved[i]
+  add[2 * i] = ARGV[i + 1]
 end
-redis.call('ZREM', KEYS[1], unpack(moved))
 redis.call('ZADD', KEYS[2], unpack(add))
 return k";
 
