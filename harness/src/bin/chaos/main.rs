@@ -30,8 +30,9 @@
 //! a few blocks can never drop a tx, so every accepted tx must end Finalized; forks are at most
 //! 3 deep, below F, so a Finalized tx is never on an abandoned block.
 //!
-//! Faults, one at a time with a settled state and a quiet gap between them; the first five are
-//! the five kinds in a seeded order, then a weighted draw:
+//! Faults, one at a time with a settled state and a quiet gap between them, from the moment the
+//! chain holds blocks a fork can undo; the first five are the five kinds in a seeded order,
+//! then a weighted draw:
 //!
 //! * `kill -9` of a node (the watcher 70 % of the time), then a restart: the kernel closes the
 //!   dead watcher's liveness connection, and a follower must take over within 500 ms;
@@ -558,7 +559,7 @@ impl Chaos<'_> {
                 );
                 fault.fork = Some(f.undone.len());
             }
-            None => say!("  no fork: the chain could not read redis"),
+            None => say!("  no fork: no block to undo, or the chain could not read redis"),
         }
     }
 
@@ -1056,6 +1057,17 @@ impl Chaos<'_> {
             "== faults for {} s (and until each kind was injected once) ==",
             self.opts.secs
         );
+        // The first fault waits for blocks a fork can undo: a SIGSTOP always forks the chain
+        // behind the stopped watcher (the CI test counts on it), and a fork of an empty chain
+        // undoes nothing.
+        let blocks = MAX_FORK_DEPTH;
+        if !support::wait_until(BLOCK_MAX * (blocks as u32 + 2), || {
+            self.chain.blocks().len() >= blocks
+        }) {
+            self.problems.push(format!(
+                "the chain held fewer than {blocks} blocks before the faults"
+            ));
+        }
         while Instant::now() < end || !self.schedule.covered() {
             let kind = self.schedule.next_kind();
             let draw = self.draw();
