@@ -6,7 +6,7 @@
 //! and a batch of more than [`WRITE_BATCH`] hashes is moved in batches of that size,
 //! each one script. Reads of up to [`SCRIPT_READ`] txs are one script.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use redis::Value;
 
@@ -660,15 +660,20 @@ impl RedisMempool {
             true => Vec::new(),
             false => records_of(next_reply()?, hashes.len())?,
         };
-        let mut known: HashMap<Vec<u8>, Value> = hashes.into_iter().zip(records).collect();
+        let mut known = PageRecords::new(hashes, records);
         let (lines, next) = page_lines(&entries, from, last, &keys.log)?;
+        // Each line's record in `known`, found once: most lines by the cursor, in order.
+        let mut at: Vec<Option<usize>> = lines
+            .iter()
+            .map(|(line, _)| known.find(line.hash.as_bytes()))
+            .collect();
 
         let mut missing: Vec<&[u8]> = lines
             .iter()
-            .filter(|(line, _)| line.seq >= lfirst)
-            .filter(|(line, _)| replaced_record(&replaced, line.seq).is_none())
-            .map(|(line, _)| &line.hash.as_bytes()[..])
-            .filter(|hash| !known.contains_key(*hash))
+            .zip(&at)
+            .filter(|((line, _), found)| found.is_none() && line.seq >= lfirst)
+            .filter(|((line, _), _)| replaced_record(&replaced, line.seq).is_none())
+            .map(|((line, _), _)| &line.hash.as_bytes()[..])
             .collect();
         missing.sort_unstable();
         missing.dedup();
@@ -681,12 +686,17 @@ impl RedisMempool {
             let [records, now_replaced, now_lfirst] =
                 codec::tuple(Value::Array(reply), "log records")?;
             let records = records_of(records, missing.len())?;
-            known.extend(missing.into_iter().map(<[u8]>::to_vec).zip(records));
+            let first_new = known.extend(missing.into_iter().map(<[u8]>::to_vec), records);
+            for ((line, _), found) in lines.iter().zip(&mut at) {
+                if found.is_none() {
+                    *found = known.find_from(first_new, line.hash.as_bytes());
+                }
+            }
             replaced = codec::replaced_records(now_replaced, keys.name(Key::Replaced))?;
             lfirst = first_line(now_lfirst)?;
         }
 
-        for (line, entry) in &lines {
+        for ((line, entry), found) in lines.iter().zip(at) {
             // Let go between the round trips, with its record.
             if line.seq < lfirst {
                 continue;
@@ -695,10 +705,7 @@ impl RedisMempool {
                 Some(record) => record,
                 // A line at or above `lfirst` has its record (or it is corrupt data, which
                 // `logged_tx` names).
-                None => known
-                    .get(&line.hash.as_bytes()[..])
-                    .cloned()
-                    .unwrap_or(Value::Nil),
+                None => found.map_or(Value::Nil, |i| known.records[i].clone()),
             };
             items.push(self.logged_tx(line, entry, record)?);
         }
@@ -731,6 +738,50 @@ impl RedisMempool {
             || entry.key(&keys.log),
             || format!("{} {}", keys.txs, line.hash),
         )
+    }
+}
+
+/// The records a page of the log read, by the hashes they were read for. The hashes come from
+/// `P:done` in sequence order, which is the lines' order too but for a line whose tx left
+/// `P:done` or was logged again later: a cursor finds the usual line's record at once, and a
+/// scan the rest (hashing every hash into a map cost the client more than the lookups).
+struct PageRecords {
+    hashes: Vec<Vec<u8>>,
+    records: Vec<Value>,
+    /// Where the next line's hash is expected.
+    next: usize,
+}
+
+impl PageRecords {
+    fn new(hashes: Vec<Vec<u8>>, records: Vec<Value>) -> PageRecords {
+        PageRecords {
+            hashes,
+            records,
+            next: 0,
+        }
+    }
+
+    /// The index of `hash`'s record, if one was read.
+    fn find(&mut self, hash: &[u8]) -> Option<usize> {
+        if self.hashes.get(self.next).is_some_and(|h| h[..] == *hash) {
+            self.next += 1;
+            return Some(self.next - 1);
+        }
+        self.find_from(0, hash)
+    }
+
+    /// The index of `hash`'s record among those from `from` on.
+    fn find_from(&self, from: usize, hash: &[u8]) -> Option<usize> {
+        let found = self.hashes.get(from..)?.iter().position(|h| h[..] == *hash);
+        found.map(|i| from + i)
+    }
+
+    /// Adds records read later; returns the index of the first.
+    fn extend(&mut self, hashes: impl Iterator<Item = Vec<u8>>, records: Vec<Value>) -> usize {
+        let first = self.hashes.len();
+        self.hashes.extend(hashes);
+        self.records.extend(records);
+        first
     }
 }
 
