@@ -705,7 +705,9 @@ impl RedisMempool {
                 Some(record) => record,
                 // A line at or above `lfirst` has its record (or it is corrupt data, which
                 // `logged_tx` names).
-                None => found.map_or(Value::Nil, |i| known.records[i].clone()),
+                None => found
+                    .and_then(|i| known.records.get(i).cloned())
+                    .unwrap_or(Value::Nil),
             };
             items.push(self.logged_tx(line, entry, record)?);
         }
@@ -744,7 +746,8 @@ impl RedisMempool {
 /// The records a page of the log read, by the hashes they were read for. The hashes come from
 /// `P:done` in sequence order, which is the lines' order too but for a line whose tx left
 /// `P:done` or was logged again later: a cursor finds the usual line's record at once, and a
-/// scan the rest (hashing every hash into a map cost the client more than the lookups).
+/// scan the rest (hashing every hash into a map cost the client more than the lookups; a page
+/// of many such lines, which only txs received again after a drop make, scans more).
 struct PageRecords {
     hashes: Vec<Vec<u8>>,
     records: Vec<Value>,
