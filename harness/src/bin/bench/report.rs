@@ -293,30 +293,35 @@ impl Report {
         self.line("");
         self.line(
             "The bulk reads (past 32 txs plain commands: the ids, then `HMGET` of the bodies) \
-             against the least a script does for them on the same txs, as cold (run in the \
-             call's place on every other block; see `COLD` in steady.rs), and the warm floor \
-             above:",
+             against the least a script does for them on the same txs, and the same commands \
+             sent plain, as the calls send theirs, both as cold (each run in the call's place on \
+             one block in three; see `COLD` in steady.rs), and the warm script floor above \
+             (`SET`s: this run's unit):",
         );
         self.line("");
         self.line(
-            "| call | call µs | cold script floor µs | call / cold script floor | warm floor µs |",
+            "| call | call µs | cold script floor µs | call / cold script floor | cold plain floor µs (`SET`s) | call / cold plain floor | warm floor µs |",
         );
-        self.line("|---|---:|---:|---:|---:|");
+        self.line("|---|---:|---:|---:|---:|---:|---:|");
         let warm = st
             .references
             .get(2)
             .map(|v| crate::steady::trimmed(v))
             .unwrap_or(f64::NAN);
-        for ((row, label, _, _), v) in crate::steady::COLD.iter().zip(&st.cold) {
+        for (((row, label, _, _), v), p) in crate::steady::COLD.iter().zip(&st.cold).zip(&st.plain)
+        {
             let call = st
                 .rows
                 .get(*row)
                 .map(|r| crate::steady::trimmed(&r.server))
                 .unwrap_or(f64::NAN);
             let floor = crate::steady::trimmed(v);
+            let plain = crate::steady::trimmed(p);
             self.line(format!(
-                "| {label} | {call:.1} | {floor:.1} | {:.2} | {warm:.1} |",
-                call / floor
+                "| {label} | {call:.1} | {floor:.1} | {:.2} | {plain:.1} ({:.1}) | {:.2} | {warm:.1} |",
+                call / floor,
+                plain / st.set_us,
+                call / plain
             ));
         }
         let spread = util::sorted(&st.set_per_block);

@@ -113,10 +113,13 @@ pub const REFERENCE_RUNS: usize = 10;
 /// The floors of the two bulk reads, on the very txs the call reads and as cold: each script
 /// does the least any layout storing bodies in a hash must do for its call (the first 100 ids
 /// and, for the inflight set, the scores that carry each tx's stage; then `HMGET` of the
-/// bodies). Blocks take turns (see [`Variant`]): on every other block the script runs right
-/// before the call, where the call would run, and that block's call is not counted (the script
-/// has just warmed its txs); on the others the call runs alone and counts. Since reads of more
-/// than 32 txs are plain commands, these floors are what a script would cost at least. The references above run at the end of the block, on a head that
+/// bodies), and so do the same commands sent plain, in two round trips as the calls send theirs
+/// (`ZRANGE`, then `HMGET`). Blocks take turns (see [`Variant`]): on one block in three the
+/// script runs right before the call, where the call would run, on another the plain commands
+/// do, and that block's call is not counted (the floor has just warmed its txs); on the third
+/// the call runs alone and counts. Since reads of more than 32 txs are plain commands, the
+/// script floors are what a script would cost at least, and the plain floors what the calls
+/// cost at least on this layout. The references above run at the end of the block, on a head that
 /// `peek_pending` and `mark_inflight` have just read: warm. Each is (row of [`ROWS`], label,
 /// script, its sorted set's key suffix).
 pub const COLD: [(usize, &str, &str, &str); 2] = [
@@ -157,14 +160,17 @@ pub struct Steady {
     pub references: Vec<Vec<f64>>,
     /// Server µs of each of [`COLD`], one figure per block.
     pub cold: Vec<Vec<f64>>,
+    /// Server µs of each of [`COLD`]'s commands sent plain, one figure per block.
+    pub plain: Vec<Vec<f64>>,
 }
 
 /// What runs in the bulk reads' place in a block: the call alone (counted), or before it (which
-/// then does not count) its floor script.
+/// then does not count) its floor script, or its floor's commands sent plain.
 #[derive(Clone, Copy, PartialEq)]
 enum Variant {
     Call,
     Floor,
+    Plain,
 }
 
 impl Steady {
@@ -342,6 +348,7 @@ impl Bench {
         let mut set_per_block = Vec::new();
         let mut references: Vec<Vec<f64>> = Vec::new();
         let mut cold: Vec<Vec<f64>> = vec![Vec::new(); COLD.len()];
+        let mut plain: Vec<Vec<f64>> = vec![Vec::new(); COLD.len()];
         // Its own connection: the windows below hold the admin connection.
         let mut cold_conn = redis::Client::open(self.url.as_str())
             .and_then(|c| c.get_connection())
@@ -350,18 +357,39 @@ impl Bench {
             .iter()
             .map(|(_, _, script, _)| util::script_load(&mut cold_conn, script))
             .collect();
-        // Server µs of cold reference `i`.
-        let mut cold_floor = |i: usize| {
-            let mut c = redis::cmd("EVALSHA");
-            c.arg(&cold_shas[i])
-                .arg(2)
-                .arg(format!("{prefix}:{}", COLD[i].3))
-                .arg(format!("{prefix}:txs"));
+        // Server µs of cold reference `i`: the script (`Variant::Floor`), or its commands sent
+        // plain (`Variant::Plain`): the ids, with their scores for the inflight set, then the
+        // bodies.
+        let mut floor = |variant: Variant, i: usize| -> f64 {
+            let (key, txs) = (format!("{prefix}:{}", COLD[i].3), format!("{prefix}:txs"));
             let before = util::command_stats(&mut cold_conn);
-            let _: redis::Value = c.query(&mut cold_conn).expect("cold reference");
+            let cmds: &[&str] = if variant == Variant::Plain {
+                let scores = COLD[i].3 == "inflight";
+                let mut ids = redis::cmd("ZRANGE");
+                ids.arg(&key).arg(0).arg(99);
+                if scores {
+                    ids.arg("WITHSCORES");
+                }
+                let reply: Vec<Vec<u8>> = ids.query(&mut cold_conn).expect("plain floor: ids");
+                let hashes: Vec<&Vec<u8>> = reply.iter().step_by(1 + scores as usize).collect();
+                if !hashes.is_empty() {
+                    let _: redis::Value = redis::cmd("HMGET")
+                        .arg(&txs)
+                        .arg(hashes)
+                        .query(&mut cold_conn)
+                        .expect("plain floor: bodies");
+                }
+                &["zrange", "hmget"]
+            } else {
+                let mut c = redis::cmd("EVALSHA");
+                c.arg(&cold_shas[i]).arg(2).arg(&key).arg(&txs);
+                let _: redis::Value = c.query(&mut cold_conn).expect("cold reference");
+                &["evalsha"]
+            };
             let after = util::command_stats(&mut cold_conn);
-            let (calls, us) = util::usec(&before, &after, "evalsha");
-            us as f64 / calls.max(1) as f64
+            cmds.iter()
+                .map(|cmd| util::usec(&before, &after, cmd).1 as f64)
+                .sum::<f64>()
         };
         let set_key = format!("{prefix}:set");
         // With `--profile`: per row, the calls measured and every command's counters in their
@@ -407,11 +435,11 @@ impl Bench {
                 mp.receive(util::tx(tag, next + k as u64)).expect("receive")
             });
             next += PER_BLOCK;
-            // Blocks take turns: the call alone, or its floor first (see [`COLD`]).
-            let variant = [Variant::Call, Variant::Floor][block % 2];
+            // Blocks take turns: the call alone, or a floor first (see [`COLD`]).
+            let variant = [Variant::Call, Variant::Floor, Variant::Plain][block % 3];
             let mut before_read = |i: usize| match variant {
                 Variant::Call => f64::NAN,
-                Variant::Floor => cold_floor(i),
+                floor_variant => floor(floor_variant, i),
             };
             let cold_pending = before_read(0);
             window(1, &["zrange", "hmget"], 1, &mut |_| {
@@ -471,10 +499,12 @@ impl Bench {
                 references.push(refs);
                 set_per_block.push(set_usec as f64 / set_calls.max(1) as f64);
                 for (i, floor) in [cold_pending, cold_inflight].into_iter().enumerate() {
-                    if variant == Variant::Floor {
-                        cold[i].push(floor);
-                        block_rows[COLD[i].0] = (f64::NAN, Vec::new());
+                    match variant {
+                        Variant::Call => continue,
+                        Variant::Floor => cold[i].push(floor),
+                        Variant::Plain => plain[i].push(floor),
                     }
+                    block_rows[COLD[i].0] = (f64::NAN, Vec::new());
                 }
                 for (row, (server, e2e)) in rows.iter_mut().zip(block_rows) {
                     if !server.is_nan() {
@@ -516,6 +546,7 @@ impl Bench {
             rows,
             references,
             cold,
+            plain,
         }
     }
 
