@@ -61,12 +61,22 @@ fn a_key_of_the_wrong_type_is_named_and_other_calls_keep_working() {
     m.mark_inflight(&[b]).unwrap();
     let key = format!("{prefix}:pending");
     raw_set(&server, &key, "x");
+    let events = || -> Option<String> {
+        redis::cmd("HGET")
+            .arg(format!("{prefix}:meta"))
+            .arg("ev")
+            .query(&mut server.connection())
+            .unwrap()
+    };
+    let events_before = events();
 
     assert_wrong_type(m.has_pending(), &key);
     assert_wrong_type(m.peek_pending(10), &key);
     assert_wrong_type(m.receive(tx(1)), &key);
     assert_wrong_type(m.mark_inflight(&[b]), &key);
     assert_wrong_type(m.confirm(&ChainPoint::Slot(1), &[b], &[], 6, 2), &key);
+    // Not even an event number was taken (a gap would read as lost events).
+    assert_eq!(events(), events_before);
     // check_status looks in the queue first.
     assert_wrong_type(m.check_status(&c), &key);
     // Calls that do not use the queue are unaffected, and the failed ones wrote nothing.

@@ -14,7 +14,8 @@
 -- the first write takes the event numbers for the whole batch (given back below for txs that
 -- did not move): without the `#!lua` header (Redis 6.2) a full Redis refuses a script only at
 -- its first write that may grow memory, which must come before the removal, which does not.
-expect_types({K.inflight, 'zset', K.marks, 'zset', K.done, 'zset', K.txs, 'hash'})
+expect_types({K.pending, 'zset', K.inflight, 'zset', K.marks, 'zset', K.done, 'zset', K.txs,
+  'hash'})
 local H = meta_number('H', redis.call('HGET', K.meta, 'H'))
 local n = #ARGV - 1
 local last = redis.call('HINCRBY', K.meta, 'ev', int(n))
