@@ -23,6 +23,15 @@ fn raw_set(server: &RedisServer, key: &str, value: &str) {
         .unwrap();
 }
 
+/// A field of `<prefix>:meta` as stored.
+fn meta_field(server: &RedisServer, prefix: &str, field: &str) -> Option<String> {
+    redis::cmd("HGET")
+        .arg(format!("{prefix}:meta"))
+        .arg(field)
+        .query(&mut server.connection())
+        .unwrap()
+}
+
 fn raw_del(server: &RedisServer, key: &str) {
     redis::cmd("DEL")
         .arg(key)
@@ -61,13 +70,7 @@ fn a_key_of_the_wrong_type_is_named_and_other_calls_keep_working() {
     m.mark_inflight(&[b]).unwrap();
     let key = format!("{prefix}:pending");
     raw_set(&server, &key, "x");
-    let events = || -> Option<String> {
-        redis::cmd("HGET")
-            .arg(format!("{prefix}:meta"))
-            .arg("ev")
-            .query(&mut server.connection())
-            .unwrap()
-    };
+    let events = || meta_field(&server, prefix, "ev");
     let events_before = events();
 
     assert_wrong_type(m.has_pending(), &key);
@@ -314,13 +317,7 @@ fn a_corrupt_record_is_named_and_isolated() {
         .query::<()>(&mut server.connection())
         .unwrap();
     let key = format!("{txs_key} {}", a.to_hex());
-    let height = || -> Option<String> {
-        redis::cmd("HGET")
-            .arg(format!("{prefix}:meta"))
-            .arg("H")
-            .query(&mut server.connection())
-            .unwrap()
-    };
+    let height = || meta_field(&server, prefix, "H");
     let h_before = height();
     let b_before = m.check_status(&b).unwrap();
     assert_eq!(b_before.stage, MempoolTxStage::Confirmed);
